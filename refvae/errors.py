@@ -1,0 +1,37 @@
+"""The library's own exception types.
+
+Every bad input is answered by one of these with a one-line message that names the problem and
+the fix; the CLI prints that line and exits with code 2 instead of showing a traceback.
+"""
+
+
+class RefvaeError(Exception):
+    """Base class of every error refvae raises on purpose."""
+
+
+class ConfigError(RefvaeError, ValueError):
+    """An unknown option, a missing or invalid config field."""
+
+
+class ShapeError(RefvaeError, ValueError):
+    """An array whose shape does not fit the model or the other arrays."""
+
+
+class DataError(RefvaeError, ValueError):
+    """Data that are empty, non-finite, or outside the emission's support; unreadable data files."""
+
+
+class CheckpointError(RefvaeError, OSError):
+    """A checkpoint or output file that is missing, truncated, corrupt, or cannot be written."""
+
+
+class BackendError(RefvaeError, RuntimeError):
+    """A backend that cannot be used here (CuPy not installed, no GPU)."""
+
+
+class NonFiniteError(RefvaeError, FloatingPointError):
+    """A NaN or infinity where the mathematics gives a finite number (divergence, bad input)."""
+
+
+class GradcheckError(RefvaeError, AssertionError):
+    """Analytic and finite-difference derivatives disagree; the message is the full report."""

@@ -1,0 +1,230 @@
+"""Central finite differences for gradients and Hessians, with readable mismatch reports.
+
+Public and meant for users' own code as much as for refvae's tests::
+
+    from refvae.gradcheck import assert_gradients
+    assert_gradients(loss_fn, params, my_grads)          # raises GradcheckError with a table
+
+``loss_fn`` takes a dict of arrays (the parameters) and returns a scalar. Differences are taken
+in float64: every array is copied to float64 before it is perturbed, so a float32 function is
+evaluated on float64 inputs (it may cast them back; the tolerances for the *analytic* dtype
+account for that). Entries pass when ``|analytic − numeric| ≤ atol + rtol·|numeric|``.
+
+A finite-difference check confirms that code differentiates the function it computes. It cannot
+catch a self-consistent mistake in the function itself (a standard deviation used where a variance
+was meant): pair it with a closed form or an independent engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .backend import array_module
+from .errors import GradcheckError, ShapeError
+
+# Default step and tolerances by the dtype of the analytic derivative. float64: the central
+# difference error is O(eps²·f''') + O(ulp·|f|/eps) ≈ 1e-10 relative at eps = 1e-6; float32
+# analytic values carry ~1e-7 relative rounding through deep sums, hence the looser band.
+TOLERANCES = {
+    "float64": {"eps": 1e-6, "rtol": 1e-6, "atol": 1e-8, "hess_eps": 1e-5, "hess_rtol": 1e-5,
+                "hess_atol": 1e-7},
+    "float32": {"eps": 1e-6, "rtol": 2e-3, "atol": 1e-4, "hess_eps": 1e-5, "hess_rtol": 1e-2,
+                "hess_atol": 1e-3},
+}
+
+
+def tolerances_for(dtype) -> dict:
+    """The default ``eps``/``rtol``/``atol`` for analytic derivatives of this dtype."""
+    name = getattr(dtype, "name", str(dtype))
+    return TOLERANCES.get(name, TOLERANCES["float64"])
+
+
+@dataclass
+class TensorCheck:
+    """One tensor's comparison: errors, pass/fail, and the worst entries."""
+
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    passed: bool
+    worst: list = field(default_factory=list)  # (index, analytic, numeric)
+
+
+@dataclass
+class GradcheckReport:
+    """All tensors of one check; ``str(report)`` is the table printed on failure."""
+
+    checks: list
+    rtol: float
+    atol: float
+    eps: float
+    title: str = "gradient check"
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failures(self) -> list:
+        return [c for c in self.checks if not c.passed]
+
+    def __str__(self) -> str:
+        width = max([len(c.name) for c in self.checks] + [6])
+        lines = [f"{self.title}: {'PASS' if self.passed else 'FAIL'} "
+                 f"(central differences, eps={self.eps:g}; pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)",
+                 f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12}  result"]
+        for c in self.checks:
+            lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {c.max_abs:12.3e} {c.max_rel:12.3e}  "
+                         f"{'ok' if c.passed else 'FAIL'}")
+        for c in self.failures():
+            lines.append(f"worst entries of {c.name} (index: analytic vs numeric):")
+            for idx, a, n in c.worst:
+                lines.append(f"  {idx}: {a:.10g} vs {n:.10g}  (abs err {abs(a - n):.3e})")
+        return "\n".join(lines)
+
+
+def compare_arrays(name, analytic, numeric, rtol, atol, n_worst: int = 5) -> TensorCheck:
+    """Compare two host arrays entrywise; used by gradcheck and by the oracle's reports."""
+    xp = array_module(analytic)
+    a = xp.asarray(analytic, dtype=float)
+    n = xp.asarray(numeric, dtype=float)
+    if a.shape != n.shape:
+        raise ShapeError(f"{name}: analytic shape {a.shape} differs from numeric shape {n.shape}")
+    if a.size == 0:
+        return TensorCheck(name, a.shape, 0.0, 0.0, True)
+    err = xp.abs(a - n)
+    excess = xp.nan_to_num(err - (atol + rtol * xp.abs(n)), nan=xp.inf)  # NaN is the worst
+    bad = excess > 0
+    rel = err / xp.maximum(xp.abs(n), 1e-300)
+    order = [int(j) for j in xp.argsort(excess.ravel())[::-1][:n_worst]]
+    if bool(bad.any()):  # list only failing entries when there are any
+        order = [j for j in order if bool(excess.ravel()[j] > 0)]
+    worst = [(tuple(int(i) for i in xp.unravel_index(int(j), a.shape)), float(a.ravel()[j]),
+              float(n.ravel()[j])) for j in order]
+    return TensorCheck(name, tuple(a.shape), _nanmax(xp, err), _nanmax(xp, rel),
+                       not bool(bad.any()), worst)
+
+
+def _nanmax(xp, a) -> float:
+    return float("nan") if bool(xp.isnan(a).any()) else float(a.max())
+
+
+def _as_float64(params: dict) -> dict:
+    return {k: array_module(v).array(v, dtype="float64") for k, v in params.items()}
+
+
+def numerical_gradient(f: Callable, params: dict, eps: float = 1e-6, names=None) -> dict:
+    """Central differences ``(f(p + eps e_i) − f(p − eps e_i)) / 2eps`` for every entry of the
+    named tensors (all by default), in float64. Costs two evaluations per entry."""
+    base = _as_float64(params)
+    out = {}
+    for name in (list(base) if names is None else names):
+        arr = base[name]
+        grad = array_module(arr).zeros_like(arr)
+        flat, gflat = arr.reshape(-1), grad.reshape(-1)
+        for i in range(flat.size):
+            old = float(flat[i])
+            flat[i] = old + eps
+            f_plus = float(f(base))
+            flat[i] = old - eps
+            f_minus = float(f(base))
+            flat[i] = old
+            gflat[i] = (f_plus - f_minus) / (2.0 * eps)
+        out[name] = grad
+    return out
+
+
+def check_gradients(f: Callable, params: dict, analytic: dict, *, mode: str = "full",
+                    n_directions: int = 6, eps: float | None = None, rtol: float | None = None,
+                    atol: float | None = None, seed: int = 0) -> GradcheckReport:
+    """Compare ``analytic`` (a dict with the keys of ``params``) with central differences of ``f``.
+
+    ``mode="full"`` differences every entry; ``mode="directions"`` compares directional
+    derivatives along ``n_directions`` random unit directions spanning all tensors at once
+    (two evaluations per direction: the choice for large models).
+    """
+    missing = [k for k in params if k not in analytic]
+    if missing:
+        raise ShapeError(f"analytic gradients missing for: {', '.join(missing)}")
+    first = next(iter(analytic.values()))
+    tol = tolerances_for(first.dtype)
+    eps = tol["eps"] if eps is None else eps
+    rtol = tol["rtol"] if rtol is None else rtol
+    atol = tol["atol"] if atol is None else atol
+    if mode == "full":
+        numeric = numerical_gradient(f, params, eps)
+        checks = [compare_arrays(k, analytic[k], numeric[k], rtol, atol) for k in params]
+        return GradcheckReport(checks, rtol, atol, eps)
+    if mode != "directions":
+        raise ValueError(f"unknown gradcheck mode {mode!r}; choose 'full' or 'directions'")
+    base = _as_float64(params)
+    xp = array_module(first)
+    rng = xp.random.default_rng(seed) if hasattr(xp.random, "default_rng") else xp.random
+    checks = []
+    for d in range(n_directions):
+        dirs = {k: rng.standard_normal(v.shape) for k, v in base.items()}
+        norm = float(sum(float((v * v).sum()) for v in dirs.values())) ** 0.5
+        plus = {k: base[k] + eps * dirs[k] / norm for k in base}
+        minus = {k: base[k] - eps * dirs[k] / norm for k in base}
+        numeric = (float(f(plus)) - float(f(minus))) / (2.0 * eps)
+        exact = sum(float((xp.asarray(analytic[k], dtype=float) * dirs[k]).sum()) for k in base) / norm
+        checks.append(compare_arrays(f"direction {d}", xp.asarray([exact]), xp.asarray([numeric]),
+                                     rtol, atol))
+    return GradcheckReport(checks, rtol, atol, eps, title="directional gradient check")
+
+
+def assert_gradients(f: Callable, params: dict, analytic: dict, **kwargs) -> GradcheckReport:
+    """:func:`check_gradients`, raising :class:`GradcheckError` (an ``AssertionError``) with the
+    report when any tensor fails; returns the report when all pass."""
+    report = check_gradients(f, params, analytic, **kwargs)
+    if not report.passed:
+        raise GradcheckError(str(report))
+    return report
+
+
+def numerical_hessian(grad_fn: Callable, x, eps: float = 1e-5):
+    """Hessian by central differences of a gradient: ``x`` is ``(*B, K)`` and ``grad_fn(x)``
+    returns ``∂f/∂x`` of the same shape, where ``f`` is a sum over the batch rows ``B`` of
+    functions of one row each. Column ``k`` of every row's Hessian comes from perturbing
+    coordinate ``k`` of all rows at once (valid because rows do not interact): ``2K`` calls.
+    Returns ``(*B, K, K)``."""
+    xp = array_module(x)
+    x = xp.array(x, dtype="float64")
+    k = x.shape[-1]
+    cols = []
+    for j in range(k):
+        old = x[..., j].copy()
+        x[..., j] = old + eps
+        g_plus = xp.asarray(grad_fn(x), dtype=float)
+        x[..., j] = old - eps
+        g_minus = xp.asarray(grad_fn(x), dtype=float)
+        x[..., j] = old
+        cols.append((g_plus - g_minus) / (2.0 * eps))
+    return xp.stack(cols, axis=-1)
+
+
+def check_hessian(grad_fn: Callable, x, analytic, *, eps: float | None = None,
+                  rtol: float | None = None, atol: float | None = None,
+                  name: str = "hessian") -> GradcheckReport:
+    """Compare an analytic Hessian — full ``(*B, K, K)`` or its diagonal ``(*B, K)`` — with
+    :func:`numerical_hessian` of ``grad_fn`` at ``x``."""
+    tol = tolerances_for(analytic.dtype)
+    eps = tol["hess_eps"] if eps is None else eps
+    rtol = tol["hess_rtol"] if rtol is None else rtol
+    atol = tol["hess_atol"] if atol is None else atol
+    numeric = numerical_hessian(grad_fn, x, eps)
+    if analytic.shape == x.shape:
+        numeric = array_module(numeric).diagonal(numeric, axis1=-2, axis2=-1)
+    if analytic.shape != numeric.shape:
+        raise ShapeError(f"{name}: analytic Hessian has shape {tuple(analytic.shape)}; expected "
+                         f"{tuple(numeric.shape)} (full) or {tuple(x.shape)} (diagonal)")
+    check = compare_arrays(name, analytic, numeric, rtol, atol)
+    return GradcheckReport([check], rtol, atol, eps, title="Hessian check")
+
+
+def assert_hessian(grad_fn: Callable, x, analytic, **kwargs) -> GradcheckReport:
+    """:func:`check_hessian`, raising :class:`GradcheckError` with the report on failure."""
+    report = check_hessian(grad_fn, x, analytic, **kwargs)
+    if not report.passed:
+        raise GradcheckError(str(report))
+    return report
