@@ -1,24 +1,21 @@
 """The ``refvae`` command line.
 
-Each subcommand is a small function that parses its options and calls the library. Every error
+Each subcommand is a small function, in the module of the work it does, that parses its options
+and calls the library; :data:`COMMAND_MODULES` lists those modules. Every error
 refvae raises on purpose (:class:`~refvae.errors.RefvaeError`) is printed as one line and the
 process exits with code 2; no traceback is shown for bad input.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .errors import RefvaeError
 
 
-def _cmd_gradcheck(args) -> int:
-    """Finite-difference check of the MLP's parameter gradients and exact input Hessian."""
-    from .demo import gradcheck_demo  # noqa: PLC0415 - keep start-up light
-
-    ok = gradcheck_demo(activation=args.activation, hidden=args.hidden, seed=args.seed,
-                        backend=args.backend, out=sys.stdout)
-    return 0 if ok else 1
+# Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
+COMMAND_MODULES = ("refvae.demo",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,15 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reference VAEs with hand-derived gradients (NumPy/CuPy): train, evaluate, "
                     "and check other implementations.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("gradcheck", help="check the MLP's hand-derived gradients and input Hessian "
-                                         "against central finite differences")
-    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
-    p.add_argument("--hidden", type=int, nargs="*", default=[16, 8],
-                   help="hidden layer widths (default: 16 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
-    p.set_defaults(func=_cmd_gradcheck)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -41,3 +41,19 @@ def gradcheck_demo(activation="tanh", hidden=(16, 8), seed=0, backend="numpy", o
     print(f"MLP {k}-{'-'.join(map(str, hidden))}-{d} ({activation}): {'PASS' if ok else 'FAIL'}",
           file=out)
     return ok
+
+
+def _cmd_gradcheck(args) -> int:
+    return 0 if gradcheck_demo(args.activation, args.hidden, args.seed, args.backend) else 1
+
+
+def register(sub) -> None:
+    """``refvae gradcheck``."""
+    p = sub.add_parser("gradcheck", help="check the MLP's hand-derived gradients and input Hessian "
+                                         "against central finite differences")
+    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
+    p.add_argument("--hidden", type=int, nargs="*", default=[16, 8],
+                   help="hidden layer widths (default: 16 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
+    p.set_defaults(func=_cmd_gradcheck)

@@ -1,0 +1,110 @@
+"""The model configuration: the architecture fields of ORACLE.md's ``config.json`` (format 1).
+
+Every field is validated on construction; a missing, unknown or invalid field is a
+:class:`~refvae.errors.ConfigError` naming the field and what it accepts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .emission import EMISSIONS
+from .errors import ConfigError
+from .nn.activations import ACTIVATIONS
+
+FORMAT = 1
+LATENTS = ("gaussian", "gaussian_full", "categorical")
+REQUIRED = ("data_dim", "latent_dim")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a VAE (ORACLE.md). ``encoder_hidden``/``decoder_hidden`` may be empty
+    (linear maps). ``alpha`` is the fixed variance of the ``gaussian`` emission, or the initial
+    value of the learned one (``learn_alpha``). ``categories`` is the number of classes of each
+    of the ``latent_dim`` variables when ``latent == "categorical"``."""
+
+    data_dim: int
+    latent_dim: int
+    encoder_hidden: tuple = (400,)
+    decoder_hidden: tuple = (400,)
+    activation: str = "relu"
+    latent: str = "gaussian"
+    emission: str = "bernoulli"
+    alpha: float = 1.0
+    learn_alpha: bool = False
+    categories: int | None = None
+    flow_length: int = 0
+    format: int = FORMAT
+
+    def __post_init__(self):
+        _positive_int("data_dim", self.data_dim)
+        _positive_int("latent_dim", self.latent_dim)
+        for name in ("encoder_hidden", "decoder_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ConfigError(f"config field {name!r} must be a list of layer widths, got {value!r}")
+            widths = tuple(value)
+            for w in widths:
+                _positive_int(f"{name} entry", w)
+            object.__setattr__(self, name, tuple(int(w) for w in widths))
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"config field 'activation' is {self.activation!r}; "
+                              f"choose one of {', '.join(ACTIVATIONS)}")
+        if self.latent not in LATENTS:
+            raise ConfigError(f"config field 'latent' is {self.latent!r}; choose one of {', '.join(LATENTS)}")
+        if self.emission not in EMISSIONS:
+            raise ConfigError(f"config field 'emission' is {self.emission!r}; "
+                              f"choose one of {', '.join(EMISSIONS)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"config field 'alpha' must be a positive finite number, got {self.alpha!r}")
+        if not isinstance(self.learn_alpha, bool):
+            raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
+        if self.learn_alpha and self.emission != "gaussian":
+            raise ConfigError("config field 'learn_alpha' applies only to emission 'gaussian'")
+        if self.latent == "categorical":
+            if self.categories is None:
+                raise ConfigError("latent 'categorical' needs the field 'categories' (classes per variable)")
+            _positive_int("categories", self.categories, minimum=2)
+        elif self.categories is not None:
+            raise ConfigError("config field 'categories' applies only to latent 'categorical'")
+        _positive_int("flow_length", self.flow_length, minimum=0)
+        if self.flow_length and self.latent != "gaussian":
+            raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
+        if self.format != FORMAT:
+            raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        """Build from a ``config.json`` mapping; unknown fields are an error (a typo must not be
+        silently ignored)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
+                              f"known fields: {', '.join(sorted(known))}")
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ConfigError(f"config is missing the field(s) {', '.join(map(repr, missing))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["encoder_hidden"] = list(self.encoder_hidden)
+        d["decoder_hidden"] = list(self.decoder_hidden)
+        if d["categories"] is None:
+            d.pop("categories")
+        return d
+
+    @property
+    def decoder_in(self) -> int:
+        """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
+        return self.latent_dim * (self.categories or 1)
+
+
+def _positive_int(name, value, minimum: int = 1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"config field {name!r} must be an integer ≥ {minimum}, got {value!r}")

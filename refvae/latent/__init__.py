@@ -1,0 +1,14 @@
+"""Recognition models q(x|y): the sampling transform, KL, log-density and gradient estimators."""
+from .gaussian import DiagonalGaussian, GaussianState
+
+__all__ = ["DiagonalGaussian", "GaussianState", "make_latent"]
+
+
+def make_latent(config):
+    """The recognition model named by ``config.latent``."""
+    from ..errors import ConfigError  # noqa: PLC0415
+
+    if config.latent == "gaussian" and not config.flow_length:
+        return DiagonalGaussian(config.latent_dim)
+    raise ConfigError(f"latent {config.latent!r}"
+                      f"{' with flow_length > 0' if config.flow_length else ''} is not implemented yet")

@@ -1,0 +1,79 @@
+"""Diagonal Gaussian recognition model q(x|y) = N(ν, diag υ²) (Eqs. 8.12, 8.26), with ℓ = log υ².
+
+The encoder emits ``ν`` (``encoder.mean``) and ``ℓ`` (``encoder.logvar``). The sampling transform
+(Eq. 8.24, erratum E3: the scale is υ = Υ^{1/2}, not Υ) is ``x = ν + υ ⊙ z`` with the caller's base
+noise ``z`` ~ N(0, I) of shape ``(N, L, K)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..emission import LOG_2PI
+
+
+@dataclass
+class GaussianState:
+    """What the forward pass keeps: the heads, υ = exp(ℓ/2), the noise and the sample."""
+
+    nu: object      # (N, K)
+    logvar: object  # (N, K)
+    std: object     # (N, K)
+    eps: object     # (N, L, K)
+    x: object       # (N, L, K)
+
+
+class DiagonalGaussian:
+    """``latent: "gaussian"``; estimators ``pathwise`` (here) and those of :mod:`refvae.estimators`."""
+
+    name = "gaussian"
+    noise_name = "eps"
+
+    def __init__(self, latent_dim: int):
+        self.k = latent_dim
+
+    def heads(self):
+        return [("mean", self.k), ("logvar", self.k)]
+
+    @property
+    def decoder_in(self) -> int:
+        return self.k
+
+    def noise_shape(self, n: int, samples: int):
+        return (n, samples, self.k)
+
+    def draw_noise(self, source, n: int, samples: int, bk):
+        return source.normal(self.noise_shape(n, samples), bk)
+
+    def sample(self, bk, heads: dict, eps, estimator=None, temperature=None) -> GaussianState:
+        """Eq. 8.24: ``x = ν + exp(ℓ/2) ⊙ z`` (``estimator``/``temperature`` do not change it)."""
+        nu, logvar = heads["mean"], heads["logvar"]
+        std = bk.xp.exp(0.5 * logvar)
+        x = nu[:, None, :] + std[:, None, :] * eps
+        return GaussianState(nu, logvar, std, eps, x)
+
+    def kl(self, bk, state: GaussianState):
+        """Boxed result of §8.2.2: ``KL = ½ Σ_k (υ_k² + ν_k² − 1 − log υ_k²)`` per datum."""
+        nu, lv = state.nu, state.logvar
+        return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)
+
+    def kl_grads(self, bk, state: GaussianState) -> dict:
+        """``∂KL/∂ν = ν``, ``∂KL/∂ℓ = ½ (υ² − 1)``."""
+        return {"mean": state.nu, "logvar": 0.5 * bk.xp.expm1(state.logvar)}
+
+    def pathwise(self, bk, state: GaussianState, g) -> dict:
+        """Pathwise (reparameterization) gradients of the reconstruction term (Eqs. 8.16, 8.24):
+        ``∂/∂ν = Σ_l g_l`` and ``∂/∂ℓ_k = Σ_l g_lk z_lk · υ_k / 2``, where ``g`` ``(N, L, K)`` is
+        ∂f/∂x already weighted by the Monte Carlo average (1/L) and the batch reduction."""
+        return {"mean": g.sum(axis=1), "logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}
+
+    def mean(self, state: GaussianState):
+        """E_q[x] = ν (used for active units)."""
+        return state.nu
+
+    def log_q(self, bk, state: GaussianState):
+        """``log q(x|y) = −½ Σ_k (z_k² + ℓ_k + log 2π)`` at the drawn samples, ``(N, L)``."""
+        return -0.5 * (state.eps ** 2 + state.logvar[:, None, :] + LOG_2PI).sum(axis=-1)
+
+    def log_prior(self, bk, state: GaussianState):
+        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` with p(x) = N(0, I) (Eq. 8.15), ``(N, L)``."""
+        return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
