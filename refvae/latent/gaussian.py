@@ -74,6 +74,15 @@ class DiagonalGaussian:
         """``log q(x|y) = −½ Σ_k (z_k² + ℓ_k + log 2π)`` at the drawn samples, ``(N, L)``."""
         return -0.5 * (state.eps ** 2 + state.logvar[:, None, :] + LOG_2PI).sum(axis=-1)
 
+    def log_q_cross(self, bk, heads: dict, x):
+        """``log q(x_p | y_m)`` for every point ``x`` ``(P, K)`` under every datum's posterior
+        (heads over ``M`` data): ``(P, M)``. Used for the aggregated posterior of Eq. 8.21."""
+        nu, logvar = heads["mean"], heads["logvar"]
+        prec = bk.xp.exp(-logvar)                                     # (M, K)
+        # Σ_k (x_k − ν_k)² / υ_k² expanded so that no (P, M, K) array is formed.
+        quad = (x * x) @ prec.T - 2.0 * x @ (nu * prec).T + (nu * nu * prec).sum(axis=1)
+        return -0.5 * (quad + logvar.sum(axis=1) + self.k * LOG_2PI)
+
     def log_prior(self, bk, state: GaussianState):
         """``log p(x) = −½ Σ_k (x_k² + log 2π)`` with p(x) = N(0, I) (Eq. 8.15), ``(N, L)``."""
         return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
