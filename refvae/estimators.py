@@ -3,11 +3,24 @@ with respect to the recognition outputs (the encoder heads).
 
 The model (:mod:`refvae.vae`) runs the decoder and emission, then hands the estimator a
 :class:`DecoderSignals`; the KL gradient is added by the model, not here. Each estimator is one
-function registered under ``(latent name, estimator name)``.
+function registered under ``(latent name, estimator name)``. The generative gradients never depend
+on the estimator: they are ordinary backpropagation of ``f`` (Eq. 8.19).
 
 Weights: the batch loss is ``scale · Σ_n [KL_n + (1/L) Σ_l f_nl]`` with ``scale`` = 1/N (mean) or 1
 (sum), so every per-sample quantity enters with the weight ``w = scale / L``; ``g`` and the Hessian
 arrive already multiplied by ``w``, ``f`` does not.
+
+Gaussian latents (EQUATIONS.md, "Gradients with respect to the recognition outputs"):
+
+- ``pathwise`` — reparameterization (Eqs. 8.16, 8.24).
+- ``price`` — Bonnet's and Price's theorems (Eqs. 8.16–8.17): mean ``⟨g⟩``, covariance from the
+  exact Hessian ``H = ∂²f/∂x∂xᵀ`` at the samples; no ``g zᵀ`` term ("no pathwise estimator is
+  required").
+- ``score``, ``score-loo``, ``score-running``, ``score-optimal`` — the score-function estimator of
+  §8.2.1 on the reconstruction term with a control variate β (:func:`score_function`).
+
+All of them are unbiased for the gradient of the expected loss; ``planar_flow`` has ``pathwise``
+only (:mod:`refvae.latent.flow`).
 """
 from __future__ import annotations
 
@@ -57,7 +70,153 @@ def get_estimator(latent: str, name: str) -> Callable:
                           f"{', '.join(estimators_for(latent)) or '(none)'}") from None
 
 
+# ----- pathwise -----------------------------------------------------------------------------
 @register("gaussian", "pathwise")
 def gaussian_pathwise(bk, latent, state, signals: DecoderSignals) -> dict:
     """Reparameterization (Eqs. 8.16 and 8.24): see :meth:`DiagonalGaussian.pathwise`."""
     return latent.pathwise(bk, state, signals.g)
+
+
+@register("gaussian_full", "pathwise")
+def gaussian_full_pathwise(bk, latent, state, signals: DecoderSignals) -> dict:
+    """``x = ν + R z``: ``∂/∂R = tril(⟨g zᵀ⟩)``; see :meth:`FullCovarianceGaussian.pathwise`."""
+    return latent.pathwise(bk, state, signals.g)
+
+
+@register("planar_flow", "pathwise")
+def planar_flow_pathwise(bk, latent, state, signals: DecoderSignals) -> dict:
+    """Reparameterization through the planar flows (Eq. 8.25); see :mod:`refvae.latent.flow`."""
+    return latent.pathwise(bk, state, signals.g)
+
+
+# ----- Price's theorem ----------------------------------------------------------------------
+@register("gaussian", "price")
+def gaussian_price(bk, latent, state, signals: DecoderSignals) -> dict:
+    """Eqs. 8.16–8.17 for diagonal Υ: ``∂/∂ν = ⟨g⟩`` (Bonnet) and, from
+    ``∂F/∂Υ_kk = ½ (⟨H_kk⟩ − 1/υ_k² + 1)`` and ``∂Υ_kk/∂ℓ_k = υ_k²``, the reconstruction part
+    ``∂/∂ℓ_k = ½ υ_k² ⟨H_kk⟩`` (the KL part ``½ (υ_k² − 1)`` is added by the model). Only the
+    Hessian's diagonal is formed (``hessian(full=False)``); ``g`` enters the mean gradient only."""
+    h_diag = signals.hessian(full=False)
+    return {"mean": signals.g.sum(axis=1),
+            "logvar": 0.5 * bk.xp.exp(state.logvar) * h_diag.sum(axis=1)}
+
+
+@register("gaussian_full", "price")
+def gaussian_full_price(bk, latent, state, signals: DecoderSignals) -> dict:
+    """Eq. 8.17 with the full Hessian: ``∂/∂R = tril(2 G R)``; see
+    :meth:`FullCovarianceGaussian.price`."""
+    return latent.price(bk, state, signals.g, signals.hessian(full=True))
+
+
+# ----- score function with control variates ------------------------------------------------
+def diagonal_gaussian_score(bk, state) -> dict:
+    """Score of the diagonal Gaussian at fixed ``x = ν + υ ⊙ z``, per sample ``(N, L, K)``: from
+    ``log q = −½ Σ_k ((x_k − ν_k)² e^{−ℓ_k} + ℓ_k + log 2π)``,
+    ``∂ log q/∂ν_k = z_k/υ_k`` and ``∂ log q/∂ℓ_k = (z_k² − 1)/2``."""
+    return {"mean": state.eps / state.std[:, None, :], "logvar": 0.5 * (state.eps ** 2 - 1.0)}
+
+
+RUNNING_DECAY = 0.9
+
+
+def _baseline_none(bk, s, f, store):
+    return 0.0
+
+
+def _baseline_loo(bk, s, f, store):
+    """``β_l = (Σ_{l'} f_l' − f_l)/(L − 1)``: the mean of the other samples of the same datum."""
+    samples = f.shape[1]
+    return ((f.sum(axis=1, keepdims=True) - f) / (samples - 1))[..., None]
+
+
+def _baseline_running(bk, s, f, store):
+    """The running mean of ``f`` from earlier steps (0 on the first step); updated afterwards."""
+    return store.get("score_running_mean", 0.0) if store.get("score_running_steps", 0) else 0.0
+
+
+def _baseline_optimal(bk, s, f, store):
+    """Per component ``j`` the variance-minimising ``β_j = E[s_j² f]/E[s_j²]`` (for the estimator
+    ``s (f − β)``, with ``E[s] = 0``), estimated on the other half of the samples: samples
+    ``0..h−1`` (``h = ⌊L/2⌋``) get the coefficient estimated from samples ``h..L−1`` and vice versa."""
+    xp = bk.xp
+    half = f.shape[1] // 2
+    s2f = s * s * f[..., None]
+
+    def coef(part):
+        return s2f[:, part].sum(axis=1) / (s[:, part] ** 2).sum(axis=1)
+
+    first, second = slice(0, half), slice(half, f.shape[1])
+    beta = xp.empty_like(s)
+    beta[:, first] = coef(second)[:, None, :]
+    beta[:, second] = coef(first)[:, None, :]
+    return beta
+
+
+def score_function(bk, scores: dict, f, weight: float, baseline) -> dict:
+    """Score-function estimator of the recognition gradient of the reconstruction term (§8.2.1,
+    with a control variate): for every head, ``w Σ_l (f_l − β_l) s_l`` with ``s_l = ∂ log q(x_l|y)/∂head``
+    ``(N, L, P)``; ``β`` broadcasts against ``s`` (a scalar, ``(N, L, 1)`` or ``(N, L, P)``). The
+    expected score is zero, so the estimate is unbiased whenever ``β_l`` is independent of sample
+    ``l`` (EQUATIONS.md)."""
+    out = {}
+    for head, s in scores.items():
+        beta = baseline(s)
+        out[head] = weight * ((f[..., None] - beta) * s).sum(axis=1)
+    return out
+
+
+# name -> (baseline, minimum L, description). Unbiasedness of each, for a sample l of datum n:
+#   score          β = 0: the plain estimator (Eq. of §8.2.1), unbiased.
+#   score-loo      β_l = mean of f over the other L − 1 samples of datum n: independent of sample l,
+#                  unbiased. Needs L ≥ 2.
+#   score-running  β = exponential running mean of the batch-mean f over the previous steps (decay
+#                  ``state["score_running_decay"]``, default RUNNING_DECAY), fixed before this
+#                  step's samples are drawn: unbiased. The state holds plain floats.
+#   score-optimal  β_lj = Σ s_j² f / Σ s_j² over the other half of datum n's samples: independent
+#                  of sample l (the halves are independent draws), unbiased. Needs L ≥ 2.
+CONTROL_VARIATES = {
+    "score": (_baseline_none, 1),
+    "score-loo": (_baseline_loo, 2),
+    "score-running": (_baseline_running, 1),
+    "score-optimal": (_baseline_optimal, 2),
+}
+
+
+def _update_running(bk, f, store: dict) -> None:
+    decay = float(store.get("score_running_decay", RUNNING_DECAY))
+    batch_mean = bk.to_float(f.mean())
+    steps = int(store.get("score_running_steps", 0))
+    old = float(store.get("score_running_mean", 0.0))
+    store["score_running_mean"] = batch_mean if steps == 0 else decay * old + (1.0 - decay) * batch_mean
+    store["score_running_steps"] = steps + 1
+
+
+def _score_estimator(name: str, score_of: Callable):
+    baseline, min_samples = CONTROL_VARIATES[name]
+
+    def estimate(bk, latent, state, signals: DecoderSignals) -> dict:
+        samples = signals.f.shape[1]
+        if samples < min_samples:
+            raise ConfigError(f"estimator {name!r} needs at least {min_samples} samples per datum "
+                              f"(L ≥ {min_samples}), got L = {samples}")
+        scores = score_of(bk, latent, state)
+        out = score_function(bk, scores, signals.f, signals.weight,
+                             lambda s: baseline(bk, s, signals.f, signals.state))
+        if name == "score-running":
+            _update_running(bk, signals.f, signals.state)
+        return out
+
+    estimate.__name__ = f"{name.replace('-', '_')}_estimator"
+    estimate.__doc__ = (f"Score-function estimator ``{name}`` (§8.2.1): see :func:`score_function` "
+                        f"and the table of control variates above it.")
+    return estimate
+
+
+_SCORES = {
+    "gaussian": lambda bk, latent, state: diagonal_gaussian_score(bk, state),
+    "gaussian_full": lambda bk, latent, state: latent.score(bk, state),
+}
+
+for _latent, _score_of in _SCORES.items():
+    for _name in CONTROL_VARIATES:
+        register(_latent, _name)(_score_estimator(_name, _score_of))

@@ -88,3 +88,88 @@ def grads(cfg, params: dict, y, eps, reduction="mean"):
     loss.backward()
     return (float(loss.detach()), kl.detach().numpy(), rec.detach().numpy(),
             {k: v.grad.numpy() for k, v in p.items()})
+
+
+# ----- full-covariance and planar-flow recognition models (issue 4) -----------------------------
+def scale_tril(raw, k):
+    """Head ``(N, K(K+1)/2)`` -> ``R`` ``(N, K, K)``: ``numpy.tril_indices(K)`` order, diagonal
+    through exp (ORACLE.md)."""
+    t = _torch()
+    rows, cols = np.tril_indices(k)
+    m = t.zeros(raw.shape[0], k, k, dtype=raw.dtype)
+    m[:, rows, cols] = raw
+    return m.tril(-1) + t.diag_embed(m.diagonal(dim1=-2, dim2=-1).exp())
+
+
+def full_latent(p, enc, eps):
+    """``x = ν + R eps`` and the KL per datum from torch.distributions (independent of refvae)."""
+    t = _torch()
+    nu = enc["mean"]
+    r = scale_tril(enc["scale_tril"], nu.shape[-1])
+    x = nu[:, None, :] + t.einsum("nij,nlj->nli", r, eps)
+    q = t.distributions.MultivariateNormal(nu, scale_tril=r)
+    prior = t.distributions.MultivariateNormal(t.zeros_like(nu), scale_tril=t.eye(nu.shape[-1], dtype=nu.dtype))
+    return x, t.distributions.kl_divergence(q, prior)
+
+
+def planar_flows(z, u, w, b):
+    """Rezende & Mohamed (2015) planar flows with the invertibility fix of their Appendix A.1:
+    ``z ← z + û tanh(wᵀz + b)``; returns ``(z_T, Σ_t log|1 + ûᵀψ_t|)``. ``u, w`` ``(N, T, K)``,
+    ``b`` ``(N, T)``, ``z`` ``(N, L, K)``."""
+    t = _torch()
+    log_det = t.zeros(z.shape[:2], dtype=z.dtype)
+    for i in range(u.shape[1]):
+        ui, wi, bi = u[:, i], w[:, i], b[:, i]
+        wu = (wi * ui).sum(-1, keepdim=True)
+        uhat = ui + (t.nn.functional.softplus(wu) - 1 - wu) * wi / (wi * wi).sum(-1, keepdim=True)
+        a = (z * wi[:, None, :]).sum(-1) + bi[:, None]
+        psi = (1 - a.tanh() ** 2)[..., None] * wi[:, None, :]
+        log_det = log_det + (1 + (psi * uhat[:, None, :]).sum(-1)).abs().log()
+        z = z + uhat[:, None, :] * a.tanh()[..., None]
+    return z, log_det
+
+
+def flow_latent(p, enc, eps):
+    """Diagonal Gaussian base, planar flows from the ``flow_*`` heads, Monte Carlo KL per datum."""
+    t = _torch()
+    nu, lv = enc["mean"], enc["logvar"]
+    n, k = nu.shape
+    std = (0.5 * lv).exp()
+    z0 = nu[:, None, :] + std[:, None, :] * eps
+    x, log_det = planar_flows(z0, enc["flow_u"].reshape(n, -1, k), enc["flow_w"].reshape(n, -1, k),
+                              enc["flow_b"].reshape(n, -1))
+    log_q0 = t.distributions.Normal(nu[:, None, :], std[:, None, :]).log_prob(z0).sum(-1)
+    log_p = t.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    return x, (log_q0 - log_det - log_p).mean(1)
+
+
+def latent_loss_fn(cfg, reduction="mean"):
+    """Like :func:`loss_fn` for every Gaussian recognition model: ``gaussian`` (diagonal; the same
+    as :func:`loss_fn`), ``gaussian_full``, and ``gaussian`` with ``flow_length`` > 0."""
+    if cfg.get("latent", "gaussian") == "gaussian" and not cfg.get("flow_length"):
+        return loss_fn(cfg, reduction)
+    if cfg.get("latent") == "gaussian_full":
+        heads, sample = ["mean", "scale_tril"], full_latent
+    else:
+        heads, sample = ["mean", "logvar", "flow_u", "flow_w", "flow_b"], flow_latent
+
+    def loss(p, y, eps):
+        enc = mlp(p, "encoder", len(cfg["encoder_hidden"]), heads, cfg["activation"], y)
+        x, kl = sample(p, enc, eps)
+        dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"], x)
+        rec = surprisal(cfg, dec, y[:, None, :], p).mean(1)
+        total = (kl + rec).sum()
+        return (total / y.shape[0] if reduction == "mean" else total), kl, rec
+
+    return loss
+
+
+def latent_grads(cfg, params: dict, y, eps, reduction="mean"):
+    """:func:`grads` for every Gaussian recognition model (:func:`latent_loss_fn`)."""
+    t = _torch()
+    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+    loss, kl, rec = latent_loss_fn(cfg, reduction)(p, t.tensor(np.asarray(y, dtype=np.float64)),
+                                                   t.tensor(np.asarray(eps, dtype=np.float64)))
+    loss.backward()
+    return (float(loss.detach()), kl.detach().numpy(), rec.detach().numpy(),
+            {k: v.grad.numpy() for k, v in p.items()})
