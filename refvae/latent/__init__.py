@@ -1,7 +1,11 @@
 """Recognition models q(x|y): the sampling transform, KL, log-density and gradient estimators."""
+from .flow import PlanarFlowGaussian, PlanarFlowState
 from .gaussian import DiagonalGaussian, GaussianState
+from .gaussian_full import FullCovarianceGaussian, FullGaussianState
 
-__all__ = ["DiagonalGaussian", "GaussianState", "make_latent"]
+__all__ = ["DiagonalGaussian", "GaussianState",
+           "FullCovarianceGaussian", "FullGaussianState", "PlanarFlowGaussian", "PlanarFlowState",
+           "make_latent"]
 
 
 def make_latent(config):
@@ -10,5 +14,9 @@ def make_latent(config):
 
     if config.latent == "gaussian" and not config.flow_length:
         return DiagonalGaussian(config.latent_dim)
+    if config.latent == "gaussian":
+        return PlanarFlowGaussian(config.latent_dim, config.flow_length)
+    if config.latent == "gaussian_full":
+        return FullCovarianceGaussian(config.latent_dim)
     raise ConfigError(f"latent {config.latent!r}"
                       f"{' with flow_length > 0' if config.flow_length else ''} is not implemented yet")
