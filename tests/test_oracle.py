@@ -105,6 +105,24 @@ def test_compute_on_every_backend_matches_numpy(ex, bk):
     assert oracle.compare(ref.arrays(), res).passed
 
 
+@pytest.mark.parametrize("latent", implemented_latents())
+def test_every_estimator_is_the_librarys(latent, tmp_path):
+    """Each registered estimator reaches VAE.loss_and_grads unchanged (fresh estimator state)."""
+    ex = oracle.write_example(tmp_path, latent=latent)
+    vae = VAE(oracle.load_config(ex["config"]))
+    params, batch = oracle.load_npz(ex["params"]), oracle.load_npz(ex["batch"])
+    temperature = float(batch["temperature"]) if "temperature" in batch else None
+    names = oracle.estimators_for(vae.latent.name)
+    assert oracle.default_estimator(vae) in names
+    for est in names:
+        res = oracle.compute(ex["config"], ex["params"], ex["batch"], estimator=est)
+        ref = vae.loss_and_grads(params, batch["y"], batch[vae.latent.noise_name], estimator=est,
+                                 temperature=temperature)
+        assert res.estimator == est and res.loss == ref.loss
+        for k in ref.grads:
+            np.testing.assert_array_equal(res.grads[k], ref.grads[k], err_msg=f"{est} {k}")
+
+
 # ----- the example files, for every latent kind and emission ----------------------------------
 @pytest.mark.parametrize("latent", implemented_latents())
 @pytest.mark.parametrize("emission", EMISSIONS)
