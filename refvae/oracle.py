@@ -21,7 +21,6 @@ Files are read with ``allow_pickle=False``; every unusable input is a one-line
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ import numpy as np
 from .backend import NoiseSource
 from .config import VAEConfig
 from .errors import CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError
-from .estimators import estimators_for
 from .gradcheck import TensorCheck, compare_arrays
+from .io import _atomic_write, ensure_writable_dir, load_json, load_npz_checked, save_json
 from .vae import REDUCTIONS, VAE
 
 FORMAT = 1
@@ -76,27 +75,13 @@ def _host(a, what: str) -> np.ndarray:
 
 
 def load_npz(path, what: str = "file") -> dict:
-    """Every array of an ``.npz`` file, read with ``allow_pickle=False``, as a dict of NumPy arrays."""
-    path = os.fspath(path)
+    """Every array of a user's ``.npz`` (read by :func:`refvae.io.load_npz_checked`, never
+    unpickling), as a dict of real-valued NumPy arrays; errors name the file's role."""
     try:
-        data = np.load(path, allow_pickle=False)
-        if not hasattr(data, "files"):
-            raise DataError(f"{what} {path} is a single .npy array; save a dict of arrays with "
-                            "numpy.savez(path, **arrays)")
-        with data:
-            out = {}
-            for name in data.files:
-                out[name] = data[name]
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{what} {path} is a directory, not an .npz file") from None
-    except RefvaeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt zip, pickled objects, torch.save files, ...
-        raise DataError(f"{what} {path} is not a readable .npz of numeric arrays ({exc}); "
-                        "write it with numpy.savez (not torch.save or pickle)") from None
-    return {k: _host(v, f"{what} {path}: array {k!r}") for k, v in out.items()}
+        arrays, _ = load_npz_checked(path, require_meta=False)
+    except CheckpointError as exc:
+        raise DataError(f"{what}: {exc}") from None
+    return {k: _host(v, f"{what} {os.fspath(path)}: array {k!r}") for k, v in arrays.items()}
 
 
 def load_config(config) -> VAEConfig:
@@ -106,22 +91,20 @@ def load_config(config) -> VAEConfig:
     where = "config"
     if not isinstance(config, dict):
         where = os.fspath(config)
-        try:
-            with open(where, encoding="utf-8") as fh:
-                config = json.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {where} not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {where} is not valid JSON ({exc.msg} at line {exc.lineno})") \
-                from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {where} cannot be read ({exc})") from None
+        config = _json(where, "config")
     try:
         return VAEConfig.from_dict(config)
     except TypeError as exc:  # a field of the wrong kind that the dataclass itself rejects
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _json(path, what: str):
+    try:
+        return load_json(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def _arrays(source, what: str) -> dict:
@@ -139,13 +122,7 @@ def parse_name_map(pairs=(), path=None) -> dict:
     """``{theirs: ours}`` from ``theirs=ours`` strings and/or a JSON file holding an object."""
     mapping = {}
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                loaded = json.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"name map file {path} not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"name map file {path} is not a readable JSON object ({exc})") from None
+        loaded = _json(path, "name map")
         if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in loaded.items()):
             raise ConfigError(f"name map file {path} must hold a JSON object of names, "
@@ -301,17 +278,8 @@ def compute(config, params, batch, *, estimator: str | None = None, reduction: s
 
 
 def write_npz(path, arrays: dict) -> None:
-    """Write ``arrays`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc})") from None
+    """Write ``arrays`` as a plain ``numpy.savez`` file, atomically (:mod:`refvae.io`)."""
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays), "result file")
 
 
 # ----- comparing ---------------------------------------------------------------------------------
@@ -469,8 +437,8 @@ def write_example(directory, *, latent: str = "gaussian", emission: str = "berno
         categories = 3 if categories is None else categories
         temperature = 0.5 if temperature is None else temperature
     spec = {"format": FORMAT, "data_dim": 6, "latent_dim": 2, "encoder_hidden": [5],
-              "decoder_hidden": [5], "activation": "tanh", "latent": latent, "emission": emission,
-              "alpha": 1.0, "learn_alpha": learn_alpha}
+            "decoder_hidden": [5], "activation": "tanh", "latent": latent, "emission": emission,
+            "alpha": 1.0, "learn_alpha": learn_alpha}
     if categories is not None:
         spec["categories"] = categories
     config = load_config(spec)
@@ -484,18 +452,10 @@ def write_example(directory, *, latent: str = "gaussian", emission: str = "berno
     if temperature is not None:
         batch["temperature"] = np.asarray(float(temperature))
     result = compute(config, params, batch, estimator=estimator, reduction=reduction)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot create {directory} ({exc.strerror or exc})") from None
+    ensure_writable_dir(directory)
     paths = {role: os.path.join(os.fspath(directory), f"{role}.{ext}")
              for role, ext in (("config", "json"), ("params", "npz"), ("batch", "npz"), ("theirs", "npz"))}
-    try:
-        with open(paths["config"], "w", encoding="utf-8") as fh:
-            json.dump(config.to_dict(), fh, indent=1)
-            fh.write("\n")
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {paths['config']} ({exc.strerror or exc})") from None
+    save_json(paths["config"], config.to_dict())
     write_npz(paths["params"], params)
     write_npz(paths["batch"], batch)
     write_npz(paths["theirs"], result.arrays())
