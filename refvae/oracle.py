@@ -197,10 +197,10 @@ def load_inputs(config, params, batch, temperature=None, name_map=None,
     try:
         vae.check_params(named)
     except RefvaeError as exc:
-        hint = ""
-        if str(exc).startswith("parameters do not match") and "missing" in str(exc) \
-                and "unexpected" in str(exc):
-            hint = "; if your modules are named differently, map them with --map theirs=ours"
+        expected = set(vae.param_shapes())
+        renamed_only = bool(expected - set(named)) and bool(set(named) - expected)
+        hint = "; if your modules are named differently, map them with --map theirs=ours" \
+            if renamed_only else ""
         raise type(exc)(f"{p_label}: {exc}{hint}") from None
     data = _arrays(batch, "batch")
     noise_name = vae.latent.noise_name
@@ -391,9 +391,10 @@ def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: floa
     dtype = _theirs_dtype(theirs)
     defaults = TOLERANCES["float64" if dtype == "float64" else "float32"]
     notes = []
-    if dtype != "float64" and (rtol is None or atol is None):
-        notes.append(f"your gradients are {dtype}: using the float32 defaults rtol={defaults['rtol']:g}, "
-                     f"atol={defaults['atol']:g} (refvae computes in float64 at your parameters); "
+    used = [f"{k}={defaults[k]:g}" for k, given in (("rtol", rtol), ("atol", atol)) if given is None]
+    if dtype != "float64" and used:
+        notes.append(f"your gradients are {dtype}: using the float32 default{'s' if len(used) > 1 else ''} "
+                     f"{', '.join(used)} (refvae computes in float64 at your parameters); "
                      "--rtol/--atol override")
     rtol = defaults["rtol"] if rtol is None else float(rtol)
     atol = defaults["atol"] if atol is None else float(atol)

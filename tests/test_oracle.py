@@ -211,6 +211,8 @@ def test_float32_gradients_get_float32_tolerances_and_a_note(ex, tmp_path, capsy
     # relative) cannot pass 1e-9
     rc, text, _ = run(capsys, *files(ex, theirs=f32), "--rtol", "1e-9", "--atol", "1e-12")
     assert rc == 1 and "note:" not in text
+    rc, text, _ = run(capsys, *files(ex, theirs=f32), "--rtol", "1e-3")
+    assert rc == 0 and "using the float32 default atol=1e-05 (" in text
 
 
 def test_explicit_tolerances_are_used(ex, tmp_path, capsys):
