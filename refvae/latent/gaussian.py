@@ -66,6 +66,10 @@ class DiagonalGaussian:
         ∂f/∂x already weighted by the Monte Carlo average (1/L) and the batch reduction."""
         return {"mean": g.sum(axis=1), "logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}
 
+    def prior_sample(self, source, n: int, bk):
+        """``n`` draws from the prior p(x) = N(0, I) (Eq. 8.15), shape ``(n, K)``."""
+        return source.normal((n, self.k), bk)
+
     def mean(self, state: GaussianState):
         """E_q[x] = ν (used for active units)."""
         return state.nu

@@ -1,0 +1,315 @@
+"""The training loop: seeded, reproducible, resumable, and stopped cleanly on divergence.
+
+One :class:`~refvae.backend.NoiseSource` seeded by ``seed`` owns every random draw of a run — the
+initial parameters, the minibatch order, the base noise and dynamic binarization — and its state is
+saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
+exactly where an uninterrupted one would have been (bit for bit).
+
+An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
+options and data), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
+atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np  # host side: data order and per-epoch summaries
+
+from . import io as rio
+from .backend import NoiseSource
+from .config import VAEConfig
+from .data import BINARIZATIONS, apply_binarization, binarize, check_support
+from .errors import CheckpointError, ConfigError, NonFiniteError
+from .objectives import neg_elbo_terms
+from .optim import FlatParams, make_optimizer, make_schedule
+from .vae import VAE
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainOptions:
+    """How to train (everything except the architecture, which is :class:`VAEConfig`)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    lr_gamma: float = 0.1
+    lr_step_size: int = 1000
+    samples: int = 1
+    seed: int = 0
+    estimator: str | None = None
+    binarize: str = "none"
+    temperature: float | None = None
+    eval_samples: int = 1
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "samples", "eval_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        if self.binarize not in BINARIZATIONS:
+            raise ConfigError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZATIONS)}")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"temperature must be a positive finite number, got {self.temperature!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(map(repr, unknown))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingDiverged(NonFiniteError):
+    """The loss or a gradient became NaN/inf; the message names the step and the tensor."""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores."""
+
+    params: dict
+    optimizer: dict
+    epoch: int
+    step: int
+    noise_state: str
+    estimator_state: dict
+
+
+def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, noise: NoiseSource,
+                    config: VAEConfig, estimator_state: dict) -> None:
+    """Parameters (``param/<name>``), optimizer state (``optim/<key>``) and JSON metadata, atomically."""
+    arrays = {f"param/{k}": v for k, v in flat.to_numpy().items()}
+    meta = {"epoch": epoch, "step": step, "noise_state": noise.state(), "config": config.to_dict(),
+            "estimator_state": _jsonable(estimator_state), "optimizer_scalars": {}}
+    for k, v in optimizer.state_dict().items():
+        if isinstance(v, np.ndarray):
+            arrays[f"optim/{k}"] = v
+        else:
+            meta["optimizer_scalars"][k] = v
+    rio.atomic_write_npz(path, arrays, meta)
+
+
+def load_checkpoint(path, config: VAEConfig) -> RunState:
+    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError)."""
+    arrays, meta = rio.load_npz_checked(path)
+    try:
+        saved = VAEConfig.from_dict(meta["config"])
+        if saved != config:
+            raise CheckpointError(f"{path}: the checkpoint belongs to another model config "
+                                  f"({saved.to_dict()}); resume with that config or start a new --out")
+        params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+        optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+        optim.update(meta["optimizer_scalars"])
+        return RunState(params, optim, int(meta["epoch"]), int(meta["step"]), str(meta["noise_state"]),
+                        dict(meta.get("estimator_state") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt ({exc})") from exc
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        out[k] = v
+    return out
+
+
+def _first_nonfinite(bk, grads: dict) -> str | None:
+    for name, g in grads.items():
+        if not bool(bk.xp.isfinite(g).all()):
+            return name
+    return None
+
+
+class Progress:
+    """A one-line progress bar with the running loss (redrawn in place on a terminal)."""
+
+    def __init__(self, enabled: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float):
+        if not self.tty:
+            return
+        width = 24
+        filled = int(width * done / max(total, 1))
+        self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{done}/{total} loss {loss:.4f}")
+        self.stream.flush()
+
+    def epoch_line(self, text: str):
+        if self.enabled:
+            self.stream.write(("\r" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str = "numpy",
+          dtype: str = "float64", resume: bool = False, stream=None) -> list[dict]:
+    """Train ``config`` on ``data`` (an object with host arrays ``train`` and ``test``) into
+    ``out_dir``; returns the per-epoch metrics (also in ``metrics.jsonl``).
+
+    Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
+    not finite; the checkpoint of the last finished epoch is left in place.
+    """
+    out = rio.ensure_writable_dir(out_dir)
+    model = VAE(config, backend, dtype)
+    bk = model.bk
+    _check_data(model, data, options)
+    ckpt_path = out / CHECKPOINT
+    estimator = options.estimator or getattr(model.latent, "default_estimator", "pathwise")
+
+    noise = NoiseSource(options.seed)
+    params = model.init_params(noise)
+    start_epoch, step, estimator_state = 0, 0, {}
+    flat = FlatParams.from_dict(bk, params)
+    opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr, weight_decay=options.weight_decay)
+    history: list[dict] = []
+    if resume:
+        if not ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
+        state = load_checkpoint(ckpt_path, config)
+        flat.load(state.params)
+        opt.load_state_dict(state.optimizer)
+        noise.set_state(state.noise_state)
+        start_epoch, step, estimator_state = state.epoch, state.step, state.estimator_state
+        history = [m for m in _read_metrics(out / METRICS) if m["epoch"] <= start_epoch]
+    rio.save_json(out / "config.json", config.to_dict())
+    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": getattr(data, "source", None),
+                                       "backend": backend, "dtype": dtype})
+    _write_metrics(out / METRICS, history)
+
+    data = apply_binarization(data, options.binarize, seed=options.seed + 1)
+    y_train = data.train
+    n = y_train.shape[0]
+    per_epoch = math.ceil(n / options.batch_size)
+    schedule = _schedule(options, per_epoch)
+    progress = Progress(options.progress, stream)
+    y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
+
+    for epoch in range(start_epoch + 1, options.epochs + 1):
+        t0 = time.perf_counter()
+        order = noise.permutation(n)
+        if y_dev is None:
+            y_epoch = bk.asarray(binarize(data.train, noise))
+        else:
+            y_epoch = y_dev
+        sums = np.zeros(3)
+        for b in range(per_epoch):
+            idx = order[b * options.batch_size:(b + 1) * options.batch_size]
+            yb = y_epoch[bk.xp.asarray(idx)]
+            eps = model.draw_noise(noise, len(idx), options.samples)
+            try:
+                res = model.loss_and_grads(flat.params, yb, eps, estimator, check=False,
+                                           temperature=options.temperature, estimator_state=estimator_state)
+            except NonFiniteError as exc:
+                raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
+            bad = _first_nonfinite(bk, res.grads)
+            if bad:
+                raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
+                                start_epoch, history)
+            flat.set_grads(res.grads)
+            opt.step(flat, lr=schedule(step))
+            step += 1
+            sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
+            progress.update(epoch, options.epochs, b + 1, per_epoch, sums[0] / min((b + 1) * options.batch_size, n))
+        record = {"epoch": epoch, "step": step, "lr": schedule(step),
+                  "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
+        record.update(_test_metrics(model, flat.params, data, options, epoch))
+        record["seconds"] = time.perf_counter() - t0
+        save_checkpoint(ckpt_path, flat, opt, epoch, step, noise, config, estimator_state)
+        history.append(record)
+        _write_metrics(out / METRICS, history)
+        progress.epoch_line(_epoch_text(record, options.epochs))
+    return history
+
+
+def _schedule(options: TrainOptions, per_epoch: int):
+    """The learning-rate schedule by name; cosine anneals over the whole run."""
+    kw = {"step": {"step_size": options.lr_step_size, "gamma": options.lr_gamma},
+          "exponential": {"gamma": options.lr_gamma},
+          "cosine": {"total_steps": options.epochs * per_epoch}}.get(options.schedule, {})
+    return make_schedule(options.schedule, options.lr, **kw)
+
+
+def _check_data(model, data, options):
+    for split in ("train", "test"):
+        arr = getattr(data, split, None)
+        if arr is None:
+            continue
+        check_support(arr, model.config.emission)
+        if arr.ndim != 2 or arr.shape[1] != model.config.data_dim:
+            raise ConfigError(f"the {split} data have shape {arr.shape}, but the model's data_dim is "
+                              f"{model.config.data_dim}; set data_dim to {arr.shape[-1]}")
+    if options.binarize != "none" and model.config.emission != "bernoulli":
+        raise ConfigError("binarization applies only to the bernoulli emission")
+
+
+def _test_metrics(model, params, data, options, epoch) -> dict:
+    test = getattr(data, "test", None)
+    if test is None or len(test) == 0:
+        return {}
+    # A generator of its own per epoch, so evaluation never shifts the training stream.
+    kl, rec = neg_elbo_terms(model, params, test, NoiseSource([options.seed, epoch, 1]),
+                             options.eval_samples)
+    return {"test_neg_elbo": float((kl + rec).mean()), "test_kl": float(kl.mean()),
+            "test_reconstruction": float(rec.mean())}
+
+
+def _epoch_text(r: dict, epochs: int) -> str:
+    text = f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.4f}"
+    if "test_neg_elbo" in r:
+        text += f"  test {r['test_neg_elbo']:.4f} (KL {r['test_kl']:.3f})"
+    return text + f"  {r['seconds']:.1f}s"
+
+
+def _diverged(epoch, step, what, ckpt_path, start_epoch, history) -> TrainingDiverged:
+    last = history[-1]["epoch"] if history else start_epoch
+    kept = f"the last good checkpoint (epoch {last}) is kept at {ckpt_path}" if Path(ckpt_path).exists() \
+        else "no checkpoint was written yet"
+    return TrainingDiverged(f"training stopped at epoch {epoch}, step {step}: {what}; {kept}; "
+                            "lower --lr or check the data")
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    rio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
+    """``(model, params, info)`` of a training run directory (``config.json`` + ``checkpoint.npz``);
+    ``info`` is ``train.json`` (options and data name) when present."""
+    run = Path(run_dir)
+    if not (run / "config.json").exists():
+        raise CheckpointError(f"{run} is not a training run directory (no config.json); "
+                              "pass the --out directory of `refvae train`")
+    config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
+    state = load_checkpoint(run / CHECKPOINT, config)
+    model = VAE(config, backend, dtype)
+    params = model.check_params(state.params)
+    info = rio.load_json(run / "train.json") if (run / "train.json").exists() else {}
+    return model, params, info
