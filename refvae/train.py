@@ -87,6 +87,7 @@ class RunState:
 
     params: dict
     optimizer: dict
+    optimizer_name: str
     epoch: int
     step: int
     noise_state: str
@@ -98,7 +99,8 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
     """Parameters (``param/<name>``), optimizer state (``optim/<key>``) and JSON metadata, atomically."""
     arrays = {f"param/{k}": v for k, v in flat.to_numpy().items()}
     meta = {"epoch": epoch, "step": step, "noise_state": noise.state(), "config": config.to_dict(),
-            "estimator_state": _jsonable(estimator_state), "optimizer_scalars": {}}
+            "estimator_state": _jsonable(estimator_state), "optimizer": optimizer.name,
+            "optimizer_scalars": {}}
     for k, v in optimizer.state_dict().items():
         if isinstance(v, np.ndarray):
             arrays[f"optim/{k}"] = v
@@ -118,7 +120,7 @@ def load_checkpoint(path, config: VAEConfig) -> RunState:
         params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         optim.update(meta["optimizer_scalars"])
-        return RunState(params, optim, int(meta["epoch"]), int(meta["step"]), str(meta["noise_state"]),
+        return RunState(params, optim, str(meta["optimizer"]), int(meta["epoch"]), int(meta["step"]), str(meta["noise_state"]),
                         dict(meta.get("estimator_state") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt ({exc})") from exc
@@ -188,6 +190,9 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         if not ckpt_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
         state = load_checkpoint(ckpt_path, config)
+        if state.optimizer_name != opt.name:
+            raise CheckpointError(f"{ckpt_path} was written with optimizer {state.optimizer_name!r}; "
+                                  f"resume with --optimizer {state.optimizer_name}")
         flat.load(state.params)
         opt.load_state_dict(state.optimizer)
         noise.set_state(state.noise_state)

@@ -1,0 +1,150 @@
+"""Training: reproducibility, exact resume, divergence handling, and the train/evaluate/sample CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from refvae import NoiseSource
+from refvae.cli import main
+from refvae.config import VAEConfig
+from refvae.data import Dataset
+from refvae.errors import CheckpointError, ConfigError
+from refvae.io import load_npz_checked
+from refvae.train import TrainingDiverged, TrainOptions, load_run, train
+
+
+def tiny_data(n=60, d=6, seed=1):
+    rng = np.random.default_rng(seed + 100)
+    y = rng.random((n + 20, d))
+    return Dataset("tiny", y[:n], y[n:], image_shape=(2, 3), kind="greyscale")
+
+
+CONFIG = VAEConfig(data_dim=6, latent_dim=2, encoder_hidden=(5,), decoder_hidden=(5,), activation="tanh")
+
+
+def run(tmp_path, name, epochs, resume=False, **kw):
+    opts = TrainOptions(epochs=epochs, batch_size=16, lr=1e-2, samples=2, progress=False, **kw)
+    return train(CONFIG, opts, tiny_data(), tmp_path / name, resume=resume)
+
+
+def checkpoint_arrays(path):
+    arrays, meta = load_npz_checked(path / "checkpoint.npz")
+    meta.pop("refvae_format", None)
+    return arrays, meta
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = run(tmp_path, "a", 3)
+    b = run(tmp_path, "b", 3)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(a) == strip(b)
+    other = run(tmp_path, "c", 3, seed=7)
+    assert strip(other) != strip(a)
+
+
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+def test_resume_is_bit_identical(tmp_path, binarize):
+    whole = run(tmp_path, "whole", 4, binarize=binarize)
+    run(tmp_path, "split", 2, binarize=binarize)
+    resumed = run(tmp_path, "split", 4, resume=True, binarize=binarize)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed) == strip(whole)
+    a_arr, a_meta = checkpoint_arrays(tmp_path / "whole")
+    b_arr, b_meta = checkpoint_arrays(tmp_path / "split")
+    assert a_meta == b_meta
+    assert set(a_arr) == set(b_arr)
+    for k in a_arr:
+        assert np.array_equal(a_arr[k], b_arr[k]), k
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_resume_without_checkpoint_or_with_other_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run(tmp_path, "none", 1, resume=True)
+    run(tmp_path, "a", 1)
+    other = VAEConfig(data_dim=6, latent_dim=3, encoder_hidden=(5,), decoder_hidden=(5,))
+    with pytest.raises(CheckpointError, match="another model config"):
+        train(other, TrainOptions(epochs=2, progress=False), tiny_data(), tmp_path / "a", resume=True)
+    with pytest.raises(CheckpointError, match="resume with --optimizer adam"):
+        train(CONFIG, TrainOptions(epochs=2, optimizer="sgd", progress=False), tiny_data(), tmp_path / "a",
+              resume=True)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    """An absurd learning rate drives the loss to inf/NaN: training stops with a message naming
+    the epoch, the step and what went wrong, and the previous epoch's checkpoint is untouched."""
+    run(tmp_path, "d", 1)
+    before = checkpoint_arrays(tmp_path / "d")
+    opts = TrainOptions(epochs=50, batch_size=16, lr=1e6, progress=False)
+    with pytest.raises(TrainingDiverged) as info:
+        train(CONFIG, opts, tiny_data(), tmp_path / "d", resume=True)
+    msg = str(info.value)
+    assert "training stopped at epoch" in msg and "step" in msg and "checkpoint" in msg
+    assert "\n" not in msg
+    after = checkpoint_arrays(tmp_path / "d")
+    # Training may have finished further epochs before diverging; whatever is kept must load and
+    # be finite (the last good state), and it never went backwards.
+    assert after[1]["epoch"] >= before[1]["epoch"]
+    model, params, _ = load_run(tmp_path / "d")
+    assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="samples"):
+        TrainOptions(samples=0)
+    with pytest.raises(ConfigError, match="binarization"):
+        TrainOptions(binarize="sometimes")
+    with pytest.raises(ConfigError, match="temperature"):
+        TrainOptions(temperature=0.0)
+    with pytest.raises(ConfigError, match="unknown training option"):
+        TrainOptions.from_dict({"epochz": 3})
+
+
+def test_data_outside_support_is_refused(tmp_path):
+    data = tiny_data()
+    data.train[0, 0] = 2.0
+    with pytest.raises(Exception) as info:
+        train(CONFIG, TrainOptions(epochs=1, progress=False), data, tmp_path / "x")
+    assert "[0, 1]" in str(info.value) or "outside" in str(info.value)
+
+
+def test_cli_train_evaluate_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, train=rng.random((50, 12)), test=rng.random((10, 12)))
+    code = main(["train", "--data", str(data), "--epochs", "2", "--latent-dim", "2", "--encoder-hidden", "8",
+                 "--decoder-hidden", "8", "--out", str(out), "--quiet", "--no-figures"])
+    assert code == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["epoch"] == 2
+    assert main(["evaluate", str(out), "--iwae", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"neg_elbo", "kl", "reconstruction", "nll_iwae", "active_units", "n"} <= set(result)
+    assert result["n"] == 10
+    assert main(["sample", str(out), "--n", "4", "--image-shape", "3", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--activation", "gelu", "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("refvae: error:") and "activation" in err and "\n" not in err
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "not a training run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_run_learns_and_draws_figures(tmp_path, monkeypatch):
+    """The README's main job, shortened: the built-in digits default improves on its first epoch
+    and writes every figure."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "4", "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "default"
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["test_neg_elbo"] < lines[0]["test_neg_elbo"]
+    for name in ("loss.png", "samples.png", "reconstructions.png", "latent.png", "manifold.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
