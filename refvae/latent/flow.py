@@ -12,11 +12,16 @@ and by Eq. 8.25 ``log q(x|y) = log N(z_0; ν, diag υ²) − Σ_t log |1 + û_t�
 
 Invertibility (Rezende & Mohamed, Appendix A.1): the raw ``u_t`` is replaced by
 ``û_t = u_t + (m(w_tᵀ u_t) − w_tᵀ u_t) w_t / ||w_t||²`` with ``m(α) = −1 + softplus(α)``, so that
-``w_tᵀ û_t = m(α) > −1`` and ``1 + tanh'(a) m > 0``: the determinant never vanishes. (A ``w_t``
-that is exactly zero leaves ``û_t`` undefined; random initialisation never produces one.)
+``w_tᵀ û_t = m(α) > −1`` and ``1 + tanh'(a) m > 0``: the determinant never vanishes. It is computed
+as ``D = tanh²(a) + tanh'(a) softplus(α)`` (equal, since ``tanh' = 1 − tanh²``), a sum of two
+non-negative terms, because ``1 + tanh'(a) m`` cancels catastrophically when α ≪ 0 and ``a ≈ 0``
+(``m`` rounds to −1); it can still underflow to 0 only where softplus(α) does (α < −745, a
+volume contraction beyond float64's range). (A ``w_t`` that is exactly zero leaves ``û_t``
+undefined; random initialisation never produces one.)
 
-Parameters are amortized, as in Rezende & Mohamed's experiments: the encoder has three heads
-besides ``mean`` and ``logvar`` (parameter names ``encoder.<head>.weight|bias``):
+Parameters are amortized, a choice of this library: the encoder outputs them per datum, so the
+flow adds encoder heads and nothing else to the parameter layout. Besides ``mean`` and ``logvar``
+there are three heads (parameter names ``encoder.<head>.weight|bias``):
 ``flow_u`` (T·K outputs; output ``t·K + k`` is ``u_t[k]``), ``flow_w`` (T·K, same layout) and
 ``flow_b`` (T outputs). A PyTorch user reshapes them with ``.view(N, T, K)`` / ``.view(N, T)``.
 
@@ -50,10 +55,11 @@ class PlanarFlowState:
     alpha: object  # (N, T) w·u
     uhat: object   # (N, T, K)
     m: object      # (N, T) w·û = softplus(α) − 1
+    sp: object     # (N, T) softplus(α)
     zs: list       # z_0..z_T, each (N, L, K)
     a: list        # pre-activations a_t = w_t·z_{t−1} + b_t, each (N, L)
     h: list        # tanh(a_t), each (N, L)
-    log_det: object  # (N, L) Σ_t log(1 + tanh'(a_t) m_t)
+    log_det: object  # (N, L) Σ_t log D_t, D_t = 1 + tanh'(a_t) m_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)
 
     @property
     def x(self):
@@ -94,14 +100,14 @@ class PlanarFlowGaussian:
     # ----- invertibility reparameterization (Rezende & Mohamed, Appendix A.1) ----------------
     @staticmethod
     def constrain(bk, u, w):
-        """``(α, û, m)`` with ``α = wᵀu``, ``m = softplus(α) − 1`` and
-        ``û = u + (m − α) w/||w||² = u + (softplus(−α) − 1) w/||w||²``; arrays ``(..., K)``."""
+        """``(α, û, softplus(α))`` with ``α = wᵀu`` and
+        ``û = u + (m − α) w/||w||² = u + (softplus(−α) − 1) w/||w||²``, so that
+        ``wᵀû = m = softplus(α) − 1``; arrays ``(..., K)``."""
         xp = bk.xp
         alpha = (w * u).sum(axis=-1)
         c = xp.logaddexp(0.0, -alpha) - 1.0
         uhat = u + (c / (w * w).sum(axis=-1))[..., None] * w
-        m = xp.logaddexp(0.0, alpha) - 1.0
-        return alpha, uhat, m
+        return alpha, uhat, xp.logaddexp(0.0, alpha)
 
     @staticmethod
     def constrain_backward(bk, u, w, alpha, g_uhat, g_m):
@@ -127,12 +133,11 @@ class PlanarFlowGaussian:
                 heads["flow_b"].reshape(n, self.t))
 
     def sample(self, bk, heads: dict, eps, estimator=None, temperature=None) -> PlanarFlowState:
-        """Eq. 8.24 for ``z_0``, then the T planar layers; accumulates ``Σ_t log(1 + tanh'(a_t) m_t)``
-        (Eq. 8.25)."""
+        """Eq. 8.24 for ``z_0``, then the T planar layers; accumulates ``Σ_t log D_t`` (Eq. 8.25)."""
         xp = bk.xp
         base = self.base.sample(bk, heads, eps)
         u, w, b = self._flow_params(heads)
-        alpha, uhat, m = self.constrain(bk, u, w)
+        alpha, uhat, sp = self.constrain(bk, u, w)
         zs, pre, hs = [base.x], [], []
         log_det = xp.zeros(base.x.shape[:2], dtype=base.x.dtype)
         for t in range(self.t):
@@ -140,17 +145,18 @@ class PlanarFlowGaussian:
             a = (z * w[:, None, t, :]).sum(axis=-1) + b[:, None, t]
             h = TANH.value(bk, a)
             zs.append(z + uhat[:, None, t, :] * h[..., None])
-            log_det = log_det + xp.log1p(TANH.d1(bk, a, h) * m[:, None, t])
+            log_det = log_det + xp.log(h * h + TANH.d1(bk, a, h) * sp[:, None, t])
             pre.append(a)
             hs.append(h)
-        return PlanarFlowState(base, u, w, b, alpha, uhat, m, zs, pre, hs, log_det)
+        return PlanarFlowState(base, u, w, b, alpha, uhat, sp - 1.0, sp, zs, pre, hs, log_det)
 
     def backward(self, bk, state: PlanarFlowState, g_x, gamma: float = 0.0) -> dict:
         """Reverse pass of ``J = Σ_{n,l} [g_x · x + γ Σ_t log(1 + tanh'(a_t) m_t)]`` (``g_x``
         ``(N, L, K)`` the upstream gradient on ``x = z_T``, ``γ`` a weight on the log-determinant),
         returning ``∂J/∂(head)`` for every head, summed over the samples.
 
-        Per layer, with ``h' = tanh'(a)``, ``h'' = tanh''(a)``, ``D = 1 + h' m`` and ``G = ∂J/∂z_t``:
+        Per layer, with ``h' = tanh'(a)``, ``h'' = tanh''(a)``, ``D = 1 + h' m`` (computed as
+        ``h² + h' softplus(α)``) and ``G = ∂J/∂z_t``:
         ``δ_a = (G·û) h' + γ h'' m / D``; ``∂J/∂z_{t−1} = G + δ_a w``; ``∂J/∂û = Σ_l G h``;
         ``∂J/∂m = Σ_l γ h'/D``; ``∂J/∂w = Σ_l δ_a z_{t−1}`` (plus the route through û and m,
         :meth:`constrain_backward`); ``∂J/∂b = Σ_l δ_a``. The base Gaussian's pathwise rule then
@@ -167,7 +173,7 @@ class PlanarFlowGaussian:
             uhat_t, w_t, m_t = state.uhat[:, None, t, :], state.w[:, None, t, :], state.m[:, None, t]
             d1 = TANH.d1(bk, a, h)
             d2 = TANH.d2(bk, a, h)
-            denom = 1.0 + d1 * m_t
+            denom = h * h + d1 * state.sp[:, None, t]
             delta = (grad * uhat_t).sum(axis=-1) * d1 + gamma * d2 * m_t / denom
             g_uhat = (grad * h[..., None]).sum(axis=1)
             g_m = (gamma * d1 / denom).sum(axis=1)
