@@ -144,7 +144,7 @@ class VAE:
         """Decoder output ``o`` for latent input ``x`` ``(..., K_in)`` and its cache."""
         return self.decoder.forward(self.bk, params, x)
 
-    def forward(self, params: dict, y, noise, estimator: str = "pathwise",
+    def forward(self, params: dict, y, noise, estimator: str | None = None,
                 temperature: float | None = None) -> ForwardPass:
         """One forward pass: heads, sample, decoder output, KL per datum, surprisal per sample.
 
@@ -158,7 +158,7 @@ class VAE:
                            self.latent.kl(self.bk, state), terms.f, terms)
 
     # ----- loss and gradients ----------------------------------------------------------------
-    def loss_and_grads(self, params: dict, y, noise, estimator: str = "pathwise",
+    def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,
                        estimator_state: dict | None = None) -> LossResult:
         """Batch negative ELBO and the gradient of every parameter, derived by hand.
@@ -170,9 +170,12 @@ class VAE:
 
         ``temperature`` is the relaxation temperature of a categorical latent; ``estimator_state``
         is a caller-owned dict in which an estimator may keep state across steps (the running-mean
-        control variate of the score-function estimator).
+        control variate of the score-function estimator). ``estimator=None`` means the latent's
+        default (``pathwise`` for Gaussian latents, ``gumbel-softmax`` for categorical ones).
         """
         bk = self.bk
+        if estimator is None:
+            estimator = getattr(self.latent, "default_estimator", "pathwise")
         if reduction not in REDUCTIONS:
             raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
         estimate = _estimators.get_estimator(self.latent.name, estimator)
@@ -213,7 +216,7 @@ class VAE:
         return LossResult(loss, bk.to_float(kl_sum * scale), bk.to_float(rec_sum * scale),
                           fp.kl, rec_per, ordered)
 
-    def loss(self, params: dict, y, noise, reduction: str = "mean", estimator: str = "pathwise",
+    def loss(self, params: dict, y, noise, reduction: str = "mean", estimator: str | None = None,
              temperature: float | None = None) -> float:
         """The batch loss alone (no reverse pass): what finite differences differentiate."""
         fp = self.forward(params, self.bk.asarray(y), self.bk.asarray(noise), estimator, temperature)

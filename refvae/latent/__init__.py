@@ -1,9 +1,10 @@
 """Recognition models q(x|y): the sampling transform, KL, log-density and gradient estimators."""
+from .categorical import Categorical, CategoricalState
 from .flow import PlanarFlowGaussian, PlanarFlowState
 from .gaussian import DiagonalGaussian, GaussianState
 from .gaussian_full import FullCovarianceGaussian, FullGaussianState
 
-__all__ = ["DiagonalGaussian", "GaussianState",
+__all__ = ["Categorical", "CategoricalState", "DiagonalGaussian", "GaussianState",
            "FullCovarianceGaussian", "FullGaussianState", "PlanarFlowGaussian", "PlanarFlowState",
            "make_latent"]
 
@@ -18,5 +19,7 @@ def make_latent(config):
         return PlanarFlowGaussian(config.latent_dim, config.flow_length)
     if config.latent == "gaussian_full":
         return FullCovarianceGaussian(config.latent_dim)
+    if config.latent == "categorical":
+        return Categorical(config.latent_dim, config.categories)
     raise ConfigError(f"latent {config.latent!r}"
                       f"{' with flow_length > 0' if config.flow_length else ''} is not implemented yet")
