@@ -104,7 +104,8 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
     kl_closed, log_qc, log_qagg, log_p = [], [], [], []
     for sl in _batches(n, batch_size):
         heads = {h: v[sl] for h, v in heads_all.items()}
-        state = vae.latent.sample(bk, heads, vae.draw_noise(noise, sl.stop - sl.start, samples))
+        state = vae.latent.sample(bk, heads, vae.draw_noise(noise, sl.stop - sl.start, samples),
+                                  estimator=_evaluation_estimator(vae))
         kl_closed.append(bk.to_numpy(vae.latent.kl(bk, state)))
         x = state.x.reshape(-1, state.x.shape[-1])
         cross = vae.latent.log_q_cross(bk, heads_all, x)               # (B·S, N)
