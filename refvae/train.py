@@ -27,6 +27,7 @@ from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .objectives import neg_elbo_terms
 from .optim import FlatParams, make_optimizer, make_schedule
+from .schedules import TemperatureSchedule
 from .vae import VAE
 
 CHECKPOINT = "checkpoint.npz"
@@ -50,11 +51,14 @@ class TrainOptions:
     estimator: str | None = None
     binarize: str = "none"
     temperature: float | None = None
+    temperature_rate: float = 0.0
+    temperature_min: float = 0.5
+    temperature_every: int = 1
     eval_samples: int = 1
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "samples", "eval_samples"):
+        for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -75,6 +79,15 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def temperature_schedule(self, latent) -> TemperatureSchedule | None:
+        """Jang et al.'s ``s = max(s_min, s_0 exp(−r t))`` for a relaxed latent (``None`` otherwise);
+        a pure function of the step, so resuming needs only the step count."""
+        if getattr(latent, "default_estimator", "pathwise") == "pathwise":
+            return None
+        return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
+                                   self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
+                                   self.temperature_every)
 
 
 class TrainingDiverged(NonFiniteError):
@@ -208,6 +221,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     n = y_train.shape[0]
     per_epoch = math.ceil(n / options.batch_size)
     schedule = _schedule(options, per_epoch)
+    temperature = options.temperature_schedule(model.latent)
     progress = Progress(options.progress, stream)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
@@ -225,7 +239,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
             eps = model.draw_noise(noise, len(idx), options.samples)
             try:
                 res = model.loss_and_grads(flat.params, yb, eps, estimator, check=False,
-                                           temperature=options.temperature, estimator_state=estimator_state)
+                                           temperature=temperature(step) if temperature else None,
+                                           estimator_state=estimator_state)
             except NonFiniteError as exc:
                 raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
             bad = _first_nonfinite(bk, res.grads)
@@ -238,6 +253,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
             sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
             progress.update(epoch, options.epochs, b + 1, per_epoch, sums[0] / min((b + 1) * options.batch_size, n))
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
+                  **({"temperature": temperature(step)} if temperature else {}),
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
         record.update(_test_metrics(model, flat.params, data, options, epoch))
         record["seconds"] = time.perf_counter() - t0

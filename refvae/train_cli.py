@@ -23,7 +23,8 @@ DEFAULT_OPTIONS = {"epochs": 60, "batch_size": 64, "lr": 3e-3, "optimizer": "ada
 ARCH_FLAGS = ("latent_dim", "encoder_hidden", "decoder_hidden", "activation", "latent", "emission",
               "alpha", "learn_alpha", "categories", "flow_length")
 OPTION_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "samples",
-                "seed", "estimator", "binarize", "temperature", "eval_samples")
+                "seed", "estimator", "binarize", "temperature", "temperature_rate", "temperature_min",
+                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size")
 
 
 def _model_config(args, data_dim: int) -> VAEConfig:
@@ -146,10 +147,17 @@ def register(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="L2 penalty (default 0)")
     p.add_argument("--schedule", default=None, help="learning-rate schedule: constant (default), step, "
                                                    "exponential, cosine")
+    p.add_argument("--lr-gamma", type=float, default=None, help="decay factor of the step/exponential schedules")
+    p.add_argument("--lr-step-size", type=int, default=None, help="steps between decays of the step schedule")
     p.add_argument("--samples", type=int, default=None, help="samples L per datum (default 1)")
     p.add_argument("--eval-samples", type=int, default=None, help="samples per test datum (default 1)")
     p.add_argument("--estimator", default=None, help="gradient estimator (default: the latent's, pathwise)")
-    p.add_argument("--temperature", type=float, default=None, help="relaxation temperature (categorical)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="initial relaxation temperature s0 of a categorical latent (default 1)")
+    p.add_argument("--temperature-rate", type=float, default=None,
+                   help="anneal s = max(s_min, s0 exp(-r t)) with this r per step (default 0: constant)")
+    p.add_argument("--temperature-min", type=float, default=None, help="s_min (default 0.5)")
+    p.add_argument("--temperature-every", type=int, default=None, help="update s every n steps (default 1)")
     p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -283,6 +283,12 @@ class Categorical:
             return {"logits": d.mean(axis=1).reshape(n, -1)}
         return {"logits": categorical_kl_uniform_grad(bk, state.log_pi).reshape(n, -1)}
 
+    def prior_sample(self, source, n: int, bk):
+        """``n`` draws from the uniform prior: one-hot classes per variable, flattened ``(n, K·C)``."""
+        classes = source.integers(self.c, size=(n, self.k))
+        onehot = bk.xp.eye(self.c, dtype=bk.dtype)[bk.xp.asarray(classes)]
+        return onehot.reshape(n, self.k * self.c)
+
     def mean(self, state: CategoricalState):
         """``E_q[c] = π`` flattened ``(N, K·C)`` (used for active units)."""
         return state.pi.reshape(state.pi.shape[0], -1)
