@@ -56,6 +56,7 @@ class TrainOptions:
     temperature_every: int = 1
     eval_samples: int = 1
     progress: bool = True
+    detect_anomaly: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every"):
@@ -240,7 +241,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
             try:
                 res = model.loss_and_grads(flat.params, yb, eps, estimator, check=False,
                                            temperature=temperature(step) if temperature else None,
-                                           estimator_state=estimator_state)
+                                           estimator_state=estimator_state,
+                                           detect_anomaly=options.detect_anomaly)
             except NonFiniteError as exc:
                 raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
             bad = _first_nonfinite(bk, res.grads)

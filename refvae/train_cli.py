@@ -57,6 +57,7 @@ def _cmd_train(args) -> int:
     opts = dict(DEFAULT_OPTIONS)
     opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
     opts["progress"] = not args.quiet
+    opts["detect_anomaly"] = args.detect_anomaly
     options = TrainOptions.from_dict(opts)
     out = Path(args.out)
     print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
@@ -161,6 +162,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--detect-anomaly", action="store_true",
+                   help="check every intermediate for NaN/inf and name the first one (slower)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=_cmd_train)
 

@@ -50,6 +50,16 @@ class ForwardPass:
     terms: object
 
 
+def _anomaly_watch(bk):
+    """``watch(name, value)`` raising :class:`NonFiniteError` at the first non-finite intermediate."""
+    def watch(name, value):
+        if value is not None and not bool(bk.xp.isfinite(value).all()):
+            bad = int((~bk.xp.isfinite(value)).sum())
+            raise NonFiniteError(f"anomaly: {name} is the first intermediate with non-finite values "
+                                 f"({bad} of {value.size} entries are NaN or inf)")
+    return watch
+
+
 class VAE:
     """A VAE built from a :class:`VAEConfig` on a backend (NumPy float64 by default)."""
 
@@ -160,7 +170,7 @@ class VAE:
     # ----- loss and gradients ----------------------------------------------------------------
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,
-                       estimator_state: dict | None = None) -> LossResult:
+                       estimator_state: dict | None = None, detect_anomaly: bool = False) -> LossResult:
         """Batch negative ELBO and the gradient of every parameter, derived by hand.
 
         ``noise`` is the base noise (``eps`` ``(N, L, K)`` for Gaussian latents). Reverse pass:
@@ -172,6 +182,9 @@ class VAE:
         is a caller-owned dict in which an estimator may keep state across steps (the running-mean
         control variate of the score-function estimator). ``estimator=None`` means the latent's
         default (``pathwise`` for Gaussian latents, ``gumbel-softmax`` for categorical ones).
+
+        ``detect_anomaly=True`` checks every intermediate, in the order computed, and raises
+        :class:`NonFiniteError` naming the first one that holds a NaN or inf (slower; for debugging).
         """
         bk = self.bk
         if estimator is None:
@@ -186,12 +199,23 @@ class VAE:
         scale = 1.0 / n if reduction == "mean" else 1.0
         w = scale / samples
 
+        watch = _anomaly_watch(bk) if detect_anomaly else (lambda name, value: None)
         fp = self.forward(params, y, noise, estimator, temperature)
+        for head, value in fp.heads.items():
+            watch(f"encoder head {head!r}", value)
+        watch("latent sample x", fp.state.x)
+        watch("decoder output", fp.dec_out)
+        watch("KL per datum", fp.kl)
+        watch("reconstruction surprisal f", fp.f)
+        watch("∂f/∂(decoder output)", fp.terms.df_do)
         d_out = fp.terms.df_do * w
         dec_back = self.decoder.backward(bk, params, fp.dec_cache, d_out)
         grads = dict(dec_back.grads)
         if self.config.learn_alpha:
             grads[LOG_ALPHA] = (fp.terms.df_dlog_alpha.sum() * w).reshape(())
+        for name, value in grads.items():
+            watch(f"gradient of {name}", value)
+        watch("∂f/∂x (decoder input gradient)", dec_back.d_input)
 
         def hessian(full: bool = False):
             curvature = self.emission.curvature(bk, fp.dec_out, y[:, None, :], params.get(LOG_ALPHA))
@@ -202,9 +226,14 @@ class VAE:
                                              {} if estimator_state is None else estimator_state)
         rec = estimate(bk, self.latent, fp.state, signals)
         kl_g = self.latent.kl_grads(bk, fp.state)
+        for head, _ in self.latent.heads():
+            watch(f"{estimator} gradient of encoder head {head!r}", rec[head])
+            watch(f"KL gradient of encoder head {head!r}", kl_g[head])
         d_heads = bk.xp.concatenate([rec[h] + scale * kl_g[h] for h, _ in self.latent.heads()], axis=-1)
         enc_back = self.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False)
         grads.update(enc_back.grads)
+        for name, value in enc_back.grads.items():
+            watch(f"gradient of {name}", value)
 
         rec_per = fp.f.mean(axis=1)
         kl_sum, rec_sum = fp.kl.sum(), rec_per.sum()

@@ -187,3 +187,16 @@ def test_extreme_log_variances_and_logits_stay_finite():
     res = model.loss_and_grads(params, y, eps)
     assert math.isfinite(res.loss)
     assert all(np.isfinite(g).all() for g in res.grads.values())
+
+
+def test_detect_anomaly_names_the_first_non_finite_intermediate():
+    """A log-variance of 800 overflows υ = exp(ℓ/2): with anomaly detection the error names the
+    sample x (the first intermediate that is not finite), not the loss."""
+    _, model, params, y, eps = make_case("bernoulli", False, "tanh", DEPTHS[0])
+    params = dict(params)
+    params["encoder.logvar.bias"] = np.array([1600.0, 0.0, 0.0])
+    with pytest.raises(NonFiniteError, match="latent sample x is the first") as info:
+        model.loss_and_grads(params, y, eps, detect_anomaly=True)
+    assert "\n" not in str(info.value)
+    params["encoder.logvar.bias"] = np.zeros(3)
+    assert math.isfinite(model.loss_and_grads(params, y, eps, detect_anomaly=True).loss)
