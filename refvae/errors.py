@@ -35,3 +35,22 @@ class NonFiniteError(RefvaeError, FloatingPointError):
 
 class GradcheckError(RefvaeError, AssertionError):
     """Analytic and finite-difference derivatives disagree; the message is the full report."""
+
+
+def name_mismatch(missing, extra) -> str:
+    """``"missing a, b; unexpected c"``: the shared wording for tensor sets that do not match."""
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(map(str, missing))}")
+    if extra:
+        parts.append(f"unexpected {', '.join(map(str, extra))}")
+    return "; ".join(parts)
+
+
+def shape_mismatch(name: str, got, expected) -> str:
+    """``"<name> has shape (a, b), expected (b, a) (transposed? …)"`` — the transpose hint is given
+    when the shape is the reverse of the expected one (a weight exported as ``(in, out)``)."""
+    got, expected = tuple(got), tuple(expected)
+    hint = " (transposed? weights are (out, in) as in PyTorch)" \
+        if len(expected) == 2 and got[::-1] == expected and got != expected else ""
+    return f"{name} has shape {got}, expected {expected}{hint}"

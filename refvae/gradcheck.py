@@ -69,18 +69,26 @@ class GradcheckReport:
         return [c for c in self.checks if not c.passed]
 
     def __str__(self) -> str:
-        width = max([len(c.name) for c in self.checks] + [6])
-        lines = [f"{self.title}: {'PASS' if self.passed else 'FAIL'} "
-                 f"(central differences, eps={self.eps:g}; pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)",
-                 f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12}  result"]
-        for c in self.checks:
-            lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {c.max_abs:12.3e} {c.max_rel:12.3e}  "
-                         f"{'ok' if c.passed else 'FAIL'}")
-        for c in self.failures():
-            lines.append(f"worst entries of {c.name} (index: analytic vs numeric):")
+        head = (f"{self.title}: {'PASS' if self.passed else 'FAIL'} (central differences, eps={self.eps:g}; "
+                f"pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)")
+        return "\n".join([head] + table_lines(self.checks, ("analytic", "numeric")))
+
+
+def table_lines(checks: list, labels=("analytic", "numeric")) -> list[str]:
+    """One row per :class:`TensorCheck` (shape, max abs and rel error, ok/FAIL), then the worst
+    entries of each failing tensor as ``index: <labels[0]> vs <labels[1]>``. Shared by gradcheck's
+    and the oracle's reports."""
+    width = max([len(c.name) for c in checks] + [6])
+    lines = [f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12}  result"]
+    for c in checks:
+        lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {c.max_abs:12.3e} {c.max_rel:12.3e}  "
+                     f"{'ok' if c.passed else 'FAIL'}")
+    for c in checks:
+        if not c.passed:
+            lines.append(f"worst entries of {c.name} (index: {labels[0]} vs {labels[1]}):")
             for idx, a, n in c.worst:
                 lines.append(f"  {idx}: {a:.10g} vs {n:.10g}  (abs err {abs(a - n):.3e})")
-        return "\n".join(lines)
+    return lines
 
 
 def compare_arrays(name, analytic, numeric, rtol, atol, n_worst: int = 5) -> TensorCheck:

@@ -49,7 +49,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
+def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file, fsync, then ``os.replace``."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
@@ -83,7 +83,7 @@ def _atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (e.g. a metrics log rewritten each epoch)."""
     data = text.encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(data), "file")
+    return atomic_write(path, lambda f: f.write(data), "file")
 
 
 def save_json(path, obj) -> Path:
@@ -93,7 +93,7 @@ def save_json(path, obj) -> Path:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot write JSON {path}: {exc}; pass only dicts, lists, strings, "
                               "finite numbers, booleans and None") from exc
-    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "JSON file")
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), "JSON file")
 
 
 def load_json(path):
@@ -153,7 +153,7 @@ def atomic_write_npz(path, arrays: dict, meta: dict | None = None, *, compress: 
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, a, allow_pickle=False)
 
-    return _atomic_write(path, write, "checkpoint")
+    return atomic_write(path, write, "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------

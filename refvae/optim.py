@@ -32,7 +32,7 @@ import math
 from typing import Callable
 
 from .backend import Backend
-from .errors import CheckpointError, ConfigError, ShapeError
+from .errors import CheckpointError, ConfigError, ShapeError, name_mismatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,12 +89,7 @@ class FlatParams:
         missing = [n for n in self.shapes if n not in values]
         extra = [n for n in values if n not in self.shapes]
         if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing)}")
-            if extra:
-                parts.append(f"unexpected {', '.join(map(str, extra))}")
-            raise ShapeError(f"{what} do not match the parameter layout ({'; '.join(parts)}); "
+            raise ShapeError(f"{what} do not match the parameter layout ({name_mismatch(missing, extra)}); "
                              "pass exactly one array per parameter")
         for name, value in values.items():
             a = self.bk.asarray(value, dtype=self.data.dtype)

@@ -29,9 +29,10 @@ import numpy as np
 
 from .backend import NoiseSource
 from .config import VAEConfig
-from .errors import CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError
-from .gradcheck import TensorCheck, compare_arrays
-from .io import _atomic_write, ensure_writable_dir, load_json, load_npz_checked, save_json
+from .errors import (CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError,
+                     name_mismatch, shape_mismatch)
+from .gradcheck import TensorCheck, compare_arrays, table_lines
+from .io import atomic_write, ensure_writable_dir, load_json, load_npz_checked, save_json
 from .vae import REDUCTIONS, VAE
 
 FORMAT = 1
@@ -279,14 +280,10 @@ def compute(config, params, batch, *, estimator: str | None = None, reduction: s
 
 def write_npz(path, arrays: dict) -> None:
     """Write ``arrays`` as a plain ``numpy.savez`` file, atomically (:mod:`refvae.io`)."""
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays), "result file")
+    atomic_write(path, lambda fh: np.savez(fh, **arrays), "result file")
 
 
 # ----- comparing ---------------------------------------------------------------------------------
-def _fmt(x) -> str:
-    return f"{x:.3e}" if math.isfinite(x) else str(x)
-
-
 @dataclass
 class OracleReport:
     """One row per compared tensor; ``str(report)`` is the table ``refvae oracle compare`` prints."""
@@ -305,20 +302,12 @@ class OracleReport:
         return [c for c in self.checks if not c.passed]
 
     def __str__(self) -> str:
-        width = max([len(c.name) for c in self.checks] + [6])
         lines = [f"oracle comparison: {'PASS' if self.passed else 'FAIL'} "
                  f"({sum(c.passed for c in self.checks)}/{len(self.checks)} tensors pass; "
                  f"pass when |theirs − ours| ≤ {self.atol:g}·s + {self.rtol:g}·|ours|, "
                  "s = max(1, max|ours|) per tensor)"]
         lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12}  result")
-        for c in self.checks:
-            lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {_fmt(c.max_abs):>12} "
-                         f"{_fmt(c.max_rel):>12}  {'ok' if c.passed else 'FAIL'}")
-        for c in self.failures():
-            lines.append(f"worst entries of {c.name} (index: theirs vs ours):")
-            for idx, theirs, ours in c.worst:
-                lines.append(f"  {idx}: {theirs:.10g} vs {ours:.10g}  (abs err {_fmt(abs(theirs - ours))})")
+        lines += table_lines(self.checks, ("theirs", "ours"))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -353,13 +342,9 @@ def _validate_theirs(theirs: dict, ours: OracleResult, label: str) -> None:
             continue
         shape = expected[name]
         if tuple(arr.shape) != tuple(shape):
-            hint = " (transposed? weights are (out, in) as in PyTorch)" \
-                if len(shape) == 2 and tuple(arr.shape[::-1]) == tuple(shape) else ""
-            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {tuple(shape)}{hint}")
-    if missing:
-        problems.insert(0, f"missing {', '.join(missing)}")
-    if extra:
-        problems.insert(1 if missing else 0, f"unexpected {', '.join(extra)}")
+            problems.append(shape_mismatch(name, arr.shape, shape))
+    if missing or extra:
+        problems.insert(0, name_mismatch(missing, extra))
     if problems:
         raise ShapeError(f"{label} does not match the model: {'; '.join(problems)}")
 

@@ -15,7 +15,7 @@ from . import estimators as _estimators
 from .backend import Backend, NoiseSource, get_backend
 from .config import VAEConfig
 from .emission import make_emission
-from .errors import ConfigError, DataError, NonFiniteError, ShapeError
+from .errors import ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch, shape_mismatch
 from .latent import make_latent
 from .nn import MLP
 
@@ -95,20 +95,13 @@ class VAE:
         missing = [k for k in shapes if k not in params]
         extra = [k for k in params if k not in shapes]
         if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing)}")
-            if extra:
-                parts.append(f"unexpected {', '.join(extra)}")
-            raise ShapeError(f"parameters do not match the config: {'; '.join(parts)}")
+            raise ShapeError(f"parameters do not match the config: {name_mismatch(missing, extra)}")
         out = {}
         xp = self.bk.xp
         for name, shape in shapes.items():
             arr = self.bk.asarray(params[name])
             if tuple(arr.shape) != tuple(shape):
-                hint = " (transposed? weights are (out, in) as in PyTorch)" \
-                    if tuple(arr.shape[::-1]) == tuple(shape) else ""
-                raise ShapeError(f"parameter {name} has shape {tuple(arr.shape)}, expected {tuple(shape)}{hint}")
+                raise ShapeError("parameter " + shape_mismatch(name, arr.shape, shape))
             if not bool(xp.isfinite(arr).all()):
                 raise NonFiniteError(f"parameter {name} contains NaN or inf")
             out[name] = arr

@@ -189,6 +189,7 @@ class MLP:
         m, p = cache["h"][0].shape[0], self.out_dim
         jac = self.input_jacobians(bk, params, cache) if jacobians is None else jacobians
         a_out = jac[-1]
+        curvature = xp.asarray(curvature, dtype=a_out.dtype)  # a Python float (1/α) must not upcast
         if form == "diag":
             c = xp.broadcast_to(curvature, (*lead, p)).reshape(m, p)
             hess = _bilinear(bk, a_out, a_out, c, full)
