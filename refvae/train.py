@@ -259,9 +259,11 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
         record.update(_test_metrics(model, flat.params, data, options, epoch))
         record["seconds"] = time.perf_counter() - t0
-        save_checkpoint(ckpt_path, flat, opt, epoch, step, noise, config, estimator_state)
         history.append(record)
+        # Metrics first: a kill between the two writes leaves a metrics line ahead of the
+        # checkpoint, which a resume drops, never a checkpoint without its metrics line.
         _write_metrics(out / METRICS, history)
+        save_checkpoint(ckpt_path, flat, opt, epoch, step, noise, config, estimator_state)
         progress.epoch_line(_epoch_text(record, options.epochs))
     return history
 

@@ -99,7 +99,7 @@ class VAE:
         out = {}
         xp = self.bk.xp
         for name, shape in shapes.items():
-            arr = self.bk.asarray(params[name])
+            arr = self._numeric(params[name], f"parameter {name}")
             if tuple(arr.shape) != tuple(shape):
                 raise ShapeError("parameter " + shape_mismatch(name, arr.shape, shape))
             if not bool(xp.isfinite(arr).all()):
@@ -110,7 +110,7 @@ class VAE:
     def check_batch(self, y, noise, samples_axis: bool = True):
         """``y`` ``(N, D)`` finite and in the emission's support; noise shaped for the latent kind."""
         bk, xp, c = self.bk, self.bk.xp, self.config
-        y = bk.asarray(y)
+        y = self._numeric(y, "y")
         if y.ndim != 2 or y.shape[1] != c.data_dim:
             raise ShapeError(f"y has shape {tuple(y.shape)}, expected (N, {c.data_dim})")
         if y.shape[0] == 0:
@@ -120,7 +120,7 @@ class VAE:
         if c.emission == "bernoulli" and not bool(((y >= 0) & (y <= 1)).all()):
             raise DataError("y has values outside [0, 1], the support of the bernoulli emission; "
                             "rescale the data or choose a gaussian emission")
-        noise = bk.asarray(noise)
+        noise = self._numeric(noise, f"noise {self.latent.noise_name!r}")
         expected = self.latent.noise_shape(y.shape[0], noise.shape[1] if noise.ndim > 1 else 0)
         if noise.ndim != len(expected) or tuple(noise.shape) != tuple(expected) or noise.shape[1] < 1:
             raise ShapeError(f"noise {self.latent.noise_name!r} has shape {tuple(noise.shape)}, expected "
@@ -128,6 +128,13 @@ class VAE:
         if not bool(xp.isfinite(noise).all()):
             raise DataError(f"noise {self.latent.noise_name!r} contains NaN or inf")
         return y, noise
+
+    def _numeric(self, a, what: str):
+        """``a`` as an array of the working dtype, or a DataError naming ``what`` (strings, objects)."""
+        try:
+            return self.bk.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{what} is not numeric ({exc}); pass an array of numbers") from None
 
     def _noise_pattern(self) -> str:
         dims = self.latent.noise_shape(0, 0)[2:]
