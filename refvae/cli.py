@@ -15,7 +15,7 @@ from .errors import RefvaeError
 
 
 # Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
-COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.oracle_cli")
+COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.oracle_cli", "refvae.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,202 @@
+"""``refvae bench``: time one training step (loss, hand-derived gradients, Adam update) and put it
+beside a peer implementation run in the same process.
+
+Reported per case: median step time, samples per second, peak memory of the step (tracemalloc,
+which sees NumPy's allocations), achieved GFLOP/s against the machine's measured matrix-multiply
+rate, and the ratio to the peer's step time. The PyTorch peer is ``validation/torch_peer.py``: it
+is loaded from a file (``--peer``) because no autograd framework is imported inside ``refvae/``;
+without torch, or without the file, the ratio column says so.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import statistics
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import NoiseSource, get_backend
+from .optim import FlatParams, make_optimizer
+from .vae import VAE
+
+DEFAULT_PEER = Path(__file__).resolve().parent.parent / "validation" / "torch_peer.py"
+ARCHITECTURES = {
+    # pytorch/examples' VAE, and a deeper one.
+    "examples": dict(data_dim=784, latent_dim=20, encoder_hidden=[400], decoder_hidden=[400]),
+    "deep": dict(data_dim=784, latent_dim=32, encoder_hidden=[512, 256], decoder_hidden=[256, 512]),
+}
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    samples_per_s: float
+    peak_mb: float | None
+    gflops: float
+
+
+def step_flops(config: dict, batch: int, samples: int = 1) -> float:
+    """Multiply-add FLOPs of one step's matrix products: forward 2·M·in·out per layer, backward twice
+    that (weight and input gradients), except the first encoder layer (no input gradient)."""
+    enc = [config["data_dim"], *config["encoder_hidden"], 2 * config["latent_dim"]]
+    dec = [config["latent_dim"], *config["decoder_hidden"], config["data_dim"]]
+    total = 0.0
+    for widths, rows in ((enc, batch), (dec, batch * samples)):
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            factor = 2 if (widths is enc and i == 0) else 3
+            total += factor * 2.0 * rows * a * b
+    return total
+
+
+def matmul_rate(bk, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n matrix product in the backend's dtype (the machine's BLAS ceiling)."""
+    a = bk.asarray(NoiseSource(0).normal((n, n)))
+    b = bk.asarray(NoiseSource(1).normal((n, n)))
+    a @ b
+    bk.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        bk.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / min(times) / 1e9
+
+
+def time_steps(step, steps: int, warmup: int, sync=lambda: None, memory: bool = True) -> tuple[float, float | None]:
+    """Median seconds of ``step()`` over ``steps`` calls after ``warmup``; peak traced MB of one call."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = None
+    if memory:
+        gc.collect()
+        tracemalloc.start()
+        step()
+        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+    return statistics.median(times), peak
+
+
+def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", estimator=None,
+                samples: int = 1, seed: int = 0):
+    """A closure running one refvae training step on a fixed random batch with fresh noise."""
+    model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
+                backend, dtype)
+    noise = NoiseSource(seed)
+    flat = FlatParams.from_dict(model.bk, model.init_params(noise))
+    opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
+    y = model.bk.asarray(noise.uniform((batch, config["data_dim"])))
+    temperature = 1.0 if model.config.latent == "categorical" else None
+
+    def step():
+        eps = model.draw_noise(noise, batch, samples)
+        res = model.loss_and_grads(flat.params, y, eps, estimator, check=False, temperature=temperature)
+        flat.set_grads(res.grads)
+        opt.step(flat)
+
+    return step, model.bk
+
+
+def load_peer(path=None):
+    """The peer module (``make_step(config, batch, dtype, device, samples)``), or a reason string."""
+    path = Path(path) if path else DEFAULT_PEER
+    if not path.exists():
+        return f"no peer file at {path}"
+    try:
+        spec = importlib.util.spec_from_file_location("refvae_bench_peer", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        return f"peer unavailable ({exc})"
+    return module
+
+
+def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("float32", "float64"),
+              backend="numpy", steps: int = 20, warmup: int = 3, peer=None, device="cpu",
+              out=sys.stdout) -> list[dict]:
+    """The main table: every architecture × batch × dtype, refvae beside the peer."""
+    peer_mod = load_peer(peer)
+    rows = []
+    rates = {dt: matmul_rate(get_backend(backend, dt)) for dt in dtypes}
+    for arch in arch_names:
+        config = ARCHITECTURES[arch]
+        for batch in batches:
+            for dtype in dtypes:
+                step, bk = refvae_step(config, batch, backend, dtype)
+                sec, peak = time_steps(step, steps, warmup, bk.synchronize, memory=backend == "numpy")
+                row = {"arch": arch, "batch": batch, "dtype": dtype, "refvae_ms": 1e3 * sec,
+                       "samples_per_s": batch / sec, "peak_mb": peak,
+                       "gflops": step_flops(config, batch) / sec / 1e9, "blas_gflops": rates[dtype]}
+                if isinstance(peer_mod, str):
+                    row["peer_ms"], row["ratio"] = None, peer_mod
+                else:
+                    pstep, psync = peer_mod.make_step(config, batch, dtype, device)
+                    psec, _ = time_steps(pstep, steps, warmup, psync, memory=False)
+                    row["peer_ms"], row["ratio"] = 1e3 * psec, sec / psec
+                rows.append(row)
+                print(format_row(row), file=out, flush=True)
+    return rows
+
+
+def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64", backend="numpy",
+                   steps: int = 10, warmup: int = 2, out=sys.stdout) -> list[dict]:
+    """Step time of each estimator versus the latent dimension K (pytorch/examples widths)."""
+    rows = []
+    cases = [("gaussian", "pathwise", {}), ("gaussian", "price", {}), ("gaussian", "score-loo", {}),
+             ("categorical", "gumbel-softmax", {"categories": 10})]
+    for k in latent_dims:
+        base = None
+        for latent, estimator, extra in cases:
+            config = {**ARCHITECTURES["examples"], "latent_dim": k, "latent": latent, "activation": "tanh", **extra}
+            samples = 2 if estimator == "score-loo" else 1
+            step, bk = refvae_step(config, batch, backend, dtype, estimator, samples=samples)
+            sec, _ = time_steps(step, steps, warmup, bk.synchronize, memory=False)
+            base = sec if estimator == "pathwise" else base
+            row = {"K": k, "latent": latent, "estimator": estimator, "samples": samples, "ms": 1e3 * sec,
+                   "vs_pathwise": sec / base}
+            rows.append(row)
+            print(f"K={k:3d} {latent:12s} {estimator:15s} L={samples} {1e3 * sec:9.2f} ms  "
+                  f"{sec / base:5.2f}× pathwise", file=out, flush=True)
+    return rows
+
+
+def format_row(r: dict) -> str:
+    ratio = f"{r['ratio']:.2f}×" if isinstance(r["ratio"], float) else f"n/a ({r['ratio']})"
+    peer = f"{r['peer_ms']:8.2f} ms" if r["peer_ms"] is not None else "     n/a"
+    peak = f"{r['peak_mb']:7.1f} MB" if r["peak_mb"] is not None else "    n/a"
+    return (f"{r['arch']:9s} batch {r['batch']:5d} {r['dtype']:8s} refvae {r['refvae_ms']:8.2f} ms "
+            f"{r['samples_per_s']:9.0f} samples/s peak {peak}  {r['gflops']:6.1f} GFLOP/s "
+            f"(BLAS {r['blas_gflops']:6.1f})  peer {peer}  ratio {ratio}")
+
+
+def _cmd_bench(args) -> int:
+    print(f"refvae bench: backend {args.backend}, {args.steps} timed steps after {args.warmup} warm-up; "
+          "ratio = refvae step time / peer step time (lower is better)")
+    run_bench(args.arch, args.batch, args.dtype, args.backend, args.steps, args.warmup, args.peer,
+              "cuda" if args.backend == "cupy" else "cpu")
+    if args.estimators:
+        run_estimators(backend=args.backend, steps=max(3, args.steps // 2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same process")
+    p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES))
+    p.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
+    p.add_argument("--dtype", nargs="+", default=["float32", "float64"])
+    p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
+    p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
+    p.set_defaults(func=_cmd_bench)
