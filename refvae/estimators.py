@@ -16,11 +16,25 @@ Gaussian latents (EQUATIONS.md, "Gradients with respect to the recognition outpu
 - ``price`` — Bonnet's and Price's theorems (Eqs. 8.16–8.17): mean ``⟨g⟩``, covariance from the
   exact Hessian ``H = ∂²f/∂x∂xᵀ`` at the samples; no ``g zᵀ`` term ("no pathwise estimator is
   required").
-- ``score``, ``score-loo``, ``score-running``, ``score-optimal`` — the score-function estimator of
-  §8.2.1 on the reconstruction term with a control variate β (:func:`score_function`).
+- the score-function estimator of §8.2.1 on the reconstruction term (KL analytic, added by the
+  model), ``w Σ_l (f_l − β_l) ∂ log q(x_l|y)/∂head`` (:func:`score_function`), with a control
+  variate β selected by name. For a sample ``l`` of datum ``n``:
 
-All of them are unbiased for the gradient of the expected loss; ``planar_flow`` has ``pathwise``
-only (:mod:`refvae.latent.flow`).
+  - ``score`` — β = 0. Unbiased.
+  - ``score-loo`` — β_l = the mean of f over the other L − 1 samples of datum n. Independent of
+    sample l, so unbiased. Needs L ≥ 2.
+  - ``score-running`` — β = an exponential running mean of the batch-mean f over earlier steps
+    (decay ``state["score_running_decay"]``, default :data:`RUNNING_DECAY`; β = 0 on the first
+    step), fixed before this step's samples are drawn: unbiased. The state holds plain floats
+    (``score_running_mean``, ``score_running_steps``), so it survives a JSON checkpoint.
+  - ``score-optimal`` — per gradient component j the variance-minimising coefficient
+    ``β_j = E[s_j² f]/E[s_j²]`` of the control variate ``s_j`` (E[s_j] = 0), estimated on the other
+    half of datum n's samples: samples ``0..⌊L/2⌋−1`` use the coefficient from samples
+    ``⌊L/2⌋..L−1`` and vice versa. The halves are independent draws, so β_lj is independent of
+    sample l: unbiased (estimating it from the same samples would not be). Needs L ≥ 2.
+
+Every estimator here is unbiased for the gradient of the expected loss; ``planar_flow`` has
+``pathwise`` only (:mod:`refvae.latent.flow`).
 """
 from __future__ import annotations
 
@@ -165,15 +179,7 @@ def score_function(bk, scores: dict, f, weight: float, baseline) -> dict:
     return out
 
 
-# name -> (baseline, minimum L, description). Unbiasedness of each, for a sample l of datum n:
-#   score          β = 0: the plain estimator (Eq. of §8.2.1), unbiased.
-#   score-loo      β_l = mean of f over the other L − 1 samples of datum n: independent of sample l,
-#                  unbiased. Needs L ≥ 2.
-#   score-running  β = exponential running mean of the batch-mean f over the previous steps (decay
-#                  ``state["score_running_decay"]``, default RUNNING_DECAY), fixed before this
-#                  step's samples are drawn: unbiased. The state holds plain floats.
-#   score-optimal  β_lj = Σ s_j² f / Σ s_j² over the other half of datum n's samples: independent
-#                  of sample l (the halves are independent draws), unbiased. Needs L ≥ 2.
+# name -> (baseline, minimum number of samples L); the module docstring says why each is unbiased.
 CONTROL_VARIATES = {
     "score": (_baseline_none, 1),
     "score-loo": (_baseline_loo, 2),
@@ -208,7 +214,7 @@ def _score_estimator(name: str, score_of: Callable):
 
     estimate.__name__ = f"{name.replace('-', '_')}_estimator"
     estimate.__doc__ = (f"Score-function estimator ``{name}`` (§8.2.1): see :func:`score_function` "
-                        f"and the table of control variates above it.")
+                        f"and the control variates in the module docstring.")
     return estimate
 
 

@@ -151,3 +151,17 @@ def test_loss_and_grads_match_torch_twin(bk, extra):
     assert list(res.grads) == list(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_mean_is_the_flow_image_of_the_base_mean_and_ignores_the_noise(np_bk):
+    torch = pytest.importorskip("torch")
+    latent = PlanarFlowGaussian(K, T)
+    heads = _heads(9)
+    rng = np.random.default_rng(10)
+    first = latent.mean(latent.sample(np_bk, heads, rng.normal(size=(2, 3, K))))
+    second = latent.mean(latent.sample(np_bk, heads, rng.normal(size=(2, 1, K))))
+    np.testing.assert_array_equal(first, second)
+    u, w, b = (torch.tensor(heads[h]) for h in ("flow_u", "flow_w", "flow_b"))
+    expected, _ = twin.planar_flows(torch.tensor(heads["mean"])[:, None, :], u.reshape(2, T, K),
+                                    w.reshape(2, T, K), b)
+    np.testing.assert_allclose(first, expected[:, 0].numpy(), rtol=1e-13)

@@ -60,6 +60,7 @@ class PlanarFlowState:
     a: list        # pre-activations a_t = w_t·z_{t−1} + b_t, each (N, L)
     h: list        # tanh(a_t), each (N, L)
     log_det: object  # (N, L) Σ_t log D_t, D_t = 1 + tanh'(a_t) m_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)
+    bk: object = None  # the backend the state lives on (for mean(), whose protocol passes no backend)
 
     @property
     def x(self):
@@ -134,12 +135,18 @@ class PlanarFlowGaussian:
 
     def sample(self, bk, heads: dict, eps, estimator=None, temperature=None) -> PlanarFlowState:
         """Eq. 8.24 for ``z_0``, then the T planar layers; accumulates ``Σ_t log D_t`` (Eq. 8.25)."""
-        xp = bk.xp
         base = self.base.sample(bk, heads, eps)
         u, w, b = self._flow_params(heads)
         alpha, uhat, sp = self.constrain(bk, u, w)
-        zs, pre, hs = [base.x], [], []
-        log_det = xp.zeros(base.x.shape[:2], dtype=base.x.dtype)
+        zs, pre, hs, log_det = self._layers(bk, base.x, uhat, w, b, sp)
+        return PlanarFlowState(base, u, w, b, alpha, uhat, sp - 1.0, sp, zs, pre, hs, log_det, bk)
+
+    def _layers(self, bk, z0, uhat, w, b, sp):
+        """The T planar layers applied to ``z0`` ``(N, L, K)``: every ``z_t``, ``a_t``, ``tanh(a_t)``
+        and ``Σ_t log D_t`` with ``D_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)``."""
+        xp = bk.xp
+        zs, pre, hs = [z0], [], []
+        log_det = xp.zeros(z0.shape[:2], dtype=z0.dtype)
         for t in range(self.t):
             z = zs[-1]
             a = (z * w[:, None, t, :]).sum(axis=-1) + b[:, None, t]
@@ -148,7 +155,7 @@ class PlanarFlowGaussian:
             log_det = log_det + xp.log(h * h + TANH.d1(bk, a, h) * sp[:, None, t])
             pre.append(a)
             hs.append(h)
-        return PlanarFlowState(base, u, w, b, alpha, uhat, sp - 1.0, sp, zs, pre, hs, log_det)
+        return zs, pre, hs, log_det
 
     def backward(self, bk, state: PlanarFlowState, g_x, gamma: float = 0.0) -> dict:
         """Reverse pass of ``J = Σ_{n,l} [g_x · x + γ Σ_t log(1 + tanh'(a_t) m_t)]`` (``g_x``
@@ -209,8 +216,12 @@ class PlanarFlowGaussian:
         return self.backward(bk, state, g)
 
     def mean(self, state: PlanarFlowState):
-        """E_q[x] has no closed form under a flow: the mean of the drawn samples (Monte Carlo)."""
-        return state.x.mean(axis=1)
+        """A deterministic location of q (used for active units): E_q[x] has no closed form under a
+        flow, so this is the flow's image of the base mean, ``f_T ∘ … ∘ f_1(ν)`` (E_q[x] itself when
+        the flow is linear over q's support, e.g. the identity). Unlike a sample mean it carries no
+        posterior noise, so a collapsed unit (ν and the flow independent of y) stays inactive."""
+        zs, _, _, _ = self._layers(state.bk, state.base.nu[:, None, :], state.uhat, state.w, state.b, state.sp)
+        return zs[-1][:, 0]
 
     def log_q(self, bk, state: PlanarFlowState):
         """Eq. 8.25: ``log q(x_T|y) = −½ Σ_k (ε_k² + ℓ_k + log 2π) − Σ_t log(1 + tanh'(a_t) m_t)``,
