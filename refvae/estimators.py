@@ -123,13 +123,6 @@ def gaussian_full_price(bk, latent, state, signals: DecoderSignals) -> dict:
 
 
 # ----- score function with control variates ------------------------------------------------
-def diagonal_gaussian_score(bk, state) -> dict:
-    """Score of the diagonal Gaussian at fixed ``x = ν + υ ⊙ z``, per sample ``(N, L, K)``: from
-    ``log q = −½ Σ_k ((x_k − ν_k)² e^{−ℓ_k} + ℓ_k + log 2π)``,
-    ``∂ log q/∂ν_k = z_k/υ_k`` and ``∂ log q/∂ℓ_k = (z_k² − 1)/2``."""
-    return {"mean": state.eps / state.std[:, None, :], "logvar": 0.5 * (state.eps ** 2 - 1.0)}
-
-
 RUNNING_DECAY = 0.9
 
 
@@ -218,11 +211,6 @@ def _score_estimator(name: str, score_of: Callable):
     return estimate
 
 
-_SCORES = {
-    "gaussian": lambda bk, latent, state: diagonal_gaussian_score(bk, state),
-    "gaussian_full": lambda bk, latent, state: latent.score(bk, state),
-}
-
-for _latent, _score_of in _SCORES.items():
+for _latent in ("gaussian", "gaussian_full"):
     for _name in CONTROL_VARIATES:
-        register(_latent, _name)(_score_estimator(_name, _score_of))
+        register(_latent, _name)(_score_estimator(_name, lambda bk, latent, state: latent.score(bk, state)))

@@ -10,16 +10,11 @@ __all__ = ["Categorical", "CategoricalState", "DiagonalGaussian", "GaussianState
 
 
 def make_latent(config):
-    """The recognition model named by ``config.latent``."""
-    from ..errors import ConfigError  # noqa: PLC0415
-
-    if config.latent == "gaussian" and not config.flow_length:
-        return DiagonalGaussian(config.latent_dim)
+    """The recognition model named by ``config.latent`` (a validated :class:`VAEConfig`)."""
     if config.latent == "gaussian":
-        return PlanarFlowGaussian(config.latent_dim, config.flow_length)
+        if config.flow_length:
+            return PlanarFlowGaussian(config.latent_dim, config.flow_length)
+        return DiagonalGaussian(config.latent_dim)
     if config.latent == "gaussian_full":
         return FullCovarianceGaussian(config.latent_dim)
-    if config.latent == "categorical":
-        return Categorical(config.latent_dim, config.categories)
-    raise ConfigError(f"latent {config.latent!r}"
-                      f"{' with flow_length > 0' if config.flow_length else ''} is not implemented yet")
+    return Categorical(config.latent_dim, config.categories)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ..emission import LOG_2PI
 from ..errors import ConfigError
 from ..nn.activations import TANH
-from .gaussian import DiagonalGaussian, GaussianState
+from .gaussian import DiagonalGaussian, GaussianState, StandardNormalLatent
 
 FLOW_HEADS = ("flow_u", "flow_w", "flow_b")
 
@@ -71,32 +71,21 @@ class PlanarFlowState:
         return self.base.eps
 
 
-class PlanarFlowGaussian:
+class PlanarFlowGaussian(StandardNormalLatent):
     """``latent: "gaussian"`` with ``flow_length`` = T ≥ 1 (estimator ``pathwise``)."""
 
     name = "planar_flow"
-    noise_name = "eps"
 
     def __init__(self, latent_dim: int, flow_length: int):
         if flow_length < 1:
             raise ConfigError(f"a planar flow needs flow_length ≥ 1, got {flow_length}")
-        self.k = latent_dim
+        super().__init__(latent_dim)
         self.t = flow_length
         self.base = DiagonalGaussian(latent_dim)
 
     def heads(self):
         k, t = self.k, self.t
         return [*self.base.heads(), ("flow_u", t * k), ("flow_w", t * k), ("flow_b", t)]
-
-    @property
-    def decoder_in(self) -> int:
-        return self.k
-
-    def noise_shape(self, n: int, samples: int):
-        return self.base.noise_shape(n, samples)
-
-    def draw_noise(self, source, n: int, samples: int, bk):
-        return self.base.draw_noise(source, n, samples, bk)
 
     # ----- invertibility reparameterization (Rezende & Mohamed, Appendix A.1) ----------------
     @staticmethod
@@ -227,10 +216,6 @@ class PlanarFlowGaussian:
         """Eq. 8.25: ``log q(x_T|y) = −½ Σ_k (ε_k² + ℓ_k + log 2π) − Σ_t log(1 + tanh'(a_t) m_t)``,
         ``(N, L)``."""
         return self.base.log_q(bk, state.base) - state.log_det
-
-    def log_prior(self, bk, state: PlanarFlowState):
-        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` at ``x = z_T``, ``(N, L)``."""
-        return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
 
     def log_q_cross(self, bk, heads: dict, x):
         raise ConfigError("the density of a planar-flow posterior at arbitrary points needs the flow's "

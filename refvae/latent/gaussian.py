@@ -22,17 +22,15 @@ class GaussianState:
     x: object       # (N, L, K)
 
 
-class DiagonalGaussian:
-    """``latent: "gaussian"``; estimators ``pathwise`` (here) and those of :mod:`refvae.estimators`."""
+class StandardNormalLatent:
+    """What every Gaussian-based recognition model shares: base noise ``z ~ N(0, I_K)`` named
+    ``eps`` of shape ``(N, L, K)``, the prior ``p(x) = N(0, I_K)`` (Eq. 8.15), and a K-wide
+    decoder input. Subclasses keep their sample in ``state.x``."""
 
-    name = "gaussian"
     noise_name = "eps"
 
     def __init__(self, latent_dim: int):
         self.k = latent_dim
-
-    def heads(self):
-        return [("mean", self.k), ("logvar", self.k)]
 
     @property
     def decoder_in(self) -> int:
@@ -43,6 +41,23 @@ class DiagonalGaussian:
 
     def draw_noise(self, source, n: int, samples: int, bk):
         return source.normal(self.noise_shape(n, samples), bk)
+
+    def prior_sample(self, source, n: int, bk):
+        """``n`` draws from the prior p(x) = N(0, I), shape ``(n, K)``."""
+        return source.normal((n, self.k), bk)
+
+    def log_prior(self, bk, state):
+        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` at the samples, ``(N, L)``."""
+        return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
+
+
+class DiagonalGaussian(StandardNormalLatent):
+    """``latent: "gaussian"``; estimators ``pathwise`` (here) and those of :mod:`refvae.estimators`."""
+
+    name = "gaussian"
+
+    def heads(self):
+        return [("mean", self.k), ("logvar", self.k)]
 
     def sample(self, bk, heads: dict, eps, estimator=None, temperature=None) -> GaussianState:
         """Eq. 8.24: ``x = ν + exp(ℓ/2) ⊙ z`` (``estimator``/``temperature`` do not change it)."""
@@ -66,9 +81,11 @@ class DiagonalGaussian:
         ∂f/∂x already weighted by the Monte Carlo average (1/L) and the batch reduction."""
         return {"mean": g.sum(axis=1), "logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}
 
-    def prior_sample(self, source, n: int, bk):
-        """``n`` draws from the prior p(x) = N(0, I) (Eq. 8.15), shape ``(n, K)``."""
-        return source.normal((n, self.k), bk)
+    def score(self, bk, state: GaussianState) -> dict:
+        """Score at fixed ``x = ν + υ ⊙ z``, per sample ``(N, L, K)``: from
+        ``log q = −½ Σ_k ((x_k − ν_k)² e^{−ℓ_k} + ℓ_k + log 2π)``,
+        ``∂ log q/∂ν_k = z_k/υ_k`` and ``∂ log q/∂ℓ_k = (z_k² − 1)/2`` (score-function estimators)."""
+        return {"mean": state.eps / state.std[:, None, :], "logvar": 0.5 * (state.eps ** 2 - 1.0)}
 
     def mean(self, state: GaussianState):
         """E_q[x] = ν (used for active units)."""
@@ -86,7 +103,3 @@ class DiagonalGaussian:
         # Σ_k (x_k − ν_k)² / υ_k² expanded so that no (P, M, K) array is formed.
         quad = (x * x) @ prec.T - 2.0 * x @ (nu * prec).T + (nu * nu * prec).sum(axis=1)
         return -0.5 * (quad + logvar.sum(axis=1) + self.k * LOG_2PI)
-
-    def log_prior(self, bk, state: GaussianState):
-        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` with p(x) = N(0, I) (Eq. 8.15), ``(N, L)``."""
-        return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)

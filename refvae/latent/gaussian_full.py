@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..emission import LOG_2PI
+from .gaussian import StandardNormalLatent
 
 
 @dataclass
@@ -28,18 +29,17 @@ class FullGaussianState:
     x: object    # (N, L, K)
 
 
-class FullCovarianceGaussian:
+class FullCovarianceGaussian(StandardNormalLatent):
     """``latent: "gaussian_full"``: sampling, closed-form KL, log-density, score, and the
     recognition gradients of the reconstruction term by the pathwise route (``tril(⟨g zᵀ⟩)``) and
     by Price's theorem (``tril(2 G R)``, Eq. 8.17). Estimators are registered in
     :mod:`refvae.estimators`."""
 
     name = "gaussian_full"
-    noise_name = "eps"
 
     def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
         k = latent_dim
-        self.k = k
         # numpy.tril_indices(k) order, written out so that this module needs no array library.
         self.rows = [i for i in range(k) for _ in range(i + 1)]
         self.cols = [j for i in range(k) for j in range(i + 1)]
@@ -51,16 +51,6 @@ class FullCovarianceGaussian:
 
     def heads(self):
         return [("mean", self.k), ("scale_tril", self.n_tril)]
-
-    @property
-    def decoder_in(self) -> int:
-        return self.k
-
-    def noise_shape(self, n: int, samples: int):
-        return (n, samples, self.k)
-
-    def draw_noise(self, source, n: int, samples: int, bk):
-        return source.normal(self.noise_shape(n, samples), bk)
 
     # ----- the parameterization of R --------------------------------------------------------
     def scale_tril(self, bk, raw):
@@ -144,10 +134,6 @@ class FullCovarianceGaussian:
         """``log q(x|y) = −½ Σ_k (z_k² + log 2π) − Σ_k log R_kk`` at the drawn samples, ``(N, L)``."""
         log_det_r = state.raw[:, self.diag_pos].sum(axis=-1)
         return -0.5 * (state.eps ** 2 + LOG_2PI).sum(axis=-1) - log_det_r[:, None]
-
-    def log_prior(self, bk, state: FullGaussianState):
-        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` with p(x) = N(0, I) (Eq. 8.15), ``(N, L)``."""
-        return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
 
     def log_q_cross(self, bk, heads: dict, x):
         """``log q(x_m | y_n)`` for every point ``x`` ``(M, K)`` and every datum's heads, ``(M, N)``
