@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..emission import LOG_2PI
 from ..errors import ConfigError
 from ..nn.activations import TANH
 from .gaussian import DiagonalGaussian, GaussianState, StandardNormalLatent
