@@ -1,0 +1,265 @@
+"""Claim 3: every Gaussian gradient estimator is unbiased for the gradient of the expected loss.
+
+The chapter's estimators (§8.2.1–8.2.2): pathwise (reparameterization, Eqs. 8.16, 8.24), Price
+(Eqs. 8.16–8.17) and the score function with each control variate of ``refvae.estimators``
+(``score``: β = 0; ``score-loo``: leave-one-out mean; ``score-running``: running mean of earlier
+steps; ``score-optimal``: per-component optimal β from the other half of the samples). Each is
+unbiased by its own argument (EQUATIONS.md and the module docstring of ``refvae.estimators``); here
+each is measured against an exact gradient.
+
+Model: linear encoder and decoder, ``gaussian`` emission with learned α, diagonal (latent
+``gaussian``) and full (``gaussian_full``) covariance. For a linear decoder ``E_q[loss]`` is
+analytic (``validation.closed_forms``), and so is its gradient; the analytic gradient is checked
+against central differences of the analytic loss, and the analytic loss against the Monte Carlo
+mean of refvae's loss, before it serves as the target.
+
+Test: ``DRAWS`` independent noise draws (fixed seed; the same draws for every estimator), each a
+full ``loss_and_grads`` call with L samples per datum; per parameter entry
+``z = (mean − exact) / SE`` with ``SE = sd/√DRAWS``. Pass: ``|z| ≤ 4`` for every entry of every
+estimator. (``score-running`` carries its state across draws, so its draws are not independent;
+each is unbiased given the past — β comes from earlier draws only — so they are uncorrelated and
+the standard error is still ``sd/√DRAWS``.) Entries an estimator computes without noise — Price's
+covariance-head gradients, because a linear decoder's Hessian ``WᵀW/α`` is constant — have
+``SE = 0`` and must equal the exact gradient to rounding instead.
+
+Negative controls (the test's power):
+- the gradient of the loss with the E3 misprint (sample ``Υ z + ν``, covariance Υ² in the
+  reconstruction) must be rejected (some ``|z| > 4``) by every estimator's mean;
+- a biased control variate — β = the mean of f over all L samples of the datum, *including* the
+  sample itself, which shrinks the reconstruction part of the score gradient by (L − 1)/L — must be
+  rejected against the exact gradient. It is built from refvae's own pieces
+  (``refvae.estimators.score_function`` with that baseline) outside the estimator registry.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refvae import NoiseSource
+from refvae.estimators import score_function
+from refvae.gradcheck import numerical_gradient
+from refvae.vae import VAE
+
+try:
+    from validation.closed_forms import COV_HEAD, expected_loss, expected_loss_gradient
+    from validation.common import Claim, Context, main, savefig
+except ImportError:  # run as a script from validation/
+    from closed_forms import COV_HEAD, expected_loss, expected_loss_gradient
+    from common import Claim, Context, main, savefig
+
+TITLE = ("Pathwise, Price and the score function with every control variate are unbiased: their means "
+         "match the exact gradient of a linear VAE")
+SOURCE = ("chapter §8.2.1–8.2.2, Eqs. 8.16–8.17, 8.24 (boxed results, erratum E3); EQUATIONS.md, gradients "
+          "with respect to the recognition outputs; refvae.estimators")
+
+ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]
+LATENTS = ["gaussian", "gaussian_full"]
+N, D, K, L = 3, 4, 3, 4
+ALPHA = 0.6
+# The statistical threshold. Under unbiasedness each z is ~N(0, 1) (the t correction at ≥ 2000
+# draws is < 0.1 %): P(|z| > 4) = 6.3e-5 per entry; over the 47–62 entries of one estimator the
+# chance of a false rejection is < 0.4 %, and < 5 % over all twelve (estimator, latent) pairs, a
+# bound (the entries are correlated); with the seed fixed the outcome is reproducible. A bias is
+# detected once it exceeds ~4 SE; the "resolution" column states that size relative to the gradient.
+Z_MAX = 4.0
+# Entries with no noise (SE below SE_ZERO, i.e. rounding) must match the analytic gradient within
+# EXACT_ATOL: the target is exact to rounding (~1e-15 on O(1) values), 1e-10 leaves a margin.
+SE_ZERO, EXACT_ATOL = 1e-13, 1e-10
+# The analytic gradient against central differences of the analytic loss (eps = 1e-5: error
+# ≤ ~1e-9, measured): a wrong hand derivation would be off by O(1).
+TARGET_RTOL = 1e-7
+
+
+def setup(latent: str, seed: int):
+    """The linear VAE, its parameters and a batch. Parameters: PyTorch's initialisation ×1.5, with
+    the covariance head's biases spread so that posterior variances range over ~0.3–3 (where the E3
+    misprint Υ² differs from Υ)."""
+    vae = VAE(dict(data_dim=D, latent_dim=K, encoder_hidden=[], decoder_hidden=[], latent=latent,
+                   emission="gaussian", alpha=ALPHA, learn_alpha=True))
+    src = NoiseSource(seed)
+    params = {k: 1.5 * v for k, v in vae.init_params(src).items()}
+    spread = np.array([-1.0, 0.0, 0.8])
+    bias = params[f"encoder.{COV_HEAD[latent]}.bias"]
+    if latent == "gaussian":
+        bias += spread
+    else:  # raw diagonal entries are log R_kk, so Υ_kk scales like exp(2 r_kk)
+        bias[[i * (i + 1) // 2 + i for i in range(K)]] += spread / 2
+    return vae, params, src.normal((N, D))
+
+
+def flat(grads: dict, names) -> np.ndarray:
+    return np.concatenate([np.asarray(grads[n], float).ravel() for n in names])
+
+
+def entry_names(vae) -> list[str]:
+    """``name[index]`` for every scalar entry, in :func:`flat` order."""
+    out = []
+    for name, shape in vae.param_shapes().items():
+        out += [f"{name}{list(i) if shape else ''}" for i in np.ndindex(*shape)] if shape else [name]
+    return out
+
+
+def draw_gradients(vae, params, y, eps, estimator: str):
+    """Flattened gradient of every draw ``(draws, P)`` and the loss of every draw; the estimator
+    state is carried across draws (the running-mean control variate learns from earlier draws)."""
+    names, state, grads, losses = list(vae.param_shapes()), {}, [], []
+    for e in eps:
+        res = vae.loss_and_grads(params, y, e, estimator=estimator, estimator_state=state, check=False)
+        grads.append(flat(res.grads, names))
+        losses.append(res.loss)
+    return np.array(grads), np.array(losses)
+
+
+def inclusive_baseline_gradients(vae, params, y, eps):
+    """Negative control: the score-function estimator with the *biased* baseline β = mean of f over
+    all L samples of the datum (including the sample itself), assembled like ``VAE.loss_and_grads``
+    from refvae's pieces; encoder gradients only (the decoder's do not depend on the estimator).
+    ``(draws, P_encoder)``."""
+    bk, latent = vae.bk, vae.latent
+    rows = []
+    for e in eps:
+        fp = vae.forward(params, y, e)
+        n, samples = e.shape[:2]
+        rec = score_function(bk, latent.score(bk, fp.state), fp.f, 1.0 / (n * samples),
+                             lambda s, f=fp.f: f.mean(axis=1, keepdims=True)[..., None])
+        kl = latent.kl_grads(bk, fp.state)
+        d_heads = np.concatenate([rec[h] + kl[h] / n for h, _ in latent.heads()], axis=-1)
+        rows.append(flat(vae.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False).grads,
+                         vae.encoder.param_shapes()))
+    return np.array(rows)
+
+
+def _max_abs(a) -> float:
+    a = np.abs(a[~np.isnan(a)])
+    return float(a.max()) if a.size else 0.0
+
+
+def verdict(draws: np.ndarray, target: np.ndarray) -> dict:
+    """The test of one estimator's draws ``(draws, P)`` against a target ``(P,)``: ``z`` per
+    stochastic entry (NaN for the noiseless ones), ``se``, the largest ``|z|`` and the largest error
+    of a noiseless entry, and whether the target is accepted."""
+    mean, se = draws.mean(0), draws.std(0, ddof=1) / math.sqrt(len(draws))
+    noiseless = se < SE_ZERO * np.maximum(1.0, np.abs(target))
+    err = mean - target
+    z = np.where(noiseless, np.nan, err / np.where(noiseless, 1.0, se))
+    max_z, max_err = _max_abs(z), _max_abs(np.where(noiseless, err, np.nan))
+    return dict(z=z, se=se, max_z=max_z, max_err=max_err, n_noiseless=int(noiseless.sum()),
+                accepted=max_z <= Z_MAX and max_err <= EXACT_ATOL)
+
+
+def study(latent: str, draws: int, seed: int) -> dict:
+    vae, params, y = setup(latent, seed)
+    names = list(vae.param_shapes())
+    exact = flat(expected_loss_gradient(latent, params, y), names)
+    wrong = flat(expected_loss_gradient(latent, params, y, e3_misprint=True), names)
+    fd = flat(numerical_gradient(lambda p: expected_loss(latent, p, y), params, eps=1e-5), names)
+    eps = NoiseSource(seed + 1).normal((draws, N, L, K))
+    # The E3 control is judged on the encoder entries only: the decoder's gradients are the same
+    # for every estimator (Eq. 8.19), and they alone would reject the misprint for all of them.
+    enc = slice(0, sum(int(np.prod(s)) for s in vae.encoder.param_shapes().values()))
+    out = {"exact": exact, "target_err": float(np.abs(exact - fd).max() / np.abs(exact).max()), "est": {},
+           "e3": {}}
+    for est in ESTIMATORS:
+        g, losses = draw_gradients(vae, params, y, eps, est)
+        out["est"][est] = verdict(g, exact)
+        out["e3"][est] = verdict(g[:, enc], wrong[enc])
+        if est == "pathwise":
+            out["loss_z"] = (losses.mean() - expected_loss(latent, params, y)) / (losses.std(ddof=1) / math.sqrt(draws))
+    out["biased"] = verdict(inclusive_baseline_gradients(vae, params, y, eps), exact[enc])
+    return out
+
+
+def _figure(ctx, results):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    rng = np.random.default_rng(0)
+    labels = ESTIMATORS + ["score, β incl.\nitself (biased)"]
+    for ax, latent in zip(axes, LATENTS):
+        res = results[latent]
+        for i, est in enumerate(ESTIMATORS):
+            for z, color, marker, lab in ((res["est"][est]["z"], "C0", "o", "against the exact gradient"),
+                                          (res["e3"][est]["z"], "C3", "x",
+                                           "encoder entries against the E3-misprinted gradient")):
+                z = z[~np.isnan(z)]
+                ax.scatter(i + 0.25 * rng.uniform(-1, 1, z.size) + (0.15 if color == "C3" else -0.15), z,
+                           s=9, color=color, marker=marker, alpha=0.7, label=lab if i == 0 else None)
+        z = res["biased"]["z"]
+        ax.scatter(len(ESTIMATORS) + 0.25 * rng.uniform(-1, 1, z.size), z, s=9, color="C1", marker="s",
+                   alpha=0.7, label="biased control variate: encoder entries against the exact gradient")
+        ax.axhspan(-Z_MAX, Z_MAX, color="0.85", zorder=0)
+        ax.set_yscale("symlog", linthresh=Z_MAX, linscale=2.0)
+        ticks = [-1000, -100, -10, -4, -2, 0, 2, 4, 10, 100, 1000]
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([str(t) for t in ticks])
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"latent {latent}")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("z = (mean − target) / SE per parameter entry")
+    axes[0].legend(fontsize=7, loc="lower left")
+    return [("Claim 3: z-scores per parameter entry (grey band: |z| ≤ 4; logarithmic beyond ±4). Blue: each "
+             "estimator against the exact gradient (all entries); red: the same means against the gradient "
+             "of the E3-misprinted loss (encoder entries); orange: a biased control variate. Noiseless "
+             "entries (Price's covariance head) have no z and are not drawn",
+             savefig(fig, ctx, "claim03_z_scores.png"))]
+
+
+def run(ctx: Context) -> Claim:
+    draws = 2000 if ctx.quick else 20000
+    results = {latent: study(latent, draws, ctx.seed) for latent in LATENTS}
+    rows, control_rows, check_rows, ok = [], [], [], True
+    for latent, res in results.items():
+        exact_rms = float(np.sqrt(np.mean(res["exact"] ** 2)))
+        target_ok = res["target_err"] <= TARGET_RTOL and abs(res["loss_z"]) <= Z_MAX
+        ok &= target_ok
+        check_rows.append([latent, res["target_err"], res["loss_z"], "yes" if target_ok else "NO"])
+        for est, r in res["est"].items():
+            resolution = Z_MAX * float(np.sqrt(np.mean(r["se"] ** 2))) / exact_rms
+            ok &= r["accepted"]
+            rows.append([latent, est, r["z"].size - r["n_noiseless"], r["max_z"], r["n_noiseless"],
+                         r["max_err"] if r["n_noiseless"] else None, resolution,
+                         "yes" if r["accepted"] else "NO"])
+        controls = [(f"{est}: encoder entries vs the E3-misprinted gradient", res["e3"][est]) for est in ESTIMATORS]
+        controls.append(("score with β = mean of all L samples incl. itself: encoder entries vs the exact "
+                         "gradient", res["biased"]))
+        for name, r in controls:
+            ok &= not r["accepted"]
+            control_rows.append([latent, name, r["max_z"], r["max_err"] if r["n_noiseless"] else None,
+                                 "NOT rejected" if r["accepted"] else "rejected"])
+    worst = max(r[3] for r in rows)
+    finest, coarsest = min(rows, key=lambda r: r[6]), max(rows, key=lambda r: r[6])
+    # a control rejected through a noiseless entry is rejected with certainty (z = ∞)
+    strength = [r[2] if r[3] is None or r[3] <= EXACT_ATOL else math.inf for r in control_rows]
+    summary = (f"{draws} draws per estimator, N = {N} data, L = {L} samples, K = {K}, D = {D}. Every "
+               f"estimator's mean is within {worst:.2f} SE of the exact gradient on every parameter entry "
+               f"(threshold {Z_MAX:g}); at 4 SE the test resolves biases of {finest[6]:.0%} ({finest[1]}) to "
+               f"{coarsest[6]:.0%} ({coarsest[1]}) of the gradient's size; every negative "
+               f"control is rejected (the weakest at |z| = {min(strength):.1f}; Price's through its noiseless "
+               f"covariance-head entries).")
+    return Claim(TITLE, SOURCE, ok, summary,
+                 threshold=(f"|z| ≤ {Z_MAX:g} for every stochastic entry (per entry P(|z| > 4) = 6e-5 under "
+                            f"unbiasedness; < 5 % over all {len(rows)} estimator × latent pairs); noiseless "
+                            f"entries within {EXACT_ATOL:g}; each negative control rejected (some |z| > "
+                            f"{Z_MAX:g}); the analytic target within {TARGET_RTOL:g} of central differences "
+                            f"and the closed-form loss within {Z_MAX:g} SE of refvae's Monte Carlo loss"),
+                 tables=[("The target: analytic gradient against central differences of the closed-form "
+                          "expected loss (max rel. error), and the closed-form loss against the mean of "
+                          "refvae's loss over the pathwise draws (z)",
+                          ["latent", "gradient rel. error", "loss z", "pass"], check_rows),
+                         ("Each estimator's mean over the draws against the exact gradient. Resolution: "
+                          f"{Z_MAX:g}·rms(SE)/rms(gradient), the relative bias the test would detect",
+                          ["latent", "estimator", "stochastic entries", "max |z|", "noiseless entries",
+                           "noiseless max |err|", "resolution", "pass"], rows),
+                         ("Negative controls: the same test must reject a wrong target and a biased "
+                          "estimator", ["latent", "control", "max |z|", "noiseless max |err|", "result"],
+                          control_rows)],
+                 figures=_figure(ctx, results))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run))
