@@ -104,12 +104,14 @@ class MLP:
         h = x.reshape(-1, self.in_dim)
         hs, pre = [h], []
         for name in self.hidden_names:
-            a = h @ params[f"{name}.weight"].T + params[f"{name}.bias"]
+            a = h @ params[f"{name}.weight"].T
+            a += params[f"{name}.bias"]
             h = self.activation.value(bk, a)
             pre.append(a)
             hs.append(h)
         w_out, b_out = self._out_weight(bk, params)
-        o = h @ w_out.T + b_out
+        o = h @ w_out.T
+        o += b_out
         cache = {"lead": lead, "h": hs, "a": pre, "dphi": [None] * len(pre), "w_out": w_out}
         return o.reshape(*lead, self.out_dim), cache
 
