@@ -293,8 +293,10 @@ def run(ctx: Context) -> Claim:
     ok_c, slope, failures = judge_gradients(rows_c)
 
     figs = [("Relaxed-sample gradient versus temperature (log axes; bars ±2 SE): the variance grows "
-             "like 1/s and the supremum like 1/(4s) while the mean norm levels off", gradient_figure(ctx, rows_c)),
-            ("The C = 2 concrete density of Y_1 at several temperatures", density_figure(ctx, [1.5, -0.7], TEMPERATURES))]
+             "like 1/s and the supremum like 1/(4s) while the mean norm levels off",
+             gradient_figure(ctx, rows_c)),
+            ("The C = 2 concrete density of Y_1 at several temperatures",
+             density_figure(ctx, [1.5, -0.7], TEMPERATURES))]
     by_s = {r["s"]: r for r in rows_c}
     summary = (
         f"A: Gumbel-max frequencies match softmax(η) for {len(gm)} logit vectors ({draws} draws each; "
@@ -308,11 +310,12 @@ def run(ctx: Context) -> Claim:
         f"norm grows only {by_s[0.1]['mean_norm'] / by_s[1.0]['mean_norm']:.2f}-fold: the gradient is "
         f"unbounded as s → 0 because it is ~1/s on a set of draws of probability ~s"
         + ("" if ok_c else f" — FAILED: {'; '.join(failures)}") + ".")
-    threshold = (f"A: chi-square p > {P_MIN:g} for every η (fixed seeds) and p < {POWER_P_MAX:g} for Gaussian-noise "
-                 f"argmax (power). B: |mass − 1| and |mass_k − π_k| < {MASS_TOL:g}, the quadrature's change on doubling "
-                 f"its nodes < {REFINE_TOL:g}, and the misformed density off by > {WRONG_MIN:g}. C: total variance grows at each step "
-                 f"s = 1 → 0.5 → 0.2 → 0.1 by > {N_SE:g} SE; log-variance slope over s ≤ 0.5 below {SLOPE_MAX}; every "
-                 f"Jacobian entry ≤ 1/(4s) and, for s ≤ 1, the largest seen ≥ {SUP_FRACTION:g}/(4s). Reasons in the script.")
+    threshold = (f"A: chi-square p > {P_MIN:g} for every η (fixed seeds) and p < {POWER_P_MAX:g} for "
+                 f"Gaussian-noise argmax (power). B: |mass − 1| and |mass_k − π_k| < {MASS_TOL:g}, the "
+                 f"quadrature's change on doubling its nodes < {REFINE_TOL:g}, and the misformed density off by "
+                 f"> {WRONG_MIN:g}. C: total variance grows at each step s = 1 → 0.5 → 0.2 → 0.1 by > {N_SE:g} SE; "
+                 f"log-variance slope over s ≤ 0.5 below {SLOPE_MAX}; every Jacobian entry ≤ 1/(4s) and, for "
+                 f"s ≤ 1, the largest seen ≥ {SUP_FRACTION:g}/(4s). Reasons in the script.")
     tables = [
         ("A. Gumbel-max class counts against softmax(η) (chi-square)", ["η", "C", "draws", "chi²", "p-value", "max |z|"],
          [[str(eta), r["C"], r["draws"], r["chi2"], r["p"], r["max_z"]] for eta, r in zip(GUMBEL_MAX_ETAS, gm)]
