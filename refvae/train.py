@@ -194,8 +194,12 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     ckpt_path = out / CHECKPOINT
     estimator = options.estimator or getattr(model.latent, "default_estimator", "pathwise")
 
+    temperature = options.temperature_schedule(model.latent)
+    if options.temperature is not None and temperature is None:
+        raise ConfigError(f"a temperature applies only to categorical latents, not to {config.latent!r}")
     noise = NoiseSource(options.seed)
     params = model.init_params(noise)
+    _preflight(model, params, data, options, estimator, temperature)
     start_epoch, step, estimator_state = 0, 0, {}
     flat = FlatParams.from_dict(bk, params)
     opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr, weight_decay=options.weight_decay)
@@ -222,7 +226,6 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     n = y_train.shape[0]
     per_epoch = math.ceil(n / options.batch_size)
     schedule = _schedule(options, per_epoch)
-    temperature = options.temperature_schedule(model.latent)
     progress = Progress(options.progress, stream)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
@@ -274,6 +277,15 @@ def _schedule(options: TrainOptions, per_epoch: int):
           "exponential": {"gamma": options.lr_gamma},
           "cosine": {"total_steps": options.epochs * per_epoch}}.get(options.schedule, {})
     return make_schedule(options.schedule, options.lr, **kw)
+
+
+def _preflight(model, params, data, options, estimator, temperature):
+    """One loss evaluation on a few training rows with throwaway noise before anything is written,
+    so that an estimator, sample count or temperature that does not fit fails at once."""
+    n = min(len(data.train), options.batch_size)
+    eps = model.draw_noise(NoiseSource(0), n, options.samples)
+    model.loss_and_grads(params, data.train[:n], eps, estimator,
+                         temperature=temperature(0) if temperature else None)
 
 
 def _check_data(model, data, options):

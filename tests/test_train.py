@@ -148,3 +148,15 @@ def test_default_run_learns_and_draws_figures(tmp_path, monkeypatch):
     assert lines[-1]["test_neg_elbo"] < lines[0]["test_neg_elbo"]
     for name in ("loss.png", "samples.png", "reconstructions.png", "latent.png", "manifold.png"):
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_misfits_fail_before_anything_is_written(tmp_path):
+    """An estimator that needs L ≥ 2, or a temperature for a Gaussian latent, is refused before
+    config.json or a checkpoint exists."""
+    with pytest.raises(ConfigError, match="L ≥ 2"):
+        train(CONFIG, TrainOptions(epochs=1, samples=1, estimator="score-loo", progress=False), tiny_data(),
+              tmp_path / "loo")
+    assert not (tmp_path / "loo" / "config.json").exists()
+    with pytest.raises(ConfigError, match="only to categorical"):
+        train(CONFIG, TrainOptions(epochs=1, temperature=0.5, progress=False), tiny_data(), tmp_path / "t")
+    assert not (tmp_path / "t" / "config.json").exists()
