@@ -249,8 +249,8 @@ def run(ctx: Context) -> Claim:
     summary = (f"{draws} draws per estimator, N = {N} data, L = {L} samples, K = {K}, D = {D}. Every "
                f"estimator's mean is within {max(r[3] for r in rows):.2f} SE of the exact gradient on every "
                f"parameter entry (threshold {Z_MAX:g}; encoder entries alone: within "
-               f"{max(r[5] for r in rows):.2f}); at 4 SE the test resolves biases of {finest[8]:.0%} "
-               f"({finest[1]}) to {coarsest[8]:.0%} ({coarsest[1]}) of the recognition gradient's size; every "
+               f"{max(r[5] for r in rows):.2f}); at 4 SE the test resolves biases of {finest[8]:.1%} "
+               f"({finest[1]}) to {coarsest[8]:.1%} ({coarsest[1]}) of the recognition gradient's size; every "
                f"negative control is rejected (the weakest at |z| = {min(strength):.1f}; Price's through its "
                f"noiseless covariance-head entries).")
     return Claim(TITLE, SOURCE, ok, summary,
