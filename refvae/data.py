@@ -361,6 +361,16 @@ def _loadmat(path: Path) -> dict:
 _TEXT_BYTES = frozenset(b"0123456789.-+eE \t\r\n")
 
 
+def _mat_variable(path: Path, name: str, expected: str) -> np.ndarray:
+    """Variable ``name`` of a MATLAB file, or a DataError listing what the file holds instead."""
+    m = _loadmat(path)
+    if name not in m:
+        keys = sorted(k for k in m if not k.startswith("__"))
+        raise DataError(f"{path} has no variable {name!r} (found {', '.join(keys) or 'none'}); give "
+                        f"{expected}")
+    return np.asarray(m[name])
+
+
 def read_amat(path) -> np.ndarray:
     """One split of Larochelle's binarized MNIST: a MATLAB file (``loadmat(path)['X']``) or the
     original whitespace-separated text ``.amat`` (one image per line)."""
@@ -373,12 +383,7 @@ def read_amat(path) -> np.ndarray:
         except ValueError as exc:
             raise DataError(f"{path} is a malformed text .amat file ({exc}); download it again") from exc
     else:
-        m = _loadmat(path)
-        if "X" not in m:
-            keys = sorted(k for k in m if not k.startswith("__"))
-            raise DataError(f"{path} has no variable 'X' (found {', '.join(keys) or 'none'}); give "
-                            "the binarized MNIST file")
-        X = np.asarray(m["X"])
+        X = _mat_variable(path, "X", "the binarized MNIST file")
     if X.ndim != 2 or X.size == 0:
         raise DataError(f"{path} holds an array of shape {X.shape}; expected (n, 784), one image per row")
     return X.astype(np.float64)
@@ -408,12 +413,7 @@ def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Datase
     values 0–255 scaled to [0, 1]. Deterministic split: the last ``test_fraction`` of the sequence
     (a contiguous block of frames, so test faces are not near-duplicates of training frames)."""
     path = Path(path)
-    m = _loadmat(path)
-    if "ff" not in m:
-        keys = sorted(k for k in m if not k.startswith("__"))
-        raise DataError(f"{path} has no variable 'ff' (found {', '.join(keys) or 'none'}); give "
-                        "frey_rawface.mat")
-    ff = np.asarray(m["ff"])
+    ff = _mat_variable(path, "ff", "frey_rawface.mat")
     if ff.ndim != 2 or ff.shape[0] != math.prod(FREY_SHAPE) or ff.shape[1] < 2:
         raise DataError(f"{path}: 'ff' has shape {ff.shape}, expected (560, n) with one 28×20 image "
                         "per column; give frey_rawface.mat")

@@ -52,14 +52,13 @@ class TensorCheck:
 
 
 @dataclass
-class GradcheckReport:
-    """All tensors of one check; ``str(report)`` is the table printed on failure."""
+class CheckList:
+    """Per-tensor checks with the tolerances they were judged by (gradcheck's and the oracle's
+    reports both are one)."""
 
     checks: list
     rtol: float
     atol: float
-    eps: float
-    title: str = "gradient check"
 
     @property
     def passed(self) -> bool:
@@ -67,6 +66,14 @@ class GradcheckReport:
 
     def failures(self) -> list:
         return [c for c in self.checks if not c.passed]
+
+
+@dataclass
+class GradcheckReport(CheckList):
+    """All tensors of one check; ``str(report)`` is the table printed on failure."""
+
+    eps: float = 0.0
+    title: str = "gradient check"
 
     def __str__(self) -> str:
         head = (f"{self.title}: {'PASS' if self.passed else 'FAIL'} (central differences, eps={self.eps:g}; "

@@ -31,7 +31,7 @@ from .backend import NoiseSource
 from .config import VAEConfig
 from .errors import (CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError,
                      name_mismatch, shape_mismatch)
-from .gradcheck import TensorCheck, compare_arrays, table_lines
+from .gradcheck import CheckList, TensorCheck, compare_arrays, table_lines
 from .io import atomic_write, ensure_writable_dir, load_json, load_npz_checked, save_json
 from .vae import REDUCTIONS, VAE
 
@@ -285,21 +285,11 @@ def write_npz(path, arrays: dict) -> None:
 
 # ----- comparing ---------------------------------------------------------------------------------
 @dataclass
-class OracleReport:
+class OracleReport(CheckList):
     """One row per compared tensor; ``str(report)`` is the table ``refvae oracle compare`` prints."""
 
-    checks: list
-    rtol: float
-    atol: float
-    dtype: str
+    dtype: str = "float64"
     notes: list = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def failures(self) -> list:
-        return [c for c in self.checks if not c.passed]
 
     def __str__(self) -> str:
         lines = [f"oracle comparison: {'PASS' if self.passed else 'FAIL'} "

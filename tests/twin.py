@@ -79,15 +79,20 @@ def loss_fn(cfg, reduction="mean"):
     return loss
 
 
-def grads(cfg, params: dict, y, eps, reduction="mean"):
-    """Loss, KL/reconstruction per datum and autograd gradients, all as NumPy float64."""
+def autograd(loss, params: dict, y, eps):
+    """Run a twin ``loss(p, y, eps)`` in float64 and return loss, KL and reconstruction per datum and
+    every parameter's autograd gradient, all as NumPy."""
     t = _torch()
     p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
-    loss, kl, rec = loss_fn(cfg, reduction)(p, t.tensor(np.asarray(y, dtype=np.float64)),
-                                            t.tensor(np.asarray(eps, dtype=np.float64)))
-    loss.backward()
-    return (float(loss.detach()), kl.detach().numpy(), rec.detach().numpy(),
+    value, kl, rec = loss(p, t.tensor(np.asarray(y, dtype=np.float64)), t.tensor(np.asarray(eps, dtype=np.float64)))
+    value.backward()
+    return (float(value.detach()), kl.detach().numpy(), rec.detach().numpy(),
             {k: v.grad.numpy() for k, v in p.items()})
+
+
+def grads(cfg, params: dict, y, eps, reduction="mean"):
+    """Loss, KL/reconstruction per datum and autograd gradients of the diagonal-Gaussian twin."""
+    return autograd(loss_fn(cfg, reduction), params, y, eps)
 
 
 # ----- full-covariance and planar-flow recognition models (issue 4) -----------------------------
@@ -166,10 +171,4 @@ def latent_loss_fn(cfg, reduction="mean"):
 
 def latent_grads(cfg, params: dict, y, eps, reduction="mean"):
     """:func:`grads` for every Gaussian recognition model (:func:`latent_loss_fn`)."""
-    t = _torch()
-    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
-    loss, kl, rec = latent_loss_fn(cfg, reduction)(p, t.tensor(np.asarray(y, dtype=np.float64)),
-                                                   t.tensor(np.asarray(eps, dtype=np.float64)))
-    loss.backward()
-    return (float(loss.detach()), kl.detach().numpy(), rec.detach().numpy(),
-            {k: v.grad.numpy() for k, v in p.items()})
+    return autograd(latent_loss_fn(cfg, reduction), params, y, eps)
