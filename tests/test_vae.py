@@ -178,12 +178,25 @@ def test_missing_config_field():
         VAE({"latent_dim": 2})
 
 
-def test_extreme_log_variances_and_logits_stay_finite():
-    """ℓ = ±50 and logits ±50: the mathematics is finite, so the numbers must be."""
-    cfg, model, params, y, eps = make_case("bernoulli", False, "tanh", DEPTHS[0])
+@pytest.mark.parametrize("emission,learn_alpha", EMISSIONS)
+@pytest.mark.parametrize("extreme", [50.0, 200.0])
+def test_extreme_log_variances_and_logits_stay_finite(emission, learn_alpha, extreme):
+    """Encoder log-variances and decoder outputs (logits, means, log-variances) of ±50 and ±200,
+    and log α of −50 and −12.5: the mathematics is finite there, so the loss and every gradient
+    must be, with no clamping anywhere. (The decoder's weights are zeroed so that its outputs are
+    exactly these values: through a linear decoder a sample with υ = e^{100} would make the
+    Gaussian surprisal exceed every float, which is the mathematics, not a numerical failure.)"""
+    cfg, model, params, y, eps = make_case(emission, learn_alpha, "tanh", DEPTHS[0])
     params = dict(params)
-    params["encoder.logvar.bias"] = np.array([50.0, -50.0, 0.0])
-    params["decoder.out.bias"] = np.linspace(-50, 50, 6)
+    params["encoder.logvar.bias"] = np.array([extreme, -extreme, 0.0])
+    params["decoder.out.weight"] = np.zeros_like(params["decoder.out.weight"])
+    if emission == "gaussian_diag":
+        params["decoder.logvar.weight"] = np.zeros_like(params["decoder.logvar.weight"])
+    params["decoder.out.bias"] = np.linspace(-extreme, extreme, 6)
+    if emission == "gaussian_diag":
+        params["decoder.logvar.bias"] = np.linspace(-extreme / 4, extreme, 6)
+    if learn_alpha:
+        params["decoder.log_alpha"] = np.array(-extreme / 4)
     res = model.loss_and_grads(params, y, eps)
     assert math.isfinite(res.loss)
     assert all(np.isfinite(g).all() for g in res.grads.values())
