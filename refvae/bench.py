@@ -22,6 +22,7 @@ from .backend import NoiseSource, get_backend
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
 
+SETTLE_S = 1.0
 DEFAULT_PEER = Path(__file__).resolve().parent.parent / "validation" / "torch_peer.py"
 ARCHITECTURES = {
     # pytorch/examples' VAE, and a deeper one.
@@ -67,7 +68,11 @@ def matmul_rate(bk, n: int = 1024, repeats: int = 5) -> float:
 
 
 def time_steps(step, steps: int, warmup: int, sync=lambda: None, memory: bool = True) -> tuple[float, float | None]:
-    """Median seconds of ``step()`` over ``steps`` calls after ``warmup``; peak traced MB of one call."""
+    """Median seconds of ``step()`` over ``steps`` calls after ``warmup``; peak traced MB of one call.
+
+    Starts with a short pause: the other engine's idle worker threads (OpenMP, OpenBLAS) keep
+    spinning for a while after their last task and would otherwise steal the cores."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         step()
     sync()
