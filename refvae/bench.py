@@ -201,7 +201,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
     p.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
     p.set_defaults(func=_cmd_bench)
