@@ -127,7 +127,7 @@ def load_peer(path=None):
 
 
 def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("float32", "float64"),
-              backend="numpy", steps: int = 20, warmup: int = 3, peer=None, device="cpu",
+              backend="numpy", steps: int = 20, warmup: int = 5, peer=None, device="cpu",
               out=sys.stdout) -> list[dict]:
     """The main table: every architecture × batch × dtype, refvae beside the peer."""
     peer_mod = load_peer(peer)
