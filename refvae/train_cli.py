@@ -60,15 +60,17 @@ def _cmd_train(args) -> int:
     opts["detect_anomaly"] = args.detect_anomaly
     options = TrainOptions.from_dict(opts)
     out = Path(args.out)
-    print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
-          f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
-          f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; out {out}",
-          file=sys.stderr)
+    if not args.quiet:
+        print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
+              f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
+              f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; out {out}",
+              file=sys.stderr)
     history = train(config, options, data, out, args.backend, args.dtype, resume=args.resume)
     if not args.no_figures:
         model, params, _ = load_run(out, args.backend, args.dtype)
         written = make_figures(model, params, data, out, history, seed=options.seed)
-        print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
+        if not args.quiet:
+            print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
     last = history[-1] if history else {}
     print(json.dumps({k: v for k, v in last.items() if k != "seconds"}))
     return 0
