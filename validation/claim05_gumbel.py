@@ -41,6 +41,7 @@ TITLE = ("Gumbel-max samples softmax(η); the concrete density integrates to 1 w
          "'Y_k largest'; relaxed gradients grow as the temperature falls")
 SOURCE = ("chapter Eqs. 8.28–8.29 and the remark after Eq. 8.29; Maddison et al. 2017 (ICLR), Eq. 1; "
           "Jang et al. 2017 (ICLR); EQUATIONS.md, discrete latents and erratum E4")
+FULL_MODE = "96 s (2·10⁶ draws); measured"  # runtime of --full on two cores
 
 BK = get_backend()
 TEMPERATURES = [5.0, 2.0, 1.0, 0.5, 0.2, 0.1]

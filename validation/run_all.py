@@ -37,7 +37,8 @@ def run_claim(name: str, ctx: Context) -> Claim:
                                                       traceback.format_exc().strip().splitlines()[-6:]])])
 
 
-def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path) -> str:
+def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path, full_modes: list) -> str:
+    """The Markdown report; ``full_modes`` is each claim's ``FULL_MODE`` (its full-scale runtime)."""
     mode = "quick" if ctx.quick else "full"
     lines = [
         "# refvae validation report", "",
@@ -48,10 +49,10 @@ def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path)
         f"(Python {platform.python_version()}); data: `{ctx.data_dir}`",
         f"- result: {sum(c.status == 'PASS' for c in claims)} PASS, {sum(c.status == 'FAIL' for c in claims)} "
         f"FAIL, {sum(c.status == 'SKIP' for c in claims)} SKIP", "",
-        "| # | claim | result | time (s) |", "|---|---|---|---|",
+        f"| # | claim | result | time (s), {mode} | full mode (`--full`) |", "|---|---|---|---|---|",
     ]
-    for i, c in enumerate(claims, 1):
-        lines.append(f"| {i} | {c.title} | {c.status} | {c.seconds:.1f} |")
+    for i, (c, full) in enumerate(zip(claims, full_modes), 1):
+        lines.append(f"| {i} | {c.title} | {c.status} | {c.seconds:.1f} | {full} |")
     for i, c in enumerate(claims, 1):
         lines += ["", f"## {i}. {c.title}", "", f"**{c.status}.** {c.summary}", "", f"*Source:* {c.source}"]
         if c.threshold:
@@ -78,13 +79,14 @@ def main(argv=None) -> int:
     if args.only:
         names = [n for n in names if n.split(".")[-1] in args.only or n.split(".")[-1][:7] in args.only]
     t0 = time.perf_counter()
-    claims = []
+    claims, full_modes = [], []
     for name in names:
+        full_modes.append(getattr(importlib.import_module(name), "FULL_MODE", "not stated"))
         claim = run_claim(name, ctx)
         print(claim_text(claim) + f"\n  ({claim.seconds:.1f} s)\n", flush=True)
         claims.append(claim)
     report_path = Path(args.report)
-    report_path.write_text(report(claims, ctx, time.perf_counter() - t0, report_path))
+    report_path.write_text(report(claims, ctx, time.perf_counter() - t0, report_path, full_modes))
     failed = [c.title for c in claims if c.passed is False]
     print(f"validation: {len(claims) - len(failed)} passed or skipped, {len(failed)} failed; report {report_path}")
     return 1 if failed else 0
