@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - run as a script from validation/
 TITLE = ("ELBO surgery: the average KL equals the aggregate-posterior KL plus the mutual information, "
          "which is at most log N")
 SOURCE = "chapter Eq. 8.21; Hoffman & Johnson 2016, \"ELBO surgery\" (NIPS workshop on approximate inference)"
-FULL_MODE = "about 15 min, mostly training the shared 50-epoch MNIST model; estimated"  # runtime of --full on two cores
+FULL_MODE = "822 s, of which ~10 min train the shared 50-epoch MNIST model; measured"  # runtime of --full on two cores
 
 # Agreement within 4 standard errors: a correct estimator fails this by chance with probability
 # 6e-5 (two-sided normal tail), while a wrong density or a missing log N is off by many SE.
