@@ -390,7 +390,10 @@ def read_amat(path) -> np.ndarray:
 
 
 def load_binarized_mnist_dir(directory) -> Dataset:
-    """Larochelle & Murray's binarized MNIST from ``binarized_mnist_{train,valid,test}.amat``."""
+    """Larochelle & Murray's binarized MNIST from ``binarized_mnist_{train,valid,test}.amat``.
+
+    The test file is sorted by class (its first 1,000 rows are mostly zeros): evaluate on all of it
+    or on a random subset, never on ``test[:n]``."""
     directory = Path(directory)
     paths = {s: directory / f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test")}
     missing = [p.name for s, p in paths.items() if s != "valid" and not p.is_file()]
