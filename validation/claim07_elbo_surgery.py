@@ -25,11 +25,11 @@ from refvae import NoiseSource
 from refvae.objectives import elbo_surgery
 
 try:
-    from validation.common import Claim, Context, main, savefig, skipped
-    from validation.mnist_models import single_threaded, trained_model
+    from validation.common import Claim, Context, main, savefig
+    from validation.mnist_models import run_on_shared_model
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from common import Claim, Context, main, savefig, skipped
-    from mnist_models import single_threaded, trained_model
+    from common import Claim, Context, main, savefig
+    from mnist_models import run_on_shared_model
 
 TITLE = ("ELBO surgery: the average KL equals the aggregate-posterior KL plus the mutual information, "
          "which is at most log N")
@@ -80,11 +80,7 @@ def _mean_se(a) -> tuple[float, float]:
 
 
 def run(ctx: Context) -> Claim:
-    with single_threaded():
-        model = trained_model(ctx)
-        if model is None:
-            return skipped(TITLE, SOURCE, "no MNIST data (binarized_mnist or mnist) in the data directory")
-        return _run(ctx, model)
+    return run_on_shared_model(ctx, TITLE, SOURCE, _run)
 
 
 def _run(ctx: Context, model) -> Claim:

@@ -21,11 +21,11 @@ from refvae import NoiseSource
 from refvae.objectives import active_units, iwae_bound, neg_elbo_terms
 
 try:
-    from validation.common import Claim, Context, main, savefig, skipped
-    from validation.mnist_models import single_threaded, trained_model
+    from validation.common import Claim, Context, main, savefig
+    from validation.mnist_models import run_on_shared_model
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from common import Claim, Context, main, savefig, skipped
-    from mnist_models import single_threaded, trained_model
+    from common import Claim, Context, main, savefig
+    from mnist_models import run_on_shared_model
 
 TITLE = "The importance-weighted bound increases with k on a trained MNIST model; active units"
 SOURCE = ("Burda, Grosse & Salakhutdinov 2016 (ICLR), \"Importance Weighted Autoencoders\", Theorem 1 and "
@@ -54,11 +54,7 @@ def per_unit_kl(vae, params, y) -> np.ndarray:
 
 
 def run(ctx: Context) -> Claim:
-    with single_threaded():
-        model = trained_model(ctx)
-        if model is None:
-            return skipped(TITLE, SOURCE, "no MNIST data (binarized_mnist or mnist) in the data directory")
-        return _run(ctx, model)
+    return run_on_shared_model(ctx, TITLE, SOURCE, _run)
 
 
 def _run(ctx: Context, model) -> Claim:

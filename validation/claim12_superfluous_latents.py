@@ -24,10 +24,10 @@ from refvae.objectives import active_units, neg_elbo_terms
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped
-    from validation.mnist_models import single_threaded, trained_model
+    from validation.mnist_models import NO_MNIST, single_threaded, trained_model
 except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, savefig, skipped
-    from mnist_models import single_threaded, trained_model
+    from mnist_models import NO_MNIST, single_threaded, trained_model
 
 TITLE = "Superfluous latent dimensions do not cause overfitting: test bound and active units against latent size"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (MNIST, latent sizes "
@@ -73,7 +73,7 @@ def run(ctx: Context) -> Claim:
         sizes = latent_sizes(ctx.quick)
         models = {k: trained_model(ctx, k, **regime(ctx.quick)) for k in sizes}
         if any(m is None for m in models.values()):
-            return skipped(TITLE, SOURCE, "no MNIST data (binarized_mnist or mnist) in the data directory")
+            return skipped(TITLE, SOURCE, NO_MNIST)
         res = {k: bounds(m, ctx) for k, m in models.items()}
         k_max = sizes[-1]
         second = bounds(trained_model(ctx, k_max, seed=ctx.seed + 1, **regime(ctx.quick)), ctx)

@@ -23,6 +23,11 @@ from refvae.config import VAEConfig
 from refvae.data import Dataset, apply_binarization, load_dataset
 from refvae.train import TrainOptions, load_run, train
 
+try:
+    from validation.common import skipped
+except ImportError:  # pragma: no cover - run as a script from validation/
+    from common import skipped
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 PACKAGE = HERE.parent / "refvae"
@@ -184,3 +189,16 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
                          s.describe(data, latent_dim) + f", seed {seed}" + data_note(ctx))
     _MEMO[run_dir] = model
     return model
+
+
+NO_MNIST = "no MNIST data (binarized_mnist or mnist) in the data directory"
+
+
+def run_on_shared_model(ctx, title: str, source: str, run):
+    """``run(ctx, model)`` on the shared trained MNIST model, single-threaded; a SKIP naming the
+    missing data when there is none (claims 7 and 8)."""
+    with single_threaded():
+        model = trained_model(ctx)
+        if model is None:
+            return skipped(title, source, NO_MNIST)
+        return run(ctx, model)
