@@ -172,3 +172,17 @@ def latent_loss_fn(cfg, reduction="mean"):
 def latent_grads(cfg, params: dict, y, eps, reduction="mean"):
     """:func:`grads` for every Gaussian recognition model (:func:`latent_loss_fn`)."""
     return autograd(latent_loss_fn(cfg, reduction), params, y, eps)
+
+
+def assert_matches(bk, res, twin_out, kl_rtol=1e-12):
+    """refvae's :class:`LossResult` against a twin's ``(loss, kl, rec, grads)``: loss and
+    reconstruction to 1e-12, KL to ``kl_rtol``, every gradient (same names, same order) to 1e-10."""
+    import pytest  # noqa: PLC0415
+
+    loss, kl, rec, grads = twin_out
+    assert res.loss == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(bk.to_numpy(res.kl_per_datum), kl, rtol=kl_rtol)
+    np.testing.assert_allclose(bk.to_numpy(res.reconstruction_per_datum), rec, rtol=1e-12)
+    assert list(res.grads) == list(grads)
+    for name, g in grads.items():
+        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
