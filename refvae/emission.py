@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .nn.activations import softplus_and_sigmoid
+from .nn.activations import log1p_exp_neg_abs
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -30,8 +30,14 @@ class EmissionTerms:
 
 
 class Bernoulli:
-    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``; ``∂²f/∂λ² = σ(λ)σ(−λ)``
-    (softplus and σ share one exponential: :func:`~refvae.nn.activations.softplus_and_sigmoid`)."""
+    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``; ``∂²f/∂λ² = σ(λ)σ(−λ)``.
+
+    With ``H = 1[λ ≥ 0]`` (by sign bit, so that ``−0.0`` counts as negative), ``s = σ(−|λ|)`` and
+    ``e = e^{−|λ|}``: ``softplus(λ) − yλ = λ(H − y) + log1p(e)`` and ``σ(λ) − y = (H − y) −
+    sign(λ) s``, exact in each branch (``y = H`` leaves ``−s`` or ``+s`` at full relative precision).
+    One exponential and one logarithm per value (:func:`~refvae.nn.activations.log1p_exp_neg_abs`),
+    computed in cache-sized row blocks (:meth:`~refvae.backend.Backend.row_blocks`).
+    """
 
     name = "bernoulli"
     curvature_form = "diag"
@@ -40,10 +46,27 @@ class Bernoulli:
         return [("out", data_dim)]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        softplus, sigma = softplus_and_sigmoid(bk, o)
-        softplus -= y * o
-        sigma -= y
-        return EmissionTerms(softplus.sum(axis=-1), sigma)
+        xp = bk.xp
+        y = xp.broadcast_to(y, o.shape)
+        f = xp.empty(o.shape[:-1], dtype=o.dtype)
+        df = xp.empty_like(o)
+        blocks = bk.row_blocks(o.shape[0], o[0].size) if o.ndim > 1 else [...]
+        for rows in blocks:
+            self._block(bk, o[rows], y[rows], f[rows], df[rows])
+        return EmissionTerms(f, df)
+
+    @staticmethod
+    def _block(bk, o, y, f_out, df_out) -> None:
+        xp = bk.xp
+        log1p_e, s = log1p_exp_neg_abs(bk, o)
+        g = df_out
+        xp.subtract(1.0, xp.signbit(o), out=g)
+        g -= y                                   # H − y
+        t = o * g
+        t += log1p_e
+        t.sum(axis=-1, out=f_out)
+        xp.copysign(s, o, out=s)
+        g -= s                                   # σ(λ) − y
 
     def curvature(self, bk, o, y, log_alpha=None):
         return bk.special.expit(o) * bk.special.expit(-o)

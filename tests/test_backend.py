@@ -364,3 +364,13 @@ def test_every_available_backend_is_exercised():
         bk = get_backend(name, "float64")
         got = _mlp_everything(bk, "tanh")
         assert all(np.all(np.isfinite(v)) for v in got.values())
+
+
+@pytest.mark.parametrize("rows,row_size", [(1, 10), (1024, 784), (7, 100000), (333, 97), (0, 5)])
+def test_row_blocks_cover_rows_in_order_and_fit_the_block(rows, row_size):
+    from refvae.backend import ELEMENTWISE_BLOCK  # noqa: PLC0415
+    blocks = get_backend("numpy").row_blocks(rows, row_size)
+    covered = [i for b in blocks for i in range(b.start, b.stop)]
+    assert covered == list(range(rows))
+    for b in blocks:
+        assert b.stop - b.start == 1 or (b.stop - b.start) * row_size <= ELEMENTWISE_BLOCK

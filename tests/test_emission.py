@@ -90,3 +90,37 @@ def test_bernoulli_extreme_logits(logit):
         expected = max(logit, 0.0) + math.log1p(math.exp(-abs(logit))) - yv * logit
         assert t.f == pytest.approx(expected, rel=1e-15)
         assert np.isfinite(t.df_do).all() and np.isfinite(em.curvature(BK, o, None)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bernoulli_in_many_row_blocks_matches_direct_formulas(dtype):
+    """A batch large enough for many cache-sized blocks (``Backend.row_blocks``), data in [0, 1]
+    broadcast over L samples, logits up to ±60: every block gives the direct float64 formulas."""
+    bk = get_backend("numpy", dtype)
+    n, samples, d = 97, 3, 301
+    assert len(bk.row_blocks(n, samples * d)) > 2
+    o = (RNG.normal(size=(n, samples, d)) * 20).clip(-60, 60)
+    y = RNG.random((n, 1, d))
+    y[: n // 2] = y[: n // 2] < 0.5
+    t = make_emission("bernoulli").terms(bk, bk.asarray(o), bk.asarray(y))
+    assert t.f.dtype == t.df_do.dtype == np.dtype(dtype) and t.f.shape == (n, samples)
+    rtol = 1e-13 if dtype == "float64" else 2e-6
+    f = (np.logaddexp(0.0, o) - y * o).sum(-1)
+    np.testing.assert_allclose(t.f, f, rtol=rtol, atol=rtol * np.abs(o).sum(-1).max())
+    o_rounded = o.astype(dtype).astype(float)
+    y_rounded = y.astype(dtype).astype(float)
+    df = 1.0 / (1.0 + np.exp(-o_rounded)) - y_rounded
+    np.testing.assert_allclose(t.df_do, df, rtol=0, atol=4 * np.finfo(dtype).eps)
+
+
+def test_bernoulli_gradient_at_signed_zero_and_full_precision_tails():
+    """σ(±0) − y = ½ − y for both signed zeros; with y = 1[λ ≥ 0] the gradient ∓σ(−|λ|) keeps its
+    full relative precision far in the tails (no cancellation against 1)."""
+    em = make_emission("bernoulli")
+    for y in (0.0, 0.25, 1.0):
+        df = em.terms(BK, np.array([0.0, -0.0]), np.array([y, y])).df_do
+        np.testing.assert_array_equal(df, [0.5 - y, 0.5 - y])
+    lam = np.array([-40.0, 40.0, -700.0, 700.0])
+    df = em.terms(BK, lam, (lam >= 0).astype(float)).df_do
+    expected = np.array([math.exp(-40.0), -math.exp(-40.0), math.exp(-700.0), -math.exp(-700.0)])
+    np.testing.assert_allclose(df, expected, rtol=1e-14)
