@@ -9,8 +9,10 @@ without torch, or without the file, the ratio column says so.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -18,6 +20,7 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import parallel
 from .backend import NoiseSource, get_backend
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
@@ -93,8 +96,9 @@ def time_steps(step, steps: int, warmup: int, sync=lambda: None, memory: bool = 
 
 
 def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", estimator=None,
-                samples: int = 1, seed: int = 0):
-    """A closure running one refvae training step on a fixed random batch with fresh noise."""
+                samples: int = 1, seed: int = 0, workers: parallel.Workers | None = None):
+    """A closure running one refvae training step on a fixed random batch with fresh noise
+    (row shards on ``workers``' threads when given)."""
     model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
                 backend, dtype)
     noise = NoiseSource(seed)
@@ -102,18 +106,19 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
     opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
     y = model.bk.asarray(noise.uniform((batch, config["data_dim"])))
     temperature = 1.0 if model.config.latent == "categorical" else None
+    pool = workers or parallel.Workers(1)
 
     def step():
         eps = model.draw_noise(noise, batch, samples)
-        res = model.loss_and_grads(flat.params, y, eps, estimator, check=False, temperature=temperature)
-        flat.set_grads(res.grads)
-        opt.step(flat)
+        parallel.loss_and_grads(model, pool, flat.params, y, eps, estimator, check=False,
+                                temperature=temperature, grads_out=flat.grads)
+        opt.step(flat, workers=pool)
 
     return step, model.bk
 
 
 def load_peer(path=None):
-    """The peer module (``make_step(config, batch, dtype, device, samples)``), or a reason string."""
+    """The peer module (``make_step(config, batch, dtype, device, samples, threads)``), or a reason string."""
     path = Path(path) if path else DEFAULT_PEER
     if not path.exists():
         return f"no peer file at {path}"
@@ -128,8 +133,10 @@ def load_peer(path=None):
 
 def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("float32", "float64"),
               backend="numpy", steps: int = 20, warmup: int = 5, peer=None, device="cpu",
-              out=sys.stdout) -> list[dict]:
-    """The main table: every architecture × batch × dtype, refvae beside the peer."""
+              threads: int | None = None, out=sys.stdout) -> list[dict]:
+    """The main table: every architecture × batch × dtype, refvae beside the peer, both on
+    ``threads`` threads (default: every core this process may use)."""
+    threads = threads or default_threads()
     peer_mod = load_peer(peer)
     rows = []
     rates = {dt: matmul_rate(get_backend(backend, dt)) for dt in dtypes}
@@ -137,15 +144,16 @@ def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("flo
         config = ARCHITECTURES[arch]
         for batch in batches:
             for dtype in dtypes:
-                step, bk = refvae_step(config, batch, backend, dtype)
-                sec, peak = time_steps(step, steps, warmup, bk.synchronize, memory=backend == "numpy")
-                row = {"arch": arch, "batch": batch, "dtype": dtype, "refvae_ms": 1e3 * sec,
+                with parallel.Workers(threads if backend == "numpy" else 1) as workers:
+                    step, bk = refvae_step(config, batch, backend, dtype, workers=workers)
+                    sec, peak = time_steps(step, steps, warmup, bk.synchronize, memory=backend == "numpy")
+                row = {"arch": arch, "batch": batch, "dtype": dtype, "threads": threads, "refvae_ms": 1e3 * sec,
                        "samples_per_s": batch / sec, "peak_mb": peak,
                        "gflops": step_flops(config, batch) / sec / 1e9, "blas_gflops": rates[dtype]}
                 if isinstance(peer_mod, str):
                     row["peer_ms"], row["ratio"] = None, peer_mod
                 else:
-                    pstep, psync = peer_mod.make_step(config, batch, dtype, device)
+                    pstep, psync = peer_mod.make_step(config, batch, dtype, device, threads=threads)
                     psec, _ = time_steps(pstep, steps, warmup, psync, memory=False)
                     row["peer_ms"], row["ratio"] = 1e3 * psec, sec / psec
                 rows.append(row)
@@ -175,6 +183,14 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
     return rows
 
 
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), the thread count of both engines."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def format_row(r: dict) -> str:
     ratio = f"{r['ratio']:.2f}×" if isinstance(r["ratio"], float) else f"n/a ({r['ratio']})"
     peer = f"{r['peer_ms']:8.2f} ms" if r["peer_ms"] is not None else "     n/a"
@@ -185,13 +201,24 @@ def format_row(r: dict) -> str:
 
 
 def _cmd_bench(args) -> int:
-    print(f"refvae bench: backend {args.backend}, {args.steps} timed steps after {args.warmup} warm-up; "
-          "ratio = refvae step time / peer step time (lower is better)")
+    threads = args.threads or default_threads()
+    print(f"refvae bench: backend {args.backend}, {threads} thread(s) for each engine, {args.steps} timed "
+          f"steps after {args.warmup} warm-up; ratio = refvae step time / peer step time (lower is better)")
     run_bench(args.arch, args.batch, args.dtype, args.backend, args.steps, args.warmup, args.peer,
-              "cuda" if args.backend == "cupy" else "cpu")
+              "cuda" if args.backend == "cupy" else "cpu", threads)
     if args.estimators:
         run_estimators(backend=args.backend, steps=max(3, args.steps // 2))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def register(sub) -> None:
@@ -204,4 +231,6 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for refvae's row shards and for the peer (default: every core)")
     p.set_defaults(func=_cmd_bench)

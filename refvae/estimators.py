@@ -44,6 +44,11 @@ from typing import Callable
 from .errors import ConfigError
 
 
+# Estimators whose state couples steps through a statistic of the whole batch (the running mean of
+# the batch-mean f): a batch split into shards (refvae.parallel) must reach them in one piece.
+STATEFUL = frozenset({"score-running"})
+
+
 @dataclass
 class DecoderSignals:
     """What the decoder pass offers an estimator.

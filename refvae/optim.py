@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from typing import Callable
 
 from .backend import Backend
@@ -152,7 +153,7 @@ class Optimizer:
         self._dtype = None
         self._state: dict = {}     # buffer name -> device array
         self._pending: dict = {}   # loaded host buffers waiting for the first step's backend
-        self._scratch: list = []
+        self._local = threading.local()  # scratch buffers, one set per thread (Workers)
         if bk is not None and size is not None:
             self._allocate(bk, self._size, bk.dtype)
 
@@ -172,7 +173,7 @@ class Optimizer:
             if v:
                 buf.fill(v)
             self._state[name] = buf
-        self._scratch = []
+        self._local = threading.local()
 
     def _ensure(self, flat: FlatParams) -> None:
         """Bind the state to ``flat``'s backend, size and dtype (allocating or moving it once)."""
@@ -202,10 +203,11 @@ class Optimizer:
         return self._size if self._bk.name == "cupy" else min(self._size, BLOCK)
 
     def _tmp(self, k: int, n: int):
-        """The first ``n`` values of scratch buffer ``k`` (allocated once, one block long)."""
-        while len(self._scratch) <= k:
-            self._scratch.append(self._bk.xp.empty(self._block(), dtype=self._dtype))
-        return self._scratch[k][:n]
+        """The first ``n`` values of this thread's scratch buffer ``k`` (allocated once, one block long)."""
+        scratch = self._local.__dict__.setdefault("buffers", [])
+        while len(scratch) <= k:
+            scratch.append(self._bk.xp.empty(self._block(), dtype=self._dtype))
+        return scratch[k][:n]
 
     def _decayed_grad(self, p, g, weight_decay: float):
         """``g + λθ`` (L2 penalty as a gradient term) in a scratch buffer, or ``g`` when ``λ = 0``."""
@@ -217,15 +219,26 @@ class Optimizer:
         return G
 
     # ----- public interface ------------------------------------------------------------------
-    def step(self, flat: FlatParams, lr: float | None = None) -> None:
-        """One update of ``flat.data`` in place from ``flat.grad``; ``lr`` overrides the base rate."""
+    def step(self, flat: FlatParams, lr: float | None = None, workers=None) -> None:
+        """One update of ``flat.data`` in place from ``flat.grad``; ``lr`` overrides the base rate.
+
+        ``workers`` (:class:`refvae.parallel.Workers`) splits the update into contiguous parts run on
+        its threads (CPU only); every value gets the same arithmetic either way.
+        """
         self._ensure(flat)
         self.t += 1
         lr = float(self.lr if lr is None else lr)
         block = self._block()
-        for a in range(0, self._size, block):
-            b = min(a + block, self._size)
-            self._update(flat.data[a:b], flat.grad[a:b], lr, {k: v[a:b] for k, v in self._state.items()})
+
+        def run(part: slice) -> None:
+            for a in range(part.start, part.stop, block):
+                b = min(a + block, part.stop)
+                self._update(flat.data[a:b], flat.grad[a:b], lr, {k: v[a:b] for k, v in self._state.items()})
+
+        if workers is None or self._bk.name == "cupy":
+            run(slice(0, self._size))
+        else:
+            workers.map(run, workers.split(self._size))
 
     def _update(self, p, g, lr: float, state: dict) -> None:  # pragma: no cover - abstract
         """Update one block ``p`` in place from ``g``; ``state`` holds the same block of each buffer."""

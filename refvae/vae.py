@@ -170,7 +170,8 @@ class VAE:
     # ----- loss and gradients ----------------------------------------------------------------
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,
-                       estimator_state: dict | None = None, detect_anomaly: bool = False) -> LossResult:
+                       estimator_state: dict | None = None, detect_anomaly: bool = False,
+                       batch_size: int | None = None) -> LossResult:
         """Batch negative ELBO and the gradient of every parameter, derived by hand.
 
         ``noise`` is the base noise (``eps`` ``(N, L, K)`` for Gaussian latents). Reverse pass:
@@ -185,6 +186,10 @@ class VAE:
 
         ``detect_anomaly=True`` checks every intermediate, in the order computed, and raises
         :class:`NonFiniteError` naming the first one that holds a NaN or inf (slower; for debugging).
+
+        ``batch_size`` is the N of the ``mean`` reduction when ``y`` is one shard of a larger batch
+        (:mod:`refvae.parallel`): the result is then that shard's share of the batch loss and
+        gradients. Default: ``len(y)``.
         """
         bk = self.bk
         if estimator is None:
@@ -196,7 +201,10 @@ class VAE:
             params = self.check_params(params)
             y, noise = self.check_batch(y, noise)
         n, samples = noise.shape[0], noise.shape[1]
-        scale = 1.0 / n if reduction == "mean" else 1.0
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < n):
+            raise ConfigError(f"batch_size must be an integer >= the {n} rows of y, got {batch_size!r}")
+        scale = 1.0 / (batch_size or n) if reduction == "mean" else 1.0
         w = scale / samples
 
         watch = _anomaly_watch(bk) if detect_anomaly else (lambda name, value: None)

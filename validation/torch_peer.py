@@ -35,7 +35,11 @@ class _PeerVAE(torch.nn.Module):
         return (rec + kl) / y.shape[0]
 
 
-def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "cpu", samples: int = 1):
+def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "cpu", samples: int = 1,
+              threads: int | None = None):
+    """``threads``: PyTorch's intra-op CPU threads (default: PyTorch's own choice)."""
+    if threads:
+        torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
     torch.manual_seed(0)
     model = _PeerVAE(config).to(device=device, dtype=dt)
