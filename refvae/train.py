@@ -5,6 +5,11 @@ initial parameters, the minibatch order, the base noise and dynamic binarization
 saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
+``threads`` > 1 splits each batch into row shards on a :class:`~refvae.parallel.Workers` pool (open
+for an epoch's steps, closed before its evaluation); the gradients are then summed in another
+order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
+or not, bit for bit). The default, one thread, gives a seed the same numbers on every machine.
+
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
 options and data), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
 atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np  # host side: data order and per-epoch summaries
 
 from . import io as rio
+from . import parallel
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
@@ -57,9 +63,10 @@ class TrainOptions:
     eval_samples: int = 1
     progress: bool = True
     detect_anomaly: bool = False
+    threads: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every"):
+        for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -237,26 +244,29 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         else:
             y_epoch = y_dev
         sums = np.zeros(3)
-        for b in range(per_epoch):
-            idx = order[b * options.batch_size:(b + 1) * options.batch_size]
-            yb = y_epoch[bk.xp.asarray(idx)]
-            eps = model.draw_noise(noise, len(idx), options.samples)
-            try:
-                res = model.loss_and_grads(flat.params, yb, eps, estimator, check=False,
-                                           temperature=temperature(step) if temperature else None,
-                                           estimator_state=estimator_state,
-                                           detect_anomaly=options.detect_anomaly)
-            except NonFiniteError as exc:
-                raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
-            bad = _first_nonfinite(bk, res.grads)
-            if bad:
-                raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
-                                start_epoch, history)
-            flat.set_grads(res.grads)
-            opt.step(flat, lr=schedule(step))
-            step += 1
-            sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
-            progress.update(epoch, options.epochs, b + 1, per_epoch, sums[0] / min((b + 1) * options.batch_size, n))
+        # The pool lives for this epoch's steps only: evaluation and the checkpoint run after it is
+        # closed, with the BLAS library's own thread count back.
+        with parallel.Workers(options.threads) as workers:
+            for b in range(per_epoch):
+                idx = order[b * options.batch_size:(b + 1) * options.batch_size]
+                yb = y_epoch[bk.xp.asarray(idx)]
+                eps = model.draw_noise(noise, len(idx), options.samples)
+                try:
+                    res = parallel.loss_and_grads(
+                        model, workers, flat.params, yb, eps, estimator, check=False,
+                        temperature=temperature(step) if temperature else None, estimator_state=estimator_state,
+                        detect_anomaly=options.detect_anomaly, grads_out=flat.grads)
+                except NonFiniteError as exc:
+                    raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
+                bad = _first_nonfinite(bk, res.grads)
+                if bad:
+                    raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
+                                    start_epoch, history)
+                opt.step(flat, lr=schedule(step), workers=workers)
+                step += 1
+                sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
+                progress.update(epoch, options.epochs, b + 1, per_epoch,
+                                sums[0] / min((b + 1) * options.batch_size, n))
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
                   **({"temperature": temperature(step)} if temperature else {}),
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}

@@ -24,7 +24,7 @@ ARCH_FLAGS = ("latent_dim", "encoder_hidden", "decoder_hidden", "activation", "l
               "alpha", "learn_alpha", "categories", "flow_length")
 OPTION_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "samples",
                 "seed", "estimator", "binarize", "temperature", "temperature_rate", "temperature_min",
-                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size")
+                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size", "threads")
 
 
 def _model_config(args, data_dim: int) -> VAEConfig:
@@ -161,6 +161,9 @@ def register(sub) -> None:
                    help="anneal s = max(s_min, s0 exp(-r t)) with this r per step (default 0: constant)")
     p.add_argument("--temperature-min", type=float, default=None, help="s_min (default 0.5)")
     p.add_argument("--temperature-every", type=int, default=None, help="update s every n steps (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads: the batch split into N row shards (default 1; results then agree "
+                        "with 1 thread to rounding, not bitwise)")
     p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -120,6 +120,8 @@ CATALOGUE = [
     ("temperature zero", lambda e: VAE({**CFG, "latent": "categorical", "categories": 3}).loss_and_grads(
         VAE({**CFG, "latent": "categorical", "categories": 3}).init_params(0), e.y,
         np.zeros((5, 1, 2, 3)), temperature=0.0), ConfigError, "temperature", lambda e: train_args(e, "--temperature", "-1")),
+    ("zero training threads", lambda e: TrainOptions(threads=0), ConfigError, "threads",
+     lambda e: train_args(e, "--threads", "0")),
     ("zero samples per datum", lambda e: e.model.loss_and_grads(e.params, e.y, e.eps[:, :0]), ShapeError, "noise",
      lambda e: train_args(e, "--samples", "0")),
     ("unknown backend", lambda e: get_backend("jax"), ConfigError, "backend", lambda e: train_args(e, "--backend", "jax")),
