@@ -11,6 +11,7 @@ checkpoint without pickle.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -210,6 +211,18 @@ def blas_threads(n: int | None = None) -> int | None:
         for _, set_ in controls:
             set_(int(n))
     return previous
+
+
+@contextmanager
+def blas_thread_limit(n: int):
+    """Within the block the OpenBLAS behind NumPy runs ``n`` threads per call (a no-op where
+    :func:`blas_threads` finds none); the previous count is restored after it."""
+    previous = blas_threads(n)
+    try:
+        yield previous
+    finally:
+        if previous is not None:
+            blas_threads(previous)
 
 
 def array_module(a):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import math
 import os
 import statistics
 import sys
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import parallel
-from .backend import NoiseSource, get_backend
+from .backend import NoiseSource, blas_thread_limit, get_backend
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
 
-SETTLE_S = 1.0
+SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop spinning)
+TURNS = 4
 DEFAULT_PEER = Path(__file__).resolve().parent.parent / "validation" / "torch_peer.py"
 ARCHITECTURES = {
     # pytorch/examples' VAE, and a deeper one.
@@ -70,29 +72,42 @@ def matmul_rate(bk, n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / min(times) / 1e9
 
 
-def time_steps(step, steps: int, warmup: int, sync=lambda: None, memory: bool = True) -> tuple[float, float | None]:
-    """Median seconds of ``step()`` over ``steps`` calls after ``warmup``; peak traced MB of one call.
+def time_interleaved(engines, steps: int, warmup: int, turns: int = TURNS) -> list[float]:
+    """Median seconds per step of each engine ``(step, sync)``, timed in alternating turns.
 
-    Starts with a short pause: the other engine's idle worker threads (OpenMP, OpenBLAS) keep
-    spinning for a while after their last task and would otherwise steal the cores."""
-    time.sleep(SETTLE_S)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
+    After ``warmup`` untimed steps each, the engines take ``turns`` turns of ``steps / turns``
+    timed steps: on a shared or virtual machine the speed drifts by 10–20 % over seconds, and
+    alternating lets every engine see the same drift. Each turn starts with a short pause and one
+    untimed step: the other engine's idle worker threads (OpenMP, OpenBLAS) keep spinning for a
+    while after their last task and would otherwise steal the cores."""
+    for step, sync in engines:
+        for _ in range(warmup):
+            step()
         sync()
-        times.append(time.perf_counter() - t0)
-    peak = None
-    if memory:
-        gc.collect()
-        tracemalloc.start()
+    per_turn = max(1, math.ceil(steps / turns))
+    times: list[list[float]] = [[] for _ in engines]
+    for _ in range(turns):
+        for (step, sync), record in zip(engines, times):
+            time.sleep(SETTLE_S)
+            step()
+            sync()
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                step()
+                sync()
+                record.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def peak_memory_mb(step) -> float:
+    """Peak traced memory (MB) of one call of ``step`` (tracemalloc sees NumPy's allocations)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
         step()
-        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        return tracemalloc.get_traced_memory()[1] / 2 ** 20
+    finally:
         tracemalloc.stop()
-    return statistics.median(times), peak
 
 
 def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", estimator=None,
@@ -144,18 +159,22 @@ def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("flo
         config = ARCHITECTURES[arch]
         for batch in batches:
             for dtype in dtypes:
-                with parallel.Workers(threads if backend == "numpy" else 1) as workers:
+                # One-thread BLAS per shard (with one thread: one thread in all, like the peer).
+                with blas_thread_limit(1), parallel.Workers(threads if backend == "numpy" else 1) as workers:
                     step, bk = refvae_step(config, batch, backend, dtype, workers=workers)
-                    sec, peak = time_steps(step, steps, warmup, bk.synchronize, memory=backend == "numpy")
+                    engines = [(step, bk.synchronize)]
+                    if not isinstance(peer_mod, str):
+                        engines.append(peer_mod.make_step(config, batch, dtype, device, threads=threads))
+                    medians = time_interleaved(engines, steps, warmup)
+                    peak = peak_memory_mb(step) if backend == "numpy" else None
+                sec = medians[0]
                 row = {"arch": arch, "batch": batch, "dtype": dtype, "threads": threads, "refvae_ms": 1e3 * sec,
                        "samples_per_s": batch / sec, "peak_mb": peak,
                        "gflops": step_flops(config, batch) / sec / 1e9, "blas_gflops": rates[dtype]}
                 if isinstance(peer_mod, str):
                     row["peer_ms"], row["ratio"] = None, peer_mod
                 else:
-                    pstep, psync = peer_mod.make_step(config, batch, dtype, device, threads=threads)
-                    psec, _ = time_steps(pstep, steps, warmup, psync, memory=False)
-                    row["peer_ms"], row["ratio"] = 1e3 * psec, sec / psec
+                    row["peer_ms"], row["ratio"] = 1e3 * medians[1], sec / medians[1]
                 rows.append(row)
                 print(format_row(row), file=out, flush=True)
     return rows
@@ -173,7 +192,7 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
             config = {**ARCHITECTURES["examples"], "latent_dim": k, "latent": latent, "activation": "tanh", **extra}
             samples = 2 if estimator == "score-loo" else 1
             step, bk = refvae_step(config, batch, backend, dtype, estimator, samples=samples)
-            sec, _ = time_steps(step, steps, warmup, bk.synchronize, memory=False)
+            (sec,) = time_interleaved([(step, bk.synchronize)], steps, warmup, turns=1)
             base = sec if estimator == "pathwise" else base
             row = {"K": k, "latent": latent, "estimator": estimator, "samples": samples, "ms": 1e3 * sec,
                    "vs_pathwise": sec / base}

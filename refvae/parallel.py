@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from .backend import blas_threads
+from .backend import blas_thread_limit
 from .errors import ConfigError
 from .estimators import STATEFUL
 from .vae import LossResult
@@ -37,20 +37,21 @@ class Workers:
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="refvae") if threads > 1 else None
-        self._blas_before = None
+        self._blas_limit = None
 
     def __enter__(self) -> "Workers":
         if self.threads > 1:
-            self._blas_before = blas_threads(1)
+            self._blas_limit = blas_thread_limit(1)
+            self._blas_limit.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._blas_before is not None:
-            blas_threads(self._blas_before)
-            self._blas_before = None
+        if self._blas_limit is not None:
+            self._blas_limit.__exit__(None, None, None)
+            self._blas_limit = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -74,8 +74,7 @@ def log1p_exp_neg_abs(bk, a):
     of order ``(r/u)² ≤ ulp²``; where ``u`` rounds to 1 this gives exactly ``e``.
     """
     xp = bk.xp
-    e = xp.abs(a)
-    xp.negative(e, out=e)
+    e = xp.copysign(a, -1.0)                 # −|a| in one pass
     xp.exp(e, out=e)
     u = e + 1.0
     r = u - 1.0

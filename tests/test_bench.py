@@ -1,0 +1,56 @@
+"""``refvae bench``: the timing protocol, the FLOP count, the table rows and the peer handling
+(what it measures is reported, never asserted: these tests check how it measures)."""
+import io
+
+import pytest
+
+from refvae import bench
+from refvae.cli import main
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+
+
+def test_engines_take_alternating_turns_after_their_warmup():
+    calls = []
+    engines = [(lambda: calls.append("a"), lambda: None), (lambda: calls.append("b"), lambda: None)]
+    medians = bench.time_interleaved(engines, steps=4, warmup=2, turns=2)
+    # warm-up a a, b b; then per turn: one untimed step + 2 timed steps, a then b.
+    assert "".join(calls) == "aabb" + "aaabbb" * 2
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+
+
+def test_step_flops_counts_every_product():
+    cfg = {"data_dim": 10, "latent_dim": 2, "encoder_hidden": [5], "decoder_hidden": [3]}
+    n = 7
+    # encoder: 10→5 (forward + weight grad only), 5→4 (heads: forward, weight and input grads);
+    # decoder: 2→3 and 3→10 (forward, weight and input grads).
+    expected = 2 * n * (2 * 10 * 5 + 3 * 5 * 4 + 3 * 2 * 3 + 3 * 3 * 10)
+    assert bench.step_flops(cfg, n) == expected
+
+
+def test_a_row_per_case_with_the_peer_beside_it():
+    pytest.importorskip("torch")
+    out = io.StringIO()
+    rows = bench.run_bench(["examples"], [16], ["float32"], steps=2, warmup=1, threads=2, out=out)
+    (row,) = rows
+    assert row["threads"] == 2 and row["refvae_ms"] > 0 and row["peer_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["refvae_ms"] / row["peer_ms"])
+    assert row["peak_mb"] > 0 and "ratio" in out.getvalue()
+
+
+def test_without_a_peer_the_ratio_column_says_why(tmp_path):
+    rows = bench.run_bench(["examples"], [8], ["float64"], steps=1, warmup=1, threads=1,
+                           peer=tmp_path / "absent.py", out=io.StringIO())
+    assert rows[0]["peer_ms"] is None and "no peer file" in rows[0]["ratio"]
+    assert "n/a (no peer file" in bench.format_row(rows[0])
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "x"])
+def test_bad_thread_count_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--threads", bad])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err
