@@ -13,7 +13,7 @@ instead of 5.4 ms in float32, 19.8 instead of 12.7 in float64).
 The loss and every gradient are sums over data, so the shards' sums are the batch's sums; only the
 order of floating-point additions changes (agreement with one shard to rounding, tested in
 ``tests/test_parallel.py``). Estimators that keep state across steps from the whole batch
-(:data:`~refvae.estimators.STATEFUL`) run as one shard.
+(:data:`~refvae.estimators.STATEFUL`) run as one shard, and so does everything on a GPU.
 """
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
         params = model.check_params(params)
         y, noise = model.check_batch(y, noise)
     n = noise.shape[0]
-    shards = [slice(0, n)] if chosen in STATEFUL else workers.split(n)
+    # On a GPU one shard already fills the device; shards would only add kernel launches.
+    one_shard = chosen in STATEFUL or model.bk.name == "cupy"
+    shards = [slice(0, n)] if one_shard else workers.split(n)
 
     def run(rows: slice) -> LossResult:
         return model.loss_and_grads(params, y[rows], noise[rows], estimator, reduction, check=False,

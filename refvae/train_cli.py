@@ -163,7 +163,7 @@ def register(sub) -> None:
     p.add_argument("--temperature-every", type=int, default=None, help="update s every n steps (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads: the batch split into N row shards (default 1; results then agree "
-                        "with 1 thread to rounding, not bitwise)")
+                        "with 1 thread to rounding, not bitwise; on a GPU the batch stays whole)")
     p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -152,3 +152,21 @@ def test_blas_threads_are_one_inside_and_restored_after():
     assert blas_threads() == before
     with Workers(1):
         assert blas_threads() == before
+
+
+def test_a_gpu_backend_runs_one_shard(monkeypatch):
+    """On CuPy one shard fills the device: the batch is not split (a Backend named "cupy" backed by
+    NumPy stands in for the GPU here)."""
+    from refvae.backend import Backend, get_backend  # noqa: PLC0415
+    host = get_backend()
+    fake_gpu = Backend("cupy", host.xp, host.dtype, host.special)
+    model = VAE({"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7]}, backend=fake_gpu)
+    noise = NoiseSource(0)
+    params, y = model.init_params(noise), noise.uniform((10, 9))
+    eps = model.draw_noise(noise, 10)
+    rows = []
+    real = model.loss_and_grads
+    monkeypatch.setattr(model, "loss_and_grads", lambda p, yy, *a, **k: rows.append(len(yy)) or real(p, yy, *a, **k))
+    with Workers(2) as workers:
+        loss_and_grads(model, workers, params, y, eps)
+    assert rows == [10]
