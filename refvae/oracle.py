@@ -227,6 +227,9 @@ def load_inputs(config, params, batch, temperature=None, name_map=None,
         temperature = stored
     elif temperature is not None:
         temperature = _temperature(temperature, "temperature")
+    if temperature is not None and getattr(vae.latent, "default_estimator", "pathwise") == "pathwise":
+        raise ConfigError(f"a temperature applies only to categorical latents, not to {vae.config.latent!r}; "
+                          "drop --temperature (or the batch's 'temperature' array)")
     host = {k: np.asarray(named[k], dtype=np.float64) for k in vae.param_shapes()}
     return OracleInputs(vae, host, np.asarray(data["y"], dtype=np.float64),
                         np.asarray(data[noise_name], dtype=np.float64), temperature)

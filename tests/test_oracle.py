@@ -316,11 +316,19 @@ def test_cannot_write_result_is_one_line(ex, tmp_path, capsys):
     assert rc == 2 and "cannot write" in err and len(err.strip().splitlines()) == 1
 
 
-def test_temperature_in_the_batch_and_the_option_must_agree(ex, tmp_path, capsys):
-    with_t = edited(ex, "batch", tmp_path, lambda a: a.update({"temperature": np.array(0.5)}))
-    assert run(capsys, *files(ex, batch=with_t), "--temperature", "0.5")[0] == 0
-    rc, _, err = run(capsys, *files(ex, batch=with_t), "--temperature", "0.7")
+def test_temperature_in_the_batch_and_the_option_must_agree(tmp_path, capsys):
+    cat = oracle.write_example(tmp_path / "cat", latent="categorical", categories=3, temperature=0.5)
+    assert run(capsys, *files(cat), "--temperature", "0.5")[0] == 0
+    rc, _, err = run(capsys, *files(cat), "--temperature", "0.7")
     assert rc == 2 and "give one of them" in err
+
+
+def test_a_temperature_for_a_gaussian_latent_is_refused_not_ignored(ex, tmp_path, capsys):
+    with_t = edited(ex, "batch", tmp_path, lambda a: a.update({"temperature": np.array(0.5)}))
+    for argv in ([*files(ex), "--temperature", "0.5"], files(ex, batch=with_t)):
+        rc, out, err = run(capsys, *argv)
+        assert (rc, out) == (2, "") and len(err.strip().splitlines()) == 1
+        assert "applies only to categorical latents, not to 'gaussian'" in err
 
 
 def test_oracle_without_subcommand_prints_help(capsys):
