@@ -17,7 +17,7 @@ order of floating-point additions changes (agreement with one shard to rounding,
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from .backend import blas_thread_limit
 from .errors import ConfigError
@@ -57,12 +57,14 @@ class Workers:
             self._pool = None
 
     def map(self, fn, items) -> list:
-        """``[fn(item) for item in items]``, the items spread over the threads; the first
-        exception raised by any item is raised here (after every item has finished)."""
+        """``[fn(item) for item in items]``, the items spread over the threads; once every item
+        has finished, the exception of the first item (in order) that raised one is raised here."""
         items = list(items)
         if self._pool is None or len(items) < 2:
             return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+        futures = [self._pool.submit(fn, item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def split(self, n: int) -> list[slice]:
         """``range(n)`` as at most ``threads`` contiguous, non-empty slices of near-equal size."""

@@ -1,6 +1,7 @@
 """Row shards on threads (refvae.parallel): the sharded loss and gradients equal the one-shard ones
 to rounding, state-keeping estimators see the whole batch, and the pool restores what it changes."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +136,21 @@ def test_map_runs_on_the_pool_and_reraises():
         with pytest.raises(ValueError, match="item 3"):
             workers.map(fn, range(5))
     assert all(n.startswith("refvae") for n in names)
+
+
+def test_map_raises_only_after_every_item_has_finished():
+    done = []
+
+    def fn(i):
+        if i == 0:
+            raise ValueError("first item")
+        time.sleep(0.05)
+        done.append(i)
+
+    with Workers(2) as workers:
+        with pytest.raises(ValueError, match="first item"):
+            workers.map(fn, [0, 1])
+        assert done == [1]   # before the pool's shutdown, which would wait for it anyway
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
