@@ -202,7 +202,8 @@ def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
                                   "dtype)") from exc
         raise CheckpointError(f"{path} is corrupt (entry {name!r}: {exc}); restore it from a good "
                               "copy or write it again") from exc
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
+    # NotImplementedError: a header asking for a zip feature or version Python cannot read.
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt (entry {name!r}: {detail}); restore it from a "
                               "good copy or write it again") from exc

@@ -160,6 +160,23 @@ def test_corrupt_deflate_stream(tmp_path):
     _one_line(e)
 
 
+@pytest.mark.parametrize("field,value,match", [(6, 210, "zip file version 21.0"),
+                                               (10, 99, "compression method")])
+def test_zip_feature_python_cannot_read(tmp_path, field, value, match):
+    """Found by the reader fuzzing: a central-directory entry asking for zip version 21.0 (or an
+    unknown compression method) made zipfile raise NotImplementedError through the reader."""
+    p = _good(tmp_path)
+    data = bytearray(p.read_bytes())
+    at = bytes(data).find(b"PK\x01\x02")
+    assert at > 0
+    data[at + field:at + field + 2] = value.to_bytes(2, "little")
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupt") as e:
+        load_npz_checked(p)
+    assert match in str(e.value)
+    _one_line(e)
+
+
 def test_pickled_object_array(tmp_path):
     p = tmp_path / "pickled.npz"
     np.savez(p, ok=np.zeros(2), evil=np.array([{"a": 1}, None], dtype=object),
