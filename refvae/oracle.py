@@ -408,10 +408,11 @@ def assert_matches(config, params, batch, theirs, **kwargs) -> OracleReport:
 def write_example(directory, *, latent: str = "gaussian", emission: str = "bernoulli",
                   learn_alpha: bool = False, categories: int | None = None, estimator: str | None = None,
                   reduction: str = "mean", temperature: float | None = None, n: int = 4, samples: int = 2,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, flow_length: int = 0) -> dict:
     """Write a complete, valid set of oracle files for a small model into ``directory``:
     ``config.json``, ``params.npz``, ``batch.npz`` and ``theirs.npz`` (refvae's own result, in the
-    format a user's exporter writes). Returns ``{file role: path}``."""
+    format a user's exporter writes); ``flow_length`` planar flows follow a Gaussian latent (their
+    amortized heads ``encoder.flow_u/w/b``). Returns ``{file role: path}``."""
     if latent == "categorical":  # the default estimator relaxes the sample: it needs a temperature
         categories = 3 if categories is None else categories
         temperature = 0.5 if temperature is None else temperature
@@ -420,6 +421,8 @@ def write_example(directory, *, latent: str = "gaussian", emission: str = "berno
             "alpha": 1.0, "learn_alpha": learn_alpha}
     if categories is not None:
         spec["categories"] = categories
+    if flow_length:
+        spec["flow_length"] = flow_length
     config = load_config(spec)
     vae = VAE(config)
     noise = NoiseSource(seed)

@@ -46,7 +46,8 @@ def _cmd_example(args) -> int:
     paths = oracle.write_example(args.out, latent=args.latent, emission=args.emission,
                                  learn_alpha=args.learn_alpha, categories=args.categories,
                                  estimator=args.estimator, reduction=args.reduction,
-                                 temperature=args.temperature, seed=args.seed)
+                                 temperature=args.temperature, seed=args.seed,
+                                 flow_length=args.flow_length)
     command = (f"refvae oracle compare --config {paths['config']} --params {paths['params']} "
                f"--batch {paths['batch']} --grads {paths['theirs']}"
                + (f" --reduction {args.reduction}" if args.reduction != "mean" else "")
@@ -112,6 +113,7 @@ def register(sub) -> None:
     e.add_argument("--emission", choices=EMISSIONS, default="bernoulli")
     e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")
     e.add_argument("--categories", type=int, default=None, help="classes per latent variable (categorical)")
+    e.add_argument("--flow-length", type=int, default=0, help="planar flows after the Gaussian (default 0)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print the written paths as JSON")
     _run_options(e)

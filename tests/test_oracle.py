@@ -142,6 +142,17 @@ def test_example_files_are_valid_and_pass_compare(latent, emission, tmp_path, ca
     assert text.startswith("oracle comparison: PASS")
 
 
+def test_example_with_planar_flows_passes_compare(tmp_path, capsys):
+    rc, text, _ = run(capsys, "example", "--out", tmp_path / "ex", "--flow-length", "2", "--json")
+    assert rc == 0
+    written = json.loads(text)
+    assert json.loads(open(written["files"]["config"]).read())["flow_length"] == 2
+    params = oracle.load_npz(written["files"]["params"])
+    assert {"encoder.flow_u.weight", "encoder.flow_w.bias", "encoder.flow_b.weight"} <= set(params)
+    rc, text, _ = run(capsys, *written["compare"].split()[2:])
+    assert rc == 0 and text.startswith("oracle comparison: PASS"), text
+
+
 def test_example_with_a_non_default_estimator_needs_that_estimator(tmp_path, capsys):
     names = [e for e in estimators_for("gaussian") if e != "pathwise"]
     if not names:
