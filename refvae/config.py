@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .emission import EMISSIONS
 from .errors import ConfigError
+from .latent.categorical import KL_KINDS as CATEGORICAL_KL
 from .nn.activations import ACTIVATIONS
 
 FORMAT = 1
@@ -22,7 +23,10 @@ class VAEConfig:
     """Architecture of a VAE (ORACLE.md). ``encoder_hidden``/``decoder_hidden`` may be empty
     (linear maps). ``alpha`` is the fixed variance of the ``gaussian`` emission, or the initial
     value of the learned one (``learn_alpha``). ``categories`` is the number of classes of each
-    of the ``latent_dim`` variables when ``latent == "categorical"``."""
+    of the ``latent_dim`` variables when ``latent == "categorical"``; its KL term is the analytic
+    KL of the discrete distributions (``categorical_kl = "analytic"``) or, for relaxed samples, the
+    one-sample relaxed KL of Maddison et al. 2017 against a concrete prior at ``prior_temperature``
+    (``"relaxed"``; default: the sampling temperature)."""
 
     data_dim: int
     latent_dim: int
@@ -34,6 +38,8 @@ class VAEConfig:
     alpha: float = 1.0
     learn_alpha: bool = False
     categories: int | None = None
+    categorical_kl: str = "analytic"
+    prior_temperature: float | None = None
     flow_length: int = 0
     format: int = FORMAT
 
@@ -69,6 +75,17 @@ class VAEConfig:
             _positive_int("categories", self.categories, minimum=2)
         elif self.categories is not None:
             raise ConfigError("config field 'categories' applies only to latent 'categorical'")
+        if self.categorical_kl not in CATEGORICAL_KL:
+            raise ConfigError(f"config field 'categorical_kl' is {self.categorical_kl!r}; "
+                              f"choose one of {', '.join(CATEGORICAL_KL)}")
+        if self.categorical_kl != "analytic" and self.latent != "categorical":
+            raise ConfigError("config field 'categorical_kl' applies only to latent 'categorical'")
+        if self.prior_temperature is not None:
+            if self.categorical_kl != "relaxed":
+                raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
+            t = self.prior_temperature
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise ConfigError(f"config field 'prior_temperature' must be a positive finite number, got {t!r}")
         _positive_int("flow_length", self.flow_length, minimum=0)
         if self.flow_length and self.latent != "gaussian":
             raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
@@ -95,8 +112,9 @@ class VAEConfig:
         d = asdict(self)
         d["encoder_hidden"] = list(self.encoder_hidden)
         d["decoder_hidden"] = list(self.decoder_hidden)
-        if d["categories"] is None:
-            d.pop("categories")
+        for name, default in (("categories", None), ("categorical_kl", "analytic"), ("prior_temperature", None)):
+            if d[name] == default:
+                d.pop(name)
         return d
 
     @property

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from refvae.backend import NoiseSource
+from refvae.config import VAEConfig
 from refvae.errors import ConfigError, ShapeError
 from refvae.estimators import estimators_for
 from refvae.gradcheck import assert_gradients
@@ -164,9 +165,30 @@ def test_whole_model_matches_torch(seed, estimator):
 def test_relaxed_kl_model_matches_torch(seed):
     cfg, vae, params, y, g0, s = random_case(seed, "gumbel-softmax")
     prior_s = [None, 0.5, 1.0, 2.0][seed]
-    vae.latent = Categorical(cfg["latent_dim"], cfg["categories"], kl="relaxed", prior_temperature=prior_s)
+    relaxed = {"categorical_kl": "relaxed", **({} if prior_s is None else {"prior_temperature": prior_s})}
+    vae = VAE({**cfg, **relaxed})   # the config fields reach the latent
+    assert (vae.latent.kl_kind, vae.latent.prior_temperature) == ("relaxed", prior_s)
+    assert VAEConfig.from_dict(vae.config.to_dict()) == vae.config
     compare_with_twin(vae, cfg, params, y, g0, "gumbel-softmax", s, kl="relaxed",
                       prior_temperature=prior_s)
+
+
+@pytest.mark.parametrize("fields,words", [
+    ({"categorical_kl": "exact"}, "choose one of analytic, relaxed"),
+    ({"categorical_kl": "relaxed", "prior_temperature": 0.0}, "positive finite"),
+    ({"categorical_kl": "relaxed", "prior_temperature": True}, "positive finite"),
+    ({"prior_temperature": 0.5}, "applies only to categorical_kl 'relaxed'"),
+    ({"latent": "gaussian", "categories": None, "categorical_kl": "relaxed"}, "applies only to latent 'categorical'"),
+])
+def test_categorical_kl_config_fields_are_checked(fields, words):
+    base = {"data_dim": 4, "latent_dim": 2, "latent": "categorical", "categories": 3}
+    with pytest.raises(ConfigError, match=words):
+        VAEConfig.from_dict({k: v for k, v in {**base, **fields}.items() if v is not None})
+
+
+def test_default_categorical_kl_is_not_written():
+    d = VAEConfig.from_dict({"data_dim": 4, "latent_dim": 2, "latent": "categorical", "categories": 3}).to_dict()
+    assert "categorical_kl" not in d and "prior_temperature" not in d
 
 
 def test_straight_through_uses_hard_forward_and_relaxed_backward():

@@ -17,4 +17,4 @@ def make_latent(config):
         return DiagonalGaussian(config.latent_dim)
     if config.latent == "gaussian_full":
         return FullCovarianceGaussian(config.latent_dim)
-    return Categorical(config.latent_dim, config.categories)
+    return Categorical(config.latent_dim, config.categories, config.categorical_kl, config.prior_temperature)
