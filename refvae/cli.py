@@ -19,8 +19,16 @@ from .errors import RefvaeError
 COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.oracle_cli", "refvae.bench")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes (unknown option, a value that is not a number, …) as one line, exit code 2,
+    like every other bad input; ``--help`` still prints the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="refvae",
         description="Reference VAEs with hand-derived gradients (NumPy/CuPy): train, evaluate, "
                     "and check other implementations.")

@@ -1,0 +1,28 @@
+"""The command line's usage mistakes: one line on stderr naming the problem and the help to read,
+exit code 2, no usage dump and no traceback (like every other bad input)."""
+import pytest
+
+from refvae.cli import main
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "--threads", "x"], "argument --threads: invalid int value: 'x'"),
+    (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["bench", "--threads", "0"], "expected a positive integer, got '0'"),
+    (["bench", "--arch", "huge"], "invalid choice: 'huge'"),
+    (["oracle", "compare"], "the following arguments are required: --config"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+])
+def test_usage_mistakes_are_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert words in err and "--help" in err
+
+
+def test_help_still_prints_the_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0 and "usage: refvae train" in capsys.readouterr().out
