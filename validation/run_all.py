@@ -44,7 +44,8 @@ def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path,
         "# refvae validation report", "",
         "Each claim below reproduces a statement of the chapter (section 8.2), one of its errata, or a "
         "published result at small scale, with the numbers measured and the threshold it must meet. "
-        "Regenerate with `python -m validation.run_all` (quick) or `python -m validation.run_all --full`.", "",
+        "Regenerate with `python -m validation.run_all` (quick) or `python -m validation.run_all --full`. "
+        "Performance against PyTorch is measured separately: `BENCH.md` (`python -m validation.bench_report`).", "",
         f"- mode: **{mode}**; total time {seconds / 60:.1f} min on {platform.machine()} "
         f"(Python {platform.python_version()}); data: `{ctx.data_dir}`",
         f"- result: {sum(c.status == 'PASS' for c in claims)} PASS, {sum(c.status == 'FAIL' for c in claims)} "
