@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - run as a script from validation/
 TITLE = "Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by step"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (Frey Face), "
           "appendix C.2 (Gaussian MLP decoder)")
-FULL_MODE = "30–60 min (500 epochs for each latent size 2…20); estimated"  # runtime of --full on two cores
+FULL_MODE = "1969 s (500 epochs for each K in 2, 5, 10, 20; PASS: teacher-forced gradients within 9.1e-12, final train bounds 736.5–873.3 nats); measured"  # runtime of --full on two cores
 
 HIDDEN, BATCH = 200, 100
 # Adagrad's step size: Kingma & Welling chose from {0.01, 0.02, 0.1} by the first iterations' bound.
