@@ -204,7 +204,9 @@ class Optimizer:
 
     def _tmp(self, k: int, n: int):
         """The first ``n`` values of this thread's scratch buffer ``k`` (allocated once, one block long)."""
-        scratch = self._local.__dict__.setdefault("buffers", [])
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = []
+        scratch = self._local.buffers
         while len(scratch) <= k:
             scratch.append(self._bk.xp.empty(self._block(), dtype=self._dtype))
         return scratch[k][:n]
