@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - run as a script from validation/
 TITLE = "Superfluous latent dimensions do not cause overfitting: test bound and active units against latent size"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (MNIST, latent sizes "
           "3–200); active units: Burda et al. 2016, §5.2")
-FULL_MODE = "about 1.2 h (eight 50-epoch models on all of MNIST at ~8.5 min each, one shared); estimated"  # runtime of --full on two cores
+FULL_MODE = "4779 s (seven latent sizes 2…200 plus a second K = 200 seed, 50 epochs on all of MNIST; PASS: train − test gap 5.18 → 1.40 nats as K grows, 21/200 active units); measured"  # runtime of --full on two cores
 
 # Tolerance of the gap comparison: 4 standard errors of its data and Monte Carlo noise (chance
 # failure 6e-5 for a normal statistic) plus 3 seed SDs of training noise, the SD estimated from the
