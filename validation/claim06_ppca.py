@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
 
 TITLE = "A linear VAE trains to the exact pPCA maximum likelihood and spans the principal subspace"
 SOURCE = "Lucas et al. 2019 (NeurIPS), Tipping & Bishop 1999 (JRSS-B) closed-form pPCA; chapter Eq. 8.20"
-FULL_MODE = "about 1 min (15,000 steps, D = 20, N = 5,000); estimated from the quick run"  # runtime of --full on two cores
+FULL_MODE = "357 s; FAILS at this scale (measured 2026-11-28, the same with session 1's code): ELBO −2883.8 against the pPCA maximum −22.6 nats, so the D = 20 run does not converge with the quick mode's settings (Adam 0.1, cosine); open"  # runtime of --full on two cores
 # Lucas et al.'s statement is exact at the optimum; 0.01 nats per datum is the issue's tolerance for
 # what stochastic-gradient training leaves, and 0.05 rad (≈3°) for the largest principal angle.
 TOL_NATS, TOL_ANGLE = 0.01, 0.05
