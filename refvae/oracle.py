@@ -227,7 +227,7 @@ def load_inputs(config, params, batch, temperature=None, name_map=None,
         temperature = stored
     elif temperature is not None:
         temperature = _temperature(temperature, "temperature")
-    if temperature is not None and getattr(vae.latent, "default_estimator", "pathwise") == "pathwise":
+    if temperature is not None and vae.default_estimator == "pathwise":
         raise ConfigError(f"a temperature applies only to categorical latents, not to {vae.config.latent!r}; "
                           "drop --temperature (or the batch's 'temperature' array)")
     host = {k: np.asarray(named[k], dtype=np.float64) for k in vae.param_shapes()}

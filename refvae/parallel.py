@@ -82,7 +82,7 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     :attr:`FlatParams.grads <refvae.optim.FlatParams.grads>`) receives the summed gradients in
     place of freshly allocated arrays, and is then the result's ``grads``.
     """
-    chosen = estimator or getattr(model.latent, "default_estimator", "pathwise")
+    chosen = estimator or model.default_estimator
     if check:
         params = model.check_params(params)
         y, noise = model.check_batch(y, noise)

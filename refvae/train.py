@@ -199,7 +199,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     bk = model.bk
     _check_data(model, data, options)
     ckpt_path = out / CHECKPOINT
-    estimator = options.estimator or getattr(model.latent, "default_estimator", "pathwise")
+    estimator = options.estimator or model.default_estimator
 
     temperature = options.temperature_schedule(model.latent)
     if options.temperature is not None and temperature is None:

@@ -74,6 +74,11 @@ class VAE:
         self.decoder = MLP.build("decoder", self.latent.decoder_in, c.decoder_hidden,
                                  self.emission.heads(c.data_dim), c.activation)
 
+    @property
+    def default_estimator(self) -> str:
+        """The latent's own estimator: ``pathwise`` (Gaussian latents) or ``gumbel-softmax`` (categorical)."""
+        return getattr(self.latent, "default_estimator", "pathwise")
+
     # ----- parameters ------------------------------------------------------------------------
     def param_shapes(self) -> dict:
         shapes = {**self.encoder.param_shapes(), **self.decoder.param_shapes()}
@@ -193,7 +198,7 @@ class VAE:
         """
         bk = self.bk
         if estimator is None:
-            estimator = getattr(self.latent, "default_estimator", "pathwise")
+            estimator = self.default_estimator
         if reduction not in REDUCTIONS:
             raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
         estimate = _estimators.get_estimator(self.latent.name, estimator)
