@@ -4,31 +4,57 @@ On synthetic pPCA data, a VAE with linear encoder and decoder, gaussian emission
 trained by refvae's pathwise gradients, reaches an ELBO equal to the exact maximum log-likelihood
 of pPCA (Tipping & Bishop 1999, closed form) and its decoder spans the principal subspace. The
 ELBO is evaluated in closed form (linear decoder: the expectation is analytic), not by sampling.
+
+A PyTorch witness (:mod:`validation.linear_witness`) runs the same protocol from the same
+initialisation with the same noise: teacher-forced (its autograd gradient at refvae's parameters,
+every recorded step) and free-running (its own Adam). The data are centred and divided by one
+global scale before training. On raw data (values up to ~10) Adam at this learning rate drove the
+linear log-variance head so far in one step that exp(ℓ) overflowed the loss (1e7 at step 20), and
+Adam's second moment then froze the decoder: the run stalled 50 nats short at D = 20. Both engines
+did exactly that, step for step (teacher-forced gradients within 1e-12): the protocol, not refvae,
+was at fault. A global affine change of the data shifts every log-likelihood and ELBO by the
+same constant (D log c) and leaves the principal subspace unchanged, so the claim is unaffected.
 """
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from scipy.linalg import subspace_angles
 
 from refvae import NoiseSource
+from refvae.io import load_npz_checked
 from refvae.optim import FlatParams, make_optimizer, make_schedule
 from refvae.vae import VAE
 
 try:
-    from validation.closed_forms import expected_loss
+    from validation import linear_witness as witness
+    from validation.closed_forms import expected_loss, expected_loss_gradient
     from validation.common import Claim, Context, main, savefig
 except ImportError:  # pragma: no cover
-    from closed_forms import expected_loss
+    import linear_witness as witness
+    from closed_forms import expected_loss, expected_loss_gradient
     from common import Claim, Context, main, savefig
 
 TITLE = "A linear VAE trains to the exact pPCA maximum likelihood and spans the principal subspace"
 SOURCE = "Lucas et al. 2019 (NeurIPS), Tipping & Bishop 1999 (JRSS-B) closed-form pPCA; chapter Eq. 8.20"
-FULL_MODE = "357 s; FAILS at this scale (measured 2026-11-28, the same with session 1's code): ELBO −2883.8 against the pPCA maximum −22.6 nats, so the D = 20 run does not converge with the quick mode's settings (Adam 0.1, cosine); open"  # runtime of --full on two cores
-# Lucas et al.'s statement is exact at the optimum; 0.01 nats per datum is the issue's tolerance for
-# what stochastic-gradient training leaves, and 0.05 rad (≈3°) for the largest principal angle.
-TOL_NATS, TOL_ANGLE = 0.01, 0.05
+FULL_MODE = "PENDING"  # runtime of --full on two cores
+# Lucas et al.'s statement is exact at the optimum. 2e-3 nats per datum is what the annealed
+# full-batch run may leave (the clean runs end at ~1e-5–1e-4, so a 5 % error in the KL gradient,
+# which moves the optimum by more, fails); 0.05 rad (≈3°) for the largest principal angle; the
+# closed-form gradient must have fallen 1e-3 below its value at initialisation (TOL_GRAD, relative).
+TOL_NATS, TOL_ANGLE, TOL_GRAD = 2e-3, 0.05, 1e-2
+# The CLI run and the witness run are independent minibatch runs (own shuffles and noise), each
+# ending within a few 1e-3 nats of the optimum: 0.02 nats between them.
+TOL_CLI = 0.02
+# Teacher-forced: the same float64 computation in two engines agrees to rounding.
+TOL_TEACHER = 1e-9
+# The protocol, identical for every D: full batch, L = 4, Adam, linear warm-up then cosine.
+LR, WARMUP, STEPS, MIN_LR, SAMPLES = 0.03, 100, 3000, 1e-5, 4
 
 
 def ppca_data(n, d, k, seed):
@@ -52,59 +78,155 @@ def ppca_max_log_likelihood(y, k):
     return ll, u[:, :k], sigma2
 
 
+def standardise(y):
+    """Centred, divided by one global scale (the root mean variance of the coordinates)."""
+    y = y - y.mean(axis=0)
+    return y / math.sqrt(float((y ** 2).mean()))
+
+
 def exact_elbo(params, y) -> float:
     """ELBO per datum with E_q f in closed form (linear decoder: the expectation is analytic)."""
     return -expected_loss("gaussian", {k: np.asarray(v) for k, v in params.items()}, y)
 
 
-def run(ctx: Context) -> Claim:
-    n, d, k = (2000, 8, 3) if ctx.quick else (5000, 20, 3)
-    steps = 6000 if ctx.quick else 15000
-    y = ppca_data(n, d, k, ctx.seed)
-    ll, u_k, sigma2 = ppca_max_log_likelihood(y, k)
-    model = VAE(dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[],
-                     emission="gaussian", learn_alpha=True, alpha=1.0))
-    noise = NoiseSource(ctx.seed)
+
+def grad_max(params, y) -> float:
+    """Largest |component| of the closed-form ELBO's gradient (:func:`expected_loss_gradient`)."""
+    g = expected_loss_gradient("gaussian", {k: np.asarray(v) for k, v in params.items()}, y)
+    return max(float(np.abs(v).max()) for v in g.values())
+
+
+def linear_vae(d: int, k: int) -> VAE:
+    return VAE(dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[],
+                    emission="gaussian", learn_alpha=True, alpha=1.0))
+
+
+def fit(y, k: int, seed: int, steps: int = STEPS, record: int = 50) -> dict:
+    """The protocol in refvae and, where torch is present, in the witness from the same initial
+    parameters with the same noise. Returns the curves (step, ELBO, log α) of both, the largest
+    teacher-forced relative gradient difference, and the final parameters."""
+    n, d = y.shape
+    model = linear_vae(d, k)
+    noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
-    opt = make_optimizer("adam", model.bk, flat.size, lr=0.1)
-    schedule = make_schedule("cosine", 0.1, total_steps=steps, min_lr=1e-5)
-    curve = []
+    init = {name: np.array(v) for name, v in flat.params.items()}
+    opt = make_optimizer("adam", model.bk, flat.size, lr=LR)
+    schedule = make_schedule("cosine", LR, warmup_steps=WARMUP, total_steps=steps - WARMUP, min_lr=MIN_LR)
+    twin = witness.FreeRunning(init, LR) if witness.torch_or_none() else None
+    out = {"refvae": [], "witness": [], "teacher": 0.0, "grad0": grad_max(init, y)}
     for step in range(steps):
-        res = model.loss_and_grads(flat.params, y, model.draw_noise(noise, n, 4), check=False)
+        eps = model.draw_noise(noise, n, SAMPLES)
+        res = model.loss_and_grads(flat.params, y, eps, check=False)
+        last = step == steps - 1
+        if twin is not None and (step % record == 0 or last):
+            ref = witness.gradients(flat.params, y, eps)
+            rel = max(float(np.abs(res.grads[p] - ref[p]).max() / np.abs(ref[p]).max()) for p in ref)
+            out["teacher"] = max(out["teacher"], rel)
+        if twin is not None:
+            twin.step(y, eps, witness.warmup_cosine(step, LR, WARMUP, steps, MIN_LR))
         flat.set_grads(res.grads)
         opt.step(flat, lr=schedule(step))
-        if step % 50 == 0 or step == steps - 1:
-            curve.append((step, exact_elbo(flat.params, y)))
-    elbo = curve[-1][1]
-    angle = float(subspace_angles(flat.params["decoder.out.weight"], u_k).max())
-    alpha = math.exp(float(flat.params["decoder.log_alpha"]))
-    gap = ll - elbo
-    ok = -1e-9 <= gap + 1e-9 and gap < TOL_NATS and angle < TOL_ANGLE
+        if step % record == 0 or last:
+            out["refvae"].append((step, exact_elbo(flat.params, y), float(flat.params["decoder.log_alpha"])))
+            if twin is not None:
+                tp = twin.params()
+                out["witness"].append((step, exact_elbo(tp, y), float(tp["decoder.log_alpha"])))
+    out["params"] = {name: np.array(v) for name, v in flat.params.items()}
+    out["init"] = init
+    return out
 
+
+def cli_run(y, k: int, seed: int, workdir: Path) -> tuple[list, float, float, dict]:
+    """``refvae train`` on an .npz of the data, and the witness with the same options: the command
+    and both runs' exact ELBO per datum."""
+    data = workdir / "ppca.npz"
+    np.savez(data, train=y, test=y[:100])
+    opts = ["--latent-dim", str(k), "--encoder-hidden", "--decoder-hidden", "--emission", "gaussian",
+            "--learn-alpha", "--optimizer", "adam", "--lr", "0.03", "--schedule", "cosine", "--epochs", "60",
+            "--batch-size", "100", "--samples", "1", "--seed", str(seed)]
+    cmd = ["refvae", "train", "--data", str(data), *opts, "--out", str(workdir / "run"), "--quiet", "--no-figures"]
+    subprocess.run([sys.executable, "-m", "refvae.cli", *cmd[1:]], check=True, capture_output=True, text=True)
+    arrays, _ = load_npz_checked(workdir / "run" / "checkpoint.npz", require_meta=False)
+    model = linear_vae(y.shape[1], k)
+    params = {name: arrays[f"param/{name}"] for name in model.param_shapes()}
+    init = model.init_params(NoiseSource(seed))
+    twin = witness.train_minibatch(init, y, epochs=60, batch_size=100, lr=0.03, samples=1, seed=seed + 1)
+    return cmd, exact_elbo(params, y), exact_elbo(twin, y), params
+
+
+def _figure(ctx, runs, lls):
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps_, values = zip(*curve)
-    ax.plot(steps_, values, label="linear VAE: exact ELBO per datum")
-    ax.axhline(ll, color="k", ls="--", label="pPCA maximum log-likelihood")
-    ax.set_ylim(ll - 2.0, ll + 0.3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per datum")
-    ax.legend()
-    fig_path = savefig(fig, ctx, "claim06_ppca.png")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for (d, run), ll in zip(runs.items(), lls):
+        for engine, style in (("refvae", "-"), ("witness", ":")):
+            if run[engine]:
+                s, e, la = zip(*run[engine])
+                axes[0].plot(s, np.array(e) - ll, style, label=f"D = {d}, {engine}")
+                axes[1].plot(s, la, style, label=f"D = {d}, {engine}")
+    axes[0].set_yscale("symlog", linthresh=1e-4)
+    axes[0].set_ylabel("exact ELBO − pPCA maximum (nats per datum)")
+    axes[1].set_ylabel("log α")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    return savefig(fig, ctx, "claim06_ppca.png")
+
+
+def run(ctx: Context) -> Claim:
+    n, k = (2000, 3) if ctx.quick else (5000, 3)
+    dims = (8,) if ctx.quick else (8, 20, 50)
+    rows, runs, lls, ok = [], {}, [], True
+    for d in dims:
+        y = standardise(ppca_data(n, d, k, ctx.seed))
+        ll, u_k, sigma2 = ppca_max_log_likelihood(y, k)
+        out = fit(y, k, ctx.seed)
+        runs[d] = out
+        lls.append(ll)
+        elbo = out["refvae"][-1][1]
+        gap = ll - elbo
+        angle = float(subspace_angles(out["params"]["decoder.out.weight"], u_k).max())
+        grad = grad_max(out["params"], y) / out["grad0"]
+        twin_gap = ll - out["witness"][-1][1] if out["witness"] else None
+        good = (-1e-9 <= gap < TOL_NATS and angle < TOL_ANGLE and grad < TOL_GRAD
+                and (not out["witness"] or out["teacher"] < TOL_TEACHER))
+        ok &= good
+        rows.append([d, ll, elbo, gap, twin_gap, angle, grad, out["teacher"] if out["witness"] else None,
+                     math.exp(out["params"]["decoder.log_alpha"]), sigma2, "yes" if good else "NO"])
+    y = standardise(ppca_data(n, dims[0], k, ctx.seed))
+    summary_cli, cli_rows = "the CLI comparison needs torch (absent)", []
+    if witness.torch_or_none():
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd, cli_elbo, twin_elbo, _ = cli_run(y, k, ctx.seed, Path(tmp))
+        cli_ok = abs(cli_elbo - twin_elbo) < TOL_CLI
+        ok &= cli_ok
+        cli_rows = [["refvae train (CLI)", cli_elbo], ["PyTorch witness, same options", twin_elbo],
+                    ["pPCA maximum", lls[0]]]
+        summary_cli = (f"`{' '.join(cmd)}` reaches {cli_elbo:.4f} nats per datum, the witness with the same "
+                       f"options {twin_elbo:.4f} (|Δ| {abs(cli_elbo - twin_elbo):.1e} "
+                       f"{'<' if cli_ok else '≥'} {TOL_CLI})")
+    fig_path = _figure(ctx, runs, lls)
     return Claim(TITLE, SOURCE, ok,
-                 f"after {steps} full-batch Adam steps (L = 4, cosine schedule) the ELBO is {elbo:.5f} "
-                 f"nats per datum against the pPCA maximum {ll:.5f} (gap {gap:.2e}); the largest principal "
-                 f"angle between the decoder's columns and the top-{k} eigenvectors is {angle:.2e} rad",
-                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound; at the optimum "
-                           f"it is tight), largest principal angle < {TOL_ANGLE} rad",
-                 tables=[("Linear VAE against closed-form pPCA", ["quantity", "linear VAE", "pPCA (closed form)"],
-                          [["log-likelihood / ELBO per datum", elbo, ll], ["noise variance α = σ²", alpha, sigma2],
-                           ["N, D, K", f"{n}, {d}, {k}", ""]])],
-                 figures=[("The linear VAE's exact ELBO approaches the pPCA maximum likelihood", fig_path)])
+                 f"with one protocol (standardised data, full batch, L = {SAMPLES}, Adam {LR}, {WARMUP} warm-up "
+                 f"steps, cosine to {MIN_LR} over {STEPS} steps) every D in {list(dims)} ends within "
+                 f"{max(r[3] for r in rows):.1e} nats per datum of the pPCA maximum with principal angles below "
+                 f"{max(r[5] for r in rows):.1e} rad; refvae's gradients equal the PyTorch witness's at every "
+                 f"recorded step; {summary_cli}",
+                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound, tight at the optimum); "
+                           f"largest principal angle < {TOL_ANGLE} rad; closed-form gradient < {TOL_GRAD} × its "
+                           f"initial value; teacher-forced relative difference < {TOL_TEACHER}; CLI run within "
+                           f"{TOL_CLI} nats of the witness run",
+                 tables=[("Linear VAE against closed-form pPCA (nats per datum on the standardised data)",
+                          ["D", "pPCA maximum", "refvae ELBO", "gap", "witness gap", "largest angle (rad)",
+                           "|∇ELBO| / initial", "teacher-forced rel. diff.", "α", "pPCA σ²", "pass"], rows)]
+                 + ([("The CLI path (D = %d, minibatches of 100, 60 epochs, Adam 0.03, L = 1)" % dims[0],
+                      ["run", "exact ELBO per datum"], cli_rows)] if cli_rows else []),
+                 figures=[("Exact ELBO minus the pPCA maximum, and log α, against steps: refvae (solid) and the "
+                           "PyTorch witness free-running from the same start with the same noise (dotted)",
+                           fig_path)])
 
 
 if __name__ == "__main__":

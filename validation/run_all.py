@@ -70,6 +70,17 @@ def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path,
     return "\n".join(lines) + "\n"
 
 
+def keep_mutation_section(report_path: Path, text: str) -> str:
+    """``text`` followed by the mutation-check section of the report being replaced, if it has one
+    (``validation/mutations.py`` writes it; regenerating the claims must not erase it)."""
+    from validation.mutations import END, START  # noqa: PLC0415
+
+    old = report_path.read_text() if report_path.exists() else ""
+    if START not in old or END not in old:
+        return text
+    return text + "\n" + old[old.index(START):old.index(END) + len(END)] + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--report", default=str(HERE / "REPORT.md"))
@@ -87,7 +98,8 @@ def main(argv=None) -> int:
         print(claim_text(claim) + f"\n  ({claim.seconds:.1f} s)\n", flush=True)
         claims.append(claim)
     report_path = Path(args.report)
-    report_path.write_text(report(claims, ctx, time.perf_counter() - t0, report_path, full_modes))
+    text = report(claims, ctx, time.perf_counter() - t0, report_path, full_modes)
+    report_path.write_text(keep_mutation_section(report_path, text))
     failed = [c.title for c in claims if c.passed is False]
     print(f"validation: {len(claims) - len(failed)} passed or skipped, {len(failed)} failed; report {report_path}")
     return 1 if failed else 0

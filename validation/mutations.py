@@ -1,0 +1,262 @@
+"""Mutation check: put named bugs into a copy of refvae, one at a time, and see what catches them.
+
+    python -m validation.mutations                  # every bug: all unit tests and all quick claims
+    python -m validation.mutations --fast           # pytest -x, claims in a likely order, stop at the first
+    python -m validation.mutations --check          # only: is every snippet found exactly once?
+    python -m validation.mutations --only a q --fast
+
+Each mutation is a list of edits (file, exact old snippet, new snippet). The script refuses (exit 2,
+one line naming the mutation and file) when a snippet is not found exactly once in the clean tree,
+so a refactor that moves the code makes the check fail instead of passing vacuously. For every bug
+the repository is copied to a temporary directory, the edits applied there, and the unit tests
+(``pytest -q``) and the quick claims (``python -m validation.claimNN --quick``) run against the copy.
+The table (which tests and claims each bug fails) is written into the section of
+``validation/REPORT.md`` between the markers below, which ``run_all`` keeps when it rewrites the report.
+Not part of CI: a full run takes hours on two cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- mutation-check:start -->", "<!-- mutation-check:end -->"
+COPY = ("refvae", "validation", "tests", "pyproject.toml", "README.md", "docs")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    what: str
+    edits: tuple          # ((file, old, new), ...)
+    claims: tuple = ()    # the quick claims most likely to catch it, tried first with --fast
+    tests: tuple = ()     # the unit-test files most likely to catch it, run first
+
+
+GAUSS, EST, CAT = "refvae/latent/gaussian.py", "refvae/estimators.py", "refvae/latent/categorical.py"
+MUTATIONS = {
+    "a": Mutation("sampler std = exp(ℓ) (erratum E3 put back)",
+                  ((GAUSS, "std = bk.xp.exp(0.5 * logvar)", "std = bk.xp.exp(logvar)"),),
+                  ("claim13_coverage", "claim01_errata"), ("tests/test_vae.py",)),
+    "b": Mutation("KL ∂/∂ℓ × 1.05",
+                  ((GAUSS, '"logvar": 0.5 * bk.xp.expm1(state.logvar)}', '"logvar": 0.525 * bk.xp.expm1(state.logvar)}'),),
+                  ("claim13_coverage", "claim06_ppca"), ("tests/test_vae.py",)),
+    "c": Mutation("Price term × 0.9",
+                  ((EST, '"logvar": 0.5 * bk.xp.exp(state.logvar) * h_diag.sum(axis=1)}',
+                    '"logvar": 0.45 * bk.xp.exp(state.logvar) * h_diag.sum(axis=1)}'),),
+                  ("claim13_coverage", "claim02_bonnet_price"), ("tests/test_estimators.py",)),
+    "d": Mutation("Gumbel-softmax VJP without 1/s",
+                  ((CAT, "return y * (upstream - (upstream * y).sum(axis=-1, keepdims=True)) / temperature",
+                    "return y * (upstream - (upstream * y).sum(axis=-1, keepdims=True))"),),
+                  ("claim13_coverage", "claim11_categorical_mnist"), ("tests/test_categorical.py",)),
+    "e1": Mutation("score-loo baseline includes the sample itself",
+                   ((EST, "((f.sum(axis=1, keepdims=True) - f) / (samples - 1))", "(f.sum(axis=1, keepdims=True) / samples)"),),
+                   ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators.py",)),
+    "e2": Mutation("score-optimal β estimated from its own half",
+                   ((EST, "beta[:, first] = coef(second)[:, None, :]", "beta[:, first] = coef(first)[:, None, :]"),
+                    (EST, "beta[:, second] = coef(first)[:, None, :]", "beta[:, second] = coef(second)[:, None, :]")),
+                   ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators.py",)),
+    "e3": Mutation("categorical score baseline includes the sample itself",
+                   ((CAT, "adv = (f - leave_one_out_mean(f)) * signals.weight",
+                     "adv = (f - f.mean(axis=1, keepdims=True)) * signals.weight"),),
+                   ("claim13_coverage", "claim11_categorical_mnist"), ("tests/test_categorical.py",)),
+    "f": Mutation("Bernoulli gradient 0.99 σ(λ) − y",
+                  (("refvae/emission.py", "g -= s                                   # σ(λ) − y",
+                    "g -= s                                   # σ(λ) − y\n        g -= 0.01 * (g + y)"),),
+                  ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_emission.py",)),
+    "g": Mutation("IWAE without −log k",
+                  (("refvae/objectives.py", "out.append(bk.to_numpy(acc - math.log(k)))", "out.append(bk.to_numpy(acc))"),),
+                  ("claim13_coverage", "claim08_iwae"), ("tests/test_objectives.py",)),
+    "h": Mutation("Adam without bias correction",
+                  (("refvae/optim.py", "bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)", "bc2_sqrt = 1.0"),
+                   ("refvae/optim.py", "T *= lr * bc2_sqrt / (1.0 - self.beta1 ** self.t)", "T *= lr")),
+                  ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_optim.py",)),
+    "i": Mutation("∂f/∂log α without D/2",
+                  (("refvae/emission.py", "df_dla = (0.5 * d - sq * inv_alpha)", "df_dla = (-sq * inv_alpha)"),),
+                  ("claim13_coverage", "claim06_ppca"), ("tests/test_emission.py",)),
+    "j": Mutation("decoder Hessian without the φ″ term",
+                  (("refvae/nn/mlp.py", "if not self.activation.piecewise_linear:", "if False:"),),
+                  ("claim02_bonnet_price",), ("tests/test_mlp_hessian.py",)),
+    "k": Mutation("KL value without −1",
+                  ((GAUSS, "return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)",
+                    "return 0.5 * (bk.xp.exp(lv) + nu * nu - lv).sum(axis=-1)"),),
+                  ("claim03_unbiasedness", "claim06_ppca"), ("tests/test_vae.py",)),
+    "l": Mutation("straight-through forward uses the relaxed sample",
+                  ((CAT, "x = (y if mode in RELAXED_MODES else hard)",
+                    'x = (y if mode in RELAXED_MODES + ("straight-through",) else hard)'),),
+                  ("claim13_coverage", "claim11_categorical_mnist"), ("tests/test_categorical.py",)),
+    "m": Mutation("planar flow: constraint term dropped from ∂/∂w",
+                  (("refvae/latent/flow.py", "g_w[:, t] = g_w[:, t] + gw_t", "g_w[:, t] = g_w[:, t]"),),
+                  ("claim13_coverage",), ("tests/test_flow.py",)),
+    "n": Mutation("relaxed-KL gradient without 1/s",
+                  ((CAT, "return dq_deta + (v - y * v.sum(axis=-1, keepdims=True)) / temperature",
+                    "return dq_deta + (v - y * v.sum(axis=-1, keepdims=True))"),),
+                  ("claim13_coverage", "claim05_gumbel"), ("tests/test_categorical.py",)),
+    "o": Mutation("pathwise ∂/∂ℓ × 1.05",
+                  ((GAUSS, '"logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}',
+                    '"logvar": 0.525 * state.std * (g * state.eps).sum(axis=1)}'),),
+                  ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators.py",)),
+    "p": Mutation("score-running updates its mean before using it",
+                  ((EST, "        scores = score_of(bk, latent, state)\n",
+                    "        scores = score_of(bk, latent, state)\n        if name == \"score-running\":\n"
+                    "            _update_running(bk, signals.f, signals.state)\n"),
+                   (EST, "        if name == \"score-running\":\n            _update_running(bk, signals.f, signals.state)\n"
+                         "        return out", "        return out")),
+                  ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators.py",)),
+    "q": Mutation("no minibatch shuffling",
+                  (("refvae/train.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
+                  ("claim13_coverage",), ("tests/test_train.py",)),
+}
+
+
+class SnippetError(Exception):
+    pass
+
+
+def apply(root: Path, key: str, mutation: Mutation) -> None:
+    """Apply the edits in order under ``root``; each old snippet must occur exactly once."""
+    for file, old, new in mutation.edits:
+        path = root / file
+        if not path.exists():
+            raise SnippetError(f"mutation {key}: {file} does not exist; re-target the mutation in {__file__}")
+        text = path.read_text()
+        count = text.count(old)
+        if count != 1:
+            raise SnippetError(f"mutation {key}: snippet {old.strip()[:60]!r} found {count} times in {file} "
+                               f"(must be exactly once); re-target the mutation in {__file__}")
+        path.write_text(text.replace(old, new))
+
+
+def check_all(keys) -> None:
+    """Every mutation applies cleanly to a scratch copy of the files it edits."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in keys:
+            for file, _, _ in MUTATIONS[key].edits:
+                dest = Path(tmp) / key / file
+                if not dest.exists() and (ROOT / file).exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / file, dest)
+            apply(Path(tmp) / key, key, MUTATIONS[key])
+
+
+def copy_tree(dest: Path) -> None:
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "figures", "*.png"))
+        elif src.exists():
+            shutil.copy(src, dest / name)
+
+
+def _env(root: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root), MPLBACKEND="Agg")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_tests(root: Path, mutation: Mutation, first_failure: bool) -> tuple[list, float]:
+    """The failing unit tests' ids (``file::test``), and the seconds spent."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"]
+    cmd += ["-x"] if first_failure else []
+    cmd += [*[t for t in mutation.tests if (root / t).exists()], "tests"]
+    out = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out.stdout, flags=re.M)
+    if out.returncode not in (0, 1) and not failed:
+        failed = [f"pytest exit {out.returncode}"]
+    return failed, time.perf_counter() - t0
+
+
+def claim_names() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "validation").glob("claim*.py"))
+
+
+def run_claims(root: Path, mutation: Mutation, first_failure: bool) -> tuple[list, float]:
+    """The quick claims that FAIL (``name``) or crash (``name (crash)``), and the seconds spent;
+    with ``first_failure`` the likely claims go first and the run stops at the first that fails."""
+    t0 = time.perf_counter()
+    names = claim_names()
+    order = [c for c in mutation.claims if c in names] + [c for c in names if c not in mutation.claims]
+    failed = []
+    with tempfile.TemporaryDirectory() as figs:
+        for name in order:
+            out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs],
+                                 cwd=root, env=_env(root), capture_output=True, text=True)
+            if out.returncode != 0:
+                crashed = "Traceback" in out.stderr and "FAIL:" not in out.stdout
+                failed.append(f"{name} (crash)" if crashed else name)
+                if first_failure:
+                    break
+    return failed, time.perf_counter() - t0
+
+
+def table(results: dict, first_failure: bool) -> str:
+    mode = ("`--fast`: unit tests stop at the first failure (`pytest -x`, the likely files first), claims run "
+            "in the likely order and stop at the first that fails, so each cell names what failed first, "
+            "not everything that would") if first_failure else "every unit test and every quick claim"
+    lines = [START, "## Mutation check", "",
+             f"Each bug put into a copy of refvae alone (`python -m validation.mutations{' --fast' if first_failure else ''}`; "
+             f"{mode}). A bug is caught when it fails at least one unit test and at least one quick claim.", "",
+             "| bug | what | unit tests that fail | quick claims that fail | caught by both | time (s) |",
+             "|---|---|---|---|---|---|"]
+    for key, (tests, claims, seconds) in results.items():
+        both = "yes" if tests and any(not c.endswith("(crash)") for c in claims) else "**NO**"
+        lines.append(f"| {key} | {MUTATIONS[key].what} | {', '.join(tests) or '—'} | "
+                     f"{', '.join(claims) or '—'} | {both} | {seconds:.0f} |")
+    return "\n".join(lines + ["", END])
+
+
+def write_section(report: Path, section: str) -> None:
+    text = report.read_text() if report.exists() else ""
+    if START in text and END in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="*", choices=sorted(MUTATIONS), help="these bugs only")
+    p.add_argument("--fast", action="store_true", help="stop each bug's tests and claims at the first failure")
+    p.add_argument("--check", action="store_true", help="only check that every snippet is found exactly once")
+    p.add_argument("--no-tests", action="store_true", help="skip the unit tests (claims only)")
+    p.add_argument("--no-claims", action="store_true", help="skip the claims (unit tests only)")
+    p.add_argument("--report", default=str(ROOT / "validation" / "REPORT.md"), help="where the table goes")
+    args = p.parse_args(argv)
+    keys = args.only or list(MUTATIONS)
+    try:
+        check_all(keys)
+    except SnippetError as exc:
+        print(f"mutations: {exc}", file=sys.stderr)
+        return 2
+    print(f"mutations: all {len(keys)} mutations' snippets found exactly once")
+    if args.check:
+        return 0
+    results = {}
+    for key in keys:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            copy_tree(root)
+            apply(root, key, MUTATIONS[key])
+            t0 = time.perf_counter()
+            tests = [] if args.no_tests else run_tests(root, MUTATIONS[key], args.fast)[0]
+            claims = [] if args.no_claims else run_claims(root, MUTATIONS[key], args.fast)[0]
+            results[key] = (tests, claims, time.perf_counter() - t0)
+        print(f"{key}: tests {tests or 'none'}; claims {claims or 'none'} ({results[key][2]:.0f} s)", flush=True)
+    section = table(results, args.fast)
+    print(section)
+    if not (args.no_tests or args.no_claims) and set(keys) == set(MUTATIONS):
+        write_section(Path(args.report), section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
