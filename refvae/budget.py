@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 
 from .errors import BudgetError, ConfigError
 
@@ -59,6 +60,19 @@ def set_limit(size) -> int:
     global _limit
     _limit = None if size is None else (size if isinstance(size, int) else parse_size(size))
     return limit()
+
+
+@contextmanager
+def limited(size):
+    """Within the block the budget is ``size`` (``None``: unchanged); the previous one after it."""
+    global _limit
+    saved = _limit
+    if size is not None:
+        set_limit(size)
+    try:
+        yield
+    finally:
+        _limit = saved
 
 
 def human(n: float) -> str:

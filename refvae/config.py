@@ -132,6 +132,15 @@ class VAEConfig:
             n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         return n
 
+    def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
+        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
+        each whose activations and their caches would not fit the memory budget."""
+        k = self.latent_dim * (self.categories or 1)
+        per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
+        per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
+                     f"use a smaller {field.split()[0]}")
+
     @property
     def decoder_in(self) -> int:
         """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
