@@ -240,14 +240,7 @@ def _read_members(f, shown: str) -> dict:
                                           "array; save arrays with numpy.savez or refvae")
                 budget.check(f"{shown} entry {name!r}", info.file_size, "give a smaller file")
                 with zf.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                        else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(member)
-                    if dtype.hasobject:
-                        raise ValueError("pickle")
-                    budget.check_array(f"{shown} entry {name!r}", shape, dtype.itemsize,
-                                       hint="give a smaller file")
+                    check_npy_header(member, f"{shown} entry {name!r}")
                 with zf.open(info) as member:
                     arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     except ValueError as exc:
@@ -266,6 +259,39 @@ def _read_members(f, shown: str) -> dict:
         raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore it "
                               "from a good copy or write it again") from exc
     return arrays
+
+
+def check_npy_header(stream, field: str) -> None:
+    """Read a ``.npy`` header from ``stream`` and refuse object arrays (``ValueError("pickle")``)
+    and arrays beyond the memory budget, before anything is allocated."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+        else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("pickle")
+    budget.check_array(field, shape, dtype.itemsize, hint="give a smaller file")
+
+
+def load_npy_checked(path, error=CheckpointError) -> np.ndarray:
+    """One ``.npy`` array through the file gate, its header checked before it is read."""
+    shown = inputs._show(Path(path))
+    with inputs.open_input(path, "file", error) as f:
+        try:
+            check_npy_header(f, shown)
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except ValueError as exc:
+            if "pickle" in str(exc).lower():
+                raise error(f"{shown} holds a pickled object array, which refvae never loads; save "
+                            "numeric arrays only") from exc
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+                        "it with numpy.save") from exc
+        except (OSError, EOFError, OverflowError, MemoryError) as exc:
+            if isinstance(exc, (CheckpointError, budget.BudgetError)):
+                raise
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+                        "it with numpy.save") from exc
 
 
 def _first_line(exc: BaseException) -> str:
