@@ -330,6 +330,8 @@ def _find_named(key: str, data_dir) -> Path | None:
 
 def _detect_path(path: Path, test_fraction: float) -> Dataset:
     folder = _is_dir(path)
+    if not folder:
+        inputs.check_regular(path, "data file", DataError)
     for key in ("mnist", "binarized-mnist", "frey-face", "npz"):
         fmt = FORMATS[key]
         found = fmt.in_folder(path) if folder else fmt.of_file(path)

@@ -72,14 +72,20 @@ def _not_regular(mode) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-def open_input(path, what: str = "file", error=CheckpointError, limit: int | None = None):
-    """Open ``path`` for binary reading after the checks above; the caller closes it."""
+def check_regular(path, what: str = "file", error=CheckpointError) -> os.stat_result:
+    """``os.stat`` of ``path`` when it is an existing regular file, else ``error``."""
     st = stat_path(path, what, error)
     if st is None:
         raise error(f"{what} {_show(path)} does not exist; check the path")
     kind = _not_regular(st.st_mode)
     if kind:
         raise error(f"{what} {_show(path)} is {kind}, not a regular file; give a file's path")
+    return st
+
+
+def open_input(path, what: str = "file", error=CheckpointError, limit: int | None = None):
+    """Open ``path`` for binary reading after the checks above; the caller closes it."""
+    check_regular(path, what, error)
     try:
         # O_NONBLOCK: a file swapped for a FIFO after the stat cannot block the open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))

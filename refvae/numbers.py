@@ -26,9 +26,9 @@ def _describe(integer: bool, minimum, maximum, open_min: bool) -> str:
         return f"a non-negative {noun}"
     what = f"an {noun}" if integer else f"a {noun}"
     if minimum is not None:
-        what += f" {'>' if open_min else '≥'} {minimum:g}"
+        what += f" {'>' if open_min else '≥'} {minimum:{'d' if integer else 'g'}}"
     if maximum is not None:
-        what += f"{' and' if minimum is not None else ''} ≤ {maximum:g}"
+        what += f"{' and' if minimum is not None else ''} ≤ {maximum:{'d' if integer else 'g'}}"
     return what
 
 
