@@ -65,7 +65,7 @@ def _cmd_train(args) -> int:
     if not args.quiet:
         print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
               f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
-              f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; out {out}",
+              f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; out {inputs.show(out)}",
               file=sys.stderr)
     history = train(config, options, data, out, args.backend, args.dtype, resume=args.resume)
     if not args.no_figures:
@@ -128,10 +128,10 @@ def _png_path(out) -> Path:
         out = out.with_name(out.name + ".png")
     folder = out.parent if str(out.parent) else Path(".")
     if not inputs.is_dir(folder, "output folder"):
-        raise CheckpointError(f"cannot write {inputs._show(out)}: folder {inputs._show(folder)} does "
+        raise CheckpointError(f"cannot write {inputs.show(out)}: folder {inputs.show(folder)} does "
                               "not exist; create it first")
     if inputs.is_dir(out, "output"):
-        raise CheckpointError(f"--out {inputs._show(out)} is a folder; give a file name such as "
+        raise CheckpointError(f"--out {inputs.show(out)} is a folder; give a file name such as "
                               "samples.png")
     return out
 
