@@ -45,7 +45,8 @@ def checked(value, name: str, *, integer: bool = False, minimum=None, maximum=No
     want = _describe(integer, minimum, maximum, open_min)
     ok_type = isinstance(value, Integral) if integer else isinstance(value, Real)
     if isinstance(value, bool) or not ok_type:
-        raise error(f"{name} must be {want}, got {value!r} (a {type(value).__name__})")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise error(f"{name} must be {want}, got {shown} (a {type(value).__name__})")
     if not integer and not math.isfinite(value):
         raise error(f"{name} must be {want}, got {value!r}")
     value = int(value) if integer else float(value)
