@@ -13,7 +13,6 @@ import argparse
 import gc
 import importlib.util
 import math
-import os
 import statistics
 import sys
 import time
@@ -204,10 +203,7 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
 
 def default_threads() -> int:
     """The cores this process may run on (its CPU affinity), the thread count of both engines."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return parallel.usable_cores()
 
 
 def format_row(r: dict) -> str:
