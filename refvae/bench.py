@@ -9,7 +9,6 @@ without torch, or without the file, the ratio column says so.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 from . import parallel
 from .backend import NoiseSource, blas_thread_limit, get_backend
 from .optim import FlatParams, make_optimizer
+from .train_args import positive_int as _positive_int
 from .vae import VAE
 
 SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop spinning)
@@ -240,16 +240,6 @@ def _cmd_bench(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(sub) -> None:

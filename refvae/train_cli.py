@@ -106,7 +106,7 @@ def _cmd_train(args) -> int:
         from .figures import require_matplotlib  # noqa: PLC0415
 
         require_matplotlib()
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
     with rundir.RunLock(out):
         rundir.check_target(out, args.resume, args.overwrite)
         if args.resume:
