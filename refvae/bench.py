@@ -21,8 +21,8 @@ from pathlib import Path
 
 from . import parallel
 from .backend import NoiseSource, blas_thread_limit, get_backend
+from .numbers import cli_int
 from .optim import FlatParams, make_optimizer
-from .train_args import positive_int as _positive_int
 from .vae import VAE
 
 SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop spinning)
@@ -117,6 +117,7 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
     (row shards on ``workers``' threads when given)."""
     model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
                 backend, dtype)
+    model.config.check_batch("--batch", batch, samples)
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
     opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
@@ -246,16 +247,16 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same process")
     p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES),
                    help="architectures: examples (784-400-20), deep (784-512-256-32) (default both)")
-    p.add_argument("--batch", type=_positive_int, nargs="+", default=[128, 1024], help="batch sizes (default 128 1024)")
+    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024], help="batch sizes (default 128 1024)")
     p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"],
                    help="floating-point types (default both)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
-    p.add_argument("--steps", type=_positive_int, default=STABLE_STEPS,
+    p.add_argument("--steps", type=cli_int(1), default=STABLE_STEPS,
                    help=f"timed steps per case (default {STABLE_STEPS}; fewer give unstable ratios)")
-    p.add_argument("--warmup", type=_positive_int, default=STABLE_WARMUP,
+    p.add_argument("--warmup", type=cli_int(0), default=STABLE_WARMUP,
                    help=f"untimed steps first (default {STABLE_WARMUP})")
     p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=cli_int(1), default=None,
                    help="CPU threads for refvae's row shards and for the peer (default: every core)")
     p.set_defaults(func=_cmd_bench)

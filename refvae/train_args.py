@@ -13,6 +13,7 @@ from .backend import BACKENDS, DTYPES
 from .config import LATENTS
 from .emission import EMISSIONS
 from .nn.activations import ACTIVATIONS
+from .numbers import cli_int
 
 # The built-in default: small enough for about a minute on two cores, 2-D so that every figure
 # (latent means, manifold) is drawn.
@@ -46,23 +47,13 @@ def threads_value(text: str):
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (an integer or auto)") from None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def engine_options(g, run_dir: bool) -> None:
     g.add_argument("--backend", default=None, metavar=one_of(BACKENDS),
                    help="array library (default numpy; a resumed run: the run's)")
     g.add_argument("--dtype", default=None, metavar=one_of(DTYPES),
                    help="floating-point type (default float64; a resumed run: the run's)")
     if run_dir:
-        g.add_argument("--seed", type=int, default=0, help="random seed of the evaluation noise (default 0)")
+        g.add_argument("--seed", type=cli_int(0), default=0, help="random seed of the evaluation noise (default 0)")
 
 
 def register_train(sub, func) -> None:
@@ -135,10 +126,10 @@ def register_train(sub, func) -> None:
     w.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (the old one stays whole until the new one's first checkpoint)")
     w.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    w.add_argument("--log-interval", type=positive_int, default=None, metavar="N",
+    w.add_argument("--log-interval", type=cli_int(1), default=None, metavar="N",
                    help="when stderr is not a terminal, a progress line every N steps (default 100)")
     w.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    w.add_argument("--figures-every", type=positive_int, default=None, metavar="N",
+    w.add_argument("--figures-every", type=cli_int(1), default=None, metavar="N",
                    help="also save sample and reconstruction snapshots every N epochs (in DIR/epochs/)")
     p.set_defaults(func=func)
 
@@ -150,8 +141,8 @@ def register_evaluate(sub, func) -> None:
     p.add_argument("--data", default=None, metavar="NAME|PATH", help="data set (default: the one the run trained on)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where --data NAME looks for its files")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
-    p.add_argument("--samples", type=int, default=1, help="samples per datum for the ELBO (default 1)")
-    p.add_argument("--iwae", type=int, default=0, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
+    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=func)
@@ -161,9 +152,9 @@ def register_sample(sub, func) -> None:
     p = sub.add_parser("sample", help="a PNG grid of samples from the prior")
     p.add_argument("run", metavar="DIR", help="a run directory written by `refvae train --out DIR`")
     engine_options(p, run_dir=True)
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", type=cli_int(1), default=64, help="number of samples (default 64)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
-    p.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+    p.add_argument("--image-shape", type=cli_int(1), nargs=2, default=None, metavar=("ROWS", "COLS"),
                    help="image shape (default: the one the run recorded)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="runs of older refvae versions only (no image shape recorded): where their data are")

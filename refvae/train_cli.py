@@ -18,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from . import inputs
 from . import io as rio
 from . import rundir
 from .config import VAEConfig
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .numbers import checked
 from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS, register_evaluate,
                          register_sample, register_train)
 
@@ -46,7 +48,7 @@ def _arch_from_flags(args, arch: dict) -> dict:
 def _model_config(args, data_dim: int) -> VAEConfig:
     """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
     arch = _arch_from_flags(args, DEFAULT_ARCH)
-    given = arch.get("data_dim")
+    given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1, none=True)
     if given is not None and given != data_dim:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
@@ -173,6 +175,7 @@ def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
 
 
 def _cmd_evaluate(args) -> int:
+    from .data import check_support  # noqa: PLC0415
     from .objectives import evaluate  # noqa: PLC0415
     from .progress import Meter  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
@@ -182,6 +185,11 @@ def _cmd_evaluate(args) -> int:
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
+    check_support(y, model.config.emission, f"the {data.name} {args.split} split")
+    if y.shape[1] != model.config.data_dim:
+        raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
+                          f"model has data_dim {model.config.data_dim}; give the run's data")
+    model.config.check_batch("--samples", min(len(y), 500), args.samples)
     meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
                   unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
@@ -214,9 +222,27 @@ def _cmd_sample(args) -> int:
         shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
     if shape is None:
         raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
-    sample_grid(model, params, args.out, n=args.n, seed=args.seed, image_shape=tuple(shape))
-    print(f"wrote {args.out}", file=sys.stderr)
+    out = _png_path(args.out)
+    model.config.check_batch("--n", args.n)
+    sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _png_path(out) -> Path:
+    """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
+    matplotlib does), in a folder that exists, and not a folder itself."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not inputs.is_dir(folder, "output folder"):
+        raise CheckpointError(f"cannot write {inputs._show(out)}: folder {inputs._show(folder)} does "
+                              "not exist; create it first")
+    if inputs.is_dir(out, "output"):
+        raise CheckpointError(f"--out {inputs._show(out)} is a folder; give a file name such as "
+                              "samples.png")
+    return out
 
 
 def register(sub) -> None:
