@@ -102,7 +102,7 @@ def calls(draw, root: Path):
 
                 shutil.copytree(root / "run", run)
             (run / target).write_bytes(content)
-            return ["evaluate", str(run)] if draw(st.booleans()) else \
+            return ["evaluate", "--quiet", str(run)] if draw(st.booleans()) else \
                 train_base[:-len(SMALL) - 1] + [str(run), *SMALL, "--resume", "--epochs", "2"]
         (work / target).write_bytes(content)
         if kind == "train-data":
@@ -114,7 +114,7 @@ def calls(draw, root: Path):
         return ["oracle", "compare", "--config", o["config.json"], "--params", o["params.npz"],
                 "--batch", o["batch.npz"], "--grads", o["theirs.npz"]]
     if kind == "evaluate":
-        return ["evaluate", str(root / "run"), "--samples", draw(SIZE), "--iwae", draw(COUNT), "--seed", draw(SIZE)]
+        return ["evaluate", "--quiet", str(root / "run"), "--samples", draw(SIZE), "--iwae", draw(COUNT), "--seed", draw(SIZE)]
     if kind == "sample":
         return ["sample", str(root / "run"), "--n", draw(SIZE), "--image-shape", draw(SIZE), draw(SIZE),
                 "--out", str(work / draw(st.sampled_from(["s.png", "s", "missing/s.png", "."])))]

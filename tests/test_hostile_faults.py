@@ -93,9 +93,9 @@ def test_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch, cap
         return real_stat(path, *a, **kw)
 
     monkeypatch.setattr(os, "stat", stat)
-    for argv in (["train", "--data", str(locked / "d.npz")],
-                 ["train", "--out", str(locked / "run"), "--data", str(locked / "d.npz")],
-                 ["evaluate", str(locked / "run")],
+    for argv in (["train", "--quiet", "--data", str(locked / "d.npz")],
+                 ["train", "--quiet", "--out", str(locked / "run"), "--data", str(locked / "d.npz")],
+                 ["evaluate", "--quiet", str(locked / "run")],
                  ["oracle", "compute", "--config", str(locked / "c.json"), "--params", str(locked / "p.npz"),
                   "--batch", str(locked / "b.npz"), "--out", str(tmp_path / "r.npz")]):
         line = one_line(main(argv), capsys.readouterr().err)

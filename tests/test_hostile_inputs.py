@@ -118,18 +118,18 @@ CATALOGUE = [
         e, "stepinf", raw_meta(lambda m: m.replace('"step": ', '"step": Infinity, "x": '))), "Infinity"),
     ("resume: generator state garbage", "traceback", lambda e: resume(
         e, "noise", raw_meta(lambda m: m.replace('"noise_state": "', '"noise_state": "x'))), "generator state"),
-    ("encrypted flag in a checkpoint", "traceback", lambda e: ["evaluate", run_copy(
+    ("encrypted flag in a checkpoint", "traceback", lambda e: ["evaluate", "--quiet", run_copy(
         e, "encrypted", lambda d: set_encrypted_flag(d / "checkpoint.npz"))], "corrupt"),
     ("encrypted flag in a data npz", "traceback", lambda e: train_args(
         e, data=str(set_encrypted_flag(shutil.copy(e.data, e.root / "enc.npz")))), "corrupt"),
     ("negative --seed: train", "traceback", lambda e: train_args(e, "--seed", "-1"), "seed"),
-    ("negative --seed: evaluate", "traceback", lambda e: ["evaluate", str(e.run), "--seed", "-1"], "seed"),
+    ("negative --seed: evaluate", "traceback", lambda e: ["evaluate", "--quiet", str(e.run), "--seed", "-1"], "seed"),
     ("negative --seed: sample", "traceback", lambda e: ["sample", str(e.run), "--seed", "-1"], "seed"),
     ("negative --seed: oracle example", "traceback", lambda e: [
         "oracle", "example", "--out", str(e.root / "ex"), "--seed", "-1"], "seed"),
     ("negative --seed: gradcheck", "traceback", lambda e: ["gradcheck", "--seed", "-1"], "seed"),
-    ("evaluate --iwae -1", "traceback", lambda e: ["evaluate", str(e.run), "--iwae", "-1"], "iwae"),
-    ("evaluate --samples -3", "traceback", lambda e: ["evaluate", str(e.run), "--samples", "-3"], "samples"),
+    ("evaluate --iwae -1", "traceback", lambda e: ["evaluate", "--quiet", str(e.run), "--iwae", "-1"], "iwae"),
+    ("evaluate --samples -3", "traceback", lambda e: ["evaluate", "--quiet", str(e.run), "--samples", "-3"], "samples"),
     ("sample --n 0", "traceback", lambda e: ["sample", str(e.run), "--n", "0"], "--n"),
     ("sample --image-shape 0 0", "traceback", lambda e: ["sample", str(e.run), "--image-shape", "0", "0"],
      "image-shape"),
@@ -148,7 +148,7 @@ CATALOGUE = [
     ("gzip IDX header claiming 5e6 images", "runaway", lambda e: train_args(e, data=folder(e, "idx", {
         "train-images-idx3-ubyte.gz": lambda p: idx_gz_claiming(p, (5_000_000, 28, 28)),
         "t10k-images-idx3-ubyte.gz": lambda p: idx_gz_claiming(p, (1, 28, 28), bytes(784))})), "IDX header"),
-    ("checkpoint .npy header of 1e12 floats", "runaway", lambda e: ["evaluate", run_copy(
+    ("checkpoint .npy header of 1e12 floats", "runaway", lambda e: ["evaluate", "--quiet", run_copy(
         e, "huge", lambda d: npz_with_member(d / "checkpoint.npz", "param/x.npy", npy_header_bytes((10**12,))))],
      "memory budget"),
     ("small member inflating beyond the budget", "runaway", lambda e: train_args(
@@ -157,7 +157,7 @@ CATALOGUE = [
     ("--data /dev/zero", "runaway", lambda e: train_args(e, data="/dev/zero"), "character device"),
     ("--config /dev/urandom", "runaway", lambda e: train_args(e, "--config", "/dev/urandom"), "character device"),
     ("train --samples 1e7", "runaway", lambda e: train_args(e, "--samples", "10000000"), "memory budget"),
-    ("evaluate --samples 1e7", "runaway", lambda e: ["evaluate", str(e.run), "--samples", "10000000"],
+    ("evaluate --samples 1e7", "runaway", lambda e: ["evaluate", "--quiet", str(e.run), "--samples", "10000000"],
      "memory budget"),
     ("oracle noise L = 1e7", "runaway", lambda e: oracle_args(e, str(npz_with_member(
         e.root / "noise.npz", "eps.npy", npy_header_bytes((4, 10**7, 2))))), "memory budget"),
@@ -167,15 +167,15 @@ CATALOGUE = [
     ("divergence on the last step", "silent", lambda e: train_args(
         e, "--optimizer", "sgd", "--lr", "1e308", "--batch-size", "64"), "NaN or inf"),
     ("evaluate 0-255 data with a bernoulli model", "silent", lambda e: [
-        "evaluate", str(e.run), "--data", str(e.root / "d255.npz")], "[0, 1]"),
-    ("evaluate --samples 0", "silent", lambda e: ["evaluate", str(e.run), "--samples", "0"], "samples"),
+        "evaluate", "--quiet", str(e.run), "--data", str(e.root / "d255.npz")], "[0, 1]"),
+    ("evaluate --samples 0", "silent", lambda e: ["evaluate", "--quiet", str(e.run), "--samples", "0"], "samples"),
     ("frey face .mat with complex ff", "silent", lambda e: train_args(
         e, "--emission", "gaussian", data=frey_complex(e)), "complex"),
-    ("checkpoint parameters of int dtype", "silent", lambda e: ["evaluate", run_copy(
+    ("checkpoint parameters of int dtype", "silent", lambda e: ["evaluate", "--quiet", run_copy(
         e, "ints", arrays=lambda a: {k: v.astype(np.int64) for k, v in a.items()})], "dtype int64"),
-    ("checkpoint parameters of complex dtype", "silent", lambda e: ["evaluate", run_copy(
+    ("checkpoint parameters of complex dtype", "silent", lambda e: ["evaluate", "--quiet", run_copy(
         e, "cplx", arrays=lambda a: {k: v.astype(complex) for k, v in a.items()})], "dtype complex"),
-    ("checkpoint with NaN parameters", "silent", lambda e: ["evaluate", run_copy(
+    ("checkpoint with NaN parameters", "silent", lambda e: ["evaluate", "--quiet", run_copy(
         e, "nanp", arrays=lambda a: {k: v * np.nan for k, v in a.items()})], "NaN or inf"),
     ("duplicate JSON keys", "silent", lambda e: train_args(
         e, "--config", str(config_file(e.root, "dup.json", '{"latent_dim": 2, "latent_dim": 3}'))), "twice"),
