@@ -1,0 +1,15 @@
+"""A strict stand-in for CuPy built on NumPy, for the test suite only (not a user backend).
+
+It behaves as CuPy does where CuPy differs from NumPy (see :mod:`strict_cupy.core` and
+:mod:`strict_cupy.api`), so that code which would fail on a GPU fails on the CPU too. The
+``strict`` parameter of the ``bk`` fixture puts its modules in ``sys.modules`` under the names
+``cupy`` and ``cupyx`` for one test, and ``refvae.backend.get_backend("cupy")`` then runs on it.
+
+:data:`STATE` counts device→host synchronisations (``syncs``) and, with ``ulps`` > 0 (or the
+environment variable ``REFVAE_STRICT_ULPS``), moves inexact results by up to that many units in
+the last place, to find tests that depend on NumPy's exact rounding.
+"""
+from .api import MODULE, MODULES
+from .core import STATE, ndarray
+
+__all__ = ["MODULE", "MODULES", "STATE", "ndarray"]
