@@ -4,7 +4,8 @@ with full Hessians, flows, categorical), the oracle's CLI and Python API, and fi
 
 Agreement with NumPy is judged at 1e-9 relative to each tensor's largest entry: what a GPU math
 library that rounds ``exp``/``log``/``tanh`` and reductions a few ulps differently from NumPy meets
-(the suite passes with ``REFVAE_STRICT_ULPS=4``, which moves every inexact result by up to 4 ulps).
+(the suite passes with ``REFVAE_STRICT_ULPS=3``, which moves every transcendental result by up
+to 3 ulps and adds sums and matrix products in another order).
 """
 import json
 
