@@ -20,6 +20,7 @@ from refvae.data import Dataset
 from refvae.errors import ConfigError
 from refvae.estimators import estimators_for
 from refvae.io import load_npz_checked
+from refvae.progress import Meter
 from refvae.train import TrainOptions, load_run, train
 from refvae.vae import VAE
 
@@ -79,9 +80,9 @@ def test_training_makes_one_device_sync_per_step_and_matches_numpy(strict_cupy_b
     """Per step the host reads one array (the loss, its parts and the gradients' finiteness);
     before this was measured there were 13 (three loss floats and ten per-tensor checks)."""
     marks = []
-    update = train_mod.Progress.update
-    monkeypatch.setattr(train_mod.Progress, "update",
-                        lambda self, *a: (marks.append(strict_cupy.STATE.syncs), update(self, *a)))
+    advance = Meter.advance  # called once per training step
+    monkeypatch.setattr(Meter, "advance",
+                        lambda self, *a: (marks.append(strict_cupy.STATE.syncs), advance(self, *a)))
     cfg = VAEConfig(**{**BASE, "emission": "bernoulli", "learn_alpha": False})
     opts = TrainOptions(epochs=2, batch_size=16, lr=1e-2, samples=2, progress=False)
     dev_hist = train(cfg, opts, tiny_data(), tmp_path / "dev", backend="cupy")
@@ -139,8 +140,9 @@ def test_figures_from_a_device_model(strict_cupy_bk, tmp_path):
     cfg = VAEConfig(**{**BASE, "latent_dim": 2, "emission": "bernoulli", "learn_alpha": False})
     model = VAE(cfg, "cupy")
     params = model.init_params(NoiseSource(0))
-    history = [{"epoch": 1, "train_loss": 5.0, "test_neg_elbo": 5.5}, {"epoch": 2, "train_loss": 4.0,
-                                                                       "test_neg_elbo": 4.5}]
+    history = [{"epoch": e, **{f"{split}_{k}": v / e for split in ("train", "test")
+                               for k, v in (("loss", 5.0), ("neg_elbo", 5.0), ("kl", 1.0), ("reconstruction", 4.0))}}
+               for e in (1, 2)]
     written = make_figures(model, params, tiny_data(), tmp_path, history)
     assert {p.name for p in written} == {"loss.png", "samples.png", "reconstructions.png", "latent.png",
                                          "manifold.png"}
