@@ -3,6 +3,7 @@ download's progress through `refvae train --download` and `refvae data download`
 `evaluate --iwae`."""
 import io
 import json
+import os
 
 import numpy as np
 
@@ -64,6 +65,12 @@ def test_train_download_and_data_download(http_root, tmp_path, monkeypatch, caps
     assert main(["data", "download", "mnist", "--cache-dir", str(tmp_path / "other")]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "other" / "mnist") and len(hits) == 8
+    # Downloaded files get the umask's mode like every other file refvae writes (the test
+    # process's umask, whatever it is).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "other" / "mnist").iterdir()} == {mode}
 
 
 def test_evaluate_iwae_reports_progress(tmp_path, capsys):
