@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import NoiseSource
+from .backend import NoiseSource, to_host
 from .config import VAEConfig
 from .errors import (CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError,
                      name_mismatch, shape_mismatch)
@@ -61,13 +61,13 @@ class OracleMismatch(GradcheckError):
 
 # ----- reading ---------------------------------------------------------------------------------
 def _host(a, what: str) -> np.ndarray:
-    """NumPy array from NumPy, PyTorch (CPU or GPU, with or without grad), JAX, lists, scalars."""
+    """NumPy array from NumPy, CuPy, PyTorch (CPU or GPU, with or without grad), JAX, lists, scalars."""
     if hasattr(a, "detach"):
         a = a.detach()
     if hasattr(a, "cpu"):
         a = a.cpu()
     try:
-        arr = np.asarray(a)
+        arr = to_host(a)
     except Exception as exc:  # noqa: BLE001 - any unconvertible object is the user's input error
         raise DataError(f"{what} cannot be read as an array ({exc})") from None
     if arr.dtype.kind not in "fiub":
@@ -216,6 +216,9 @@ def load_inputs(config, params, batch, temperature=None, name_map=None,
         raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; latent "
                          f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally 'temperature'")
     try:
+        eps = data[noise_name]
+        vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,
+                               eps.shape[1] if eps.ndim > 1 else 1)
         vae.check_batch(data["y"], data[noise_name])
     except RefvaeError as exc:
         raise type(exc)(f"{b_label}: {exc}") from None

@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np  # host side: data order and per-epoch summaries
 
+from . import inputs
 from . import io as rio
 from . import parallel
+from . import rundir
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
+from .numbers import checked
 from .objectives import neg_elbo_terms
+from .progress import Meter
 from .optim import FlatParams, make_optimizer, make_schedule
 from .schedules import TemperatureSchedule
 from .vae import VAE
@@ -64,18 +67,13 @@ class TrainOptions:
     progress: bool = True
     detect_anomaly: bool = False
     threads: int = 1
+    log_interval: int = 100
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name, rule in _OPTION_RULES.items():
+            setattr(self, name, checked(getattr(self, name), name, **rule))
         if self.binarize not in BINARIZATIONS:
             raise ConfigError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZATIONS)}")
-        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"temperature must be a positive finite number, got {self.temperature!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":
@@ -96,6 +94,18 @@ class TrainOptions:
         return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
                                    self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
                                    self.temperature_every)
+
+
+_POSITIVE_INT = {"integer": True, "minimum": 1}
+_POSITIVE = {"minimum": 0, "open_min": True}
+_OPTION_RULES = {
+    **dict.fromkeys(("epochs", "batch_size", "samples", "eval_samples", "temperature_every",
+                     "threads", "lr_step_size", "log_interval"), _POSITIVE_INT),
+    "seed": {"integer": True, "minimum": 0, "maximum": 2**63 - 1},
+    "lr": _POSITIVE, "lr_gamma": _POSITIVE, "weight_decay": {"minimum": 0},
+    "temperature": {**_POSITIVE, "none": True}, "temperature_rate": {"minimum": 0},
+    "temperature_min": _POSITIVE,
+}
 
 
 class TrainingDiverged(NonFiniteError):
@@ -131,18 +141,30 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
 
 
 def load_checkpoint(path, config: VAEConfig) -> RunState:
-    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError)."""
+    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError:
+    another config, arrays that are not floating point, non-finite values, corrupt metadata)."""
     arrays, meta = rio.load_npz_checked(path)
     try:
         saved = VAEConfig.from_dict(meta["config"])
         if saved != config:
             raise CheckpointError(f"{path}: the checkpoint belongs to another model config "
                                   f"({saved.to_dict()}); resume with that config or start a new --out")
+        for name, a in arrays.items():
+            if a.dtype.kind != "f":
+                raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}, but a checkpoint "
+                                      "holds floating-point arrays; the file is not a refvae checkpoint")
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"{path}: array {name!r} holds NaN or inf, so the checkpoint "
+                                      "is not usable (a diverged or damaged run); restore a good copy "
+                                      "or train again")
         params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         optim.update(meta["optimizer_scalars"])
-        return RunState(params, optim, str(meta["optimizer"]), int(meta["epoch"]), int(meta["step"]), str(meta["noise_state"]),
-                        dict(meta.get("estimator_state") or {}))
+        counter = {"integer": True, "minimum": 0, "error": CheckpointError}
+        return RunState(params, optim, str(meta["optimizer"]),
+                        checked(meta["epoch"], f"{path}: the stored epoch", **counter),
+                        checked(meta["step"], f"{path}: the stored step", **counter),
+                        str(meta["noise_state"]), dict(meta.get("estimator_state") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt ({exc})") from exc
 
@@ -163,33 +185,13 @@ def _first_nonfinite(bk, grads: dict) -> str | None:
     return None
 
 
-class Progress:
-    """A one-line progress bar with the running loss (redrawn in place on a terminal)."""
-
-    def __init__(self, enabled: bool, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float):
-        if not self.tty:
-            return
-        width = 24
-        filled = int(width * done / max(total, 1))
-        self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{done}/{total} loss {loss:.4f}")
-        self.stream.flush()
-
-    def epoch_line(self, text: str):
-        if self.enabled:
-            self.stream.write(("\r" if self.tty else "") + text + "\n")
-            self.stream.flush()
-
-
 def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str = "numpy",
-          dtype: str = "float64", resume: bool = False, stream=None) -> list[dict]:
+          dtype: str = "float64", resume: bool = False, stream=None, after_epoch=None) -> list[dict]:
     """Train ``config`` on ``data`` (an object with host arrays ``train`` and ``test``) into
     ``out_dir``; returns the per-epoch metrics (also in ``metrics.jsonl``).
+
+    ``after_epoch(out, record, params)``, when given, runs after each epoch's checkpoint and returns
+    the directory to continue in (the CLI moves a staged run into place after its first epoch).
 
     Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
     not finite; the checkpoint of the last finished epoch is left in place.
@@ -198,6 +200,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     model = VAE(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
+    config.check_batch("batch_size × samples", options.batch_size, options.samples)
+    if getattr(data, "test", None) is not None:
+        config.check_batch("eval_samples over the test split", min(len(data.test), 500),
+                           options.eval_samples)
     ckpt_path = out / CHECKPOINT
     estimator = options.estimator or model.default_estimator
 
@@ -212,7 +218,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr, weight_decay=options.weight_decay)
     history: list[dict] = []
     if resume:
-        if not ckpt_path.exists():
+        if not inputs.exists(ckpt_path, "checkpoint"):
             raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
         state = load_checkpoint(ckpt_path, config)
         if state.optimizer_name != opt.name:
@@ -220,11 +226,18 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                                   f"resume with --optimizer {state.optimizer_name}")
         flat.load(state.params)
         opt.load_state_dict(state.optimizer)
-        noise.set_state(state.noise_state)
+        try:
+            noise.set_state(state.noise_state)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: the stored generator state is corrupt ({exc}); "
+                                  "restore a good copy or train again without --resume") from exc
         start_epoch, step, estimator_state = state.epoch, state.step, state.estimator_state
+        if options.epochs < start_epoch:
+            raise ConfigError(f"--epochs {options.epochs}: the run in {out} has already trained "
+                              f"{start_epoch} epochs; pass --epochs {start_epoch} or more")
         history = [m for m in _read_metrics(out / METRICS) if m["epoch"] <= start_epoch]
     rio.save_json(out / "config.json", config.to_dict())
-    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": getattr(data, "source", None),
+    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": rundir.data_record(data),
                                        "backend": backend, "dtype": dtype})
     _write_metrics(out / METRICS, history)
 
@@ -233,7 +246,6 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     n = y_train.shape[0]
     per_epoch = math.ceil(n / options.batch_size)
     schedule = _schedule(options, per_epoch)
-    progress = Progress(options.progress, stream)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
     for epoch in range(start_epoch + 1, options.epochs + 1):
@@ -244,6 +256,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         else:
             y_epoch = y_dev
         sums = np.zeros(3)
+        meter = Meter(f"epoch {epoch}/{options.epochs}", per_epoch, options.progress, stream,
+                      options.log_interval)
         # The pool lives for this epoch's steps only: evaluation and the checkpoint run after it is
         # closed, with the BLAS library's own thread count back.
         with parallel.Workers(options.threads) as workers:
@@ -258,26 +272,37 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                         detect_anomaly=options.detect_anomaly, grads_out=flat.grads)
                 except NonFiniteError as exc:
                     raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
-                bad = _first_nonfinite(bk, res.grads)
+                bad = None if res.grads_finite else _first_nonfinite(bk, res.grads)
                 if bad:
                     raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
                                     start_epoch, history)
                 opt.step(flat, lr=schedule(step), workers=workers)
                 step += 1
                 sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
-                progress.update(epoch, options.epochs, b + 1, per_epoch,
-                                sums[0] / min((b + 1) * options.batch_size, n))
+                meter.advance(1, f"loss {sums[0] / min((b + 1) * options.batch_size, n):.4f}")
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
                   **({"temperature": temperature(step)} if temperature else {}),
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
+        # The last update of the epoch is checked here: no later gradient would catch it.
+        bad = _first_nonfinite(bk, flat.params)
+        if bad:
+            raise _diverged(epoch, step, f"the parameter {bad} became NaN or inf", ckpt_path,
+                            start_epoch, history)
         record.update(_test_metrics(model, flat.params, data, options, epoch))
+        bad = [k for k, v in record.items() if not math.isfinite(v)]
+        if bad:
+            raise _diverged(epoch, step, f"{', '.join(bad)} is NaN or inf", ckpt_path, start_epoch,
+                            history)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         # Metrics first: a kill between the two writes leaves a metrics line ahead of the
         # checkpoint, which a resume drops, never a checkpoint without its metrics line.
         _write_metrics(out / METRICS, history)
         save_checkpoint(ckpt_path, flat, opt, epoch, step, noise, config, estimator_state)
-        progress.epoch_line(_epoch_text(record, options.epochs))
+        if after_epoch is not None:
+            out = Path(after_epoch(out, record, flat.params))
+            ckpt_path = out / CHECKPOINT
+        meter.line(_epoch_text(record, options.epochs))
     return history
 
 
@@ -338,9 +363,20 @@ def _diverged(epoch, step, what, ckpt_path, start_epoch, history) -> TrainingDiv
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
+    """The per-epoch records, each a JSON object with an integer ``epoch`` (else CheckpointError)."""
+    if not inputs.exists(path, "metrics file"):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(inputs.read_text(path, "metrics file").splitlines(), 1):
+        if line.strip():
+            r = inputs.loads_json(line, f"{path} line {i}", CheckpointError)
+            if not isinstance(r, dict) or "epoch" not in r:
+                raise CheckpointError(f"{path} line {i} is not a JSON object with an 'epoch'; repair "
+                                      "or delete the line")
+            checked(r["epoch"], f"{path} line {i}: 'epoch'", integer=True, minimum=1,
+                    error=CheckpointError)
+            records.append(r)
+    return records
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -351,12 +387,12 @@ def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
     """``(model, params, info)`` of a training run directory (``config.json`` + ``checkpoint.npz``);
     ``info`` is ``train.json`` (options and data name) when present."""
     run = Path(run_dir)
-    if not (run / "config.json").exists():
+    if not inputs.exists(run / "config.json", "run file"):
         raise CheckpointError(f"{run} is not a training run directory (no config.json); "
                               "pass the --out directory of `refvae train`")
     config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
     state = load_checkpoint(run / CHECKPOINT, config)
     model = VAE(config, backend, dtype)
     params = model.check_params(state.params)
-    info = rio.load_json(run / "train.json") if (run / "train.json").exists() else {}
+    info = rio.load_json(run / "train.json") if inputs.exists(run / "train.json", "run file") else {}
     return model, params, info
