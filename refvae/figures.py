@@ -68,7 +68,7 @@ def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: 
     """Inputs (odd columns) beside the decoded mean of one posterior sample (even columns)."""
     y = y[:n]
     eps = model.draw_noise(NoiseSource(seed), y.shape[0], 1)
-    fp = model.forward(params, model.bk.asarray(y), eps, getattr(model.latent, "evaluation_estimator", "pathwise"))
+    fp = model.forward(params, model.bk.asarray(y), eps, model.latent.evaluation_estimator)
     rec = np.clip(model.bk.to_numpy(model.emission.mean(model.bk, fp.dec_out[:, 0])), 0.0, 1.0)
     pairs = np.stack([y, rec], axis=1).reshape(-1, y.shape[1])
     _save_image(_tile(pairs, image_shape, 16), path, "inputs | reconstructions")
