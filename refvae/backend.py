@@ -1,4 +1,4 @@
-"""The one seam between refvae's computation and an array library (ARCHITECTURE.md, principle 4).
+"""The one seam between refvae's computation and an array library.
 
 Computation modules never import NumPy, CuPy or SciPy: they receive a :class:`Backend` and use
 ``bk.xp`` (the array module) and the few special functions listed on it. Host/device copies happen

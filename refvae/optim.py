@@ -1,7 +1,7 @@
 """First-order optimizers over one flat parameter buffer, and learning-rate schedules.
 
 All parameters live in one contiguous vector (:class:`FlatParams`) with a per-parameter view in
-``state_dict`` order, and so does their gradient (ARCHITECTURE.md, principle 5). An optimizer then
+``state_dict`` order, and so does their gradient (docs/DERIVATIONS.md#optimizers). An optimizer then
 updates one vector in place with a handful of whole-buffer operations, writing intermediate results
 into scratch buffers allocated once, so a step allocates no new arrays.
 

@@ -1,5 +1,5 @@
 """Temperature schedule of the Gumbel-softmax relaxation (Jang et al. 2017, "Categorical
-Reparameterization with Gumbel-Softmax", ICLR, the VAE experiments; EQUATIONS.md):
+Reparameterization with Gumbel-Softmax", ICLR, the VAE experiments; docs/DERIVATIONS.md#schedules):
 ``s_t = max(s_min, s_0 · exp(−r · t_n))`` where ``t_n = n ⌊t/n⌋`` is the last step at which the
 temperature was updated (every ``n`` steps). Jang et al. use ``s_0 = 1``, ``s_min = 0.5``,
 ``r ∈ {1e-5, 1e-4}`` and ``n ∈ {500, 1000}``.

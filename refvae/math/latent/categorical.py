@@ -123,7 +123,8 @@ def concrete_log_density_grads(bk, log_y, logits, temperature):
 
 
 def categorical_kl_uniform(bk, log_pi):
-    """Jang et al. 2017: ``KL(q || uniform) = Σ_c π_c log(C π_c)`` per variable, ``(..., C) -> (...)``."""
+    """Jang et al. 2017 (docs/DERIVATIONS.md#the-objective): ``KL(q || uniform) = Σ_c π_c log(C π_c)``
+    per variable, ``(..., C) -> (...)``."""
     c = log_pi.shape[-1]
     return (bk.xp.exp(log_pi) * (log_pi + math.log(c))).sum(axis=-1)
 
@@ -135,7 +136,8 @@ def categorical_kl_uniform_grad(bk, log_pi):
 
 
 def relaxed_kl_sample(bk, log_y, logits, temperature, prior_temperature):
-    """One-sample estimate of the relaxed KL (Maddison et al. 2017, section 5): ``log q(Y) − log p(Y)``
+    """One-sample estimate of the relaxed KL (Maddison et al. 2017, section 5;
+    docs/DERIVATIONS.md#concrete-density-and-relaxed-kl): ``log q(Y) − log p(Y)``
     at the posterior's own relaxed sample, ``q`` concrete with logits ``η`` and temperature ``s``,
     ``p`` concrete with uniform logits and temperature ``s_p``. Non-negative only in expectation."""
     zeros = bk.xp.zeros_like(log_y)

@@ -76,7 +76,8 @@ class DiagonalGaussian(StandardNormalLatent):
         return GaussianState(nu, logvar, std, eps, x)
 
     def kl(self, bk, state: GaussianState):
-        """Boxed result of §8.2.2: ``KL = ½ Σ_k (υ_k² + ν_k² − 1 − log υ_k²)`` per datum."""
+        """Boxed result of §8.2.2 (docs/DERIVATIONS.md#the-objective):
+        ``KL = ½ Σ_k (υ_k² + ν_k² − 1 − log υ_k²)`` per datum."""
         nu, lv = state.nu, state.logvar
         return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)
 
