@@ -65,8 +65,10 @@ SIGMOID = Activation(
 
 
 def softplus(bk, a):
-    """``softplus(a) = log(1 + e^a) = logaddexp(0, a)``: accurate and finite for every finite ``a``."""
-    return bk.xp.logaddexp(0.0, a)
+    """``softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{−|a|})``: no overflow, and full relative
+    precision for every finite ``a`` (the second term is exact where it is below an ulp of the first)."""
+    xp = bk.xp
+    return xp.maximum(a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
 
 
 def _softplus_d2(bk, a, h):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..backend import array_module
 from ..errors import ConfigError, DataError, ShapeError
+from .activations import softplus
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -46,8 +47,8 @@ class Bernoulli:
         return [("out", data_dim)]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        xp, expit = bk.xp, bk.special.expit
-        f = ((1.0 - y) * xp.logaddexp(0.0, o) + y * xp.logaddexp(0.0, -o)).sum(axis=-1)
+        expit = bk.special.expit
+        f = ((1.0 - y) * softplus(bk, o) + y * softplus(bk, -o)).sum(axis=-1)
         return EmissionTerms(f, (1.0 - y) * expit(o) - y * expit(-o))
 
     def curvature(self, bk, o, y, log_alpha=None):
