@@ -21,8 +21,9 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import parallel
-from .backend import NoiseSource, blas_thread_limit, get_backend
+from .fast import parallel
+from .backend import NoiseSource, get_backend
+from .fast.threads import blas_thread_limit
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
 

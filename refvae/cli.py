@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .backend import tune_host_allocator
+from .fast.threads import tune_host_allocator
 from .errors import RefvaeError
 
 
