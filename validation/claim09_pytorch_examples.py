@@ -18,6 +18,8 @@ from scipy import stats
 
 from refvae.config import VAEConfig
 from refvae.train import TrainOptions, train
+from refvae.witness import torch_or_none
+from refvae.witness.modules import fit_examples, make_twin
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped

@@ -13,11 +13,9 @@ def tune_host_allocator() -> bool:
     """Keep large NumPy temporaries on glibc's heap instead of fresh ``mmap`` pages.
 
     A training step allocates and frees many arrays of a few hundred kB to a few MB. glibc serves
-    each from new ``mmap``-ed pages, so every step pays page faults for memory it just returned
-    (about a quarter of a float64 step of the pytorch/examples VAE on one core; see
-    validation/BENCH.md). Raising ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` keeps those pages
-    mapped between steps. Returns whether it took effect (``False`` where the C library is not
-    glibc).
+    each from new ``mmap``-ed pages, so every step pays page faults for memory it just returned.
+    Raising ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` keeps those pages mapped between steps.
+    Returns whether it took effect (``False`` where the C library is not glibc).
     """
     import ctypes  # noqa: PLC0415 - host-side process setting
     import ctypes.util  # noqa: PLC0415
