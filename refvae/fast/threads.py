@@ -1,4 +1,5 @@
-"""Process-wide settings for speed on the CPU: the host allocator and the BLAS thread count.
+"""Process-wide settings for speed on the CPU: the host allocator, the BLAS thread count, and the
+cores this process may use.
 
 Both change the whole process, so the library never applies them on import: the ``refvae`` command
 does for its own process, :class:`~refvae.fast.parallel.Workers` limits BLAS for its lifetime, and a
@@ -6,6 +7,7 @@ user may call them in theirs.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 
@@ -62,3 +64,11 @@ def blas_thread_limit(n: int):
     finally:
         if previous is not None:
             blas_threads(previous)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity): ``refvae train --threads auto``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
