@@ -5,7 +5,7 @@ initial parameters, the minibatch order, the base noise and dynamic binarization
 saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
-``threads`` > 1 splits each batch into row shards on a :class:`~refvae.parallel.Workers` pool (open
+``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool (open
 for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
 or not, bit for bit). The default, one thread, gives a seed the same numbers on every machine.
@@ -26,18 +26,18 @@ import numpy as np  # host side: data order and per-epoch summaries
 
 from . import inputs
 from . import io as rio
-from . import parallel
 from . import rundir
+from .fast import parallel
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
+from .optim import FlatParams, make_optimizer
 from .progress import Meter
-from .optim import FlatParams, make_optimizer, make_schedule
-from .schedules import TemperatureSchedule
-from .vae import VAE
+from .schedules import TemperatureSchedule, make_schedule
+from .fast.model import fast_vae
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -89,7 +89,7 @@ class TrainOptions:
     def temperature_schedule(self, latent) -> TemperatureSchedule | None:
         """Jang et al.'s ``s = max(s_min, s_0 exp(−r t))`` for a relaxed latent (``None`` otherwise);
         a pure function of the step, so resuming needs only the step count."""
-        if getattr(latent, "default_estimator", "pathwise") == "pathwise":
+        if latent.default_estimator == "pathwise":
             return None
         return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
                                    self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
@@ -197,7 +197,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     not finite; the checkpoint of the last finished epoch is left in place.
     """
     out = rio.ensure_writable_dir(out_dir)
-    model = VAE(config, backend, dtype)
+    model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
     config.check_batch("batch_size × samples", options.batch_size, options.samples)
@@ -392,7 +392,7 @@ def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
                               "pass the --out directory of `refvae train`")
     config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
     state = load_checkpoint(run / CHECKPOINT, config)
-    model = VAE(config, backend, dtype)
+    model = fast_vae(config, backend, dtype)
     params = model.check_params(state.params)
     info = rio.load_json(run / "train.json") if inputs.exists(run / "train.json", "run file") else {}
     return model, params, info

@@ -29,7 +29,8 @@ from scipy.linalg import subspace_angles
 
 from refvae import NoiseSource
 from refvae.io import load_npz_checked
-from refvae.optim import FlatParams, make_optimizer, make_schedule
+from refvae.optim import FlatParams, make_optimizer
+from refvae.schedules import make_schedule
 from refvae.vae import VAE
 
 try:
