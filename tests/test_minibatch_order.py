@@ -2,7 +2,7 @@
 fixed by the seed (a loop that never shuffles, or reuses one order, fails here)."""
 import numpy as np
 
-from refvae import parallel
+from refvae import train as train_module
 from refvae.config import VAEConfig
 from refvae.data import Dataset
 from refvae.train import TrainOptions, train
@@ -14,13 +14,14 @@ def _orders(monkeypatch, tmp_path, seed):
     y = np.random.default_rng(7).normal(size=(N_ROWS, 2))
     row_of = {r.tobytes(): i for i, r in enumerate(y)}
     visited = []
-    real = parallel.loss_and_grads
+    loop = train_module.parallel              # the module whose loss_and_grads the loop calls
+    real = loop.loss_and_grads
 
     def recording(model, workers, params, batch, *args, **kwargs):
         visited.extend(row_of[np.asarray(r).tobytes()] for r in batch)
         return real(model, workers, params, batch, *args, **kwargs)
 
-    monkeypatch.setattr(parallel, "loss_and_grads", recording)
+    monkeypatch.setattr(loop, "loss_and_grads", recording)
     config = VAEConfig(data_dim=2, latent_dim=1, encoder_hidden=[2], decoder_hidden=[2], emission="gaussian")
     train(config, TrainOptions(epochs=EPOCHS, batch_size=3, seed=seed, progress=False),
           Dataset("rows", y, y[:2]), tmp_path / f"run{seed}-{len(list(tmp_path.iterdir()))}")

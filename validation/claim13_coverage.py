@@ -35,6 +35,7 @@ from refvae.gradcheck import numerical_gradient
 from refvae.latent import exponential
 from refvae.objectives import iwae_bound
 from refvae.optim import FlatParams, make_optimizer
+from refvae import train as train_module
 from refvae.train import TrainOptions, train
 from refvae.vae import VAE
 
@@ -255,20 +256,21 @@ def visit_orders(seed: int, epochs: int = 3, n: int = 12) -> list:
     y = np.random.default_rng(123).random((n, 3))
     index = {row.tobytes(): i for i, row in enumerate(y)}
     seen = []
-    inner = parallel.loss_and_grads
+    loop = train_module.parallel      # the module whose loss_and_grads the training loop calls
+    inner = loop.loss_and_grads
 
     def spy(model, workers, params, yb, *args, **kw):
         seen.extend(index[np.asarray(row).tobytes()] for row in yb)
         return inner(model, workers, params, yb, *args, **kw)
 
-    parallel.loss_and_grads = spy
+    loop.loss_and_grads = spy
     try:
         with tempfile.TemporaryDirectory() as tmp:
             train(VAEConfig(data_dim=3, latent_dim=1, encoder_hidden=[2], decoder_hidden=[2], emission="gaussian"),
                   TrainOptions(epochs=epochs, batch_size=4, seed=seed, progress=False),
                   Dataset("rows", y, y[:2]), tmp)
     finally:
-        parallel.loss_and_grads = inner
+        loop.loss_and_grads = inner
     return [seen[e * n:(e + 1) * n] for e in range(epochs)]
 
 
