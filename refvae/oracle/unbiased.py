@@ -1,0 +1,2 @@
+class UnbiasedReport: pass
+def check_unbiased(*a, **k): raise NotImplementedError
