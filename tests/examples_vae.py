@@ -103,7 +103,7 @@ BROKEN = {
     "sampler exp(logvar) as std": (VarianceAsStd, loss_fn, ["exp(logvar), the variance, as the standard deviation"]),
     "KL sign": (VAE, with_loss(kl_sign), ["KL term has the wrong sign"]),
     "KL constant": (VAE, with_loss(kl_without_one), ["K/2: the 1 in KL"]),
-    "reduction factor": (VAE, with_loss(bce_mean), ["reconstruction term is 1/N·D times", "reduction='mean'"]),
+    "reduction factor": (VAE, with_loss(bce_mean), ["reconstruction term is 1/(N·D) times", "reduction='mean'"]),
     "detached std": (DetachedStd, loss_fn, ["no gradient flows through the standard deviation",
                                             "encoder.logvar.weight (fc22.weight)"]),
     "wrong head": (SwappedHeads, loss_fn, ["heads are swapped (a wrong head)"]),

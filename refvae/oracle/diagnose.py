@@ -114,7 +114,7 @@ def constant_name(per_datum: float, ours) -> str:
 def factors(ours) -> list:
     inp = ours.inputs
     n, samples, d = inp.y.shape[0], inp.noise.shape[1], inp.y.shape[1]
-    base = [(n, "N"), (d, "D"), (n * d, "N·D"), (samples, "L")]
+    base = [(n, "N"), (d, "D"), (n * d, "(N·D)"), (samples, "L")]
     out = []
     for value, name in base:
         if value > 1:
@@ -205,7 +205,7 @@ def reduction_advice(what: str, ours) -> str:
         return ": your loss sums over the batch; use --reduction sum (reduction='sum')"
     if what == "1/N":
         return ": your loss averages over the batch; use --reduction mean (reduction='mean')"
-    if what in ("1/D", "1/N·D"):
+    if what in ("1/D", "1/(N·D)"):
         return (": your loss averages over the data dimensions too; refvae sums the log-likelihood over "
                 "the D dimensions of each datum")
     if what in ("L", "1/L"):
@@ -214,7 +214,7 @@ def reduction_advice(what: str, ours) -> str:
 
 
 def reconstruction_advice(what: str) -> str:
-    if what in ("1/N·D", "1/D"):
+    if what in ("1/(N·D)", "1/D"):
         return (": it averages over the data dimensions (binary_cross_entropy or mse_loss with "
                 "reduction='mean' averages over all N·D entries); the negative ELBO sums the "
                 "log-likelihood over the D dimensions of a datum: use reduction='sum'")

@@ -138,9 +138,7 @@ def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
     if not problems:
         return
     hint = ""
-    if any(k.endswith(".kernel") for k in extra):
-        hint = "; your parameters are (in, out) kernels: pass layout='in_out' (--layout in-out)"
-    elif missing and extra:
+    if missing and extra:
         hint = "; if your modules are named differently, map them with --map theirs=ours"
     kind = ShapeError if missing or extra or any("has shape" in p for p in problems) else DataError
     raise kind(f"{p_label}: parameters do not match the config: {'; '.join(problems)}{hint}")
@@ -153,6 +151,9 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     lay = layout if isinstance(layout, Layout) else Layout.make(name_map, layout, split)
     p_label, b_label = label(params, "params"), label(batch, "batch")
     raw = arrays_of(params, "params")
+    if lay.layout != "in_out" and any(k.endswith(".kernel") for k in raw):
+        raise ShapeError(f"{p_label}: parameters named 'kernel' are (in, out) kernels (JAX, Flax, Keras): "
+                         "pass layout='in_out' (--layout in-out)")
     unused = unused_entries(raw, lay)
     if unused:
         raise ConfigError(f"{p_label}: name map or split entr{'y' if len(unused) == 1 else 'ies'} "

@@ -18,7 +18,7 @@ LAYOUTS = ("out_in", "in_out")
 TREE_PREFIXES = ("grad", "heads")   # top-level groups of theirs.npz whose members are joined by "/"
 
 
-def flatten(tree, what: str, prefix: str = "") -> dict:
+def flatten(tree, what: str = "", prefix: str = "") -> dict:
     """``{dotted name: leaf}`` from nested dicts; a tree whose only key is ``params`` (Flax's
     variable collection) is read as its contents."""
     if isinstance(tree, dict) and list(tree) == ["params"] and not prefix and isinstance(tree["params"], dict):
@@ -129,7 +129,7 @@ def translate(arrays: dict, layout: Layout, shapes: dict, what: str, prefix: str
                                   f"outputs but {', '.join(parts)} take {' + '.join(map(str, sizes))}")
             start = 0
             for part, size in zip(parts, sizes):
-                put(f"{prefix}{part}.{leaf}", value[start:start + size], f"{key}[{start}:{start + size}]")
+                put(f"{prefix}{part}.{leaf}", value[start:start + size], f"{key} outputs {start}:{start + size}")
                 start += size
         else:
             put(prefix + rename(name, layout.name_map), value, key)
