@@ -12,6 +12,7 @@ import sys
 from . import oracle
 from .config import LATENTS
 from .emission import EMISSIONS
+from .numbers import cli_float, cli_int
 from .vae import REDUCTIONS
 
 
@@ -109,7 +110,7 @@ def _layout_options(p) -> None:
 def _run_options(p) -> None:
     p.add_argument("--estimator", default=None,
                    help="gradient estimator (default: pathwise; gumbel-softmax for categorical latents)")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=cli_float(0, open_min=True), default=None,
                    help="relaxation temperature of a categorical latent (or store it in batch.npz)")
     p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
                    help="mean (default) or sum of the per-datum loss over the batch")
@@ -133,9 +134,9 @@ def register(sub) -> None:
     k.add_argument("--grads", required=True,
                    help="theirs.npz: grad/<name> for every parameter; optional loss, kl, reconstruction, "
                         "kl_per_datum, reconstruction_per_datum")
-    k.add_argument("--rtol", type=float, default=None,
+    k.add_argument("--rtol", type=cli_float(0), default=None,
                    help="relative tolerance (default 1e-7 for float64 gradients, 1e-4 for float32)")
-    k.add_argument("--atol", type=float, default=None,
+    k.add_argument("--atol", type=cli_float(0), default=None,
                    help="absolute tolerance, in units of each tensor's scale max(1, max|ours|) "
                         "(default 1e-9 for float64 gradients, 1e-5 for float32)")
     k.set_defaults(func=_cmd_compare)
@@ -146,16 +147,16 @@ def register(sub) -> None:
     u.add_argument("--params", required=True, help="params.npz (the parameters the draws were taken at)")
     u.add_argument("--batch", required=True, help="batch.npz holding y (noise arrays in it are not used)")
     u.add_argument("--draws", required=True, help="draws.npz: grad/<name> of shape (M, *shape), M independent draws")
-    u.add_argument("--level", type=float, default=1e-3,
+    u.add_argument("--level", type=cli_float(0, 1, open_min=True), default=1e-3,
                    help="family-wise false-alarm probability (Bonferroni over all entries; default 1e-3)")
     u.add_argument("--estimator", default=None,
                    help="refvae estimator for the reference where no exact expectation exists "
                         "(default pathwise; score for categorical latents)")
-    u.add_argument("--reference-replicates", type=int, default=200,
+    u.add_argument("--reference-replicates", type=cli_int(2), default=200,
                    help="replicates of refvae's estimator when no exact expectation exists (default 200)")
     u.add_argument("--reduction", choices=REDUCTIONS, default="mean",
                    help="mean (default) or sum of the per-datum loss over the batch")
-    u.add_argument("--seed", type=int, default=0, help="seed of the reference replicates")
+    u.add_argument("--seed", type=cli_int(0), default=0, help="seed of the reference replicates")
     _layout_options(u)
     u.add_argument("--json", action="store_true", help="print the report as JSON")
     u.set_defaults(func=_cmd_unbiased)
@@ -165,9 +166,9 @@ def register(sub) -> None:
     e.add_argument("--latent", choices=LATENTS, default="gaussian")
     e.add_argument("--emission", choices=EMISSIONS, default="bernoulli")
     e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")
-    e.add_argument("--categories", type=int, default=None, help="classes per latent variable (categorical)")
-    e.add_argument("--flow-length", type=int, default=0, help="planar flows after the Gaussian (default 0)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--categories", type=cli_int(2), default=None, help="classes per latent variable (categorical)")
+    e.add_argument("--flow-length", type=cli_int(0), default=0, help="planar flows after the Gaussian (default 0)")
+    e.add_argument("--seed", type=cli_int(0), default=0)
     e.add_argument("--json", action="store_true", help="print the written paths as JSON")
     _run_options(e)
     e.set_defaults(func=_cmd_example)

@@ -157,7 +157,7 @@ def test_bad_draws_and_options_are_one_line_errors(linear):
         oracle.check_unbiased(LINEAR, params, y, {k: v for k, v in d.items() if k != "grad/decoder.out.bias"})
     with pytest.raises(ShapeError, match="same M ≥ 2"):
         oracle.check_unbiased(LINEAR, params, y, {**d, "grad/decoder.out.bias": d["grad/decoder.out.bias"][:2]})
-    with pytest.raises(ConfigError, match="level must be a probability"):
+    with pytest.raises(ConfigError, match="level must be a finite number > 0 and ≤ 1"):
         oracle.check_unbiased(LINEAR, params, y, d, level=2)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, GradcheckError, ShapeError, name_mismatch, shape_mismatch
 from ..gradcheck import CheckList, TensorCheck, compare_arrays, table_lines
 from ..io import atomic_write
+from ..numbers import checked
 from ..vae import REDUCTIONS
 from . import diagnose
 from .inputs import OracleInputs, arrays_of, default_estimator, label, load_inputs
@@ -166,15 +167,7 @@ def dtype_class(arr) -> str:
 
 def check_tolerance(value, what: str):
     """``None`` or a finite number ≥ 0, as a float (a NaN tolerance would fail every tensor)."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be finite and ≥ 0, got {value!r}; e.g. --{what} 1e-6")
-    return value
+    return checked(value, what, minimum=0, none=True)
 
 
 def conform(arr: np.ndarray, shape) -> np.ndarray:

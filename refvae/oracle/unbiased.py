@@ -33,6 +33,7 @@ from scipy import stats
 from ..backend import NoiseSource
 from ..errors import ConfigError, DataError, ShapeError, name_mismatch
 from ..latent.categorical import log_softmax
+from ..numbers import checked
 from .core import GRAD, TOLERANCES, dtype_class
 from ..vae import VAE
 from .inputs import arrays_of, label, load_config, load_inputs
@@ -225,13 +226,11 @@ def check_unbiased(config, params, y, draws, *, estimator: str | None = None, le
     ``(M, *shape)``, or a nested ``{"grad": tree}``, or an ``.npz`` path) for bias against refvae's
     expected gradient of the batch's negative ELBO at ``params`` (see the module docstring).
     ``estimator`` names refvae's unbiased estimator to use as the reference instead of an exact one."""
-    if not (isinstance(level, (int, float)) and 0 < level < 1):
-        raise ConfigError(f"level must be a probability in (0, 1), got {level!r}")
+    level = checked(level, "level", minimum=0, maximum=1, open_min=True)
     if reduction not in ("mean", "sum"):
         raise ConfigError(f"unknown reduction {reduction!r}; choose mean or sum")
     for what, value in (("reference_replicates", reference_replicates), ("reference_samples", reference_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ConfigError(f"{what} must be an integer ≥ 2, got {value!r}")
+        checked(value, what, integer=True, minimum=2)
     inputs = _inputs(config, params, y, name_map, layout, split)
     stacked, aliases = _draws(draws, inputs, label(draws, "draws"))
     m = next(iter(stacked.values())).shape[0]
