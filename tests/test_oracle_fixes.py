@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refvae import cli, oracle
-from refvae.errors import ShapeError
+from refvae.errors import ConfigError, ShapeError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,17 @@ def test_one_float32_gradient_loosens_only_itself(ex):
     assert [c.name for c in bad.failures()] == ["grad/decoder.0.bias"]
 
 
+def test_tolerances_are_validated_in_the_python_api_too(ex):
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="rtol must be a positive finite number"):
+            oracle.check(ex["config"], ex["params"], ex["batch"], ex["theirs"], rtol=bad)
+
+
 @pytest.mark.parametrize("option,value", [("--rtol", "nan"), ("--rtol", "-1"), ("--atol", "inf"), ("--atol", "-0.5")])
 def test_tolerances_must_be_finite_and_non_negative(ex, option, value, capsys):
-    assert cli.main(argv(ex) + [option, value]) == 2
+    with pytest.raises(SystemExit) as info:   # argparse's one-line usage error
+        cli.main(argv(ex) + [option, value])
+    assert info.value.code == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
-    assert option in err and "non-negative finite number" in err
+    assert option in err and "finite number" in err

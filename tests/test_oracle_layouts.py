@@ -82,3 +82,22 @@ def test_cli_layout_and_split(ex, tmp_path, capsys):
     assert "(encoder.head.kernel outputs 0:2)" in capsys.readouterr().out
     assert cli.main(argv[:-8]) == 2   # without the map: refvae's names are missing, one line
     assert "map them with --map" in capsys.readouterr().err
+
+
+def test_readme_flax_exporter_runs_where_jax_installs():
+    """The README's JAX/Flax example as written: a Flax params tree with (in, out) kernels and a
+    fused head, float32, checked in one call (skipped cleanly where jax or flax is not installed)."""
+    pytest.importorskip("jax")
+    pytest.importorskip("flax")
+    import re
+    from pathlib import Path
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+                 if "import jax" in b)
+    namespace = {"config": {"format": 1, "data_dim": 784, "latent_dim": 20, "encoder_hidden": [400],
+                            "decoder_hidden": [400], "activation": "relu", "latent": "gaussian",
+                            "emission": "bernoulli"}}
+    exec(compile(block, str(readme), "exec"), namespace)  # noqa: S102 - our own README
+    report = namespace["report"]
+    assert report.passed and len(report.checks) == 11
+    assert "grad/encoder.logvar.weight (encoder.head.kernel outputs 20:40)" in str(report)

@@ -176,5 +176,7 @@ def test_cli_verb(linear, tmp_path, capsys):
     np.savez(tmp_path / "draws.npz", **biased)
     assert cli.main(argv + ["--json"]) == 1
     assert json.loads(capsys.readouterr().out)["passed"] is False
-    assert cli.main(argv + ["--level", "nan"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv + ["--level", "nan"])
+    assert info.value.code == 2
     assert "level" in capsys.readouterr().err
