@@ -118,3 +118,16 @@ def test_samples_drawn_in_a_loop_are_stacked():
     report = oracle.check_torch(model, loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
     assert report.passed, str(report)
     assert dict((c.name, c.shape) for c in report.checks)["x"] == (16, 3, 20)
+
+
+def test_a_saturated_sigmoid_is_named():
+    """float32, one output logit pushed to 20 where the targets are 0: PyTorch's loss counts 100
+    nats there (its log clamp) and a zero gradient; the report fails and says why."""
+    model, y = model_and_batch(torch.float32)
+    with torch.no_grad():
+        model.fc4.bias[0] = 20.0
+        y[:, 0, 0, 0] = 0.0
+    report = oracle.check_torch(model, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
+    assert not report.passed
+    assert any("16 decoder logits are above 16.6" in h and "binary_cross_entropy_with_logits" in h
+               for h in report.hints), str(report)
