@@ -51,6 +51,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def file_mode() -> int:
+    """The mode of a new file under the current umask (0644 under umask 022): what ``open`` gives,
+    and what a ``mkstemp`` file (0600) is changed to before it is renamed into place."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 STALE_SECONDS = 3600
 
 
@@ -107,6 +115,8 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
         raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}; "
                               "check the directory's permissions and free space") from exc
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a written file gets the umask's mode
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

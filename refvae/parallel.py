@@ -17,12 +17,21 @@ order of floating-point additions changes (agreement with one shard to rounding,
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from .backend import blas_thread_limit
 from .errors import ConfigError
 from .estimators import STATEFUL
 from .vae import LossResult
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity): ``refvae train --threads auto``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class Workers:
@@ -114,7 +123,9 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     names = list(parts[0].grads)
     grads = dict(zip(names, workers.map(add, names)))
     cat = (lambda arrays: arrays[0]) if len(parts) == 1 else xp.concatenate
+    # Shards run on the host only, where checking the summed gradients costs no device sync.
+    finite = parts[0].grads_finite if len(parts) == 1 else all(bool(xp.isfinite(g).all()) for g in grads.values())
     return LossResult(sum(p.loss for p in parts), sum(p.kl for p in parts),
                       sum(p.reconstruction for p in parts),
                       cat([p.kl_per_datum for p in parts]),
-                      cat([p.reconstruction_per_datum for p in parts]), grads)
+                      cat([p.reconstruction_per_datum for p in parts]), grads, finite)

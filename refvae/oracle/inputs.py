@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import to_host
 from ..config import VAEConfig
 from ..errors import (CheckpointError, ConfigError, DataError, RefvaeError, ShapeError, name_mismatch,
                       shape_mismatch)
@@ -24,10 +25,8 @@ def host(a, what: str) -> np.ndarray:
         a = a.detach()
     if hasattr(a, "cpu"):
         a = a.cpu()
-    elif hasattr(a, "get") and not isinstance(a, dict):  # a CuPy array: copy to the host
-        a = a.get()
     try:
-        arr = np.asarray(a)
+        arr = to_host(a)
     except Exception as exc:  # noqa: BLE001 - any unconvertible object is the user's input error
         raise DataError(f"{what} cannot be read as an array ({exc})") from None
     if arr.dtype.kind not in "fiub":
