@@ -21,8 +21,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from .backend import blas_thread_limit
-from .errors import ConfigError
 from .estimators import STATEFUL
+from .numbers import checked
 from .vae import LossResult
 
 
@@ -42,9 +42,7 @@ class Workers:
     """
 
     def __init__(self, threads: int = 1):
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-        self.threads = threads
+        self.threads = threads = checked(threads, "threads", integer=True, minimum=1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="refvae") if threads > 1 else None
         self._blas_limit = None
 

@@ -18,6 +18,7 @@ from .emission import check_support, make_emission
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch, shape_mismatch
 from .latent import make_latent
 from .nn import MLP
+from .numbers import checked
 
 REDUCTIONS = ("mean", "sum")
 LOG_ALPHA = "decoder.log_alpha"
@@ -202,9 +203,7 @@ class VAE:
             params = self.check_params(params)
             y, noise = self.check_batch(y, noise)
         n, samples = noise.shape[0], noise.shape[1]
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < n):
-            raise ConfigError(f"batch_size must be an integer >= the {n} rows of y, got {batch_size!r}")
+        checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n, none=True)
         scale = 1.0 / (batch_size or n) if reduction == "mean" else 1.0
         w = scale / samples
 
