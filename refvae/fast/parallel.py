@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from ..estimators import STATEFUL
+from ..math.estimators import STATEFUL
+from ..math.vae import LossResult
 from ..numbers import checked
-from ..vae import LossResult
 from .threads import blas_thread_limit
 
 
