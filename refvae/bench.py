@@ -9,7 +9,6 @@ without torch, or without the file, the ratio column says so.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from . import parallel
 from .backend import NoiseSource, blas_thread_limit, get_backend
+from .numbers import cli_int
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
 
@@ -116,6 +116,7 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
     (row shards on ``workers``' threads when given)."""
     model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
                 backend, dtype)
+    model.config.check_batch("--batch", batch, samples)
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
     opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
@@ -230,26 +231,16 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same process")
     p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES))
-    p.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
+    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024])
     p.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--steps", type=cli_int(1), default=20, help="timed steps per case (default 20)")
+    p.add_argument("--warmup", type=cli_int(0), default=5, help="untimed steps first (default 5)")
     p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=cli_int(1), default=None,
                    help="CPU threads for refvae's row shards and for the peer (default: every core)")
     p.set_defaults(func=_cmd_bench)

@@ -5,11 +5,12 @@ Every field is validated on construction; a missing, unknown or invalid field is
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 from .emission import EMISSIONS
+from . import budget
 from .errors import ConfigError
+from .numbers import checked
 from .latent.categorical import KL_KINDS as CATEGORICAL_KL
 from .nn.activations import ACTIVATIONS
 
@@ -50,10 +51,13 @@ class VAEConfig:
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise ConfigError(f"config field {name!r} must be a list of layer widths, got {value!r}")
-            widths = tuple(value)
-            for w in widths:
-                _positive_int(f"{name} entry", w)
-            object.__setattr__(self, name, tuple(int(w) for w in widths))
+            widths = tuple(_positive_int(f"{name} entry", w) for w in value)
+            object.__setattr__(self, name, widths)
+        for name, choices in (("activation", ACTIVATIONS), ("latent", LATENTS), ("emission", EMISSIONS),
+                              ("categorical_kl", CATEGORICAL_KL)):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"config field {name!r} must be a string, one of "
+                                  f"{', '.join(choices)}; got {getattr(self, name)!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"config field 'activation' is {self.activation!r}; "
                               f"choose one of {', '.join(ACTIVATIONS)}")
@@ -62,9 +66,7 @@ class VAEConfig:
         if self.emission not in EMISSIONS:
             raise ConfigError(f"config field 'emission' is {self.emission!r}; "
                               f"choose one of {', '.join(EMISSIONS)}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"config field 'alpha' must be a positive finite number, got {self.alpha!r}")
+        checked(self.alpha, "config field 'alpha'", minimum=0, open_min=True)
         if not isinstance(self.learn_alpha, bool):
             raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
         if self.learn_alpha and self.emission != "gaussian":
@@ -83,14 +85,14 @@ class VAEConfig:
         if self.prior_temperature is not None:
             if self.categorical_kl != "relaxed":
                 raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
-            t = self.prior_temperature
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise ConfigError(f"config field 'prior_temperature' must be a positive finite number, got {t!r}")
+            checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0, open_min=True)
         _positive_int("flow_length", self.flow_length, minimum=0)
         if self.flow_length and self.latent != "gaussian":
             raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
-        if self.format != FORMAT:
+        if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
             raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
+        budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
+                     "use smaller widths or dimensions")
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
@@ -117,12 +119,33 @@ class VAEConfig:
                 d.pop(name)
         return d
 
+    def n_params(self) -> int:
+        """An upper estimate of the number of parameters (weights and biases of both networks)."""
+        k = self.latent_dim
+        heads = {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
+                 "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+        out = self.data_dim * (2 if self.emission == "gaussian_diag" else 1) + 1
+        n = 0
+        for widths, first, last in ((self.encoder_hidden, self.data_dim, heads[self.latent]),
+                                    (self.decoder_hidden, self.decoder_in, out)):
+            sizes = (first, *widths, last)
+            n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+        return n
+
+    def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
+        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
+        each whose activations and their caches would not fit the memory budget."""
+        k = self.latent_dim * (self.categories or 1)
+        per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
+        per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
+                     f"use a smaller {field.split()[0]}")
+
     @property
     def decoder_in(self) -> int:
         """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
         return self.latent_dim * (self.categories or 1)
 
 
-def _positive_int(name, value, minimum: int = 1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"config field {name!r} must be an integer ≥ {minimum}, got {value!r}")
+def _positive_int(name, value, minimum: int = 1) -> int:
+    return checked(value, f"config field {name!r}", integer=True, minimum=minimum)

@@ -5,12 +5,9 @@ datum per row, and the training code moves them to the device.
 
 * Built-in default, no download and no path: scikit-learn's bundled 8×8 digits (Alpaydin & Kaynak
   1998, UCI "Optical Recognition of Handwritten Digits"), scaled to [0, 1].
-* MNIST (LeCun et al. 1998) and Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) in the IDX format,
-  gzipped or raw, from a directory, or downloaded once into a cache with checksum verification.
-* Larochelle & Murray's (2011) fixed binarization of MNIST (``binarized_mnist_{train,valid,test}
-  .amat``; MATLAB files, or the original whitespace-separated text).
-* Frey Face (Brendan Frey; used by Kingma & Welling 2014 with a Gaussian decoder).
-* Any ``.npz`` holding ``train`` (and optionally ``test``, ``valid``) or a single ``y``.
+* The formats of :mod:`refvae.formats` (MNIST and Fashion-MNIST IDX, binarized MNIST, Frey Face,
+  ``.npz``), found by name in a data directory or by path; MNIST and Fashion-MNIST also
+  downloaded once into a cache with checksum verification.
 
 Binarization for a Bernoulli emission: ``"none"`` keeps greyscale values in [0, 1] as targets (as
 pytorch/examples' VAE does); ``"static"`` draws one fixed Bernoulli sample with a seed;
@@ -22,41 +19,30 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import math
 import os
 import shutil
-import struct
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from . import inputs
 from .backend import NoiseSource, array_module
-from .errors import CheckpointError, ConfigError, DataError, ShapeError
+from .dataset import DEFAULT_TEST_FRACTION, KINDS, Dataset, _as_rows, _split_last, infer_kind  # noqa: F401
+from .emission import EMISSIONS
+from .errors import ConfigError, DataError, ShapeError
+from .formats import (FORMATS, FREY_SHAPE, IDX_FILES, _detect_path, _find_named,  # noqa: F401
+                      load_binarized_mnist_dir, load_frey_face, load_idx_dir, load_idx_images,
+                      load_npz_dataset, read_amat, read_idx)
 
-KINDS = ("greyscale", "binary", "real")
 BINARIZATIONS = ("none", "static", "dynamic")
-EMISSIONS = ("bernoulli", "gaussian", "gaussian_diag")
 NAMED = ("digits", "mnist", "fashion-mnist", "binarized-mnist", "frey-face")
 
 DIGITS_TEST = 297          # the last 297 of sklearn's 1,797 digits are the test split
-DEFAULT_TEST_FRACTION = 0.1
-
-# Sub-folder names under a data directory where each named data set is looked for (then the
-# directory itself). ``raw`` covers torchvision's ``MNIST/raw`` layout.
-_SUBDIRS = {
-    "mnist": ("mnist", "MNIST", "MNIST/raw"),
-    "fashion-mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw"),
-    "binarized-mnist": ("binarized_mnist", "binarized-mnist"),
-    "frey-face": ("frey_face", "frey-face"),
-}
-
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 MIRRORS = {
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
@@ -81,92 +67,6 @@ CHECKSUMS = {
         "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",),
     },
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# The data set record
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Dataset:
-    """A data set as host float64 arrays of shape ``(n, D)``, one datum per row.
-
-    ``image_shape`` is ``(rows, cols)`` for images stored row-major (else None); ``kind`` is
-    ``"greyscale"`` (values in [0, 1]), ``"binary"`` (0/1) or ``"real"``; ``valid`` is the
-    validation split where the data set defines one (binarized MNIST), else None. ``source`` is a
-    spec that :func:`load_dataset` accepts to load the same data again (``"digits"`` or a path).
-    """
-
-    name: str
-    train: np.ndarray
-    test: np.ndarray
-    image_shape: tuple[int, int] | None = None
-    kind: str = "real"
-    valid: np.ndarray | None = None
-    source: str = ""
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown data kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        self.train = _as_rows(self.train, f"{self.name} train split")
-        self.test = _as_rows(self.test, f"{self.name} test split")
-        if self.valid is not None:
-            self.valid = _as_rows(self.valid, f"{self.name} valid split")
-        for split, a in (("test", self.test), ("valid", self.valid)):
-            if a is not None and a.shape[1] != self.train.shape[1]:
-                raise ShapeError(f"{self.name}: {split} split has {a.shape[1]} values per datum but "
-                                 f"train has {self.train.shape[1]}; give splits of the same width")
-        if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)
-            if len(self.image_shape) != 2 or math.prod(self.image_shape) != self.dim:
-                raise ShapeError(f"{self.name}: image_shape {self.image_shape} does not hold "
-                                 f"{self.dim} values; give (rows, cols) with rows·cols = {self.dim}")
-
-    @property
-    def dim(self) -> int:
-        return int(self.train.shape[1])
-
-    @property
-    def n_train(self) -> int:
-        return int(self.train.shape[0])
-
-    @property
-    def n_test(self) -> int:
-        return int(self.test.shape[0])
-
-    def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        v = "" if self.valid is None else f", valid={self.valid.shape[0]}"
-        return (f"Dataset({self.name!r}, train={self.n_train}, test={self.n_test}{v}, D={self.dim}, "
-                f"image_shape={self.image_shape}, kind={self.kind!r})")
-
-
-def _as_rows(a, what: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 2:
-        raise ShapeError(f"{what} has shape {a.shape}; give a 2-D array with one datum per row")
-    if a.dtype.kind not in "biuf":
-        raise DataError(f"{what} has dtype {a.dtype}; give numeric data")
-    return np.ascontiguousarray(a, dtype=np.float64)
-
-
-def infer_kind(*arrays) -> str:
-    """``"binary"`` if every value is 0 or 1, ``"greyscale"`` if all lie in [0, 1], else ``"real"``."""
-    arrays = [a for a in arrays if a is not None and a.size]
-    if all(np.all((a == 0) | (a == 1)) for a in arrays):
-        return "binary"
-    if all(np.all((a >= 0) & (a <= 1)) for a in arrays):
-        return "greyscale"
-    return "real"
-
-
-def _split_last(y: np.ndarray, test_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split: the last ``round(test_fraction·n)`` rows (at least one) are the test set."""
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"test_fraction must lie in (0, 1), got {test_fraction}; e.g. 0.1")
-    n = y.shape[0]
-    if n < 2:
-        raise DataError(f"{what} has {n} rows, too few to split into train and test; give more data")
-    n_test = min(n - 1, max(1, int(round(test_fraction * n))))
-    return y[: n - n_test], y[n - n_test:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,221 +161,6 @@ def load_digits_dataset() -> Dataset:
     y = np.asarray(load_digits().data, dtype=np.float64) / 16.0
     return Dataset("digits", y[:-DIGITS_TEST], y[-DIGITS_TEST:], (8, 8), "greyscale",
                    source="digits")
-
-
-# ---------------------------------------------------------------------------------------------
-# IDX (MNIST, Fashion-MNIST)
-# ---------------------------------------------------------------------------------------------
-_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic bytes."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}; check the path") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({exc}); download it "
-                            "again") from exc
-    return raw
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (LeCun's format: magic ``00 00 type ndim``, big-endian dims, data).
-
-    Gzipped or raw. A bad magic number or a data size that does not match the header is a
-    :class:`~refvae.errors.DataError`. Returns the array in its stored dtype.
-    """
-    path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        magic = raw[:4].hex() if len(raw) >= 4 else raw.hex() or "empty"
-        raise DataError(f"{path} is not an IDX file (magic number 0x{magic}); give an MNIST-style "
-                        "IDX file, gzipped or raw")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its IDX header; download it again")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path} holds {len(raw) - header} data bytes but its header {dims} needs "
-                        f"{expected} (truncated or corrupt); download it again")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-
-
-def load_idx_images(path) -> tuple[np.ndarray, tuple[int, int]]:
-    """An IDX image file (magic 0x00000803: unsigned bytes, ``(n, rows, cols)``) as ``(n, rows·cols)``
-    float64 in [0, 1] (divided by 255), and ``(rows, cols)``."""
-    path = Path(path)
-    a = read_idx(path)
-    if a.dtype != np.uint8 or a.ndim != 3:
-        raise DataError(f"{path} is not an IDX image file (type {a.dtype}, {a.ndim} dimensions; "
-                        "expected unsigned bytes, 3 dimensions, magic 0x00000803); check the file name")
-    n, rows, cols = a.shape
-    return a.reshape(n, rows * cols).astype(np.float64) / 255.0, (rows, cols)
-
-
-def _idx_image_file(directory: Path, prefix: str) -> Path | None:
-    for fname in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte",
-                  f"{prefix}-images.idx3-ubyte"):
-        if (directory / fname).is_file():
-            return directory / fname
-    return None
-
-
-def load_idx_dir(directory, name: str = "mnist") -> Dataset:
-    """MNIST or Fashion-MNIST from a directory holding the standard IDX image files."""
-    directory = Path(directory)
-    files = {p: _idx_image_file(directory, p) for p in ("train", "t10k")}
-    missing = [f"{p}-images-idx3-ubyte.gz" for p, f in files.items() if f is None]
-    if missing:
-        raise DataError(f"{directory} lacks {' and '.join(missing)} (gzipped or raw); place the "
-                        f"{name} IDX files there")
-    train, shape = load_idx_images(files["train"])
-    test, test_shape = load_idx_images(files["t10k"])
-    if test_shape != shape:
-        raise DataError(f"{files['t10k']} holds {test_shape} images but {files['train']} holds "
-                        f"{shape}; use files of the same data set")
-    return Dataset(name, train, test, shape, "greyscale", source=str(directory))
-
-
-# ---------------------------------------------------------------------------------------------
-# Binarized MNIST, Frey Face, npz
-# ---------------------------------------------------------------------------------------------
-def _loadmat(path: Path) -> dict:
-    import scipy.io  # noqa: PLC0415 - host-side file reading
-
-    try:
-        return scipy.io.loadmat(path)
-    except Exception as exc:  # SciPy raises ValueError, TypeError, MatReadError... on bad files
-        raise DataError(f"{path} is not a readable MATLAB file ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from exc
-
-
-_TEXT_BYTES = frozenset(b"0123456789.-+eE \t\r\n")
-
-
-def _mat_variable(path: Path, name: str, expected: str) -> np.ndarray:
-    """Variable ``name`` of a MATLAB file, or a DataError listing what the file holds instead."""
-    m = _loadmat(path)
-    if name not in m:
-        keys = sorted(k for k in m if not k.startswith("__"))
-        raise DataError(f"{path} has no variable {name!r} (found {', '.join(keys) or 'none'}); give "
-                        f"{expected}")
-    return np.asarray(m[name])
-
-
-def read_amat(path) -> np.ndarray:
-    """One split of Larochelle's binarized MNIST: a MATLAB file (``loadmat(path)['X']``) or the
-    original whitespace-separated text ``.amat`` (one image per line)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head and all(b in _TEXT_BYTES for b in head):
-        try:
-            X = np.loadtxt(path, dtype=np.float64, ndmin=2)
-        except ValueError as exc:
-            raise DataError(f"{path} is a malformed text .amat file ({exc}); download it again") from exc
-    else:
-        X = _mat_variable(path, "X", "the binarized MNIST file")
-    if X.ndim != 2 or X.size == 0:
-        raise DataError(f"{path} holds an array of shape {X.shape}; expected (n, 784), one image per row")
-    return X.astype(np.float64)
-
-
-def load_binarized_mnist_dir(directory) -> Dataset:
-    """Larochelle & Murray's binarized MNIST from ``binarized_mnist_{train,valid,test}.amat``.
-
-    The test file is sorted by class (its first 1,000 rows are mostly zeros): evaluate on all of it
-    or on a random subset, never on ``test[:n]``."""
-    directory = Path(directory)
-    paths = {s: directory / f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test")}
-    missing = [p.name for s, p in paths.items() if s != "valid" and not p.is_file()]
-    if missing:
-        raise DataError(f"{directory} lacks {' and '.join(missing)}; place the binarized MNIST files "
-                        "there")
-    train, test = read_amat(paths["train"]), read_amat(paths["test"])
-    valid = read_amat(paths["valid"]) if paths["valid"].is_file() else None
-    side = int(round(math.sqrt(train.shape[1])))
-    shape = (side, side) if side * side == train.shape[1] else None
-    return Dataset("binarized-mnist", train, test, shape, infer_kind(train, valid, test),
-                   valid=valid, source=str(directory))
-
-
-FREY_SHAPE = (28, 20)
-
-
-def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
-    """Frey Face: ``loadmat(path)['ff']`` of shape (560, 1965), one 28×20 row-major image per column,
-    values 0–255 scaled to [0, 1]. Deterministic split: the last ``test_fraction`` of the sequence
-    (a contiguous block of frames, so test faces are not near-duplicates of training frames)."""
-    path = Path(path)
-    ff = _mat_variable(path, "ff", "frey_rawface.mat")
-    if ff.ndim != 2 or ff.shape[0] != math.prod(FREY_SHAPE) or ff.shape[1] < 2:
-        raise DataError(f"{path}: 'ff' has shape {ff.shape}, expected (560, n) with one 28×20 image "
-                        "per column; give frey_rawface.mat")
-    y = ff.T.astype(np.float64) / 255.0
-    train, test = _split_last(y, test_fraction, str(path))
-    return Dataset("frey-face", train, test, FREY_SHAPE, "greyscale", source=str(path))
-
-
-def _rows_and_shape(a: np.ndarray, what: str):
-    if a.ndim == 3:
-        return a.reshape(a.shape[0], -1), (a.shape[1], a.shape[2])
-    if a.ndim != 2:
-        raise DataError(f"{what} has shape {a.shape}; give one datum per row, shape (n, D) or "
-                        "(n, rows, cols)")
-    return a, None
-
-
-def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
-    """An ``.npz`` holding ``train`` (optionally ``test``, ``valid``, ``image_shape``) or a single
-    ``y``; or an ``.npy`` holding one array. Without ``test`` the last ``test_fraction`` of the rows
-    is the test split. Arrays may be ``(n, D)`` or ``(n, rows, cols)`` images."""
-    from .io import load_npz_checked  # noqa: PLC0415 - host-side, avoids a cycle at import
-
-    path = Path(path)
-    if path.suffix == ".npy":
-        try:
-            arrays = {"y": np.load(path, allow_pickle=False)}
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{path} is not a readable .npy array of numbers ({exc}); save it with "
-                            "numpy.save") from exc
-    else:
-        try:
-            arrays, _ = load_npz_checked(path, require_meta=False)
-        except CheckpointError as exc:
-            raise DataError(str(exc)) from exc
-    names = set(arrays) - {"image_shape"}
-    if "train" in names and names <= {"train", "test", "valid"}:
-        train, test, valid = arrays["train"], arrays.get("test"), arrays.get("valid")
-    elif names == {"y"}:
-        train, test, valid = arrays["y"], None, None
-    else:
-        raise DataError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected 'train' "
-                        "(and optionally 'test', 'valid', 'image_shape') or a single 'y'")
-    train, shape = _rows_and_shape(train, f"{path}: train")
-    if test is not None:
-        test, _ = _rows_and_shape(test, f"{path}: test")
-    if valid is not None:
-        valid, _ = _rows_and_shape(valid, f"{path}: valid")
-    if "image_shape" in arrays:
-        shape = tuple(int(s) for s in np.ravel(arrays["image_shape"]))
-    for what, a in (("train", train), ("test", test), ("valid", valid)):
-        if a is not None and a.dtype.kind not in "biuf":
-            raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data")
-    if test is None:
-        train, test = _split_last(train, test_fraction, f"{path}: train")
-    kind = infer_kind(*(np.asarray(a) for a in (train, valid, test) if a is not None)) \
-        if all(np.isfinite(a).all() for a in (train, valid, test) if a is not None) else "real"
-    return Dataset(path.stem, train, test, shape, kind, valid=valid, source=str(path))
-
 
 # ---------------------------------------------------------------------------------------------
 # Download (MNIST, Fashion-MNIST)
@@ -578,59 +263,9 @@ def download(name: str, cache_dir=None, base_url: str | None = None, *, timeout:
 
 _download = download  # load_dataset's ``download`` flag shadows the function's name
 
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-def _candidate_dirs(key: str, data_dir) -> list[Path]:
-    base = Path(data_dir)
-    return [base / sub for sub in _SUBDIRS[key]] + [base]
-
-
-def _find_named(key: str, data_dir) -> Path | None:
-    for d in _candidate_dirs(key, data_dir):
-        if not d.is_dir():
-            continue
-        if key in ("mnist", "fashion-mnist"):
-            if _idx_image_file(d, "train") and _idx_image_file(d, "t10k"):
-                return d
-        elif key == "binarized-mnist":
-            if (d / "binarized_mnist_train.amat").is_file():
-                return d
-        elif key == "frey-face":
-            if (d / "frey_rawface.mat").is_file():
-                return d / "frey_rawface.mat"
-    return None
-
-
-def _detect_path(path: Path, test_fraction: float) -> Dataset:
-    if path.is_dir():
-        if _idx_image_file(path, "train") or _idx_image_file(path, "t10k"):
-            name = "fashion-mnist" if "fashion" in str(path).lower() else "mnist"
-            return load_idx_dir(path, name)
-        if (path / "binarized_mnist_train.amat").is_file() or (path / "binarized_mnist_test.amat").is_file():
-            return load_binarized_mnist_dir(path)
-        if (path / "frey_rawface.mat").is_file():
-            return load_frey_face(path / "frey_rawface.mat", test_fraction)
-        npz = sorted(path.glob("*.npz"))
-        if len(npz) == 1:
-            return load_npz_dataset(npz[0], test_fraction)
-        raise DataError(f"no known data set in {path}: expected MNIST IDX files "
-                        "(train-images-idx3-ubyte.gz …), binarized_mnist_*.amat, frey_rawface.mat or "
-                        f"exactly one .npz (found {len(npz)}); give the data file's path")
-    name = path.name
-    if "idx" in name and "ubyte" in name:
-        return _detect_path(path.parent, test_fraction)
-    if name.startswith("binarized_mnist_"):
-        return load_binarized_mnist_dir(path.parent)
-    if path.suffix in (".npz", ".npy"):
-        return load_npz_dataset(path, test_fraction)
-    if path.suffix == ".mat":
-        return load_frey_face(path, test_fraction)
-    raise DataError(f"unrecognised data file {path}; give an IDX directory, a binarized_mnist "
-                    ".amat, frey_rawface.mat, or an .npz with 'train' (and 'test') or 'y'")
-
-
 def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binarization: str = "none",
                  seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION, download: bool = False,
                  cache_dir=None, base_url: str | None = None) -> Dataset:
@@ -654,26 +289,20 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
             if found is None and download:
                 found = _download(key, cache, base_url)
             if found is None:
-                where = f"{Path(data_dir) / _SUBDIRS[key][0]} or {cache / key}" if data_dir else str(cache / key)
+                where = f"{Path(data_dir) / FORMATS[key].subdirs[0]} or {cache / key}" if data_dir else str(cache / key)
                 raise DataError(f"{key} not found in {where}; pass download=True (CLI: --download) "
                                 f"to fetch it, or place {', '.join(IDX_FILES)} in {cache / key}")
         if found is None:
-            what = ("binarized_mnist_train.amat, binarized_mnist_valid.amat, binarized_mnist_test.amat"
-                    if key == "binarized-mnist" else "frey_rawface.mat")
-            where = Path(data_dir) / _SUBDIRS[key][0] if data_dir else f"<data_dir>/{_SUBDIRS[key][0]}"
-            raise DataError(f"{key} not found; place {what} in {where} and pass data_dir "
-                            "(or set REFVAE_DATA_DIR)")
-        if key in ("mnist", "fashion-mnist"):
-            ds = load_idx_dir(found, key)
-        elif key == "binarized-mnist":
-            ds = load_binarized_mnist_dir(found)
-        else:
-            ds = load_frey_face(found, test_fraction)
+            sub = FORMATS[key].subdirs[0]
+            where = Path(data_dir) / sub if data_dir else f"<data_dir>/{sub}"
+            raise DataError(f"{key} not found; place {FORMATS[key].files} in {where} and pass "
+                            "data_dir (or set REFVAE_DATA_DIR)")
+        ds = FORMATS[key].read(found, key, test_fraction)
     else:
         path = Path(spec).expanduser()
-        if data_dir is not None and not path.is_absolute() and not path.exists():
+        if data_dir is not None and not path.is_absolute() and not inputs.exists(path, "data", DataError):
             path = Path(data_dir) / path
-        if not path.exists():
+        if not inputs.exists(path, "data", DataError):
             raise DataError(f"unknown data set {str(spec)!r}: neither a built-in name "
                             f"({', '.join(NAMED)}) nor an existing path; check the spelling or the path")
         ds = _detect_path(path, test_fraction)

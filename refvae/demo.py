@@ -4,6 +4,7 @@ from __future__ import annotations
 from .backend import NoiseSource, get_backend
 from .gradcheck import check_gradients, check_hessian
 from .nn import MLP
+from .numbers import cli_int
 
 
 def gradcheck_demo(activation="tanh", hidden=(16, 8), seed=0, backend="numpy", out=None) -> bool:
@@ -52,8 +53,8 @@ def register(sub) -> None:
     p = sub.add_parser("gradcheck", help="check the MLP's hand-derived gradients and input Hessian "
                                          "against central finite differences")
     p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
-    p.add_argument("--hidden", type=int, nargs="*", default=[16, 8],
+    p.add_argument("--hidden", type=cli_int(1), nargs="*", default=[16, 8],
                    help="hidden layer widths (default: 16 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=cli_int(0), default=0, help="random seed (default: 0)")
     p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
     p.set_defaults(func=_cmd_gradcheck)

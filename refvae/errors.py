@@ -37,6 +37,10 @@ class GradcheckError(RefvaeError, AssertionError):
     """Analytic and finite-difference derivatives disagree; the message is the full report."""
 
 
+class BudgetError(RefvaeError, MemoryError):
+    """A size from the input (a width, a sample count, an array header) beyond the memory budget."""
+
+
 def name_mismatch(missing, extra) -> str:
     """``"missing a, b; unexpected c"``: the shared wording for tensor sets that do not match."""
     parts = []
@@ -54,3 +58,4 @@ def shape_mismatch(name: str, got, expected) -> str:
     hint = " (transposed? weights are (out, in) as in PyTorch)" \
         if len(expected) == 2 and got[::-1] == expected and got != expected else ""
     return f"{name} has shape {got}, expected {expected}{hint}"
+

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import budget, inputs
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -49,15 +51,58 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+STALE_SECONDS = 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to another user
+    return True
+
+
+def remove_stale_tmp(path) -> list[Path]:
+    """Remove ``.<name>.<pid>.*.tmp`` files left next to ``path`` by writes that were killed: those
+    of a process that no longer runs, or (without a pid) older than :data:`STALE_SECONDS`."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    removed = []
+    try:
+        candidates = list(directory.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        try:
+            if pid.isdigit():
+                stale = int(pid) != os.getpid() and not _alive(int(pid))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file, fsync, then ``os.replace``."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise CheckpointError(f"cannot write {what} {path}: directory {directory} does not exist; "
-                              "create it first")
+    if not inputs.is_dir(directory, "folder"):
+        raise CheckpointError(f"cannot write {what} {inputs._show(path)}: directory "
+                              f"{inputs._show(directory)} does not exist; create it first")
+    remove_stale_tmp(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}; "
                               "check the directory's permissions and free space") from exc
@@ -73,7 +118,7 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, CheckpointError):
-            raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}; the previous "
+            raise CheckpointError(f"cannot write {what} {inputs._show(path)}: {exc.strerror or exc}; the previous "
                                   "file is unchanged, check permissions and free space") from exc
         raise
     _fsync_dir(directory)
@@ -97,19 +142,9 @@ def save_json(path, obj) -> Path:
 
 
 def load_json(path):
-    """Read a JSON file; a missing or malformed file is a :class:`CheckpointError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"JSON file {path} does not exist; check the path") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read JSON file {path}: {exc}; check the file") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"JSON file {path} is malformed at line {exc.lineno}, column "
-                              f"{exc.colno} ({exc.msg}); fix or regenerate it") from exc
+    """Read a JSON file strictly (:func:`refvae.inputs.load_json`: duplicate keys, NaN, huge
+    numbers and deep nesting refused); every problem is a one-line :class:`CheckpointError`."""
+    return inputs.load_json(path, "JSON file", CheckpointError)
 
 
 def _host_array(name: str, a) -> np.ndarray:
@@ -162,83 +197,132 @@ def atomic_write_npz(path, arrays: dict, meta: dict | None = None, *, compress: 
 def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
     """Read an ``.npz`` written by :func:`atomic_write_npz`: ``(arrays, meta)``.
 
-    Raises :class:`CheckpointError` (one line, naming the file) when the file is missing, is not a
-    zip archive (truncated or random bytes), fails its CRC, holds pickled object arrays, or lacks
-    the ``__meta__`` entry or its ``refvae_format`` version 1. With ``require_meta=False`` a plain
-    ``numpy.savez`` file (e.g. a user's ``params.npz``) is accepted and ``meta`` is ``{}``; every
-    other check still applies.
+    Raises :class:`CheckpointError` (one line, naming the file) when the file is missing or not a
+    regular file, is not a zip archive (truncated or random bytes), fails its CRC, holds pickled
+    object arrays, an array whose header exceeds the memory budget, or lacks the ``__meta__`` entry
+    or its ``refvae_format`` version 1. With ``require_meta=False`` a plain ``numpy.savez`` file
+    (e.g. a user's ``params.npz``) is accepted and ``meta`` is ``{}``; every other check still
+    applies.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"file {path} does not exist; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not an .npz file; give the file's path")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
-    if head == b"\x93NUMPY":
-        raise CheckpointError(f"{path} is a single .npy array, not an .npz archive; save it with "
-                              "numpy.savez or refvae")
-    if not zipfile.is_zipfile(path):
-        what = "is empty" if path.stat().st_size == 0 else "is not an .npz (zip) archive"
-        raise CheckpointError(f"{path} {what} (truncated or corrupt); restore it from a good copy "
-                              "or write it again")
+    shown = inputs._show(path)
+    with inputs.open_input(path, "file", CheckpointError) as f:
+        head = f.read(6)
+        if head == b"\x93NUMPY":
+            raise CheckpointError(f"{shown} is a single .npy array, not an .npz archive; save it "
+                                  "with numpy.savez or refvae")
+        f.seek(0)
+        if not zipfile.is_zipfile(f):
+            what = "is empty" if not head else "is not an .npz (zip) archive"
+            raise CheckpointError(f"{shown} {what} (truncated or corrupt); restore it from a good "
+                                  "copy or write it again")
+        f.seek(0)
+        arrays = _read_members(f, shown)
+    meta: dict = {}
+    if META_KEY in arrays:
+        meta = _read_meta(arrays.pop(META_KEY), shown)
+    elif require_meta:
+        raise CheckpointError(f"{shown} has no {META_KEY} entry with a {FORMAT_KEY!r} version, so "
+                              "it was not written by refvae; write it with refvae.io.atomic_write_npz")
+    return arrays, meta
+
+
+def _read_members(f, shown: str) -> dict:
+    """Every ``.npy`` member of the open zip ``f``, each header checked against the budget first."""
     arrays: dict[str, np.ndarray] = {}
     name = None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            for name in z.files:
-                value = z[name]
-                if not isinstance(value, np.ndarray):
-                    raise CheckpointError(f"{path} holds an entry {name!r} that is not a .npy array; "
-                                          "save arrays with numpy.savez or refvae")
-                arrays[name] = value
+        with zipfile.ZipFile(f) as zf:
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if not info.filename.endswith(".npy"):
+                    raise CheckpointError(f"{shown} holds an entry {name!r} that is not a .npy "
+                                          "array; save arrays with numpy.savez or refvae")
+                budget.check(f"{shown} entry {name!r}", info.file_size, "give a smaller file")
+                with zf.open(info) as member:
+                    check_npy_header(member, f"{shown} entry {name!r}")
+                with zf.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path} holds a pickled object array {name!r}, which refvae never "
-                                  "loads; save numeric arrays only (numpy.savez without object "
+            raise CheckpointError(f"{shown} holds a pickled object array {name!r}, which refvae "
+                                  "never loads; save numeric arrays only (numpy.savez without object "
                                   "dtype)") from exc
-        raise CheckpointError(f"{path} is corrupt (entry {name!r}: {exc}); restore it from a good "
-                              "copy or write it again") from exc
-    # NotImplementedError: a header asking for a zip feature or version Python cannot read.
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is corrupt (entry {name!r}: {detail}); restore it from a "
-                              "good copy or write it again") from exc
-    meta: dict = {}
-    if META_KEY in arrays:
-        raw = arrays.pop(META_KEY)
-        if raw.shape != () or raw.dtype.kind != "U":
-            raise CheckpointError(f"{path} has a malformed {META_KEY} entry (shape {raw.shape}, "
-                                  f"dtype {raw.dtype}); write the file with refvae")
+        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore it "
+                              "from a good copy or write it again") from exc
+    # RuntimeError: an entry flagged as encrypted; NotImplementedError: a zip feature or version
+    # Python cannot read; OverflowError/MemoryError: a header with absurd sizes.
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError,
+            RuntimeError, OverflowError, MemoryError) as exc:
+        if isinstance(exc, (CheckpointError, budget.BudgetError)):
+            raise
+        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore it "
+                              "from a good copy or write it again") from exc
+    return arrays
+
+
+def check_npy_header(stream, field: str) -> None:
+    """Read a ``.npy`` header from ``stream`` and refuse object arrays (``ValueError("pickle")``)
+    and arrays beyond the memory budget, before anything is allocated."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+        else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("pickle")
+    budget.check_array(field, shape, dtype.itemsize, hint="give a smaller file")
+
+
+def load_npy_checked(path, error=CheckpointError) -> np.ndarray:
+    """One ``.npy`` array through the file gate, its header checked before it is read."""
+    shown = inputs._show(Path(path))
+    with inputs.open_input(path, "file", error) as f:
         try:
-            meta = json.loads(str(raw))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path} has unreadable metadata ({exc.msg}); write the file "
-                                  "with refvae") from exc
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{path} has metadata that is not a JSON object; write the file "
-                                  "with refvae")
-        version = meta.get(FORMAT_KEY)
-        if version is None:
-            raise CheckpointError(f"{path} has no {FORMAT_KEY!r} version in its metadata; write "
-                                  "the file with refvae")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(f"{path} has format version {version!r}, but this refvae reads "
-                                  f"version {FORMAT_VERSION}; use the refvae release that wrote it")
-    elif require_meta:
-        raise CheckpointError(f"{path} has no {META_KEY} entry with a {FORMAT_KEY!r} version, so "
-                              "it was not written by refvae; write it with refvae.io.atomic_write_npz")
-    return arrays, meta
+            check_npy_header(f, shown)
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except ValueError as exc:
+            if "pickle" in str(exc).lower():
+                raise error(f"{shown} holds a pickled object array, which refvae never loads; save "
+                            "numeric arrays only") from exc
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+                        "it with numpy.save") from exc
+        except (OSError, EOFError, OverflowError, MemoryError) as exc:
+            if isinstance(exc, (CheckpointError, budget.BudgetError)):
+                raise
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+                        "it with numpy.save") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _read_meta(raw: np.ndarray, shown: str) -> dict:
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise CheckpointError(f"{shown} has a malformed {META_KEY} entry (shape {raw.shape}, "
+                              f"dtype {raw.dtype}); write the file with refvae")
+    meta = inputs.loads_json(str(raw), f"{shown} has unreadable metadata, which", CheckpointError)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{shown} has metadata that is not a JSON object; write the file "
+                              "with refvae")
+    version = meta.get(FORMAT_KEY)
+    if version is None:
+        raise CheckpointError(f"{shown} has no {FORMAT_KEY!r} version in its metadata; write "
+                              "the file with refvae")
+    if type(version) is not int or version != FORMAT_VERSION:  # noqa: E721 - true is not 1
+        raise CheckpointError(f"{shown} has format version {version!r}, but this refvae reads "
+                              f"version {FORMAT_VERSION}; use the refvae release that wrote it")
+    return meta
 
 
 def ensure_writable_dir(path) -> Path:
     """Create directory ``path`` if needed and check that a file can be written in it."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"output directory {path} is an existing file; choose another path")
+    st = inputs.stat_path(path, "output directory")
+    if st is not None and not inputs.is_dir(path):
+        raise CheckpointError(f"output directory {inputs._show(path)} is an existing file; choose "
+                              "another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

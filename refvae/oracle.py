@@ -216,6 +216,9 @@ def load_inputs(config, params, batch, temperature=None, name_map=None,
         raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; latent "
                          f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally 'temperature'")
     try:
+        eps = data[noise_name]
+        vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,
+                               eps.shape[1] if eps.ndim > 1 else 1)
         vae.check_batch(data["y"], data[noise_name])
     except RefvaeError as exc:
         raise type(exc)(f"{b_label}: {exc}") from None

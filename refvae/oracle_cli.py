@@ -11,6 +11,7 @@ import os
 from . import oracle
 from .config import LATENTS
 from .emission import EMISSIONS
+from .numbers import cli_float, cli_int
 from .vae import REDUCTIONS
 
 
@@ -76,7 +77,7 @@ def _model_options(p, out_help: str) -> None:
 def _run_options(p) -> None:
     p.add_argument("--estimator", default=None,
                    help="gradient estimator (default: pathwise; gumbel-softmax for categorical latents)")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=cli_float(0, open_min=True), default=None,
                    help="relaxation temperature of a categorical latent (or store it in batch.npz)")
     p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
                    help="mean (default) or sum of the per-datum loss over the batch")
@@ -100,9 +101,9 @@ def register(sub) -> None:
     k.add_argument("--grads", required=True,
                    help="theirs.npz: grad/<name> for every parameter; optional loss, kl, reconstruction, "
                         "kl_per_datum, reconstruction_per_datum")
-    k.add_argument("--rtol", type=float, default=None,
+    k.add_argument("--rtol", type=cli_float(0), default=None,
                    help="relative tolerance (default 1e-7 for float64 gradients, 1e-4 for float32)")
-    k.add_argument("--atol", type=float, default=None,
+    k.add_argument("--atol", type=cli_float(0), default=None,
                    help="absolute tolerance, in units of each tensor's scale max(1, max|ours|) "
                         "(default 1e-9 for float64 gradients, 1e-5 for float32)")
     k.set_defaults(func=_cmd_compare)
@@ -112,9 +113,9 @@ def register(sub) -> None:
     e.add_argument("--latent", choices=LATENTS, default="gaussian")
     e.add_argument("--emission", choices=EMISSIONS, default="bernoulli")
     e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")
-    e.add_argument("--categories", type=int, default=None, help="classes per latent variable (categorical)")
-    e.add_argument("--flow-length", type=int, default=0, help="planar flows after the Gaussian (default 0)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--categories", type=cli_int(2), default=None, help="classes per latent variable (categorical)")
+    e.add_argument("--flow-length", type=cli_int(0), default=0, help="planar flows after the Gaussian (default 0)")
+    e.add_argument("--seed", type=cli_int(0), default=0)
     e.add_argument("--json", action="store_true", help="print the written paths as JSON")
     _run_options(e)
     e.set_defaults(func=_cmd_example)

@@ -31,6 +31,7 @@ from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
+from .numbers import checked
 from .objectives import neg_elbo_terms
 from .optim import FlatParams, make_optimizer, make_schedule
 from .schedules import TemperatureSchedule
@@ -66,16 +67,10 @@ class TrainOptions:
     threads: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "samples", "eval_samples", "temperature_every", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name, rule in _OPTION_RULES.items():
+            setattr(self, name, checked(getattr(self, name), name, **rule))
         if self.binarize not in BINARIZATIONS:
             raise ConfigError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZATIONS)}")
-        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"temperature must be a positive finite number, got {self.temperature!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":
@@ -96,6 +91,18 @@ class TrainOptions:
         return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
                                    self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
                                    self.temperature_every)
+
+
+_POSITIVE_INT = {"integer": True, "minimum": 1}
+_POSITIVE = {"minimum": 0, "open_min": True}
+_OPTION_RULES = {
+    **dict.fromkeys(("epochs", "batch_size", "samples", "eval_samples", "temperature_every",
+                     "threads", "lr_step_size"), _POSITIVE_INT),
+    "seed": {"integer": True, "minimum": 0, "maximum": 2**63 - 1},
+    "lr": _POSITIVE, "lr_gamma": _POSITIVE, "weight_decay": {"minimum": 0},
+    "temperature": {**_POSITIVE, "none": True}, "temperature_rate": {"minimum": 0},
+    "temperature_min": _POSITIVE,
+}
 
 
 class TrainingDiverged(NonFiniteError):
@@ -198,6 +205,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     model = VAE(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
+    config.check_batch("batch_size × samples", options.batch_size, options.samples)
+    if getattr(data, "test", None) is not None:
+        config.check_batch("eval_samples over the test split", min(len(data.test), 500),
+                           options.eval_samples)
     ckpt_path = out / CHECKPOINT
     estimator = options.estimator or model.default_estimator
 

@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from . import inputs
 from . import io as rio
 from .config import VAEConfig
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .numbers import checked, cli_int
 
 # The built-in default: small enough for about a minute on two cores, 2-D so that every figure
 # (latent means, manifold) is drawn.
@@ -39,7 +41,7 @@ def _model_config(args, data_dim: int) -> VAEConfig:
         value = getattr(args, name)
         if value is not None:
             arch[name] = value
-    given = arch.get("data_dim")
+    given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1, none=True)
     if given is not None and given != data_dim:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
@@ -77,7 +79,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .data import load_dataset  # noqa: PLC0415
+    from .data import check_support, load_dataset  # noqa: PLC0415
     from .objectives import evaluate  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
@@ -86,6 +88,11 @@ def _cmd_evaluate(args) -> int:
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
+    check_support(y, model.config.emission, f"the {data.name} {args.split} split")
+    if y.shape[1] != model.config.data_dim:
+        raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
+                          f"model has data_dim {model.config.data_dim}; give the run's data")
+    model.config.check_batch("--samples", min(len(y), 500), args.samples)
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae)
     if args.json:
         print(json.dumps(result))
@@ -106,9 +113,27 @@ def _cmd_sample(args) -> int:
         shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
     if shape is None:
         raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
-    sample_grid(model, params, args.out, n=args.n, seed=args.seed, image_shape=tuple(shape))
-    print(f"wrote {args.out}", file=sys.stderr)
+    out = _png_path(args.out)
+    model.config.check_batch("--n", args.n)
+    sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _png_path(out) -> Path:
+    """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
+    matplotlib does), in a folder that exists, and not a folder itself."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not inputs.is_dir(folder, "output folder"):
+        raise CheckpointError(f"cannot write {inputs._show(out)}: folder {inputs._show(folder)} does "
+                              "not exist; create it first")
+    if inputs.is_dir(out, "output"):
+        raise CheckpointError(f"--out {inputs._show(out)} is a folder; give a file name such as "
+                              "samples.png")
+    return out
 
 
 def _common(p, run_dir: bool):
@@ -116,7 +141,7 @@ def _common(p, run_dir: bool):
         p.add_argument("run", metavar="DIR", help="a run directory written by `refvae train --out DIR`")
     p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
-    p.add_argument("--seed", type=int, default=None if not run_dir else 0,
+    p.add_argument("--seed", type=int if not run_dir else cli_int(0), default=None if not run_dir else 0,
                    help="random seed (default: 0)")
     p.add_argument("--data-dir", default=None, help="directory of the data files (see --data)")
 
@@ -176,15 +201,15 @@ def register(sub) -> None:
     _common(p, run_dir=True)
     p.add_argument("--data", default=None, help="data set (default: the one the run trained on)")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
-    p.add_argument("--samples", type=int, default=1, help="samples per datum for the ELBO (default 1)")
-    p.add_argument("--iwae", type=int, default=0, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
+    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("sample", help="a PNG grid of samples from the prior")
     _common(p, run_dir=True)
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", type=cli_int(1), default=64, help="number of samples (default 64)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
-    p.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+    p.add_argument("--image-shape", type=cli_int(1), nargs=2, default=None, metavar=("ROWS", "COLS"),
                    help="image shape when the run's data are not a known image set")
     p.set_defaults(func=_cmd_sample)
