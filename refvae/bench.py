@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import math
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from .vae import VAE
 
 SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop spinning)
 TURNS = 4
+# Fewer timed or warm-up steps than these give unstable ratios (PyTorch's first steps are slow).
+STABLE_STEPS, STABLE_WARMUP = 20, 5
 DEFAULT_PEER = Path(__file__).resolve().parent.parent / "validation" / "torch_peer.py"
 ARCHITECTURES = {
     # pytorch/examples' VAE, and a deeper one.
@@ -205,10 +206,7 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
 
 def default_threads() -> int:
     """The cores this process may run on (its CPU affinity), the thread count of both engines."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return parallel.usable_cores()
 
 
 def format_row(r: dict) -> str:
@@ -220,25 +218,43 @@ def format_row(r: dict) -> str:
             f"(BLAS {r['blas_gflops']:6.1f})  peer {peer}  ratio {ratio}")
 
 
+def few_steps_warning(steps: int, warmup: int) -> str | None:
+    """The warning printed when too few steps are timed for a stable ratio, else None."""
+    if steps >= STABLE_STEPS and warmup >= STABLE_WARMUP:
+        return None
+    return (f"refvae bench: warning: {steps} timed step(s) after {warmup} warm-up step(s) give unstable "
+            f"ratios (the peer's first steps are slow); pass --steps {STABLE_STEPS} --warmup "
+            f"{STABLE_WARMUP} or more for numbers to compare")
+
+
 def _cmd_bench(args) -> int:
     threads = args.threads or default_threads()
+    warning = few_steps_warning(args.steps, args.warmup)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"refvae bench: backend {args.backend}, {threads} thread(s) for each engine, {args.steps} timed "
           f"steps after {args.warmup} warm-up; ratio = refvae step time / peer step time (lower is better)")
     run_bench(args.arch, args.batch, args.dtype, args.backend, args.steps, args.warmup, args.peer,
               "cuda" if args.backend == "cupy" else "cpu", threads)
     if args.estimators:
         run_estimators(backend=args.backend, steps=max(3, args.steps // 2))
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same process")
-    p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES))
-    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024])
-    p.add_argument("--dtype", nargs="+", default=["float32", "float64"])
-    p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
-    p.add_argument("--steps", type=cli_int(1), default=20, help="timed steps per case (default 20)")
-    p.add_argument("--warmup", type=cli_int(0), default=5, help="untimed steps first (default 5)")
+    p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES),
+                   help="architectures: examples (784-400-20), deep (784-512-256-32) (default both)")
+    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024], help="batch sizes (default 128 1024)")
+    p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"],
+                   help="floating-point types (default both)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
+    p.add_argument("--steps", type=cli_int(1), default=STABLE_STEPS,
+                   help=f"timed steps per case (default {STABLE_STEPS}; fewer give unstable ratios)")
+    p.add_argument("--warmup", type=cli_int(0), default=STABLE_WARMUP,
+                   help=f"untimed steps first (default {STABLE_WARMUP})")
     p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
     p.add_argument("--threads", type=cli_int(1), default=None,

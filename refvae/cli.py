@@ -16,13 +16,13 @@ import signal
 import sys
 import warnings
 
-from . import budget
+from . import __version__, budget
 from .backend import tune_host_allocator
 from .errors import RefvaeError
 
 
 # Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
-COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.oracle_cli", "refvae.bench")
+COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.data_cli", "refvae.oracle_cli", "refvae.bench")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refvae",
         description="Reference VAEs with hand-derived gradients (NumPy/CuPy): train, evaluate, "
                     "and check other implementations.")
+    parser.add_argument("--version", action="version", version=f"refvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -158,9 +157,11 @@ def load_digits_dataset() -> Dataset:
     except ImportError as exc:
         raise DataError("the built-in digits data set needs scikit-learn, which is not installed; "
                         "install it with pip install 'refvae[train]' or give a data path") from exc
-    y = np.asarray(load_digits().data, dtype=np.float64) / 16.0
+    bunch = load_digits()
+    y = np.asarray(bunch.data, dtype=np.float64) / 16.0
+    labels = np.asarray(bunch.target)
     return Dataset("digits", y[:-DIGITS_TEST], y[-DIGITS_TEST:], (8, 8), "greyscale",
-                   source="digits")
+                   source="digits", train_labels=labels[:-DIGITS_TEST], test_labels=labels[-DIGITS_TEST:])
 
 # ---------------------------------------------------------------------------------------------
 # Download (MNIST, Fashion-MNIST)
@@ -194,11 +195,19 @@ def _md5_matches(path: Path, accepted) -> str | None:
     return h.hexdigest()
 
 
-def _fetch(url: str, dest_dir: Path, timeout: float) -> Path:
+def _fetch(url: str, dest_dir: Path, timeout: float, progress: bool = False) -> Path:
+    from .progress import Meter  # noqa: PLC0415
+
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
+            size = int(resp.headers.get("Content-Length") or 0)
+            meter = Meter(url.rsplit("/", 1)[-1], max(1, size >> 10), progress, unit="KiB",
+                          log_interval=1 << 12)
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                meter.advance(len(block) >> 10)
+            meter.line(f"downloaded {url} ({meter.done} KiB)")
     except BaseException:
         os.unlink(tmp)
         raise
@@ -206,14 +215,14 @@ def _fetch(url: str, dest_dir: Path, timeout: float) -> Path:
 
 
 def download(name: str, cache_dir=None, base_url: str | None = None, *, timeout: float = 30.0,
-             checksums: dict | None = None) -> Path:
+             checksums: dict | None = None, progress: bool = False) -> Path:
     """Download MNIST or Fashion-MNIST's four IDX files once into ``cache_dir/name``; return that folder.
 
     Files already present with a valid checksum are not fetched again. Each download goes to a
     temporary file, is checked against ``checksums`` (default :data:`CHECKSUMS`: md5 of the gzip
     file or of its content), and only then renamed into place. ``base_url`` replaces the default
     mirrors. When every mirror fails, a :class:`~refvae.errors.DataError` says which files to place
-    where by hand.
+    where by hand. ``progress`` shows each file's download on stderr.
     """
     key = str(name).lower()
     if key not in CHECKSUMS:
@@ -238,7 +247,7 @@ def download(name: str, cache_dir=None, base_url: str | None = None, *, timeout:
         for base in urls:
             url = base.rstrip("/") + "/" + fname
             try:
-                tmp = _fetch(url, target, timeout)
+                tmp = _fetch(url, target, timeout, progress)
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
                 if isinstance(exc, urllib.error.HTTPError):
                     reason = f"HTTP {exc.code} {exc.reason}"
@@ -268,14 +277,15 @@ _download = download  # load_dataset's ``download`` flag shadows the function's 
 # ---------------------------------------------------------------------------------------------
 def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binarization: str = "none",
                  seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION, download: bool = False,
-                 cache_dir=None, base_url: str | None = None) -> Dataset:
+                 cache_dir=None, base_url: str | None = None, progress: bool = False) -> Dataset:
     """Load a data set by name or path, then apply ``binarization`` (see :func:`apply_binarization`).
 
     ``spec``: None or ``"digits"`` — the built-in digits; ``"mnist"``, ``"fashion-mnist"``,
     ``"binarized-mnist"``, ``"frey-face"`` — looked for in ``data_dir`` (or ``$REFVAE_DATA_DIR``),
     in the folder of that name under it or in it directly; MNIST and Fashion-MNIST also in the
     download cache (``cache_dir``, default :func:`default_cache_dir`), fetched there first when
-    ``download=True``; anything else — a path to a data directory or file, whose format is detected.
+    ``download=True`` (with a progress display when ``progress``); anything else — a path to a
+    data directory or file, whose format is detected.
     """
     if spec is None or str(spec).lower() == "digits":
         ds = load_digits_dataset()
@@ -287,7 +297,7 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             found = _find_named(key, cache)
             if found is None and download:
-                found = _download(key, cache, base_url)
+                found = _download(key, cache, base_url, progress=progress)
             if found is None:
                 where = f"{Path(data_dir) / FORMATS[key].subdirs[0]} or {cache / key}" if data_dir else str(cache / key)
                 raise DataError(f"{key} not found in {where}; pass download=True (CLI: --download) "

@@ -20,6 +20,8 @@ class Dataset:
     ``"greyscale"`` (values in [0, 1]), ``"binary"`` (0/1) or ``"real"``; ``valid`` is the
     validation split where the data set defines one (binarized MNIST), else None. ``source`` is a
     spec that :func:`load_dataset` accepts to load the same data again (``"digits"`` or a path).
+    ``train_labels``/``test_labels`` are the class of each row where the format has them (digits,
+    MNIST, Fashion-MNIST), else None.
     """
 
     name: str
@@ -29,6 +31,8 @@ class Dataset:
     kind: str = "real"
     valid: np.ndarray | None = None
     source: str = ""
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -14,6 +14,18 @@ from .backend import NoiseSource
 from .errors import ConfigError
 
 
+MATPLOTLIB_MISSING = ("figures need matplotlib, which is not installed: pip install 'refvae[train]', "
+                      "or pass --no-figures")
+TARGET_WIDTH = 800  # image mosaics are enlarged by a whole factor to at least this many pixels
+MARGIN = {"left": 120, "right": 10, "top": 40, "bottom": 10}  # pixels around a mosaic
+DPI = 100
+
+
+def require_matplotlib() -> None:
+    """A one-line ConfigError now, before any training, when figures cannot be drawn."""
+    _plt()
+
+
 def _plt():
     try:
         import matplotlib  # noqa: PLC0415 - optional dependency
@@ -21,7 +33,7 @@ def _plt():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError as exc:
-        raise ConfigError("figures need matplotlib: pip install 'refvae[train]'") from exc
+        raise ConfigError(MATPLOTLIB_MISSING) from exc
     return plt
 
 
@@ -38,13 +50,31 @@ def _tile(images: np.ndarray, shape, cols: int) -> np.ndarray:
     return canvas
 
 
-def _save_image(canvas, path, title):
+def mosaic_pixels(canvas_shape) -> tuple[int, int]:
+    """``(width, height)`` in pixels of the PNG that :func:`_save_image` writes for a mosaic: each
+    mosaic pixel enlarged ``ceil(TARGET_WIDTH / width)`` times, plus the margins."""
+    h, w = canvas_shape
+    scale = max(1, math.ceil(TARGET_WIDTH / w))
+    return (w * scale + MARGIN["left"] + MARGIN["right"], h * scale + MARGIN["top"] + MARGIN["bottom"])
+
+
+def _save_image(canvas, path, title, row_labels=None):
+    """The mosaic at a whole-number enlargement, titled; ``row_labels`` as ``{row_index: text}``
+    at the left of those rows of tiles (row index in mosaic pixels, centre of the row)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 6 * canvas.shape[0] / canvas.shape[1]))
-    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    width, height = mosaic_pixels(canvas.shape)
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes([MARGIN["left"] / width, MARGIN["bottom"] / height,
+                       1 - (MARGIN["left"] + MARGIN["right"]) / width,
+                       1 - (MARGIN["top"] + MARGIN["bottom"]) / height])
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    ax.set_xticks([])
+    ax.set_yticks(list(row_labels or {}), list((row_labels or {}).values()))
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle(title, y=1 - 8 / height, va="top")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -64,43 +94,65 @@ def sample_grid(model, params, path, n: int = 64, seed: int = 0, image_shape=Non
     _save_image(_tile(mean, image_shape, int(math.sqrt(n)) or 1), path, "samples from the prior (means)")
 
 
-def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: int = 32):
-    """Inputs (odd columns) beside the decoded mean of one posterior sample (even columns)."""
+def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: int = 16):
+    """A row of ``n`` inputs above the row of their reconstructions (the decoded mean of one
+    posterior sample each), labelled."""
     y = y[:n]
     eps = model.draw_noise(NoiseSource(seed), y.shape[0], 1)
     fp = model.forward(params, model.bk.asarray(y), eps, getattr(model.latent, "evaluation_estimator", "pathwise"))
     rec = np.clip(model.bk.to_numpy(model.emission.mean(model.bk, fp.dec_out[:, 0])), 0.0, 1.0)
-    pairs = np.stack([y, rec], axis=1).reshape(-1, y.shape[1])
-    _save_image(_tile(pairs, image_shape, 16), path, "inputs | reconstructions")
+    rows_img = image_shape[0]
+    canvas = _tile(np.concatenate([y, rec]), image_shape, y.shape[0])
+    _save_image(canvas, path, "reconstructions of test data",
+                {(rows_img - 1) / 2: "input", rows_img + 1 + (rows_img - 1) / 2: "reconstruction"})
 
 
 def loss_curves(history, path):
+    """Negative ELBO per epoch (train and test), and beside it its two parts, the KL term and the
+    reconstruction term; every epoch is marked, so one epoch is a visible point."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (total, parts) = plt.subplots(1, 2, figsize=(11, 4), dpi=DPI)
     epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_loss"] for r in history], label="train (negative ELBO)")
-    if history and "test_neg_elbo" in history[0]:
-        ax.plot(epochs, [r["test_neg_elbo"] for r in history], label="test (negative ELBO)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per datum")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    test = bool(history) and "test_neg_elbo" in history[0]
+    total.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    if test:
+        total.plot(epochs, [r["test_neg_elbo"] for r in history], "s--", label="test")
+    total.set_title("negative ELBO")
+    for key, label, colour in (("kl", "KL", "C2"), ("reconstruction", "reconstruction", "C3")):
+        parts.plot(epochs, [r[f"train_{key}"] for r in history], "o-", color=colour, label=f"{label} (train)")
+        if test:
+            parts.plot(epochs, [r[f"test_{key}"] for r in history], "s--", color=colour, label=f"{label} (test)")
+    parts.set_title("its two terms")
+    for ax in (total, parts):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("nats per datum")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 def latent_means(model, params, y, path, labels=None):
+    """The encoder means of ``y`` in the plane, coloured by class with a legend when ``labels``."""
     plt = _plt()
     heads, _ = model.encode(params, model.bk.asarray(y))
     nu = model.bk.to_numpy(heads["mean"])
-    fig, ax = plt.subplots(figsize=(5, 5))
-    sc = ax.scatter(nu[:, 0], nu[:, 1], s=4, c=labels, cmap="tab10" if labels is not None else None)
-    if labels is not None:
-        fig.colorbar(sc, ax=ax)
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=DPI)
+    if labels is None:
+        ax.scatter(nu[:, 0], nu[:, 1], s=4)
+    else:
+        labels = np.asarray(labels)
+        for i, c in enumerate(np.unique(labels)):
+            sel = labels == c
+            ax.scatter(nu[sel, 0], nu[sel, 1], s=4, color=plt.cm.tab10(i % 10), label=str(c))
+        ax.legend(title="class", markerscale=3, loc="upper right", fontsize="small")
     ax.set_xlabel("ν₁")
     ax.set_ylabel("ν₂")
     ax.set_title("latent means of the test set")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -112,6 +164,13 @@ def manifold(model, params, path, image_shape, steps: int = 15):
                 "learned manifold")
 
 
+def _eval_split(data):
+    """The test split and its labels, or the training split where there is no test split."""
+    if getattr(data, "test", None) is not None and len(data.test):
+        return data.test, getattr(data, "test_labels", None)
+    return data.train, getattr(data, "train_labels", None)
+
+
 def make_figures(model, params, data, out_dir, history, seed: int = 0) -> list[Path]:
     """Every figure that applies to this model and data; returns the paths written."""
     out = Path(out_dir)
@@ -120,15 +179,29 @@ def make_figures(model, params, data, out_dir, history, seed: int = 0) -> list[P
         loss_curves(history, out / "loss.png")
         written.append(out / "loss.png")
     shape = getattr(data, "image_shape", None)
-    test = data.test if getattr(data, "test", None) is not None and len(data.test) else data.train
+    test, labels = _eval_split(data)
     if shape is not None:
         sample_grid(model, params, out / "samples.png", seed=seed, image_shape=shape)
         reconstructions(model, params, test, out / "reconstructions.png", seed=seed, image_shape=shape)
         written += [out / "samples.png", out / "reconstructions.png"]
     if model.config.latent == "gaussian" and model.config.latent_dim == 2:
-        latent_means(model, params, test, out / "latent.png", getattr(data, "test_labels", None))
+        latent_means(model, params, test, out / "latent.png", labels)
         written.append(out / "latent.png")
         if shape is not None:
             manifold(model, params, out / "manifold.png", shape)
             written.append(out / "manifold.png")
     return written
+
+
+def snapshot(model, params, data, directory, epoch: int, seed: int = 0) -> list[Path]:
+    """``epoch-NNNN-samples.png`` and ``epoch-NNNN-reconstructions.png`` in ``directory`` (image
+    data only; the same prior draws every epoch, so the snapshots show the model changing)."""
+    shape = getattr(data, "image_shape", None)
+    if shape is None:
+        return []
+    directory = Path(directory)
+    directory.mkdir(exist_ok=True)
+    paths = [directory / f"epoch-{epoch:04d}-samples.png", directory / f"epoch-{epoch:04d}-reconstructions.png"]
+    sample_grid(model, params, paths[0], seed=seed, image_shape=shape)
+    reconstructions(model, params, _eval_split(data)[0], paths[1], seed=seed, image_shape=shape)
+    return paths

@@ -113,7 +113,19 @@ def load_idx_dir(directory, name: str = "mnist") -> Dataset:
     if test_shape != shape:
         raise DataError(f"{files['t10k']} holds {test_shape} images but {files['train']} holds "
                         f"{shape}; use files of the same data set")
-    return Dataset(name, train, test, shape, "greyscale", source=str(directory))
+    labels = {p: _idx_labels(directory, p, n) for p, n in (("train", len(train)), ("t10k", len(test)))}
+    return Dataset(name, train, test, shape, "greyscale", source=str(directory),
+                   train_labels=labels["train"], test_labels=labels["t10k"])
+
+
+def _idx_labels(directory: Path, prefix: str, n: int) -> np.ndarray | None:
+    """The class of each image from ``{prefix}-labels-idx1-ubyte[.gz]``; None when the file is
+    absent or does not hold ``n`` labels (labels only colour figures)."""
+    for fname in (f"{prefix}-labels-idx1-ubyte.gz", f"{prefix}-labels-idx1-ubyte"):
+        if _is_file(directory / fname):
+            labels = read_idx(directory / fname)
+            return labels.astype(np.int64) if labels.shape == (n,) else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

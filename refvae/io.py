@@ -51,6 +51,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 STALE_SECONDS = 3600
 
 
@@ -107,6 +113,8 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
         raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}; "
                               "check the directory's permissions and free space") from exc
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a written file gets the umask's mode
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -51,10 +51,11 @@ def log_weights(vae, params, y, eps):
     return -fp.f + vae.latent.log_prior(vae.bk, fp.state) - vae.latent.log_q(vae.bk, fp.state)
 
 
-def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: int = 100):
+def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: int = 100, progress=None):
     """Per-datum ``log (1/k) Σ_i p(y, x_i)/q(x_i|y)`` (Burda et al. 2016, Eq. 8), a lower bound on
     ``log p(y)`` that increases with ``k`` (their Theorem 1). Samples are processed in chunks with a
-    running log-sum-exp, so k = 5000 fits in memory. Returns host array of the bound per datum."""
+    running log-sum-exp, so k = 5000 fits in memory. Returns host array of the bound per datum.
+    ``progress(rows)``, when given, is called after each batch of rows."""
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
     bk, xp = vae.bk, vae.bk.xp
@@ -70,6 +71,8 @@ def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: in
             part = bk.special.logsumexp(lw, axis=1)
             acc = part if acc is None else xp.logaddexp(acc, part)
         out.append(bk.to_numpy(acc - math.log(k)))
+        if progress is not None:
+            progress(n)
     return np.concatenate(out)
 
 
@@ -128,7 +131,7 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
 
 
 def evaluate(vae, params, y, seed: int = 0, samples: int = 1, iwae_k: int = 0,
-             batch_size: int = 500, threshold: float = 0.01) -> dict:
+             batch_size: int = 500, threshold: float = 0.01, progress=None) -> dict:
     """What ``refvae evaluate`` prints: ``neg_elbo``, ``kl``, ``reconstruction`` (nats per datum),
     ``nll_iwae`` (when ``iwae_k`` > 0: minus the importance-weighted bound), ``active_units``, ``n``."""
     noise = NoiseSource(seed)
@@ -137,7 +140,7 @@ def evaluate(vae, params, y, seed: int = 0, samples: int = 1, iwae_k: int = 0,
            "reconstruction": float(rec.mean())}
     if iwae_k:
         out["nll_iwae"] = float(-iwae_bound(vae, params, y, noise, iwae_k,
-                                            max(1, batch_size // 5)).mean())
+                                            max(1, batch_size // 5), progress).mean())
     out["active_units"] = active_units(vae, params, y, threshold, batch_size)[0]
     out["n"] = int(y.shape[0])
     return out

@@ -17,12 +17,21 @@ order of floating-point additions changes (agreement with one shard to rounding,
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from .backend import blas_thread_limit
 from .errors import ConfigError
 from .estimators import STATEFUL
 from .vae import LossResult
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity): ``refvae train --threads auto``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class Workers:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,12 +26,14 @@ import numpy as np  # host side: data order and per-epoch summaries
 
 from . import io as rio
 from . import parallel
+from . import rundir
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
+from .progress import Meter
 from .optim import FlatParams, make_optimizer, make_schedule
 from .schedules import TemperatureSchedule
 from .vae import VAE
@@ -65,6 +66,7 @@ class TrainOptions:
     progress: bool = True
     detect_anomaly: bool = False
     threads: int = 1
+    log_interval: int = 100
 
     def __post_init__(self):
         for name, rule in _OPTION_RULES.items():
@@ -97,7 +99,7 @@ _POSITIVE_INT = {"integer": True, "minimum": 1}
 _POSITIVE = {"minimum": 0, "open_min": True}
 _OPTION_RULES = {
     **dict.fromkeys(("epochs", "batch_size", "samples", "eval_samples", "temperature_every",
-                     "threads", "lr_step_size"), _POSITIVE_INT),
+                     "threads", "lr_step_size", "log_interval"), _POSITIVE_INT),
     "seed": {"integer": True, "minimum": 0, "maximum": 2**63 - 1},
     "lr": _POSITIVE, "lr_gamma": _POSITIVE, "weight_decay": {"minimum": 0},
     "temperature": {**_POSITIVE, "none": True}, "temperature_rate": {"minimum": 0},
@@ -170,33 +172,13 @@ def _first_nonfinite(bk, grads: dict) -> str | None:
     return None
 
 
-class Progress:
-    """A one-line progress bar with the running loss (redrawn in place on a terminal)."""
-
-    def __init__(self, enabled: bool, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float):
-        if not self.tty:
-            return
-        width = 24
-        filled = int(width * done / max(total, 1))
-        self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{done}/{total} loss {loss:.4f}")
-        self.stream.flush()
-
-    def epoch_line(self, text: str):
-        if self.enabled:
-            self.stream.write(("\r" if self.tty else "") + text + "\n")
-            self.stream.flush()
-
-
 def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str = "numpy",
-          dtype: str = "float64", resume: bool = False, stream=None) -> list[dict]:
+          dtype: str = "float64", resume: bool = False, stream=None, after_epoch=None) -> list[dict]:
     """Train ``config`` on ``data`` (an object with host arrays ``train`` and ``test``) into
     ``out_dir``; returns the per-epoch metrics (also in ``metrics.jsonl``).
+
+    ``after_epoch(out, record, params)``, when given, runs after each epoch's checkpoint and returns
+    the directory to continue in (the CLI moves a staged run into place after its first epoch).
 
     Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
     not finite; the checkpoint of the last finished epoch is left in place.
@@ -233,9 +215,12 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         opt.load_state_dict(state.optimizer)
         noise.set_state(state.noise_state)
         start_epoch, step, estimator_state = state.epoch, state.step, state.estimator_state
+        if options.epochs < start_epoch:
+            raise ConfigError(f"--epochs {options.epochs}: the run in {out} has already trained "
+                              f"{start_epoch} epochs; pass --epochs {start_epoch} or more")
         history = [m for m in _read_metrics(out / METRICS) if m["epoch"] <= start_epoch]
     rio.save_json(out / "config.json", config.to_dict())
-    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": getattr(data, "source", None),
+    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": rundir.data_record(data),
                                        "backend": backend, "dtype": dtype})
     _write_metrics(out / METRICS, history)
 
@@ -244,7 +229,6 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     n = y_train.shape[0]
     per_epoch = math.ceil(n / options.batch_size)
     schedule = _schedule(options, per_epoch)
-    progress = Progress(options.progress, stream)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
     for epoch in range(start_epoch + 1, options.epochs + 1):
@@ -255,6 +239,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         else:
             y_epoch = y_dev
         sums = np.zeros(3)
+        meter = Meter(f"epoch {epoch}/{options.epochs}", per_epoch, options.progress, stream,
+                      options.log_interval)
         # The pool lives for this epoch's steps only: evaluation and the checkpoint run after it is
         # closed, with the BLAS library's own thread count back.
         with parallel.Workers(options.threads) as workers:
@@ -276,8 +262,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                 opt.step(flat, lr=schedule(step), workers=workers)
                 step += 1
                 sums += (res.loss * len(idx), res.kl * len(idx), res.reconstruction * len(idx))
-                progress.update(epoch, options.epochs, b + 1, per_epoch,
-                                sums[0] / min((b + 1) * options.batch_size, n))
+                meter.advance(1, f"loss {sums[0] / min((b + 1) * options.batch_size, n):.4f}")
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
                   **({"temperature": temperature(step)} if temperature else {}),
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
@@ -288,7 +273,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         # checkpoint, which a resume drops, never a checkpoint without its metrics line.
         _write_metrics(out / METRICS, history)
         save_checkpoint(ckpt_path, flat, opt, epoch, step, noise, config, estimator_state)
-        progress.epoch_line(_epoch_text(record, options.epochs))
+        if after_epoch is not None:
+            out = Path(after_epoch(out, record, flat.params))
+            ckpt_path = out / CHECKPOINT
+        meter.line(_epoch_text(record, options.epochs))
     return history
 
 

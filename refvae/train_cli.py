@@ -2,36 +2,37 @@
 
 With no arguments ``refvae train`` trains the built-in default: a VAE with a two-dimensional
 latent space on scikit-learn's bundled 8×8 digits (no download, no path), in about a minute on two
-cores, writing its run directory to ``runs/default``.
+cores, writing its run directory to ``runs/default``. The rules that keep a run directory whole
+(``--resume``, ``--overwrite``, the lock, the staged first epoch) are in :mod:`refvae.rundir`.
+
+On ``--resume`` the run's ``config.json`` and ``train.json`` supply every setting. A flag given
+anyway is applied when it does not change the numbers a continued run computes — ``--epochs`` (the
+new total; refused for a cosine schedule, which is planned over the original epochs), ``--threads``,
+``--backend``, ``--data``/``--data-dir`` (data that moved), and the output flags — and refused with
+one line when it would (the model, the optimisation options, ``--dtype``).
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import inputs
 from . import io as rio
+from . import rundir
 from .config import VAEConfig
 from .errors import CheckpointError, ConfigError
-from .numbers import checked, cli_int
+from .numbers import checked
+from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS, register_evaluate,
+                         register_sample, register_train)
 
-# The built-in default: small enough for about a minute on two cores, 2-D so that every figure
-# (latent means, manifold) is drawn.
-DEFAULT_ARCH = {"latent_dim": 2, "encoder_hidden": [128], "decoder_hidden": [128],
-                "activation": "tanh", "latent": "gaussian", "emission": "bernoulli"}
-DEFAULT_OPTIONS = {"epochs": 60, "batch_size": 64, "lr": 3e-3, "optimizer": "adam"}
-
-ARCH_FLAGS = ("latent_dim", "encoder_hidden", "decoder_hidden", "activation", "latent", "emission",
-              "alpha", "learn_alpha", "categories", "flow_length")
-OPTION_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "samples",
-                "seed", "estimator", "binarize", "temperature", "temperature_rate", "temperature_min",
-                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size", "threads")
+APPLIED_ON_RESUME = ("epochs", "threads")
 
 
-def _model_config(args, data_dim: int) -> VAEConfig:
-    """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
-    arch = dict(DEFAULT_ARCH)
+def _arch_from_flags(args, arch: dict) -> dict:
+    """``arch`` updated by ``--config FILE``, then by the individual flags."""
+    arch = dict(arch)
     if args.config:
         from_file = rio.load_json(args.config)
         if not isinstance(from_file, dict):
@@ -41,6 +42,12 @@ def _model_config(args, data_dim: int) -> VAEConfig:
         value = getattr(args, name)
         if value is not None:
             arch[name] = value
+    return arch
+
+
+def _model_config(args, data_dim: int) -> VAEConfig:
+    """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
+    arch = _arch_from_flags(args, DEFAULT_ARCH)
     given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1, none=True)
     if given is not None and given != data_dim:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
@@ -49,42 +56,132 @@ def _model_config(args, data_dim: int) -> VAEConfig:
     return VAEConfig.from_dict(arch)
 
 
-def _cmd_train(args) -> int:
+def _resume_settings(args, out: Path):
+    """``(config, options, data spec, backend, dtype)`` of the run in ``out``, with the flags given
+    on this command line applied or refused (module docstring)."""
+    if not (out / "train.json").is_file():
+        raise ConfigError(f"--resume: {out} has no train.json (written by an old refvae); start a new run")
+    info = rio.load_json(out / "train.json")
+    saved = VAEConfig.from_dict(rio.load_json(out / "config.json"))
+    wanted = _arch_from_flags(args, saved.to_dict())
+    changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
+    recorded = dict(info.get("options") or {})
+    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {recorded.get(k)!r})"
+                for k in OPTION_FLAGS if k not in APPLIED_ON_RESUME
+                and getattr(args, k) is not None and getattr(args, k) != recorded.get(k)]
+    dtype = info.get("dtype", "float64")
+    if args.dtype is not None and args.dtype != dtype:
+        changed.append(f"--dtype {args.dtype} (run: {dtype})")
+    if changed:
+        raise ConfigError(f"--resume continues {out} as recorded; {'; '.join(changed)} would change it: "
+                          "drop those flags, or start a new run with another --out")
+    opts = dict(recorded)
+    if args.epochs is not None and args.epochs != recorded.get("epochs"):
+        if recorded.get("schedule") == "cosine":
+            raise ConfigError(f"--epochs {args.epochs}: the run's cosine schedule anneals over its "
+                              f"{recorded.get('epochs')} planned epochs and cannot be extended; start a "
+                              "new run with the total --epochs")
+        opts["epochs"] = args.epochs
+    if args.threads is not None:
+        opts["threads"] = args.threads
+    spec = args.data if args.data is not None else rundir.data_source(info)
+    return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
+
+
+def _load_data(spec, args, quiet: bool):
     from .data import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
-    from .figures import make_figures  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    if not quiet:
+        print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
+    data = load_dataset(spec, data_dir=args.data_dir, download=getattr(args, "download", False),
+                        progress=not quiet)
+    if not quiet and time.perf_counter() - t0 > 1.0:
+        print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return data
+
+
+def _cmd_train(args) -> int:
     from .train import TrainOptions, load_run, train  # noqa: PLC0415
 
-    data = load_dataset(args.data, data_dir=args.data_dir)
-    config = _model_config(args, data.train.shape[1])
-    opts = dict(DEFAULT_OPTIONS)
-    opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
-    opts["progress"] = not args.quiet
-    opts["detect_anomaly"] = args.detect_anomaly
-    options = TrainOptions.from_dict(opts)
-    out = Path(args.out)
-    if not args.quiet:
-        print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
-              f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
-              f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; out {out}",
-              file=sys.stderr)
-    history = train(config, options, data, out, args.backend, args.dtype, resume=args.resume)
     if not args.no_figures:
-        model, params, _ = load_run(out, args.backend, args.dtype)
-        written = make_figures(model, params, data, out, history, seed=options.seed)
+        from .figures import require_matplotlib  # noqa: PLC0415
+
+        require_matplotlib()
+    out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
+    with rundir.RunLock(out):
+        rundir.check_target(out, args.resume, args.overwrite)
+        if args.resume:
+            config, opts, spec, backend, dtype = _resume_settings(args, out)
+            data = _load_data(spec, args, args.quiet)
+        else:
+            data = _load_data(args.data, args, args.quiet)
+            config = _model_config(args, data.train.shape[1])
+            opts = dict(DEFAULT_OPTIONS, threads="auto")
+            opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
+            backend, dtype = args.backend or "numpy", args.dtype or "float64"
+        if opts.get("threads") == "auto":
+            from .parallel import usable_cores  # noqa: PLC0415
+
+            opts["threads"] = usable_cores()
+        opts["progress"] = not args.quiet
+        opts["detect_anomaly"] = args.detect_anomaly
+        if args.log_interval is not None:
+            opts["log_interval"] = args.log_interval
+        options = TrainOptions.from_dict(opts)
         if not args.quiet:
-            print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
+            print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
+                  f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
+                  f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
+                  f"{options.threads} thread(s); out {out}", file=sys.stderr)
+        staging = None if args.resume else rundir.make_staging(out)
+        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
+        try:
+            history = train(config, options, data, staging or out, backend, dtype, resume=args.resume,
+                            after_epoch=after_epoch)
+        finally:
+            rundir.discard(staging)
+        if not args.no_figures:
+            from .figures import make_figures  # noqa: PLC0415
+
+            model, params, _ = load_run(out, backend, dtype)
+            written = make_figures(model, params, data, out, history, seed=options.seed)
+            if not args.quiet:
+                print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
     last = history[-1] if history else {}
     print(json.dumps({k: v for k, v in last.items() if k != "seconds"}))
     return 0
 
 
+def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
+    """What runs after each checkpoint: the staged run moved into place after the first one, and
+    the per-epoch figure snapshots of ``--figures-every``."""
+    state = {"staging": staging, "model": None}
+
+    def hook(current, record, params):
+        if state["staging"] is not None:
+            current = rundir.publish(state["staging"], out)
+            state["staging"] = None
+        every = args.figures_every
+        if every and not args.no_figures and record["epoch"] % every == 0:
+            from .figures import snapshot  # noqa: PLC0415
+            from .vae import VAE  # noqa: PLC0415
+
+            state["model"] = state["model"] or VAE(config, backend, dtype)
+            snapshot(state["model"], params, data, Path(current) / "epochs", record["epoch"], seed)
+        return current
+
+    return hook
+
+
 def _cmd_evaluate(args) -> int:
-    from .data import check_support, load_dataset  # noqa: PLC0415
+    from .data import check_support  # noqa: PLC0415
     from .objectives import evaluate  # noqa: PLC0415
+    from .progress import Meter  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend, args.dtype)
-    data = load_dataset(args.data or info.get("data"), data_dir=args.data_dir)
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    data = _load_data(args.data or rundir.data_source(info), args, args.quiet or args.json)
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
@@ -93,7 +190,12 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
                           f"model has data_dim {model.config.data_dim}; give the run's data")
     model.config.check_batch("--samples", min(len(y), 500), args.samples)
-    result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae)
+    meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
+                  unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
+    result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
+                      progress=meter.advance)
+    if args.iwae:
+        meter.line(f"iwae k={args.iwae}: {y.shape[0]} rows done")
     if args.json:
         print(json.dumps(result))
     else:
@@ -102,14 +204,21 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def info_backend(run) -> str:
+    """The backend a run trained on (numpy when it does not say)."""
+    path = Path(run) / "train.json"
+    return (rio.load_json(path).get("backend") if path.is_file() else None) or "numpy"
+
+
 def _cmd_sample(args) -> int:
-    from .data import load_dataset  # noqa: PLC0415
     from .figures import sample_grid  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend, args.dtype)
-    shape = args.image_shape
-    if shape is None:
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    shape = args.image_shape or rundir.image_shape(info)
+    if shape is None and not isinstance(info.get("data"), dict):  # a run of an older refvae
+        from .data import load_dataset  # noqa: PLC0415
+
         shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
     if shape is None:
         raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
@@ -136,80 +245,7 @@ def _png_path(out) -> Path:
     return out
 
 
-def _common(p, run_dir: bool):
-    if run_dir:
-        p.add_argument("run", metavar="DIR", help="a run directory written by `refvae train --out DIR`")
-    p.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
-    p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
-    p.add_argument("--seed", type=int if not run_dir else cli_int(0), default=None if not run_dir else 0,
-                   help="random seed (default: 0)")
-    p.add_argument("--data-dir", default=None, help="directory of the data files (see --data)")
-
-
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a VAE (no arguments: the built-in 8x8 digits default)",
-                       description="Train a VAE. With no arguments: a 2-D latent VAE on scikit-learn's "
-                                   "bundled 8x8 digits, written to runs/default.")
-    _common(p, run_dir=False)
-    p.add_argument("--data", default=None,
-                   help="digits (default, built in), mnist, fashion-mnist, binarized-mnist, frey-face, "
-                        "or a path to IDX/.mat/.npz files")
-    p.add_argument("--binarize", choices=["none", "static", "dynamic"], default=None,
-                   help="Bernoulli emission: keep greyscale (none, default), binarize once (static) or "
-                        "every epoch (dynamic)")
-    p.add_argument("--config", default=None, help="model config JSON (ORACLE.md format); flags override it")
-    p.add_argument("--latent-dim", type=int, default=None, help="latent dimension K (default 2)")
-    p.add_argument("--encoder-hidden", type=int, nargs="*", default=None, help="encoder widths (default 128)")
-    p.add_argument("--decoder-hidden", type=int, nargs="*", default=None, help="decoder widths (default 128)")
-    p.add_argument("--activation", default=None, help="hidden activation (default tanh)")
-    p.add_argument("--latent", default=None, help="gaussian (default), gaussian_full or categorical")
-    p.add_argument("--emission", default=None, help="bernoulli (default), gaussian or gaussian_diag")
-    p.add_argument("--alpha", type=float, default=None, help="variance of the gaussian emission (default 1)")
-    p.add_argument("--learn-alpha", action="store_true", default=None, help="learn log alpha")
-    p.add_argument("--categories", type=int, default=None, help="classes per categorical variable")
-    p.add_argument("--flow-length", type=int, default=None, help="planar flows after the Gaussian (default 0)")
-    p.add_argument("--epochs", type=int, default=None, help=f"passes over the data (default {DEFAULT_OPTIONS['epochs']})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {DEFAULT_OPTIONS['batch_size']})")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {DEFAULT_OPTIONS['lr']})")
-    p.add_argument("--optimizer", default=None, help="adam (default), adagrad or sgd")
-    p.add_argument("--weight-decay", type=float, default=None, help="L2 penalty (default 0)")
-    p.add_argument("--schedule", default=None, help="learning-rate schedule: constant (default), step, "
-                                                   "exponential, cosine")
-    p.add_argument("--lr-gamma", type=float, default=None, help="decay factor of the step/exponential schedules")
-    p.add_argument("--lr-step-size", type=int, default=None, help="steps between decays of the step schedule")
-    p.add_argument("--samples", type=int, default=None, help="samples L per datum (default 1)")
-    p.add_argument("--eval-samples", type=int, default=None, help="samples per test datum (default 1)")
-    p.add_argument("--estimator", default=None, help="gradient estimator (default: the latent's, pathwise)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="initial relaxation temperature s0 of a categorical latent (default 1)")
-    p.add_argument("--temperature-rate", type=float, default=None,
-                   help="anneal s = max(s_min, s0 exp(-r t)) with this r per step (default 0: constant)")
-    p.add_argument("--temperature-min", type=float, default=None, help="s_min (default 0.5)")
-    p.add_argument("--temperature-every", type=int, default=None, help="update s every n steps (default 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads: the batch split into N row shards (default 1; results then agree "
-                        "with 1 thread to rounding, not bitwise; on a GPU the batch stays whole)")
-    p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--detect-anomaly", action="store_true",
-                   help="check every intermediate for NaN/inf and name the first one (slower)")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="negative ELBO, importance-weighted bound and active units of a run")
-    _common(p, run_dir=True)
-    p.add_argument("--data", default=None, help="data set (default: the one the run trained on)")
-    p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
-    p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
-    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("sample", help="a PNG grid of samples from the prior")
-    _common(p, run_dir=True)
-    p.add_argument("--n", type=cli_int(1), default=64, help="number of samples (default 64)")
-    p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
-    p.add_argument("--image-shape", type=cli_int(1), nargs=2, default=None, metavar=("ROWS", "COLS"),
-                   help="image shape when the run's data are not a known image set")
-    p.set_defaults(func=_cmd_sample)
+    register_train(sub, _cmd_train)
+    register_evaluate(sub, _cmd_evaluate)
+    register_sample(sub, _cmd_sample)
