@@ -235,6 +235,18 @@ def array_module(a):
     return np
 
 
+def to_host(a) -> np.ndarray:
+    """Any array -> a host NumPy array: CuPy arrays through ``.get()``, other device arrays that
+    expose ``__cuda_array_interface__`` through CuPy, everything else through ``np.asarray``."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    if hasattr(a, "__cuda_array_interface__"):
+        import cupy  # noqa: PLC0415
+
+        return cupy.asarray(a).get()
+    return np.asarray(a)
+
+
 class NoiseSource:
     """Seeded generator of the base noises the library uses, drawn on the host.
 

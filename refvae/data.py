@@ -196,10 +196,13 @@ def _md5_matches(path: Path, accepted) -> str | None:
 
 
 def _fetch(url: str, dest_dir: Path, timeout: float, progress: bool = False) -> Path:
+    from .io import file_mode  # noqa: PLC0415 - avoids a cycle at import
     from .progress import Meter  # noqa: PLC0415
 
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             size = int(resp.headers.get("Content-Length") or 0)
             meter = Meter(url.rsplit("/", 1)[-1], max(1, size >> 10), progress, unit="KiB",

@@ -17,7 +17,8 @@ from .errors import ConfigError
 MATPLOTLIB_MISSING = ("figures need matplotlib, which is not installed: pip install 'refvae[train]', "
                       "or pass --no-figures")
 TARGET_WIDTH = 800  # image mosaics are enlarged by a whole factor to at least this many pixels
-MARGIN = {"left": 120, "right": 10, "top": 40, "bottom": 10}  # pixels around a mosaic
+MARGIN = {"left": 10, "right": 10, "top": 40, "bottom": 10}  # pixels around a mosaic
+LABEL_WIDTH = 110  # more on the left for row labels
 DPI = 100
 
 
@@ -50,22 +51,28 @@ def _tile(images: np.ndarray, shape, cols: int) -> np.ndarray:
     return canvas
 
 
-def mosaic_pixels(canvas_shape) -> tuple[int, int]:
+def _left(labelled: bool) -> int:
+    return MARGIN["left"] + (LABEL_WIDTH if labelled else 0)
+
+
+def mosaic_pixels(canvas_shape, labelled: bool = False) -> tuple[int, int]:
     """``(width, height)`` in pixels of the PNG that :func:`_save_image` writes for a mosaic: each
-    mosaic pixel enlarged ``ceil(TARGET_WIDTH / width)`` times, plus the margins."""
+    mosaic pixel enlarged ``ceil(TARGET_WIDTH / width)`` times, plus the margins (wider on the
+    left when rows are ``labelled``)."""
     h, w = canvas_shape
     scale = max(1, math.ceil(TARGET_WIDTH / w))
-    return (w * scale + MARGIN["left"] + MARGIN["right"], h * scale + MARGIN["top"] + MARGIN["bottom"])
+    return (w * scale + _left(labelled) + MARGIN["right"], h * scale + MARGIN["top"] + MARGIN["bottom"])
 
 
 def _save_image(canvas, path, title, row_labels=None):
     """The mosaic at a whole-number enlargement, titled; ``row_labels`` as ``{row_index: text}``
     at the left of those rows of tiles (row index in mosaic pixels, centre of the row)."""
     plt = _plt()
-    width, height = mosaic_pixels(canvas.shape)
+    left = _left(bool(row_labels))
+    width, height = mosaic_pixels(canvas.shape, bool(row_labels))
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes([MARGIN["left"] / width, MARGIN["bottom"] / height,
-                       1 - (MARGIN["left"] + MARGIN["right"]) / width,
+    ax = fig.add_axes([left / width, MARGIN["bottom"] / height,
+                       1 - (left + MARGIN["right"]) / width,
                        1 - (MARGIN["top"] + MARGIN["bottom"]) / height])
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     ax.set_xticks([])

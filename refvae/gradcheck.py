@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .backend import array_module
+import numpy as np
+
+from .backend import array_module, to_host
 from .errors import GradcheckError, ShapeError
 
 # Default step and tolerances by the dtype of the analytic derivative. float64: the central
@@ -99,24 +101,24 @@ def table_lines(checks: list, labels=("analytic", "numeric")) -> list[str]:
 
 
 def compare_arrays(name, analytic, numeric, rtol, atol, n_worst: int = 5) -> TensorCheck:
-    """Compare two host arrays entrywise; used by gradcheck and by the oracle's reports."""
-    xp = array_module(analytic)
-    a = xp.asarray(analytic, dtype=float)
-    n = xp.asarray(numeric, dtype=float)
+    """Compare two arrays entrywise on the host (device arrays are copied there first: the
+    report's indices and numbers are host values); used by gradcheck and by the oracle's reports."""
+    a = np.asarray(to_host(analytic), dtype=float)
+    n = np.asarray(to_host(numeric), dtype=float)
     if a.shape != n.shape:
         raise ShapeError(f"{name}: analytic shape {a.shape} differs from numeric shape {n.shape}")
     if a.size == 0:
         return TensorCheck(name, a.shape, 0.0, 0.0, True)
-    err = xp.abs(a - n)
-    excess = xp.nan_to_num(err - (atol + rtol * xp.abs(n)), nan=xp.inf)  # NaN is the worst
+    err = np.abs(a - n)
+    excess = np.nan_to_num(err - (atol + rtol * np.abs(n)), nan=np.inf)  # NaN is the worst
     bad = excess > 0
-    rel = err / xp.maximum(xp.abs(n), 1e-300)
-    order = [int(j) for j in xp.argsort(excess.ravel())[::-1][:n_worst]]
+    rel = err / np.maximum(np.abs(n), 1e-300)
+    order = [int(j) for j in np.argsort(excess.ravel())[::-1][:n_worst]]
     if bool(bad.any()):  # list only failing entries when there are any
         order = [j for j in order if bool(excess.ravel()[j] > 0)]
-    worst = [(tuple(int(i) for i in xp.unravel_index(int(j), a.shape)), float(a.ravel()[j]),
+    worst = [(tuple(int(i) for i in np.unravel_index(int(j), a.shape)), float(a.ravel()[j]),
               float(n.ravel()[j])) for j in order]
-    return TensorCheck(name, tuple(a.shape), _nanmax(xp, err), _nanmax(xp, rel),
+    return TensorCheck(name, tuple(a.shape), _nanmax(np, err), _nanmax(np, rel),
                        not bool(bad.any()), worst)
 
 

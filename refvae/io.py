@@ -51,10 +51,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode of a new file under the current umask (0644 under umask 022): what ``open`` gives,
+    and what a ``mkstemp`` file (0600) is changed to before it is renamed into place."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 STALE_SECONDS = 3600
@@ -114,7 +116,7 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
                               "check the directory's permissions and free space") from exc
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; a written file gets the umask's mode
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import NoiseSource
+from .backend import NoiseSource, to_host
 from .config import VAEConfig
 from .errors import (CheckpointError, ConfigError, DataError, GradcheckError, RefvaeError, ShapeError,
                      name_mismatch, shape_mismatch)
@@ -61,13 +61,13 @@ class OracleMismatch(GradcheckError):
 
 # ----- reading ---------------------------------------------------------------------------------
 def _host(a, what: str) -> np.ndarray:
-    """NumPy array from NumPy, PyTorch (CPU or GPU, with or without grad), JAX, lists, scalars."""
+    """NumPy array from NumPy, CuPy, PyTorch (CPU or GPU, with or without grad), JAX, lists, scalars."""
     if hasattr(a, "detach"):
         a = a.detach()
     if hasattr(a, "cpu"):
         a = a.cpu()
     try:
-        arr = np.asarray(a)
+        arr = to_host(a)
     except Exception as exc:  # noqa: BLE001 - any unconvertible object is the user's input error
         raise DataError(f"{what} cannot be read as an array ({exc})") from None
     if arr.dtype.kind not in "fiub":

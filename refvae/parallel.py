@@ -123,7 +123,9 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     names = list(parts[0].grads)
     grads = dict(zip(names, workers.map(add, names)))
     cat = (lambda arrays: arrays[0]) if len(parts) == 1 else xp.concatenate
+    # Shards run on the host only, where checking the summed gradients costs no device sync.
+    finite = parts[0].grads_finite if len(parts) == 1 else all(bool(xp.isfinite(g).all()) for g in grads.values())
     return LossResult(sum(p.loss for p in parts), sum(p.kl for p in parts),
                       sum(p.reconstruction for p in parts),
                       cat([p.kl_per_datum for p in parts]),
-                      cat([p.reconstruction_per_datum for p in parts]), grads)
+                      cat([p.reconstruction_per_datum for p in parts]), grads, finite)

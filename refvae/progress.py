@@ -52,7 +52,7 @@ class Meter:
                                   f"{text[len(self.label) + 1:]}\033[K")
                 self.stream.flush()
                 self.last_draw = now
-        elif self.done % self.log_interval == 0:
+        elif self.done // self.log_interval > (self.done - steps) // self.log_interval:
             self.stream.write(text + "\n")
             self.stream.flush()
 

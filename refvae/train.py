@@ -255,7 +255,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                         detect_anomaly=options.detect_anomaly, grads_out=flat.grads)
                 except NonFiniteError as exc:
                     raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
-                bad = _first_nonfinite(bk, res.grads)
+                bad = None if res.grads_finite else _first_nonfinite(bk, res.grads)
                 if bad:
                     raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
                                     start_epoch, history)

@@ -26,7 +26,8 @@ LOG_ALPHA = "decoder.log_alpha"
 @dataclass
 class LossResult:
     """Batch loss and its parts (floats, nats per datum for ``mean``), per-datum arrays (device),
-    and the gradient of the batch loss for every parameter (``state_dict`` order)."""
+    the gradient of the batch loss for every parameter (``state_dict`` order), and whether every
+    gradient entry is finite (read with the loss in one device→host copy)."""
 
     loss: float
     kl: float
@@ -34,6 +35,7 @@ class LossResult:
     kl_per_datum: object
     reconstruction_per_datum: object
     grads: dict
+    grads_finite: bool = True
 
 
 @dataclass
@@ -250,13 +252,16 @@ class VAE:
 
         rec_per = fp.f.mean(axis=1)
         kl_sum, rec_sum = fp.kl.sum(), rec_per.sum()
-        loss = bk.to_float((kl_sum + rec_sum) * scale)
+        # One device→host copy per call (a GPU waits for each): the loss, its parts and whether
+        # every gradient is finite.
+        finite = bk.xp.stack([bk.xp.isfinite(g).all() for g in grads.values()]).all()
+        host = bk.to_numpy(bk.xp.stack([(kl_sum + rec_sum) * scale, kl_sum * scale, rec_sum * scale,
+                                        finite.astype(kl_sum.dtype)]))
+        loss, kl, rec = (float(v) for v in host[:3])
         if not math.isfinite(loss):
-            raise NonFiniteError(f"the loss is {loss} (KL {bk.to_float(kl_sum * scale)}, "
-                                 f"reconstruction {bk.to_float(rec_sum * scale)})")
+            raise NonFiniteError(f"the loss is {loss} (KL {kl}, reconstruction {rec})")
         ordered = {k: grads[k] for k in self.param_shapes()}
-        return LossResult(loss, bk.to_float(kl_sum * scale), bk.to_float(rec_sum * scale),
-                          fp.kl, rec_per, ordered)
+        return LossResult(loss, kl, rec, fp.kl, rec_per, ordered, bool(host[3]))
 
     def loss(self, params: dict, y, noise, reduction: str = "mean", estimator: str | None = None,
              temperature: float | None = None) -> float:

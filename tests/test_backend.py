@@ -248,14 +248,6 @@ def test_noise_on_float32_backend_is_float32():
 # ----------------------------------------------------------------------------------------------
 # float32 end to end
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(params=["numpy", "cupy"])
-def bk32(request):
-    try:
-        return get_backend(request.param, "float32")
-    except BackendError as exc:
-        pytest.skip(f"CuPy backend unavailable: {exc}")
-
-
 def _float32_run(bk, act):
     mlp = MLP.build("decoder", 3, [6, 5], [("mean", 2), ("logvar", 2)], act)
     noise = NoiseSource(11)

@@ -26,3 +26,28 @@ def test_help_still_prints_the_usage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--help"])
     assert exc.value.code == 0 and "usage: refvae train" in capsys.readouterr().out
+
+
+def _options(parser, name="refvae"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, p in action.choices.items():
+                yield from _options(p, f"{name} {sub}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield name, action
+
+
+def test_every_option_has_help_and_train_help_is_grouped(capsys):
+    from refvae.cli import build_parser
+
+    options = list(_options(build_parser()))
+    assert len(options) > 60
+    assert [f"{name} {a.option_strings or a.dest}" for name, a in options if not a.help] == []
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    positions = [text.index(f"\n{group}:\n") for group in ("model", "data", "optimisation", "output")]
+    assert positions == sorted(positions)
+    assert "--activation {tanh,sigmoid,softplus,relu,identity,silu}" in text

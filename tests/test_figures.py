@@ -50,15 +50,15 @@ def closed(monkeypatch):
 
 def test_every_figure_has_its_pixel_size(tmp_path, closed):
     """8×8 images: a mosaic is enlarged to at least 800 px wide by a whole factor (143 px of 16
-    tiles → ×6), plus a 130 × 50 px margin for the title and the row labels."""
+    tiles → ×6), plus a 20 × 50 px margin for the title, 110 px more on the left for row labels."""
     model, params = model_for(64)
     written = figures.make_figures(model, params, image_data((8, 8)), tmp_path, HISTORY)
     assert {p.name: png_size(p) for p in written} == {
         "loss.png": (1100, 400),
-        "samples.png": (71 * 12 + 130, 71 * 12 + 50),           # 8 × 8 tiles of 8 px, 1 px gaps
+        "samples.png": (71 * 12 + 20, 71 * 12 + 50),            # 8 × 8 tiles of 8 px, 1 px gaps
         "reconstructions.png": (143 * 6 + 130, 17 * 6 + 50),     # 16 inputs above 16 reconstructions
         "latent.png": (600, 600),
-        "manifold.png": (134 * 6 + 130, 134 * 6 + 50),           # 15 × 15 tiles
+        "manifold.png": (134 * 6 + 20, 134 * 6 + 50),            # 15 × 15 tiles
     }
     loss = closed[0]
     total, parts = loss.axes
