@@ -19,8 +19,10 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import parallel
+from . import inputs, parallel
 from .backend import NoiseSource, blas_thread_limit, get_backend
+from .config import VAEConfig
+from .errors import ConfigError
 from .numbers import cli_int
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
@@ -117,7 +119,6 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
     (row shards on ``workers``' threads when given)."""
     model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
                 backend, dtype)
-    model.config.check_batch("--batch", batch, samples)
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
     opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
@@ -137,14 +138,21 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
 def load_peer(path=None):
     """The peer module (``make_step(config, batch, dtype, device, samples, threads)``), or a reason string."""
     path = Path(path) if path else DEFAULT_PEER
-    if not path.exists():
+    if not inputs.exists(path, "peer file", ConfigError):
         return f"no peer file at {path}"
+    inputs.check_regular(path, "peer file", ConfigError)
+    spec = importlib.util.spec_from_file_location("refvae_bench_peer", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"peer file {path} is not a Python module; give a .py file defining make_step")
     try:
-        spec = importlib.util.spec_from_file_location("refvae_bench_peer", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except ImportError as exc:
         return f"peer unavailable ({exc})"
+    except Exception as exc:  # the peer is the user's own code: any failure is reported in one line
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"peer file {path} could not be loaded ({type(exc).__name__}: {detail}); "
+                          "fix it or leave out --peer") from exc
     return module
 
 
@@ -228,6 +236,9 @@ def few_steps_warning(steps: int, warmup: int) -> str | None:
 
 
 def _cmd_bench(args) -> int:
+    for arch in args.arch:
+        for batch in args.batch:
+            VAEConfig.from_dict(ARCHITECTURES[arch]).check_batch("--batch", batch)
     threads = args.threads or default_threads()
     warning = few_steps_warning(args.steps, args.warmup)
     if warning:

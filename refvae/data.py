@@ -32,7 +32,7 @@ import numpy as np
 from . import inputs
 from .backend import NoiseSource, array_module
 from .dataset import DEFAULT_TEST_FRACTION, KINDS, Dataset, _as_rows, _split_last, infer_kind  # noqa: F401
-from .emission import EMISSIONS
+from .emission import EMISSIONS, check_support  # noqa: F401 - the support check lives there
 from .errors import ConfigError, DataError, ShapeError
 from .formats import (FORMATS, FREY_SHAPE, IDX_FILES, _detect_path, _find_named,  # noqa: F401
                       load_binarized_mnist_dir, load_frey_face, load_idx_dir, load_idx_images,
@@ -71,44 +71,6 @@ CHECKSUMS = {
 # ---------------------------------------------------------------------------------------------
 # Support checks and binarization
 # ---------------------------------------------------------------------------------------------
-def _first_index(mask, shape) -> tuple[int, int]:
-    xp = array_module(mask)
-    flat = int(xp.argmax(mask.reshape(-1)))
-    return divmod(flat, shape[1])
-
-
-def check_support(y, emission: str, name: str = "data") -> None:
-    """Check that ``y`` (``(n, D)``, host or device) is valid data for ``emission``.
-
-    Every emission needs a non-empty array of finite values; ``bernoulli`` also needs every value
-    in [0, 1]. Raises :class:`~refvae.errors.DataError` naming the count and the first bad entry.
-    """
-    if emission not in EMISSIONS:
-        raise ConfigError(f"unknown emission {emission!r}; choose one of {', '.join(EMISSIONS)}")
-    if not hasattr(y, "shape"):
-        y = np.asarray(y)
-    shape = tuple(y.shape)
-    if len(shape) != 2:
-        raise ShapeError(f"{name} has shape {shape}; give a 2-D array with one datum per row")
-    if 0 in shape:
-        raise DataError(f"{name} is empty (shape {shape}); check the file or the split")
-    xp = array_module(y)
-    bad = ~xp.isfinite(y)
-    n_bad = int(bad.sum())
-    if n_bad:
-        r, c = _first_index(bad, shape)
-        raise DataError(f"{name} has {n_bad} non-finite values (NaN or inf), first at row {r}, "
-                        f"column {c}; remove or impute them")
-    if emission == "bernoulli":
-        out = (y < 0) | (y > 1)
-        n_out = int(out.sum())
-        if n_out:
-            r, c = _first_index(out, shape)
-            raise DataError(f"bernoulli emission needs {name} in [0, 1], but {n_out} values lie "
-                            f"outside, first at row {r}, column {c} (value {float(y[r, c]):g}); "
-                            "rescale to [0, 1] (8-bit images: divide by 255) or use a gaussian emission")
-
-
 def binarize(y, noise: NoiseSource) -> np.ndarray:
     """One Bernoulli draw per entry with probability ``y`` (values in [0, 1]), on the host.
 

@@ -41,7 +41,7 @@ def _read_exactly(f, n: int, path: Path) -> bytes:
     try:
         data = f.read(n)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{inputs._show(path)} is a corrupt or truncated gzip file ({exc}); download "
+        raise DataError(f"{inputs.show(path)} is a corrupt or truncated gzip file ({exc}); download "
                         "it again") from exc
     return data
 
@@ -70,7 +70,7 @@ def read_idx(path) -> np.ndarray:
         dims = struct.unpack(">" + "I" * ndim, dim_bytes)
         dtype = np.dtype(_IDX_TYPES[head[2]])
         expected = math.prod(dims) * dtype.itemsize
-        budget.check_array(f"{inputs._show(path)} (IDX header {dims})", dims, 8,
+        budget.check_array(f"{inputs.show(path)} (IDX header {dims})", dims, 8,
                            hint="check the file")
         body = _read_exactly(f, expected + 1, path)
     if len(body) != expected:
@@ -138,7 +138,7 @@ def _loadmat(path: Path) -> dict:
     with inputs.open_input(path, "data file", DataError) as f:
         try:
             for name, shape, _ in scipy.io.whosmat(f):
-                budget.check_array(f"{inputs._show(path)} variable {name!r}", shape, 16,
+                budget.check_array(f"{inputs.show(path)} variable {name!r}", shape, 16,
                                    hint="check the file")
             f.seek(0)
             return scipy.io.loadmat(f)
@@ -342,6 +342,8 @@ def _find_named(key: str, data_dir) -> Path | None:
 
 def _detect_path(path: Path, test_fraction: float) -> Dataset:
     folder = _is_dir(path)
+    if not folder:
+        inputs.check_regular(path, "data file", DataError)
     for key in ("mnist", "binarized-mnist", "frey-face", "npz"):
         fmt = FORMATS[key]
         found = fmt.in_folder(path) if folder else fmt.of_file(path)

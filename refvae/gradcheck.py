@@ -16,6 +16,7 @@ was meant): pair it with a closed form or an independent engine.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -64,7 +65,13 @@ class CheckList:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """Every tensor agrees, and at least one entry was compared (a check of nothing fails)."""
+        return self.checked > 0 and all(c.passed for c in self.checks)
+
+    @property
+    def checked(self) -> int:
+        """How many entries the tensors hold together."""
+        return sum(math.prod(c.shape) for c in self.checks)
 
     def failures(self) -> list:
         return [c for c in self.checks if not c.passed]
@@ -79,7 +86,8 @@ class GradcheckReport(CheckList):
 
     def __str__(self) -> str:
         head = (f"{self.title}: {'PASS' if self.passed else 'FAIL'} (central differences, eps={self.eps:g}; "
-                f"pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)")
+                f"pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)"
+                + ("; nothing was checked (no entries)" if not self.checked else ""))
         return "\n".join([head] + table_lines(self.checks, ("analytic", "numeric")))
 
 

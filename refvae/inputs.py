@@ -42,7 +42,7 @@ def stat_path(path, what: str = "file", error=CheckpointError):
         return None
     except (OSError, ValueError) as exc:  # ValueError: an embedded NUL byte in the name
         reason = _reason(exc) if isinstance(exc, OSError) else "invalid name"
-        raise error(f"cannot look at {what} {_show(path)}: {reason}; check the path and the "
+        raise error(f"cannot look at {what} {show(path)}: {reason}; check the path and the "
                     "permissions of the folders on it") from exc
 
 
@@ -60,7 +60,7 @@ def is_file(path, what: str = "file", error=CheckpointError) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode)
 
 
-def _show(path) -> str:
+def show(path) -> str:
     """The path as printable text (a name that is not valid UTF-8 shown with escapes)."""
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -72,29 +72,35 @@ def _not_regular(mode) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-def open_input(path, what: str = "file", error=CheckpointError, limit: int | None = None):
-    """Open ``path`` for binary reading after the checks above; the caller closes it."""
+def check_regular(path, what: str = "file", error=CheckpointError) -> os.stat_result:
+    """``os.stat`` of ``path`` when it is an existing regular file, else ``error``."""
     st = stat_path(path, what, error)
     if st is None:
-        raise error(f"{what} {_show(path)} does not exist; check the path")
+        raise error(f"{what} {show(path)} does not exist; check the path")
     kind = _not_regular(st.st_mode)
     if kind:
-        raise error(f"{what} {_show(path)} is {kind}, not a regular file; give a file's path")
+        raise error(f"{what} {show(path)} is {kind}, not a regular file; give a file's path")
+    return st
+
+
+def open_input(path, what: str = "file", error=CheckpointError, limit: int | None = None):
+    """Open ``path`` for binary reading after the checks above; the caller closes it."""
+    check_regular(path, what, error)
     try:
         # O_NONBLOCK: a file swapped for a FIFO after the stat cannot block the open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise error(f"cannot read {what} {_show(path)}: {_reason(exc)}; check its permissions") from exc
+        raise error(f"cannot read {what} {show(path)}: {_reason(exc)}; check its permissions") from exc
     st = os.fstat(fd)
     kind = _not_regular(st.st_mode)
     if kind:
         os.close(fd)
-        raise error(f"{what} {_show(path)} is {kind}, not a regular file; give a file's path")
+        raise error(f"{what} {show(path)} is {kind}, not a regular file; give a file's path")
     cap = budget.limit() if limit is None else limit
     if st.st_size > cap:
         os.close(fd)
-        budget.check(f"{what} {_show(path)}", st.st_size, "give a smaller file")
-        raise error(f"{what} {_show(path)} has {st.st_size} bytes, more than the {cap} allowed; "
+        budget.check(f"{what} {show(path)}", st.st_size, "give a smaller file")
+        raise error(f"{what} {show(path)} has {st.st_size} bytes, more than the {cap} allowed; "
                     "check the path")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
@@ -106,7 +112,7 @@ def read_input(path, what: str = "file", error=CheckpointError, limit: int | Non
         try:
             return f.read()
         except OSError as exc:
-            raise error(f"cannot read {what} {_show(path)}: {_reason(exc)}; check the file") from exc
+            raise error(f"cannot read {what} {show(path)}: {_reason(exc)}; check the file") from exc
 
 
 def read_text(path, what: str = "file", error=CheckpointError, limit: int | None = None) -> str:
@@ -115,7 +121,7 @@ def read_text(path, what: str = "file", error=CheckpointError, limit: int | None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise error(f"{what} {_show(path)} is not UTF-8 text (byte {exc.start}); save it as "
+        raise error(f"{what} {show(path)} is not UTF-8 text (byte {exc.start}); save it as "
                     "UTF-8") from exc
 
 
@@ -203,7 +209,7 @@ def loads_json(text: str, what: str = "JSON", error=CheckpointError):
 def load_json(path, what: str = "JSON file", error=CheckpointError, limit: int = 64 * 2**20):
     """Read ``path`` through :func:`open_input` (at most ``limit`` bytes) and :func:`loads_json`."""
     text = read_text(path, what, error, limit)
-    return loads_json(text, f"{what} {_show(Path(path))}", error)
+    return loads_json(text, f"{what} {show(Path(path))}", error)
 
 
 def dumps_json(obj, **kw) -> str:

@@ -106,8 +106,8 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not inputs.is_dir(directory, "folder"):
-        raise CheckpointError(f"cannot write {what} {inputs._show(path)}: directory "
-                              f"{inputs._show(directory)} does not exist; create it first")
+        raise CheckpointError(f"cannot write {what} {inputs.show(path)}: directory "
+                              f"{inputs.show(directory)} does not exist; create it first")
     remove_stale_tmp(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
@@ -128,7 +128,7 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, CheckpointError):
-            raise CheckpointError(f"cannot write {what} {inputs._show(path)}: {exc.strerror or exc}; the previous "
+            raise CheckpointError(f"cannot write {what} {inputs.show(path)}: {exc.strerror or exc}; the previous "
                                   "file is unchanged, check permissions and free space") from exc
         raise
     _fsync_dir(directory)
@@ -215,7 +215,7 @@ def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
     applies.
     """
     path = Path(path)
-    shown = inputs._show(path)
+    shown = inputs.show(path)
     with inputs.open_input(path, "file", CheckpointError) as f:
         head = f.read(6)
         if head == b"\x93NUMPY":
@@ -285,7 +285,7 @@ def check_npy_header(stream, field: str) -> None:
 
 def load_npy_checked(path, error=CheckpointError) -> np.ndarray:
     """One ``.npy`` array through the file gate, its header checked before it is read."""
-    shown = inputs._show(Path(path))
+    shown = inputs.show(Path(path))
     with inputs.open_input(path, "file", error) as f:
         try:
             check_npy_header(f, shown)
@@ -331,7 +331,7 @@ def ensure_writable_dir(path) -> Path:
     path = Path(path)
     st = inputs.stat_path(path, "output directory")
     if st is not None and not inputs.is_dir(path):
-        raise CheckpointError(f"output directory {inputs._show(path)} is an existing file; choose "
+        raise CheckpointError(f"output directory {inputs.show(path)} is an existing file; choose "
                               "another path")
     try:
         path.mkdir(parents=True, exist_ok=True)

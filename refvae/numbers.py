@@ -26,9 +26,9 @@ def _describe(integer: bool, minimum, maximum, open_min: bool) -> str:
         return f"a non-negative {noun}"
     what = f"an {noun}" if integer else f"a {noun}"
     if minimum is not None:
-        what += f" {'>' if open_min else '≥'} {minimum:g}"
+        what += f" {'>' if open_min else '≥'} {minimum:{'d' if integer else 'g'}}"
     if maximum is not None:
-        what += f"{' and' if minimum is not None else ''} ≤ {maximum:g}"
+        what += f"{' and' if minimum is not None else ''} ≤ {maximum:{'d' if integer else 'g'}}"
     return what
 
 
@@ -45,7 +45,8 @@ def checked(value, name: str, *, integer: bool = False, minimum=None, maximum=No
     want = _describe(integer, minimum, maximum, open_min)
     ok_type = isinstance(value, Integral) if integer else isinstance(value, Real)
     if isinstance(value, bool) or not ok_type:
-        raise error(f"{name} must be {want}, got {value!r} (a {type(value).__name__})")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise error(f"{name} must be {want}, got {shown} (a {type(value).__name__})")
     if not integer and not math.isfinite(value):
         raise error(f"{name} must be {want}, got {value!r}")
     value = int(value) if integer else float(value)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np  # host side: data order and per-epoch summaries
 
+from . import inputs
 from . import io as rio
 from . import parallel
 from . import rundir
@@ -140,18 +141,30 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
 
 
 def load_checkpoint(path, config: VAEConfig) -> RunState:
-    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError)."""
+    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError:
+    another config, arrays that are not floating point, non-finite values, corrupt metadata)."""
     arrays, meta = rio.load_npz_checked(path)
     try:
         saved = VAEConfig.from_dict(meta["config"])
         if saved != config:
             raise CheckpointError(f"{path}: the checkpoint belongs to another model config "
                                   f"({saved.to_dict()}); resume with that config or start a new --out")
+        for name, a in arrays.items():
+            if a.dtype.kind != "f":
+                raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}, but a checkpoint "
+                                      "holds floating-point arrays; the file is not a refvae checkpoint")
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"{path}: array {name!r} holds NaN or inf, so the checkpoint "
+                                      "is not usable (a diverged or damaged run); restore a good copy "
+                                      "or train again")
         params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         optim.update(meta["optimizer_scalars"])
-        return RunState(params, optim, str(meta["optimizer"]), int(meta["epoch"]), int(meta["step"]), str(meta["noise_state"]),
-                        dict(meta.get("estimator_state") or {}))
+        counter = {"integer": True, "minimum": 0, "error": CheckpointError}
+        return RunState(params, optim, str(meta["optimizer"]),
+                        checked(meta["epoch"], f"{path}: the stored epoch", **counter),
+                        checked(meta["step"], f"{path}: the stored step", **counter),
+                        str(meta["noise_state"]), dict(meta.get("estimator_state") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt ({exc})") from exc
 
@@ -205,7 +218,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr, weight_decay=options.weight_decay)
     history: list[dict] = []
     if resume:
-        if not ckpt_path.exists():
+        if not inputs.exists(ckpt_path, "checkpoint"):
             raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
         state = load_checkpoint(ckpt_path, config)
         if state.optimizer_name != opt.name:
@@ -213,7 +226,11 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                                   f"resume with --optimizer {state.optimizer_name}")
         flat.load(state.params)
         opt.load_state_dict(state.optimizer)
-        noise.set_state(state.noise_state)
+        try:
+            noise.set_state(state.noise_state)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: the stored generator state is corrupt ({exc}); "
+                                  "restore a good copy or train again without --resume") from exc
         start_epoch, step, estimator_state = state.epoch, state.step, state.estimator_state
         if options.epochs < start_epoch:
             raise ConfigError(f"--epochs {options.epochs}: the run in {out} has already trained "
@@ -266,7 +283,16 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
                   **({"temperature": temperature(step)} if temperature else {}),
                   "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
+        # The last update of the epoch is checked here: no later gradient would catch it.
+        bad = _first_nonfinite(bk, flat.params)
+        if bad:
+            raise _diverged(epoch, step, f"the parameter {bad} became NaN or inf", ckpt_path,
+                            start_epoch, history)
         record.update(_test_metrics(model, flat.params, data, options, epoch))
+        bad = [k for k, v in record.items() if not math.isfinite(v)]
+        if bad:
+            raise _diverged(epoch, step, f"{', '.join(bad)} is NaN or inf", ckpt_path, start_epoch,
+                            history)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         # Metrics first: a kill between the two writes leaves a metrics line ahead of the
@@ -337,9 +363,20 @@ def _diverged(epoch, step, what, ckpt_path, start_epoch, history) -> TrainingDiv
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
+    """The per-epoch records, each a JSON object with an integer ``epoch`` (else CheckpointError)."""
+    if not inputs.exists(path, "metrics file"):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(inputs.read_text(path, "metrics file").splitlines(), 1):
+        if line.strip():
+            r = inputs.loads_json(line, f"{path} line {i}", CheckpointError)
+            if not isinstance(r, dict) or "epoch" not in r:
+                raise CheckpointError(f"{path} line {i} is not a JSON object with an 'epoch'; repair "
+                                      "or delete the line")
+            checked(r["epoch"], f"{path} line {i}: 'epoch'", integer=True, minimum=1,
+                    error=CheckpointError)
+            records.append(r)
+    return records
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -350,12 +387,12 @@ def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
     """``(model, params, info)`` of a training run directory (``config.json`` + ``checkpoint.npz``);
     ``info`` is ``train.json`` (options and data name) when present."""
     run = Path(run_dir)
-    if not (run / "config.json").exists():
+    if not inputs.exists(run / "config.json", "run file"):
         raise CheckpointError(f"{run} is not a training run directory (no config.json); "
                               "pass the --out directory of `refvae train`")
     config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
     state = load_checkpoint(run / CHECKPOINT, config)
     model = VAE(config, backend, dtype)
     params = model.check_params(state.params)
-    info = rio.load_json(run / "train.json") if (run / "train.json").exists() else {}
+    info = rio.load_json(run / "train.json") if inputs.exists(run / "train.json", "run file") else {}
     return model, params, info

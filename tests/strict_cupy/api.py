@@ -76,16 +76,24 @@ def _array_function(name: str, np_fn, first: str = "array"):
     return fn
 
 
+def _device_values(obj):
+    """What ``cupy.array`` reads: a device array, nested sequences of device arrays (read on the
+    device), or host data (copied to the device, never aliased)."""
+    if isinstance(obj, ndarray):
+        return obj._a
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_device_values(v) for v in obj)
+    return obj
+
+
 def asarray(a, dtype=None, order=None, *, blocking=False):
     if isinstance(a, ndarray):
         return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
-    return ndarray(np.array(a, dtype=dtype, order=order or "K", copy=True))
+    return ndarray(np.array(_device_values(a), dtype=dtype, order=order or "K", copy=True))
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
-    if isinstance(obj, ndarray):
-        return ndarray(np.array(obj._a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
-    return ndarray(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+    return ndarray(np.array(_device_values(obj), dtype=dtype, copy=True, order=order, ndmin=ndmin))
 
 
 def asnumpy(a, stream=None, order="C", out=None, blocking=True):

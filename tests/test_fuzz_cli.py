@@ -1,0 +1,156 @@
+"""Hypothesis fuzzing of the command line (issue 16): random option values for every numeric
+option, and random file contents for every file-taking option, must end in exit 0, or in exit 2
+with exactly one stderr line and no traceback, within a time and memory limit.
+
+Each hypothesis example is a batch of CLI calls run by one child process (tests/fuzz_runner.py)
+under ``resource.setrlimit`` (address space 3 GiB, CPU 240 s) with a 256 MiB refvae budget, so
+that the budget, not the kernel, must stop every oversized request: a bare "out of memory" line
+fails the test. Values that are valid but only slow (``--epochs 10**9``) are not drawn: the time
+limit is there to catch hangs, not long runs the user asked for. :data:`EXAMPLES` × :data:`BATCH`
+calls run in all.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refvae.config import VAEConfig
+from refvae.data import load_dataset
+from refvae.oracle import write_example
+from refvae.train import TrainOptions, train
+
+EXAMPLES, BATCH = 12, 8
+LIMITS = (3 * 2**30, 240, 45)  # address space (bytes), CPU seconds, seconds per call
+CFG = dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4], activation="tanh")
+SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--activation", "tanh"]
+
+HOSTILE_TEXT = st.sampled_from(["", " ", "-", "nan", "NaN", "inf", "-inf", "1e3", "0x10", "1_000", "１",
+                                "2.5", "-0", "+3", "9" * 40, "1e309", "true", "None", "\x00", "\udcff"])
+COUNT = st.one_of(st.integers(-10**6, 3).map(str), HOSTILE_TEXT)               # time grows with it
+SIZE = st.one_of(st.integers(-10**3, 3).map(str), st.sampled_from([str(10**k) for k in (6, 8, 12, 19, 25)]),
+                 HOSTILE_TEXT)                                                   # memory grows with it
+REAL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), HOSTILE_TEXT,
+                 st.sampled_from(["1e-300", "1e300", "0", "-1", "0.5"]))
+TRAIN_OPTIONS = {"--epochs": COUNT, "--batch-size": SIZE, "--samples": SIZE, "--eval-samples": SIZE,
+                 "--seed": SIZE, "--lr": REAL, "--weight-decay": REAL, "--lr-gamma": REAL,
+                 "--lr-step-size": COUNT, "--alpha": REAL, "--latent-dim": SIZE, "--flow-length": COUNT,
+                 "--encoder-hidden": SIZE, "--threads": st.sampled_from(["0", "-1", "1", "2", "x"]),
+                 "--max-memory": st.sampled_from(["0", "1", "1K", "-5", "4X", "64M", "1T"])}
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+CONFIG = st.fixed_dictionaries({}, optional={k: JSON for k in ("data_dim", "latent_dim", "encoder_hidden",
+                                                                "activation", "latent", "alpha", "format")})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzzcli")
+    rng = np.random.default_rng(0)
+    np.savez(root / "d.npz", train=rng.random((40, 6)), test=rng.random((8, 6)))
+    train(VAEConfig.from_dict(CFG), TrainOptions(epochs=1, progress=False), load_dataset(str(root / "d.npz")),
+          root / "run")
+    write_example(root / "oracle")
+    return root
+
+
+def _mangled(data: bytes, cuts) -> bytes:
+    b = bytearray(data)
+    for pos, value in cuts:
+        if b:
+            b[pos % len(b)] = value
+    return bytes(b)
+
+
+@st.composite
+def calls(draw, root: Path):
+    """One CLI call: a command with random option values or a file of random content."""
+    case = draw(st.integers(0, 10**9))
+    work = root / f"case{case}"
+    work.mkdir(exist_ok=True)
+    kind = draw(st.sampled_from(["train-options", "train-data", "train-config", "run-file", "evaluate",
+                                 "sample", "gradcheck", "oracle-file", "bench"]))
+    train_base = ["train", "--data", str(root / "d.npz"), "--epochs", "1", "--quiet", "--no-figures",
+                  "--out", str(work / "run"), *SMALL]
+    if kind == "train-options":
+        chosen = draw(st.lists(st.sampled_from(sorted(TRAIN_OPTIONS)), min_size=1, max_size=3, unique=True))
+        return train_base + [x for k in chosen for x in (k, draw(TRAIN_OPTIONS[k]))]
+    if kind in ("train-data", "run-file", "oracle-file", "train-config"):
+        target = {"train-data": "data" + draw(st.sampled_from([".npz", ".npy", ".mat", ".amat", ""])),
+                  "train-config": "config.json", "oracle-file": draw(st.sampled_from(["config.json", "params.npz",
+                                                                                         "batch.npz", "theirs.npz"])),
+                  "run-file": draw(st.sampled_from(["config.json", "checkpoint.npz", "train.json", "metrics.jsonl"]))}[kind]
+        source = {"train-data": root / "d.npz", "train-config": None, "oracle-file": root / "oracle" / target,
+                  "run-file": root / "run" / target}[kind]
+        content = draw(st.one_of(
+            st.binary(max_size=300),
+            st.builds(_mangled, st.just(source.read_bytes() if source else b"{}"),
+                      st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4)),
+            st.builds(lambda c: json.dumps(c).encode(), CONFIG)))
+        if kind == "run-file":
+            run = work / "run"
+            if not run.exists():
+                import shutil
+
+                shutil.copytree(root / "run", run)
+            (run / target).write_bytes(content)
+            return ["evaluate", "--quiet", str(run)] if draw(st.booleans()) else \
+                train_base[:-len(SMALL) - 1] + [str(run), *SMALL, "--resume", "--epochs", "2"]
+        (work / target).write_bytes(content)
+        if kind == "train-data":
+            return train_base[:2] + [str(work / target)] + train_base[3:] + ["--emission", "gaussian"]
+        if kind == "train-config":
+            return train_base + ["--config", str(work / target)]
+        o = {n: str(root / "oracle" / n) for n in ("config.json", "params.npz", "batch.npz", "theirs.npz")}
+        o[target] = str(work / target)
+        return ["oracle", "compare", "--config", o["config.json"], "--params", o["params.npz"],
+                "--batch", o["batch.npz"], "--grads", o["theirs.npz"]]
+    if kind == "evaluate":
+        return ["evaluate", "--quiet", str(root / "run"), "--samples", draw(SIZE), "--iwae", draw(COUNT), "--seed", draw(SIZE)]
+    if kind == "sample":
+        return ["sample", str(root / "run"), "--n", draw(SIZE), "--image-shape", draw(SIZE), draw(SIZE),
+                "--out", str(work / draw(st.sampled_from(["s.png", "s", "missing/s.png", "."])))]
+    if kind == "gradcheck":
+        return ["gradcheck", "--hidden", *draw(st.lists(COUNT, max_size=2)), "--seed", draw(SIZE)]
+    return ["bench", "--arch", "examples", "--dtype", "float64", "--peer", str(work / "nopeer.py"),
+            "--batch", draw(SIZE), "--steps", draw(st.sampled_from(["0", "1", "-2", "x"])),
+            "--warmup", draw(st.sampled_from(["0", "-1", "1"]))]
+
+
+def run_batch(argvs) -> list[dict]:
+    env = {**os.environ, "REFVAE_MAX_MEMORY": "256M", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_runner.py")), *map(str, LIMITS)],
+                          input="".join(json.dumps(a) + "\n" for a in argvs), capture_output=True, text=True,
+                          env=env, timeout=LIMITS[1] + 60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(data=st.data())
+def test_cli_fuzz(base, data):
+    argvs = [data.draw(calls(base)) for _ in range(BATCH)]
+    results = run_batch(argvs)
+    assert len(results) == len(argvs)
+    if os.environ.get("REFVAE_FUZZ_LOG"):  # for counting the cases and their outcomes
+        with open(os.environ["REFVAE_FUZZ_LOG"], "a") as log:
+            log.writelines(json.dumps(r) + "\n" for r in results)
+    for r in results:
+        lines = r["stderr"].strip().splitlines()
+        where = f"{r['argv']}: {r['stderr'][-2000:]}"
+        assert r["code"] in (0, 1, 2), where  # 1: a comparison or check that ran and failed
+        if r["code"] == 2:
+            assert len(lines) == 1 and re.match(r"refvae( [a-z]+)*: error: ", lines[0]), where
+            assert "out of memory" not in lines[0], where
+        assert "Traceback" not in r["stderr"], where
