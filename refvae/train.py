@@ -5,7 +5,7 @@ initial parameters, the minibatch order, the base noise and dynamic binarization
 saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
-``threads`` > 1 splits each batch into row shards on a :class:`~refvae.parallel.Workers` pool (open
+``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool (open
 for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
 or not, bit for bit). The default, one thread, gives a seed the same numbers on every machine.
@@ -26,17 +26,17 @@ import numpy as np  # host side: data order and per-epoch summaries
 
 from . import inputs
 from . import io as rio
-from . import parallel
 from . import rundir
+from .fast import parallel
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
+from .optim import FlatParams, make_optimizer
 from .progress import Meter
-from .optim import FlatParams, make_optimizer, make_schedule
-from .schedules import TemperatureSchedule
+from .schedules import TemperatureSchedule, make_schedule
 from .vae import VAE
 
 CHECKPOINT = "checkpoint.npz"
