@@ -146,8 +146,8 @@ def test_the_parser_finds_the_citations_of_the_package_and_the_readme():
     """A broken pattern that finds nothing would let every other test here pass vacuously."""
     found = [ref for path in [*refvae_sources(), ROOT / "README.md"]
              for ref in md_references(path.read_text(encoding="utf-8"))]
-    assert len(found) >= 15, found
-    assert any(anchor for _, anchor in found), "no #anchor citation found"
+    assert len(found) >= 40, found
+    assert sum(1 for _, anchor in found if anchor) >= 25, "too few #anchor citations found"
     assert any(ref.endswith("DERIVATIONS.md") for ref, _ in found)
 
 
