@@ -34,7 +34,7 @@ from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
-from .progress import Meter
+from .progress import Meter, clock
 from .optim import FlatParams, make_optimizer, make_schedule
 from .schedules import TemperatureSchedule
 from .vae import VAE
@@ -248,6 +248,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     schedule = _schedule(options, per_epoch)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
+    run_t0 = time.perf_counter()
     for epoch in range(start_epoch + 1, options.epochs + 1):
         t0 = time.perf_counter()
         order = noise.permutation(n)
@@ -302,7 +303,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         if after_epoch is not None:
             out = Path(after_epoch(out, record, flat.params))
             ckpt_path = out / CHECKPOINT
-        meter.line(_epoch_text(record, options.epochs))
+        left = (time.perf_counter() - run_t0) / (epoch - start_epoch) * (options.epochs - epoch)
+        meter.line(_epoch_text(record, options.epochs) + (f"  run eta {clock(left)}" if left else ""))
     return history
 
 
