@@ -8,10 +8,11 @@ exactly where an uninterrupted one would have been (bit for bit).
 ``threads`` > 1 splits each batch into row shards on a :class:`~refvae.parallel.Workers` pool (open
 for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
-or not, bit for bit). The default, one thread, gives a seed the same numbers on every machine.
+or not, bit for bit). This function's default, one thread, gives a seed the same numbers on every
+machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core (``--threads auto``).
 
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
-options and data), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
+options and data: :mod:`refvae.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
 atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
 """
 from __future__ import annotations
