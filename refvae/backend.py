@@ -1,4 +1,4 @@
-"""The one seam between refvae's computation and an array library (ARCHITECTURE.md, principle 4).
+"""The one seam between refvae's computation and an array library (NumPy on the CPU, CuPy on a GPU).
 
 Computation modules never import NumPy, CuPy or SciPy: they receive a :class:`Backend` and use
 ``bk.xp`` (the array module) and the few special functions listed on it. Host/device copies happen
@@ -11,7 +11,6 @@ checkpoint without pickle.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -143,86 +142,6 @@ def available_backends() -> list[str]:
     except BackendError:
         pass
     return names
-
-
-def tune_host_allocator() -> bool:
-    """Keep large NumPy temporaries on glibc's heap instead of fresh ``mmap`` pages.
-
-    A training step allocates and frees many arrays of a few hundred kB to a few MB. glibc serves
-    each from new ``mmap``-ed pages, so every step pays page faults for memory it just returned:
-    about a quarter of a float64 step of the pytorch/examples VAE on one core (44 → 33 ms, measured
-    by ``refvae bench``). Raising ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` keeps those pages
-    mapped between steps. A process-wide setting, so the library never calls it on import: the
-    ``refvae`` command does for its own process, and a user may call it in theirs. Returns whether
-    it took effect (``False`` where the C library is not glibc).
-    """
-    import ctypes  # noqa: PLC0415 - host-side process setting
-    import ctypes.util  # noqa: PLC0415
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
-    except (OSError, AttributeError):
-        return False
-
-
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads")
-_BLAS_GETTERS = tuple(name.replace("set_num", "get_num") for name in _BLAS_SETTERS)
-
-
-def _openblas_controls() -> list:
-    """``(get, set)`` thread-count functions of every OpenBLAS loaded in this process (NumPy's and
-    SciPy's copies), found by file name in ``/proc/self/maps``; empty elsewhere (e.g. MKL)."""
-    import ctypes  # noqa: PLC0415 - host-side process setting
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return []
-    controls = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        get = next((getattr(lib, n) for n in _BLAS_GETTERS if hasattr(lib, n)), None)
-        set_ = next((getattr(lib, n) for n in _BLAS_SETTERS if hasattr(lib, n)), None)
-        if get is not None and set_ is not None:
-            controls.append((get, set_))
-    return controls
-
-
-def blas_threads(n: int | None = None) -> int | None:
-    """The thread count of the OpenBLAS behind NumPy; with ``n``, set it (for every OpenBLAS
-    loaded) and return the previous count. ``None`` where no OpenBLAS can be found (another BLAS,
-    or not Linux): then nothing is changed. A process-wide setting, like
-    :func:`tune_host_allocator`: :class:`refvae.parallel.Workers` uses it for its lifetime."""
-    controls = _openblas_controls()
-    if not controls:
-        return None
-    previous = int(controls[0][0]())
-    if n is not None:
-        for _, set_ in controls:
-            set_(int(n))
-    return previous
-
-
-@contextmanager
-def blas_thread_limit(n: int):
-    """Within the block the OpenBLAS behind NumPy runs ``n`` threads per call (a no-op where
-    :func:`blas_threads` finds none); the previous count is restored after it."""
-    previous = blas_threads(n)
-    try:
-        yield previous
-    finally:
-        if previous is not None:
-            blas_threads(previous)
 
 
 def array_module(a):

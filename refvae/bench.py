@@ -3,9 +3,9 @@ beside a peer implementation run in the same process.
 
 Reported per case: median step time, samples per second, peak memory of the step (tracemalloc,
 which sees NumPy's allocations), achieved GFLOP/s against the machine's measured matrix-multiply
-rate, and the ratio to the peer's step time. The PyTorch peer is ``validation/torch_peer.py``: it
-is loaded from a file (``--peer``) because no autograd framework is imported inside ``refvae/``;
-without torch, or without the file, the ratio column says so.
+rate, and the ratio to the peer's step time. The peer is the PyTorch witness's step
+(:func:`refvae.witness.modules.make_step`, which imports torch only when called), or a module file
+given with ``--peer``; without torch, or without the file, the ratio column says so.
 """
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import inputs, parallel
-from .backend import NoiseSource, blas_thread_limit, get_backend
+from . import inputs
+from .backend import NoiseSource, get_backend
 from .config import VAEConfig
 from .errors import ConfigError
+from .fast import parallel
+from .fast.threads import blas_thread_limit, usable_cores
 from .numbers import cli_int
 from .optim import FlatParams, make_optimizer
 from .vae import VAE
@@ -31,7 +33,6 @@ SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop sp
 TURNS = 4
 # Fewer timed or warm-up steps than these give unstable ratios (PyTorch's first steps are slow).
 STABLE_STEPS, STABLE_WARMUP = 20, 5
-DEFAULT_PEER = Path(__file__).resolve().parent.parent / "validation" / "torch_peer.py"
 ARCHITECTURES = {
     # pytorch/examples' VAE, and a deeper one.
     "examples": dict(data_dim=784, latent_dim=20, encoder_hidden=[400], decoder_hidden=[400]),
@@ -136,8 +137,13 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
 
 
 def load_peer(path=None):
-    """The peer module (``make_step(config, batch, dtype, device, samples, threads)``), or a reason string."""
-    path = Path(path) if path else DEFAULT_PEER
+    """The peer module (``make_step(config, batch, dtype, device, samples, threads)``), or a reason
+    string: :mod:`refvae.witness.modules` by default, else the module file at ``path``."""
+    if not path:
+        from .witness import modules, torch_or_none  # noqa: PLC0415 - torch only when benchmarking
+
+        return modules if torch_or_none() is not None else "peer unavailable (PyTorch is not installed)"
+    path = Path(path)
     if not inputs.exists(path, "peer file", ConfigError):
         return f"no peer file at {path}"
     inputs.check_regular(path, "peer file", ConfigError)
@@ -214,7 +220,7 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
 
 def default_threads() -> int:
     """The cores this process may run on (its CPU affinity), the thread count of both engines."""
-    return parallel.usable_cores()
+    return usable_cores()
 
 
 def format_row(r: dict) -> str:
@@ -266,7 +272,8 @@ def register(sub) -> None:
                    help=f"timed steps per case (default {STABLE_STEPS}; fewer give unstable ratios)")
     p.add_argument("--warmup", type=cli_int(0), default=STABLE_WARMUP,
                    help=f"untimed steps first (default {STABLE_WARMUP})")
-    p.add_argument("--peer", default=None, help=f"peer module file (default {DEFAULT_PEER})")
+    p.add_argument("--peer", default=None,
+                   help="peer module file defining make_step (default: the PyTorch witness, refvae.witness.modules)")
     p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
     p.add_argument("--threads", type=cli_int(1), default=None,
                    help="CPU threads for refvae's row shards and for the peer (default: every core)")

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from . import __version__, budget
-from .backend import tune_host_allocator
+from .fast.threads import tune_host_allocator
 from .errors import RefvaeError
 
 

@@ -5,15 +5,15 @@ initial parameters, the minibatch order, the base noise and dynamic binarization
 saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
-``threads`` > 1 splits each batch into row shards on a :class:`~refvae.parallel.Workers` pool (open
+``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool (open
 for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
 or not, bit for bit). This function's default, one thread, gives a seed the same numbers on every
 machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core (``--threads auto``).
 
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
-options and data: :mod:`refvae.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
-atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
+options and data: :mod:`refvae.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch,
+generator state; written atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ import numpy as np  # host side: data order and per-epoch summaries
 
 from . import inputs
 from . import io as rio
-from . import parallel
 from . import rundir
+from .fast import parallel
 from .backend import NoiseSource
 from .config import VAEConfig
 from .data import BINARIZATIONS, apply_binarization, binarize, check_support
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
+from .optim import FlatParams, make_optimizer
 from .progress import Meter, clock
-from .optim import FlatParams, make_optimizer, make_schedule
-from .schedules import TemperatureSchedule
+from .schedules import TemperatureSchedule, make_schedule
 from .vae import VAE
 
 CHECKPOINT = "checkpoint.npz"

@@ -121,7 +121,7 @@ def _cmd_train(args) -> int:
             opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
             backend, dtype = args.backend or "numpy", args.dtype or "float64"
         if opts.get("threads") == "auto":
-            from .parallel import usable_cores  # noqa: PLC0415
+            from .fast.threads import usable_cores  # noqa: PLC0415
 
             opts["threads"] = usable_cores()
         opts["progress"] = not args.quiet

@@ -13,8 +13,6 @@ weights as sample weights, ``price`` (diagonal: ``½ υ² ⟨H_kk⟩``; full: ``
 the ``scale_tril`` head) and ``pathwise`` give the exact gradient of ``E[f]`` with respect to the
 encoder heads.
 """
-import math
-
 import numpy as np
 import pytest
 
@@ -22,51 +20,11 @@ from refvae import estimators
 from refvae.backend import NoiseSource
 from refvae.latent import DiagonalGaussian, FullCovarianceGaussian
 from refvae.nn import MLP
+from validation.quadrature import Cosine, Quadratic, gauss_hermite, problem
 
 # Nodes per axis: enough for the MLP's expectations to converge to ~1e-9 relative (checked by
 # doubling); the polynomial and cosine cases converge far sooner.
 NODES = {1: 50, 2: 40, 3: 24}
-
-
-def gauss_hermite(k, nodes=None):
-    """Nodes ``(M, K)`` and weights ``(M,)`` of the tensor-product rule for N(0, I_K)."""
-    z, w = np.polynomial.hermite_e.hermegauss(nodes or NODES[k])
-    w = w / math.sqrt(2 * math.pi)
-    grid = np.stack(np.meshgrid(*([z] * k), indexing="ij"), axis=-1).reshape(-1, k)
-    weights = np.prod(np.stack(np.meshgrid(*([w] * k), indexing="ij"), axis=-1).reshape(-1, k), axis=-1)
-    return grid, weights
-
-
-class Quadratic:
-    """``f = (x−k)ᵀA(x−k)``: ``E = (ν−k)ᵀA(ν−k) + tr(AΥ)``, ``∂E/∂ν = 2A(ν−k)``, ``∂E/∂Υ = A``."""
-
-    def __init__(self, k, rng):
-        b = rng.normal(size=(k, k))
-        self.a, self.c = b @ b.T / k + np.eye(k), rng.normal(size=k)
-
-    def derivs(self, x):
-        d = x - self.c
-        return (d @ self.a * d).sum(-1), 2 * d @ self.a, np.broadcast_to(2 * self.a, (*x.shape, x.shape[-1]))
-
-    def exact(self, nu, ups):
-        d = nu - self.c
-        return 2 * self.a @ d, self.a
-
-
-class Cosine:
-    """``f = cos(kᵀx)``: ``E = cos(kᵀν) e^{−½kᵀΥk}``, ``∂E/∂ν = −sin(kᵀν) e^{…} k``,
-    ``∂E/∂Υ = −½ cos(kᵀν) e^{…} k kᵀ``."""
-
-    def __init__(self, k, rng):
-        self.k = rng.normal(size=k) * 1.2
-
-    def derivs(self, x):
-        t = x @ self.k
-        return np.cos(t), -np.sin(t)[:, None] * self.k, -np.cos(t)[:, None, None] * np.outer(self.k, self.k)
-
-    def exact(self, nu, ups):
-        t, damp = nu @ self.k, math.exp(-0.5 * self.k @ ups @ self.k)
-        return -math.sin(t) * damp * self.k, -0.5 * math.cos(t) * damp * np.outer(self.k, self.k)
 
 
 class SmallMLP:
@@ -103,21 +61,15 @@ class SmallMLP:
 
 def expect(fn, nu, ups, what=0):
     """Quadrature of ``f`` (what=0), ``f'`` (1) or ``f''`` (2) under N(ν, Υ)."""
-    z, w = gauss_hermite(len(nu))
+    z, w = gauss_hermite(len(nu), NODES[len(nu)])
     x = nu + z @ np.linalg.cholesky(ups).T
     return np.tensordot(w, fn.derivs(x)[what], axes=1)
-
-
-def _problem(k, seed):
-    rng = np.random.default_rng(seed)
-    b = rng.normal(size=(k, k)) * 0.4
-    return rng, rng.normal(size=k) * 0.5, b @ b.T + 0.3 * np.eye(k)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("family", ["quadratic", "cosine", "mlp"])
 def test_bonnet_and_price_under_quadrature(np_bk, k, family):
-    rng, nu, ups = _problem(k, seed=10 * k)
+    rng, nu, ups = problem(k, seed=10 * k)
     fn = {"quadratic": lambda: Quadratic(k, rng), "cosine": lambda: Cosine(k, rng),
           "mlp": lambda: SmallMLP(k, rng, np_bk)}[family]()
     d_nu, d_ups = fn.exact(nu, ups)

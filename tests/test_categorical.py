@@ -1,5 +1,5 @@
 """The categorical VAE (latent "categorical"): protocol, errors, and the whole model's loss and
-gradients against an independent PyTorch float64 twin (tests/twin_categorical.py) and central
+gradients against an independent PyTorch float64 twin (refvae.witness.categorical) and central
 finite differences.
 
 Evidence: for random architectures (depth, widths, activation, emission, K, C, N, L, temperature)
@@ -54,7 +54,7 @@ def max_rel(a, b):
 
 def compare_with_twin(vae, cfg, params, y, g0, estimator, temperature, reduction="mean",
                       kl="analytic", prior_temperature=None):
-    twin = pytest.importorskip("twin_categorical")
+    twin = pytest.importorskip("refvae.witness.categorical")
     pytest.importorskip("torch")
     res = vae.loss_and_grads(params, y, g0, estimator=estimator, temperature=temperature,
                              reduction=reduction)

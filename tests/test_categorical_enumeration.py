@@ -22,7 +22,7 @@ from refvae.backend import NoiseSource
 from refvae.objectives import iwae_bound, neg_elbo_terms
 from refvae.vae import VAE
 
-twin = pytest.importorskip("twin_categorical")
+twin = pytest.importorskip("refvae.witness.categorical")
 pytest.importorskip("torch")
 
 CFG = dict(data_dim=5, latent_dim=2, categories=3, encoder_hidden=[6], decoder_hidden=[6],

@@ -12,11 +12,11 @@ import json
 import numpy as np
 import pytest
 
-import twin
 from refvae import estimators
 from refvae.backend import NoiseSource
 from refvae.errors import ConfigError
 from refvae.vae import VAE
+from refvae.witness import functional as twin
 
 EMISSIONS = [
     dict(emission="gaussian", activation="tanh", alpha=0.7),

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import twin
 from refvae.backend import NoiseSource, get_backend
 from refvae.errors import ConfigError
 from refvae.gradcheck import assert_gradients
 from refvae.latent import PlanarFlowGaussian
 from refvae.vae import VAE
+from refvae.witness import functional as twin
 
 K, T = 3, 3
 

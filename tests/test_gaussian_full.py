@@ -7,13 +7,13 @@ twin on the same parameters and noise; finite differences of the KL gradient.
 import numpy as np
 import pytest
 
-import twin
 from refvae.backend import NoiseSource
 from strict_cupy import DEVICE_ULPS
 from refvae.errors import ShapeError
 from refvae.gradcheck import assert_gradients
 from refvae.latent import FullCovarianceGaussian
 from refvae.vae import VAE
+from refvae.witness import functional as twin
 
 
 def _heads(rng, n, k, scale=0.5):

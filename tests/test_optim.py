@@ -1,4 +1,5 @@
-"""Flat parameter buffer, optimizers (against torch.optim in float64) and learning-rate schedules."""
+"""Flat parameter buffer, optimizers (the plain rules and the fast path, against torch.optim in
+float64) and learning-rate schedules (refvae.schedules, also importable from refvae.optim)."""
 import math
 import tracemalloc
 
@@ -106,12 +107,13 @@ CASES = [
 @pytest.mark.torch
 @pytest.mark.parametrize("name,kw,tname,tkw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 @pytest.mark.parametrize("with_schedule", [False, True])
-def test_matches_torch_optim(np_bk, name, kw, tname, tkw, with_schedule):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_matches_torch_optim(np_bk, name, kw, tname, tkw, with_schedule, fast):
     torch = pytest.importorskip("torch")
     n_steps = 12
     grads = _grads(n_steps)
     flat = FlatParams.from_dict(np_bk, _random_params())
-    opt = make_optimizer(name, np_bk, flat.size, **kw)
+    opt = make_optimizer(name, np_bk, flat.size, fast=fast, **kw)
     tp = torch.tensor(flat.data.copy(), dtype=torch.float64, requires_grad=True)
     topt = getattr(torch.optim, tname)([tp], **tkw)
     base = opt.lr

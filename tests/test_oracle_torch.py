@@ -1,6 +1,6 @@
 """The oracle against independent PyTorch twins, as a user would run it.
 
-Each twin (tests/twin.py, tests/twin_categorical.py: torch.autograd, float64, sharing nothing with
+Each twin (the PyTorch witness, refvae.witness: torch.autograd, float64, sharing nothing with
 refvae but the parameter names) plays "another implementation": its files pass ``refvae oracle
 compare``; the same gradients with one entry perturbed by 1e-6 relative fail, naming tensor and
 index; broken files get a one-line diagnosis and exit code 2. Float32 twins check the float32
@@ -19,8 +19,8 @@ from refvae.backend import NoiseSource
 from refvae.vae import VAE
 
 torch = pytest.importorskip("torch")
-import twin  # noqa: E402  (tests/ is on sys.path; needs torch)
-import twin_categorical  # noqa: E402
+from refvae.witness import functional as twin  # noqa: E402  (needs torch when called)
+from refvae.witness import categorical as twin_categorical  # noqa: E402
 
 N, L = 5, 3
 SMALL = {"data_dim": 6, "latent_dim": 2, "format": 1}

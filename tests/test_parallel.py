@@ -1,4 +1,4 @@
-"""Row shards on threads (refvae.parallel): the sharded loss and gradients equal the one-shard ones
+"""Row shards on threads (refvae.fast.parallel): the sharded loss and gradients equal the one-shard ones
 to rounding, state-keeping estimators see the whole batch, and the pool restores what it changes."""
 import threading
 import time
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from refvae import ConfigError, NoiseSource
-from refvae.backend import blas_threads
+from refvae.fast.threads import blas_threads
 from refvae.optim import FlatParams, make_optimizer
-from refvae.parallel import Workers, loss_and_grads
+from refvae.fast.parallel import Workers, loss_and_grads
 from refvae.vae import VAE
 
 CASES = [
@@ -93,7 +93,7 @@ def test_running_mean_control_variate_sees_the_whole_batch():
 def test_optimizer_parts_on_threads_are_bit_identical(name, monkeypatch):
     """Each value's update is elementwise, so splitting the buffer over threads changes nothing;
     small blocks make both paths cross many block boundaries."""
-    monkeypatch.setattr("refvae.optim.BLOCK", 1000)
+    monkeypatch.setattr("refvae.fast.optim.BLOCK", 1000)
     rng = np.random.default_rng(1)
     shapes = {"a": (37, 61), "b": (61,), "c": (5000,)}
     kw = {"weight_decay": 0.01} | ({"momentum": 0.9, "nesterov": True} if name == "sgd" else {})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refvae import NoiseSource
-from refvae.backend import blas_threads
+from refvae.fast.threads import blas_threads
 from refvae.cli import main
 from refvae.config import VAEConfig
 from refvae.data import Dataset

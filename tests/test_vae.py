@@ -11,8 +11,7 @@ from refvae.errors import NonFiniteError
 from refvae.gradcheck import assert_gradients
 from refvae.nn.activations import ACTIVATIONS
 from refvae.vae import VAE
-
-import twin
+from refvae.witness import functional as twin
 
 EMISSIONS = [("bernoulli", False), ("gaussian", False), ("gaussian", True), ("gaussian_diag", False)]
 DEPTHS = [([], []), ([7], [5]), ([6, 4], [5, 3])]

@@ -24,8 +24,6 @@ B. The estimators as implemented: for one datum, feeding the quadrature nodes as
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from refvae import NoiseSource, get_backend
@@ -37,9 +35,11 @@ from refvae.nn import MLP
 try:
     from validation.closed_forms import moments
     from validation.common import Claim, Context, main, savefig
+    from validation.quadrature import Cosine, Quadratic, gauss_hermite, problem
 except ImportError:  # run as a script from validation/
     from closed_forms import moments
     from common import Claim, Context, main, savefig
+    from quadrature import Cosine, Quadratic, gauss_hermite, problem
 
 TITLE = "Bonnet's and Price's theorems hold under Gauss–Hermite quadrature; price and pathwise are exact there"
 SOURCE = ("chapter Eqs. 8.16–8.17 (Bonnet 1964, Price 1958), §8.2.1; EQUATIONS.md, gradients with respect "
@@ -70,16 +70,6 @@ TOL_EXACT, TOL_FD, TOL_REFINE = 1e-10, 1e-8, 1e-9
 FD_STEP = 1e-3
 
 
-def gauss_hermite(k: int, nodes: int):
-    """Nodes ``(nodes^k, k)`` and weights ``(nodes^k,)`` of the tensor-product Gauss–Hermite rule
-    for ``N(0, I_k)`` (probabilists' Hermite polynomials; the weights sum to 1)."""
-    z, w = np.polynomial.hermite_e.hermegauss(nodes)
-    w = w / math.sqrt(2 * math.pi)
-    grid = np.stack(np.meshgrid(*([z] * k), indexing="ij"), axis=-1).reshape(-1, k)
-    weights = np.prod(np.stack(np.meshgrid(*([w] * k), indexing="ij"), axis=-1).reshape(-1, k), axis=-1)
-    return grid, weights
-
-
 def rel(a, b) -> float:
     """max |a − b| / max |b|."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -96,41 +86,6 @@ def central(fn_of_step, h: float = FD_STEP) -> float:
 
 
 # ----- test functions: derivs(x (M, K)) -> f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K) -------------
-class Quadratic:
-    """``f = (x−c)ᵀA(x−c)``: ``∂E/∂ν = 2A(ν−c)``, ``∂E/∂Υ = A``."""
-
-    name = "quadratic"
-
-    def __init__(self, k, rng):
-        b = rng.normal(size=(k, k))
-        self.a, self.c = b @ b.T / k + np.eye(k), rng.normal(size=k)
-
-    def derivs(self, x):
-        d = x - self.c
-        return (d @ self.a * d).sum(-1), 2 * d @ self.a, np.broadcast_to(2 * self.a, (*x.shape, x.shape[-1]))
-
-    def exact(self, nu, ups):
-        return 2 * self.a @ (nu - self.c), self.a
-
-
-class Cosine:
-    """``f = cos(kᵀx)``: ``E = cos(kᵀν) e^{−½kᵀΥk}``, so ``∂E/∂ν = −sin(kᵀν) e^{…} k`` and
-    ``∂E/∂Υ = −½ cos(kᵀν) e^{…} k kᵀ``."""
-
-    name = "cosine"
-
-    def __init__(self, k, rng):
-        self.k = rng.normal(size=k) * 1.2
-
-    def derivs(self, x):
-        t = x @ self.k
-        return np.cos(t), -np.sin(t)[:, None] * self.k, -np.cos(t)[:, None, None] * np.outer(self.k, self.k)
-
-    def exact(self, nu, ups):
-        t, damp = nu @ self.k, math.exp(-0.5 * self.k @ ups @ self.k)
-        return -math.sin(t) * damp * self.k, -0.5 * math.cos(t) * damp * np.outer(self.k, self.k)
-
-
 class DecoderSurprisal:
     """``f(x) = −log p(y | MLP(x))``: a tanh MLP K-5-4-heads in PyTorch's default initialisation
     and one of refvae's emissions (α = 0.5 for gaussian) at a fixed ``y``. ``∂f/∂x`` by the reverse
@@ -177,13 +132,6 @@ class DecoderSurprisal:
                 d = central(lambda h: expectation(nu, ups + h * e))
                 d_ups[i, j] = d_ups[j, i] = d if i == j else d / 2  # the symmetric gradient
         return d_nu, d_ups
-
-
-def problem(k: int, seed: int):
-    """A mean and a well-conditioned, correlated covariance in K dimensions."""
-    rng = np.random.default_rng(seed)
-    b = rng.normal(size=(k, k)) * 0.4
-    return rng, rng.normal(size=k) * 0.5, b @ b.T + 0.3 * np.eye(k)
 
 
 def quadrature_sides(fn, nu, ups, nodes: int):

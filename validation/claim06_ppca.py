@@ -13,7 +13,8 @@ import numpy as np
 from scipy.linalg import subspace_angles
 
 from refvae import NoiseSource
-from refvae.optim import FlatParams, make_optimizer, make_schedule
+from refvae.optim import FlatParams, make_optimizer
+from refvae.schedules import make_schedule
 from refvae.vae import VAE
 
 try:

@@ -4,7 +4,7 @@ The model of ``pytorch/examples/vae/main.py``: 784-400-20, ReLU, Bernoulli decod
 MNIST (pixel values in [0, 1] as targets), Adam with learning rate 1e-3, batch 128; its test loss
 is the one-sample negative ELBO per test datum, about 105.6 nats after 10 epochs. refvae trains it
 with its own training loop (:func:`refvae.train.train`, float64); the twin
-(:mod:`validation.torch_twins`) trains it the way pytorch/examples does (float32, loss summed over
+(:mod:`refvae.witness.modules`) trains it the way pytorch/examples does (float32, loss summed over
 the batch, torch's initialisation and random numbers). Several seeds of each give the
 seed-to-seed spread, and the two mean test losses must agree within it.
 """
@@ -18,15 +18,15 @@ from scipy import stats
 
 from refvae.config import VAEConfig
 from refvae.train import TrainOptions, train
+from refvae.witness import torch_or_none
+from refvae.witness.modules import fit_examples, make_twin
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped
     from validation.mnist_models import greyscale_mnist, single_threaded
-    from validation.torch_twins import fit_examples, make_twin, torch_or_none
 except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, savefig, skipped
     from mnist_models import greyscale_mnist, single_threaded
-    from torch_twins import fit_examples, make_twin, torch_or_none
 
 TITLE = "pytorch/examples' MNIST VAE (784-400-20): refvae and an independent PyTorch twin reach the same test loss"
 SOURCE = ("pytorch/examples, vae/main.py (test loss ≈ 105.6 nats after 10 epochs on MNIST); "

@@ -6,7 +6,7 @@ log-variance per pixel (their appendix C.2; refvae's ``gaussian_diag``), Adagrad
 one sample per datum, latent sizes 2 to 20; the figure of merit is the lower bound per datum on
 the training and test data against the number of training samples evaluated (their Figure 2).
 
-refvae and the PyTorch twin (:mod:`validation.torch_twins`) start from the same parameters
+refvae and the PyTorch twin (:mod:`refvae.witness.modules`) start from the same parameters
 (refvae's initialisation, loaded into the twin by name) and see the same minibatches and noise.
 Two checks follow refvae's whole training run:
 
@@ -29,15 +29,15 @@ from refvae.config import VAEConfig
 from refvae.data import load_dataset
 from refvae.optim import FlatParams, make_optimizer
 from refvae.vae import VAE
+from refvae.witness import torch_or_none
+from refvae.witness.modules import PlanTrainer, grads_at, load_refvae_params, make_twin, state_numpy
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped
     from validation.mnist_models import single_threaded
-    from validation.torch_twins import PlanTrainer, grads_at, load_refvae_params, make_twin, state_numpy, torch_or_none
 except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, savefig, skipped
     from mnist_models import single_threaded
-    from torch_twins import PlanTrainer, grads_at, load_refvae_params, make_twin, state_numpy, torch_or_none
 
 TITLE = "Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by step"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (Frey Face), "

@@ -1,8 +1,7 @@
-"""An independent PyTorch (float64) twin of refvae's categorical VAE, written from ORACLE.md,
-EQUATIONS.md and the papers (Jang et al. 2017; Maddison et al. 2017).
+"""The witness's categorical VAE, written from docs/ORACLE.md, docs/DERIVATIONS.md and the papers
+(Jang et al. 2017; Maddison et al. 2017).
 
-It reuses the Gaussian twin's MLP and surprisal (:mod:`twin`, itself independent of refvae) and
-nothing of refvae: samples are formed with torch's softmax/argmax, straight-through with the
+It reuses the MLP and surprisal of :mod:`refvae.witness.functional` and nothing of refvae: samples are formed with torch's softmax/argmax, straight-through with the
 ``hard + Y − Y.detach()`` idiom, the score estimator with a surrogate loss, and the relaxed KL with
 ``torch.distributions.RelaxedOneHotCategorical.log_prob``. Gradients come from torch.autograd.
 """
@@ -10,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twin import _torch, decoder_heads, mlp, surprisal
+from .functional import _torch, decoder_heads, mlp, surprisal
 
 
 def _relaxed_log_prob(temperature, logits, value):
