@@ -106,7 +106,7 @@ def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: 
     posterior sample each), labelled."""
     y = y[:n]
     eps = model.draw_noise(NoiseSource(seed), y.shape[0], 1)
-    fp = model.forward(params, model.bk.asarray(y), eps, getattr(model.latent, "evaluation_estimator", "pathwise"))
+    fp = model.forward(params, model.bk.asarray(y), eps, model.latent.evaluation_estimator)
     rec = np.clip(model.bk.to_numpy(model.emission.mean(model.bk, fp.dec_out[:, 0])), 0.0, 1.0)
     rows_img = image_shape[0]
     canvas = _tile(np.concatenate([y, rec]), image_shape, y.shape[0])

@@ -38,7 +38,7 @@ from .objectives import neg_elbo_terms
 from .optim import FlatParams, make_optimizer
 from .progress import Meter, clock
 from .schedules import TemperatureSchedule, make_schedule
-from .vae import VAE
+from .fast.model import fast_vae
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -90,7 +90,7 @@ class TrainOptions:
     def temperature_schedule(self, latent) -> TemperatureSchedule | None:
         """Jang et al.'s ``s = max(s_min, s_0 exp(−r t))`` for a relaxed latent (``None`` otherwise);
         a pure function of the step, so resuming needs only the step count."""
-        if getattr(latent, "default_estimator", "pathwise") == "pathwise":
+        if latent.default_estimator == "pathwise":
             return None
         return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
                                    self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
@@ -198,7 +198,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     not finite; the checkpoint of the last finished epoch is left in place.
     """
     out = rio.ensure_writable_dir(out_dir)
-    model = VAE(config, backend, dtype)
+    model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
     config.check_batch("batch_size × samples", options.batch_size, options.samples)
@@ -395,7 +395,7 @@ def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
                               "pass the --out directory of `refvae train`")
     config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
     state = load_checkpoint(run / CHECKPOINT, config)
-    model = VAE(config, backend, dtype)
+    model = fast_vae(config, backend, dtype)
     params = model.check_params(state.params)
     info = rio.load_json(run / "train.json") if inputs.exists(run / "train.json", "run file") else {}
     return model, params, info

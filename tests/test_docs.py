@@ -157,8 +157,6 @@ def test_every_md_reference_in_the_readme_resolves():
     assert not broken, "\n".join(broken)
 
 
-@pytest.mark.xfail(strict=True, reason="refvae/ still cites the design notes' EQUATIONS.md and "
-                   "ARCHITECTURE.md until issue 13's docstring citations land (13a)")
 def test_every_md_reference_from_refvae_resolves():
     _, broken = broken_references(refvae_sources())
     assert not broken, "\n".join(broken)

@@ -19,8 +19,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..errors import ConfigError
-from ..estimators import STATEFUL
-from ..vae import LossResult
+from ..math.estimators import STATEFUL
+from ..math.vae import LossResult
 from .threads import blas_thread_limit
 
 
