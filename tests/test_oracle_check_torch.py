@@ -189,3 +189,33 @@ def test_categorical_gumbel_noise_is_captured_from_rand_like():
     assert [c.name for c in report.checks][:3] == ["heads/logits", "x", "decoder_out"]
     wrong = oracle.check_torch(model, loss_fn, y, config, name_map=names, reduction="sum", temperature=0.5)
     assert not wrong.passed and "x" in [c.name for c in wrong.failures()]
+
+
+class TanhDecoder(ex.VAE):
+    def decode(self, z):
+        return torch.sigmoid(self.fc4(torch.tanh(self.fc3(z))))
+
+
+def test_a_different_decoder_is_the_first_quantity_that_differs():
+    model, y = model_and_batch(torch.float64, cls=TanhDecoder)
+    report = oracle.check_torch(model, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
+    assert report.hints[0].startswith("the decoder output is the first quantity that differs while its "
+                                      "input x agrees"), str(report)
+
+
+def test_kl_right_and_reconstruction_wrong_is_named():
+    """A squared error where the config says bernoulli, exported with its KL and reconstruction."""
+    model, y = model_and_batch(torch.float64)
+    torch.manual_seed(7)
+    recon, mu, logvar = model(y)
+    rec = ((recon - y.view(-1, 784)) ** 2).sum()
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    (rec + kl).backward()
+    torch.manual_seed(7)
+    eps = torch.randn(16, 20, dtype=torch.float64)
+    theirs = {"loss": rec + kl, "kl": kl, "reconstruction": rec,
+              **{f"grad/{k}": p.grad for k, p in model.named_parameters()}}
+    report = oracle.check(ex.CONFIG, model.state_dict(), {"y": y.reshape(16, -1), "eps": eps[:, None]},
+                          theirs, reduction="sum", name_map=ex.NAMES)
+    assert "kl" not in [c.name for c in report.failures()]
+    assert "the KL agrees and the reconstruction differs: look at the emission and the decoder" in report.hints
