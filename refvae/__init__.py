@@ -1,7 +1,7 @@
 """refvae: reference variational autoencoders with every gradient derived by hand.
 
 NumPy on the CPU, CuPy on the GPU, through one backend seam (:mod:`refvae.backend`). The
-mathematics is section 8.2 of the chapter, restated in ``EQUATIONS.md``.
+mathematics is section 8.2 of the chapter (:mod:`refvae.math`), derived in ``docs/DERIVATIONS.md``.
 """
 from .backend import Backend, NoiseSource, available_backends, get_backend
 from .errors import (BackendError, CheckpointError, ConfigError, DataError, GradcheckError,

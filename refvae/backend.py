@@ -22,9 +22,6 @@ from .errors import BackendError, ConfigError
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = {"float64": np.float64, "float32": np.float32}
-# Values per block of a multi-pass elementwise kernel on the CPU: a dozen passes over blocks this
-# size stay in a core's L2 cache instead of streaming whole arrays through memory each time.
-ELEMENTWISE_BLOCK = 32768
 
 
 @dataclass(frozen=True)
@@ -61,16 +58,6 @@ class Backend:
     def to_float(self, a) -> float:
         """A 0-d device array -> Python float (a device sync on CuPy)."""
         return float(self.to_numpy(a))
-
-    def row_blocks(self, rows: int, row_size: int) -> list:
-        """Slices of ``range(rows)`` for kernels that make many elementwise passes: about
-        :data:`ELEMENTWISE_BLOCK` values each on the CPU (the Bernoulli emission on a
-        1024 × 784 batch: 10.8 → 5.9 ms in float32, 22 → 18 ms in float64); one slice on a GPU,
-        where each pass is a kernel launch."""
-        if self.name == "cupy" or rows * row_size <= ELEMENTWISE_BLOCK:
-            return [slice(0, rows)]
-        step = max(1, ELEMENTWISE_BLOCK // max(1, row_size))
-        return [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on NumPy); used by benchmarks."""

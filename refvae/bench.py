@@ -23,11 +23,11 @@ from . import inputs
 from .backend import NoiseSource, get_backend
 from .config import VAEConfig
 from .errors import ConfigError
+from .fast.model import fast_vae
 from .fast import parallel
 from .fast.threads import blas_thread_limit, usable_cores
 from .numbers import cli_int
 from .optim import FlatParams, make_optimizer
-from .vae import VAE
 
 SETTLE_S = 0.25   # pause before each engine's turn (idle worker threads stop spinning)
 TURNS = 4
@@ -118,8 +118,8 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
                 samples: int = 1, seed: int = 0, workers: parallel.Workers | None = None):
     """A closure running one refvae training step on a fixed random batch with fresh noise
     (row shards on ``workers``' threads when given)."""
-    model = VAE({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
-                backend, dtype)
+    model = fast_vae({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
+                     backend, dtype)
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
     opt = make_optimizer("adam", model.bk, flat.size, lr=1e-3)
@@ -249,6 +249,10 @@ def _cmd_bench(args) -> int:
     for arch in args.arch:
         for batch in args.batch:
             VAEConfig.from_dict(ARCHITECTURES[arch]).check_batch("--batch", batch)
+    for dtype in args.dtype:  # bad input is refused before the warning and the table start
+        get_backend(args.backend, dtype)
+    if args.peer and inputs.exists(args.peer, "peer file", ConfigError):
+        inputs.check_regular(args.peer, "peer file", ConfigError)
     threads = args.threads or default_threads()
     warning = few_steps_warning(args.steps, args.warmup)
     if warning:

@@ -11,7 +11,7 @@ array holding a JSON object with ``"refvae_format": 1``. They are read with
 ``allow_pickle=False``; every way a file can be wrong is reported as a one-line
 :class:`~refvae.errors.CheckpointError` naming the file and the problem.
 
-This is host-side I/O, so it uses NumPy directly (ARCHITECTURE.md, principle 4).
+This is host-side I/O, not computation, so it uses NumPy directly rather than through the backend.
 """
 from __future__ import annotations
 

@@ -171,9 +171,9 @@ class OracleInputs:
 
 
 def default_estimator(vae: VAE) -> str:
-    """The latent's ``default_estimator`` (``gumbel-softmax`` for categorical latents), else
-    ``pathwise`` (ORACLE.md)."""
-    return getattr(vae.latent, "default_estimator", None) or "pathwise"
+    """The latent's ``default_estimator``: ``gumbel-softmax`` for categorical latents, ``pathwise``
+    for the others (ORACLE.md)."""
+    return vae.default_estimator
 
 
 def _temperature(value, what: str):

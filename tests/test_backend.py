@@ -360,8 +360,8 @@ def test_every_available_backend_is_exercised():
 
 @pytest.mark.parametrize("rows,row_size", [(1, 10), (1024, 784), (7, 100000), (333, 97), (0, 5)])
 def test_row_blocks_cover_rows_in_order_and_fit_the_block(rows, row_size):
-    from refvae.backend import ELEMENTWISE_BLOCK  # noqa: PLC0415
-    blocks = get_backend("numpy").row_blocks(rows, row_size)
+    from refvae.fast.kernels import ELEMENTWISE_BLOCK, row_blocks  # noqa: PLC0415
+    blocks = row_blocks(get_backend("numpy"), rows, row_size)
     covered = [i for b in blocks for i in range(b.start, b.stop)]
     assert covered == list(range(rows))
     for b in blocks:

@@ -16,7 +16,6 @@ encoder heads.
 import numpy as np
 import pytest
 
-from refvae import estimators
 from refvae.backend import NoiseSource
 from refvae.latent import DiagonalGaussian, FullCovarianceGaussian
 from refvae.nn import MLP
@@ -108,11 +107,8 @@ def test_price_and_pathwise_estimators_give_the_exact_head_gradient(np_bk, laten
             minus[name][0, i] -= h
             col[0, i] = (value(plus) - value(minus)) / (2 * h)
         exact[name] = col
-    if latent_cls is DiagonalGaussian:
-        signals = estimators.DecoderSignals(g_w, None, 1.0, lambda full=False: np.diagonal(hess_w, axis1=-2, axis2=-1))
-        price = estimators.gaussian_price(np_bk, latent, state, signals)
-    else:
-        price = latent.price(np_bk, state, g_w, hess_w)
+    price = latent.price(np_bk, state, g_w,
+                         lambda full=False: hess_w if full else np.diagonal(hess_w, axis1=-2, axis2=-1))
     pathwise = latent.pathwise(np_bk, state, g_w)
     for name in heads:
         np.testing.assert_allclose(pathwise[name], exact[name], rtol=1e-8, atol=1e-10, err_msg=name)

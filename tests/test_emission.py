@@ -92,17 +92,20 @@ def test_bernoulli_extreme_logits(logit):
         assert np.isfinite(t.df_do).all() and np.isfinite(em.curvature(BK, o, None)).all()
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_bernoulli_in_many_row_blocks_matches_direct_formulas(dtype):
-    """A batch large enough for many cache-sized blocks (``Backend.row_blocks``), data in [0, 1]
-    broadcast over L samples, logits up to ±60: every block gives the direct float64 formulas."""
+def test_bernoulli_in_many_row_blocks_matches_direct_formulas(dtype, fast):
+    """A batch large enough for many cache-sized blocks (``refvae.fast.kernels.row_blocks``), data
+    in [0, 1] broadcast over L samples, logits up to ±60: the plain emission and every block of the
+    fast one give the direct float64 formulas."""
+    from refvae.fast.kernels import FastBernoulli, row_blocks  # noqa: PLC0415
     bk = get_backend("numpy", dtype)
     n, samples, d = 97, 3, 301
-    assert len(bk.row_blocks(n, samples * d)) > 2
+    assert len(row_blocks(bk, n, samples * d)) > 2
     o = (RNG.normal(size=(n, samples, d)) * 20).clip(-60, 60)
     y = RNG.random((n, 1, d))
     y[: n // 2] = y[: n // 2] < 0.5
-    t = make_emission("bernoulli").terms(bk, bk.asarray(o), bk.asarray(y))
+    t = (FastBernoulli() if fast else make_emission("bernoulli")).terms(bk, bk.asarray(o), bk.asarray(y))
     assert t.f.dtype == t.df_do.dtype == np.dtype(dtype) and t.f.shape == (n, samples)
     rtol = 1e-13 if dtype == "float64" else 2e-6
     f = (np.logaddexp(0.0, o) - y * o).sum(-1)

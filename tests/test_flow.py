@@ -152,8 +152,8 @@ def test_mean_is_the_flow_image_of_the_base_mean_and_ignores_the_noise(np_bk):
     latent = PlanarFlowGaussian(K, T)
     heads = _heads(9)
     rng = np.random.default_rng(10)
-    first = latent.mean(latent.sample(np_bk, heads, rng.normal(size=(2, 3, K))))
-    second = latent.mean(latent.sample(np_bk, heads, rng.normal(size=(2, 1, K))))
+    first = latent.mean(np_bk, latent.sample(np_bk, heads, rng.normal(size=(2, 3, K))))
+    second = latent.mean(np_bk, latent.sample(np_bk, heads, rng.normal(size=(2, 1, K))))
     np.testing.assert_array_equal(first, second)
     u, w, b = (torch.tensor(heads[h]) for h in ("flow_u", "flow_w", "flow_b"))
     expected, _ = twin.planar_flows(torch.tensor(heads["mean"])[:, None, :], u.reshape(2, T, K),

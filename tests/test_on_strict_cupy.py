@@ -175,3 +175,11 @@ def test_oracle_python_api_takes_device_arrays(strict_cupy_bk, tmp_path):
     wrong["grad/encoder.0.bias"] = theirs["grad/encoder.0.bias"] + 1.0
     with pytest.raises(oracle.OracleMismatch, match="encoder.0.bias"):
         oracle.assert_matches(ex["config"], params, batch, wrong)
+
+
+@pytest.mark.parametrize("act", ["tanh", "softplus", "silu"])
+def test_gradcheck_cli_on_the_device(strict_cupy_bk, capsys, act):
+    """`refvae gradcheck --backend cupy` crashed before (cupy.unravel_index given a Python int)."""
+    assert cli.main(["gradcheck", "--backend", "cupy", "--activation", act, "--hidden", "4", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].endswith("PASS") and "FAIL" not in out

@@ -1,0 +1,132 @@
+"""Hidden-layer activations φ with their first and second derivatives, side by side.
+
+docs/DERIVATIONS.md#activations lists ``φ, φ', φ''``; the MLP's reverse pass needs ``φ'`` and the
+input Hessian (Eq. 8.17) needs ``φ''``. Every derivative is written in a form that keeps full relative
+precision at large |a| (e.g. ``sech² a`` rather than ``1 − tanh² a``, which is exactly 0 in floating
+point once ``tanh a`` rounds to ±1), so the derivatives stay correct at ±50 and beyond.
+
+Each function takes the backend ``bk`` and the pre-activation ``a``; derivative functions also take
+the value ``h = φ(a)`` so that they can reuse it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Activation:
+    """``value(bk, a)``, ``d1(bk, a, h)`` = φ'(a), ``d2(bk, a, h)`` = φ''(a).
+
+    ``piecewise_linear`` marks φ'' = 0 almost everywhere, so the Hessian may skip its hidden terms.
+    """
+
+    name: str
+    value: Callable
+    d1: Callable
+    d2: Callable
+    piecewise_linear: bool = False
+
+
+def _sech2(bk, a):
+    """sech² a = 4e/(1+e)² with e = exp(−2|a|): no cancellation, no overflow."""
+    e = bk.xp.exp(-2.0 * bk.xp.abs(a))
+    return 4.0 * e / (1.0 + e) ** 2
+
+
+def _sig_pair(bk, a):
+    """σ(a) and σ(−a) = 1 − σ(a), each to full relative precision."""
+    return bk.special.expit(a), bk.special.expit(-a)
+
+
+# tanh: φ' = sech² a, φ'' = −2 tanh(a) sech² a.
+TANH = Activation(
+    "tanh",
+    value=lambda bk, a: bk.xp.tanh(a),
+    d1=lambda bk, a, h: _sech2(bk, a),
+    d2=lambda bk, a, h: -2.0 * h * _sech2(bk, a),
+)
+
+
+def _sigmoid_d2(bk, a, h):
+    # σ'' = σ(1−σ)(1−2σ) and 1 − 2σ(a) = −tanh(a/2).
+    s, sm = _sig_pair(bk, a)
+    return -(s * sm) * bk.xp.tanh(0.5 * a)
+
+
+SIGMOID = Activation(
+    "sigmoid",
+    value=lambda bk, a: bk.special.expit(a),
+    d1=lambda bk, a, h: h * bk.special.expit(-a),
+    d2=_sigmoid_d2,
+)
+
+
+def softplus(bk, a):
+    """``softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{−|a|})``: no overflow, and full relative
+    precision for every finite ``a`` (the second term is exact where it is below an ulp of the first)."""
+    xp = bk.xp
+    return xp.maximum(a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
+
+
+def _softplus_d2(bk, a, h):
+    s, sm = _sig_pair(bk, a)
+    return s * sm
+
+
+# softplus(a) = log(1 + e^a) = logaddexp(0, a); φ' = σ(a), φ'' = σ(a)σ(−a).
+SOFTPLUS = Activation(
+    "softplus",
+    value=softplus,
+    d1=lambda bk, a, h: bk.special.expit(a),
+    d2=_softplus_d2,
+)
+
+# relu: φ' = 1[a > 0] (PyTorch's convention at 0), φ'' = 0 almost everywhere.
+RELU = Activation(
+    "relu",
+    value=lambda bk, a: bk.xp.maximum(a, 0.0),
+    d1=lambda bk, a, h: (a > 0).astype(a.dtype),
+    d2=lambda bk, a, h: bk.xp.zeros_like(a),
+    piecewise_linear=True,
+)
+
+IDENTITY = Activation(
+    "identity",
+    value=lambda bk, a: a,
+    d1=lambda bk, a, h: bk.xp.ones_like(a),
+    d2=lambda bk, a, h: bk.xp.zeros_like(a),
+    piecewise_linear=True,
+)
+
+
+def _silu_d1(bk, a, h):
+    s, sm = _sig_pair(bk, a)
+    return s * (1.0 + a * sm)
+
+
+def _silu_d2(bk, a, h):
+    # d/da [σ(1 + aσ(−a))] = σσ(−a)(2 + a(1 − 2σ)) = σσ(−a)(2 − a tanh(a/2)).
+    s, sm = _sig_pair(bk, a)
+    return s * sm * (2.0 - a * bk.xp.tanh(0.5 * a))
+
+
+# silu (swish): φ(a) = a σ(a); smooth, so its Hessian terms are informative, unlike relu's.
+SILU = Activation(
+    "silu",
+    value=lambda bk, a: a * bk.special.expit(a),
+    d1=_silu_d1,
+    d2=_silu_d2,
+)
+
+ACTIVATIONS = {act.name: act for act in (TANH, SIGMOID, SOFTPLUS, RELU, IDENTITY, SILU)}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called ``name``; an unknown name is a :class:`ConfigError` listing the choices."""
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
