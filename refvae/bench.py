@@ -245,6 +245,10 @@ def _cmd_bench(args) -> int:
     for arch in args.arch:
         for batch in args.batch:
             VAEConfig.from_dict(ARCHITECTURES[arch]).check_batch("--batch", batch)
+    for dtype in args.dtype:  # bad input is refused before the warning and the table start
+        get_backend(args.backend, dtype)
+    if args.peer and inputs.exists(args.peer, "peer file", ConfigError):
+        inputs.check_regular(args.peer, "peer file", ConfigError)
     threads = args.threads or default_threads()
     warning = few_steps_warning(args.steps, args.warmup)
     if warning:

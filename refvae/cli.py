@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught, \
                 budget.limited(getattr(args, "max_memory", None)):
-            warnings.simplefilter("always")
+            warnings.simplefilter("default")  # once per place: a long run cannot pile them up
             code = int(args.func(args) or 0)
         for w in caught:  # the command succeeded: its warnings are shown after all
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

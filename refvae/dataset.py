@@ -74,7 +74,8 @@ def _as_rows(a, what: str) -> np.ndarray:
     if a.ndim != 2:
         raise ShapeError(f"{what} has shape {a.shape}; give a 2-D array with one datum per row")
     if a.dtype.kind not in "biuf":
-        raise DataError(f"{what} has dtype {a.dtype}; give numeric data")
+        raise DataError(f"{what} has dtype {a.dtype}; give numeric data "
+                        "(real numbers: complex values are refused)")
     return np.ascontiguousarray(a, dtype=np.float64)
 
 

@@ -81,8 +81,22 @@ def _save_image(canvas, path, title, row_labels=None):
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.suptitle(title, y=1 - 8 / height, va="top")
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> None:
+    """Write the figure atomically: a full disk leaves the previous file, not a truncated PNG."""
+    from .io import atomic_write  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.suffix:  # as matplotlib names it
+        path = path.with_name(path.name + ".png")
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format=path.suffix[1:]), "figure")
+    except ValueError as exc:  # a format matplotlib cannot write
+        raise ConfigError(f"cannot write figure {path}: {exc}; use a .png name") from exc
+    finally:
+        plt.close(fig)
 
 
 def decoded_means(model, params, x) -> np.ndarray:
@@ -137,8 +151,7 @@ def loss_curves(history, path):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def latent_means(model, params, y, path, labels=None):
@@ -159,8 +172,7 @@ def latent_means(model, params, y, path, labels=None):
     ax.set_ylabel("ν₂")
     ax.set_title("latent means of the test set")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def manifold(model, params, path, image_shape, steps: int = 15):

@@ -270,7 +270,8 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
         shape = tuple(int(s) for s in np.ravel(arrays["image_shape"]))
     for what, a in (("train", train), ("test", test), ("valid", valid)):
         if a is not None and a.dtype.kind not in "biuf":
-            raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data")
+            raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data "
+                            "(real numbers: complex values are refused)")
     if test is None:
         train, test = _split_last(train, test_fraction, f"{path}: train")
     kind = infer_kind(*(np.asarray(a) for a in (train, valid, test) if a is not None)) \

@@ -4,20 +4,17 @@
 file (a FIFO, a device such as ``/dev/zero``, a socket or a directory is refused instead of read
 forever), be readable, and be no larger than the limit (default: the memory budget). Every
 problem, including a missing execute permission on a folder on the way, is one line of the
-caller's error type. :func:`gunzip` inflates in a stream with a cap, never to an unbounded buffer.
+caller's error type.
 
 :func:`loads_json` is strict: duplicate keys, ``NaN``/``Infinity``, numbers of more than
 :data:`MAX_DIGITS` digits and nesting deeper than :data:`MAX_DEPTH` are refused.
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
 import os
 import stat
-import zlib
 from pathlib import Path
 
 from . import budget
@@ -123,22 +120,6 @@ def read_text(path, what: str = "file", error=CheckpointError, limit: int | None
     except UnicodeDecodeError as exc:
         raise error(f"{what} {show(path)} is not UTF-8 text (byte {exc.start}); save it as "
                     "UTF-8") from exc
-
-
-def gunzip(raw: bytes, what: str, error, cap: int | None = None) -> bytes:
-    """Inflate gzip bytes in 1 MiB steps, refusing output beyond ``cap`` (default: the budget)."""
-    cap = budget.limit() if cap is None else cap
-    out = bytearray()
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-            while block := f.read(1 << 20):
-                out += block
-                if len(out) > cap:
-                    budget.check(f"{what} (decompressed)", len(out), "give a smaller file")
-                    raise error(f"{what} inflates beyond {cap} bytes; give a smaller file")
-    except (OSError, EOFError, zlib.error) as exc:
-        raise error(f"{what} is a corrupt or truncated gzip file ({exc}); download it again") from exc
-    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------

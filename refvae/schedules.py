@@ -17,10 +17,10 @@ same schedule at the same step.
 from __future__ import annotations
 
 import math
-from numbers import Integral
 from typing import Callable
 
 from .errors import CheckpointError, ConfigError
+from .numbers import checked
 
 # ---------------------------------------------------------------------------------------------
 # Learning rate
@@ -153,9 +153,7 @@ class TemperatureSchedule:
                  every: int = 1, step: int = 0):
         self.initial = _positive("initial", initial)
         self.minimum = _positive("minimum", minimum)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
-            raise ConfigError(f"temperature schedule: rate must be a finite number ≥ 0, got {rate!r}")
-        self.rate = float(rate)
+        self.rate = checked(rate, "temperature schedule: rate", minimum=0)
         self.every = _count("every", every, 1)
         self.step_count = _count("step", step, 0)
 
@@ -194,12 +192,8 @@ class TemperatureSchedule:
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"temperature schedule: {name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return checked(value, f"temperature schedule: {name}", minimum=0, open_min=True)
 
 
 def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ConfigError(f"temperature schedule: {name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
+    return checked(value, f"temperature schedule: {name}", integer=True, minimum=minimum)

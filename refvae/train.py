@@ -8,11 +8,12 @@ exactly where an uninterrupted one would have been (bit for bit).
 ``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool (open
 for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
-or not, bit for bit). The default, one thread, gives a seed the same numbers on every machine.
+or not, bit for bit). This function's default, one thread, gives a seed the same numbers on every
+machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core (``--threads auto``).
 
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
-options and data), ``checkpoint.npz`` (parameters, optimizer state, epoch, generator state; written
-atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
+options and data: :mod:`refvae.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch,
+generator state; written atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from .errors import CheckpointError, ConfigError, NonFiniteError
 from .numbers import checked
 from .objectives import neg_elbo_terms
 from .optim import FlatParams, make_optimizer
-from .progress import Meter
+from .progress import Meter, clock
 from .schedules import TemperatureSchedule, make_schedule
 from .fast.model import fast_vae
 
@@ -248,6 +249,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     schedule = _schedule(options, per_epoch)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
 
+    run_t0 = time.perf_counter()
     for epoch in range(start_epoch + 1, options.epochs + 1):
         t0 = time.perf_counter()
         order = noise.permutation(n)
@@ -302,7 +304,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         if after_epoch is not None:
             out = Path(after_epoch(out, record, flat.params))
             ckpt_path = out / CHECKPOINT
-        meter.line(_epoch_text(record, options.epochs))
+        left = (time.perf_counter() - run_t0) / (epoch - start_epoch) * (options.epochs - epoch)
+        meter.line(_epoch_text(record, options.epochs) + (f"  run eta {clock(left)}" if left else ""))
     return history
 
 

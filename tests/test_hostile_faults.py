@@ -128,3 +128,29 @@ def test_budget_sizes_and_refusals():
         with pytest.raises(BudgetError, match="memory budget"):
             inputs.read_input(Path(__file__), "file", DataError)
     assert budget.limit() > 1024
+
+
+def test_a_full_disk_while_a_figure_is_written_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    import matplotlib.figure
+
+    from refvae.config import VAEConfig
+    from refvae.data import load_dataset
+    from refvae.train import TrainOptions, train
+
+    np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((40, 6)))
+    train(VAEConfig.from_dict(dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4])),
+          TrainOptions(epochs=1, progress=False), load_dataset(str(tmp_path / "d.npz")), tmp_path / "run")
+    out = tmp_path / "s.png"
+    out.write_bytes(b"old")
+
+    def full_disk(self, f, **kw):
+        f.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    args = ["sample", str(tmp_path / "run"), "--image-shape", "2", "3", "--out"]
+    line = one_line(main(args + [str(out)]), capsys.readouterr().err)
+    assert "No space left on device" in line and out.read_bytes() == b"old"
+    assert not list(tmp_path.glob(".s.png.*"))
+    monkeypatch.undo()
+    assert "png" in one_line(main(args + [str(tmp_path / "s.xyz")]), capsys.readouterr().err)

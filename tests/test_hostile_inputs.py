@@ -190,6 +190,8 @@ CATALOGUE = [
     ("text .amat with nan", "minor", lambda e: train_args(e, data=folder(e, "amat", {
         "binarized_mnist_train.amat": b"0 1 nan 1\n1 0 0 1\n", "binarized_mnist_test.amat": b"0 1 0 1\n"})),
      "non-finite"),
+    ("bench --peer /dev/zero (no warning line first)", "minor", lambda e: [
+        "bench", "--peer", "/dev/zero", "--steps", "1", "--arch", "examples", "--batch", "2"], "character device"),
 ]
 ROWS = [pytest.param(*row, id=row[0]) for row in CATALOGUE]
 

@@ -19,9 +19,10 @@ from refvae.math.latent import make_latent
 MATH = Path(refvae.math.__file__).parent
 FILES = sorted(MATH.rglob("*.py"))
 # What a math module may import: the standard library's pure helpers, the rest of refvae/math/,
-# and from refvae only the backend seam, the errors and the config.
+# and from refvae only the backend seam, the errors, the config and the validated-number helper
+# (which the config itself uses).
 ALLOWED = {"__future__", "math", "dataclasses", "typing", "refvae.backend", "refvae.errors",
-           "refvae.config"}
+           "refvae.config", "refvae.numbers"}
 
 
 def _imports(path: Path):

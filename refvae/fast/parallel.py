@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from ..errors import ConfigError
 from ..math.estimators import STATEFUL
 from ..math.vae import LossResult
+from ..numbers import checked
 from .threads import blas_thread_limit
 
 
@@ -32,9 +32,7 @@ class Workers:
     """
 
     def __init__(self, threads: int = 1):
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-        self.threads = threads
+        self.threads = threads = checked(threads, "threads", integer=True, minimum=1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="refvae") if threads > 1 else None
         self._blas_limit = None
 

@@ -16,6 +16,7 @@ from ..backend import Backend, NoiseSource, get_backend
 from ..config import VAEConfig
 from .emission import check_support, make_emission
 from ..errors import ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch, shape_mismatch
+from ..numbers import checked
 from .latent import make_latent
 from .mlp import MLP
 
@@ -250,9 +251,7 @@ class VAE:
             params = self.check_params(params)
             y, noise = self.check_batch(y, noise)
         n = noise.shape[0]
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < n):
-            raise ConfigError(f"batch_size must be an integer >= the {n} rows of y, got {batch_size!r}")
+        checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n, none=True)
         scale = 1.0 / (batch_size or n) if reduction == "mean" else 1.0
         rp = self.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state)
         if detect_anomaly:

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import ConfigError, DataError
+from ...numbers import checked
 from ..estimators import estimators_for
 
 HARD_MODES = ("straight-through", "score", "hard")
@@ -189,10 +190,7 @@ def check_temperature(temperature, mode: str) -> float:
     if temperature is None:
         raise ConfigError(f"estimator {mode!r} needs a temperature s > 0 (the softness of Eq. 8.29); "
                           "pass temperature=…, e.g. 1.0, or a temperature schedule")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
-    return float(temperature)
+    return checked(temperature, "temperature", minimum=0, open_min=True)
 
 
 class Categorical:
