@@ -1,4 +1,4 @@
-"""``refvae oracle compute | compare | example``: the command-line face of :mod:`refvae.oracle`.
+"""``refvae oracle compute | compare | unbiased | example``: the command-line face of :mod:`refvae.oracle`.
 
 Exit codes: 0 when every tensor passes, 1 when any differs, 2 for unusable input (one line on
 stderr, printed by :func:`refvae.cli.main`).
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from . import oracle
 from .config import LATENTS
@@ -19,18 +20,32 @@ def _name_map(args) -> dict:
     return oracle.parse_name_map(args.map or (), args.map_file)
 
 
+def _layout(args) -> dict:
+    return {"name_map": _name_map(args), "layout": args.layout, "split": oracle.parse_split(args.split or ())}
+
+
+def _emit(text) -> None:
+    """Print; a reader that closed the pipe early (``| head``) is not an error: the exit status
+    still reports the comparison."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
+
+
 def _cmd_compute(args) -> int:
     result = oracle.compute(args.config, args.params, args.batch, estimator=args.estimator,
                             reduction=args.reduction, temperature=args.temperature,
-                            name_map=_name_map(args), backend=args.backend)
+                            backend=args.backend, **_layout(args))
     oracle.write_npz(args.out, result.arrays())
     if args.json:
-        print(json.dumps({"out": os.fspath(args.out), "loss": result.loss, "kl": result.kl,
+        _emit(json.dumps({"out": os.fspath(args.out), "loss": result.loss, "kl": result.kl,
                           "reconstruction": result.reconstruction, "estimator": result.estimator,
                           "reduction": result.reduction, "temperature": result.temperature}))
     else:
         unit = "nats per datum" if result.reduction == "mean" else "nats, summed over the batch"
-        print(f"wrote {args.out}: loss {result.loss:.10g} (KL {result.kl:.10g}, reconstruction "
+        _emit(f"wrote {args.out}: loss {result.loss:.10g} (KL {result.kl:.10g}, reconstruction "
               f"{result.reconstruction:.10g}) {unit}; estimator {result.estimator}")
     return 0
 
@@ -38,8 +53,16 @@ def _cmd_compute(args) -> int:
 def _cmd_compare(args) -> int:
     report = oracle.check(args.config, args.params, args.batch, args.grads, estimator=args.estimator,
                           reduction=args.reduction, temperature=args.temperature, rtol=args.rtol,
-                          atol=args.atol, name_map=_name_map(args), backend=args.backend)
-    print(json.dumps(report.to_dict()) if args.json else report)
+                          atol=args.atol, backend=args.backend, **_layout(args))
+    _emit(json.dumps(report.to_dict()) if args.json else report)
+    return 0 if report.passed else 1
+
+
+def _cmd_unbiased(args) -> int:
+    report = oracle.check_unbiased(args.config, args.params, args.batch, args.draws, estimator=args.estimator,
+                                   level=args.level, reduction=args.reduction, seed=args.seed,
+                                   reference_replicates=args.reference_replicates, **_layout(args))
+    _emit(json.dumps(report.to_dict()) if args.json else report)
     return 0 if report.passed else 1
 
 
@@ -54,9 +77,9 @@ def _cmd_example(args) -> int:
                + (f" --reduction {args.reduction}" if args.reduction != "mean" else "")
                + (f" --estimator {args.estimator}" if args.estimator else ""))
     if args.json:
-        print(json.dumps({"files": paths, "compare": command}))
+        _emit(json.dumps({"files": paths, "compare": command}))
     else:
-        print(f"wrote {', '.join(paths.values())}\n"
+        _emit(f"wrote {', '.join(paths.values())}\n"
               f"theirs.npz holds refvae's own result in the format your exporter writes; check it with\n"
               f"  {command}")
     return 0
@@ -67,11 +90,21 @@ def _model_options(p, out_help: str) -> None:
     p.add_argument("--params", required=True, help="params.npz (PyTorch state_dict names and layout)")
     p.add_argument("--batch", required=True, help="batch.npz: y, the noise (eps or gumbel), optional temperature")
     _run_options(p)
+    _layout_options(p)
+    p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
+    p.add_argument("--json", action="store_true", help=out_help)
+
+
+def _layout_options(p) -> None:
     p.add_argument("--map", action="append", metavar="THEIRS=OURS",
                    help="rename a module or tensor of yours, e.g. fc1=encoder.0 (repeatable)")
     p.add_argument("--map-file", metavar="JSON", help='name map file: {"fc1": "encoder.0", ...}')
-    p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
-    p.add_argument("--json", action="store_true", help=out_help)
+    p.add_argument("--layout", choices=("out-in", "in-out"), default="out-in",
+                   help="out-in: weight is (out, in) as in PyTorch (default); in-out: (in, out) kernels "
+                        "named kernel or weight (JAX, Flax, Keras, NumPy)")
+    p.add_argument("--split", action="append", metavar="THEIRS=OURS,OURS",
+                   help="split a fused layer along its outputs, e.g. enc_out=encoder.mean,encoder.logvar "
+                        "(repeatable)")
 
 
 def _run_options(p) -> None:
@@ -84,7 +117,7 @@ def _run_options(p) -> None:
 
 
 def register(sub) -> None:
-    """``refvae oracle compute | compare | example``."""
+    """``refvae oracle compute | compare | unbiased | example``."""
     p = sub.add_parser("oracle", help="check another implementation's VAE loss and gradients "
                                       "against refvae's (ORACLE.md)")
     osub = p.add_subparsers(dest="oracle_command", metavar="SUBCOMMAND")
@@ -107,6 +140,26 @@ def register(sub) -> None:
                    help="absolute tolerance, in units of each tensor's scale max(1, max|ours|) "
                         "(default 1e-9 for float64 gradients, 1e-5 for float32)")
     k.set_defaults(func=_cmd_compare)
+
+    u = osub.add_parser("unbiased", help="test M draws of your stochastic gradient estimator for bias "
+                                         "against refvae's expected gradient; exit 0 unbiased, 1 biased, 2 unusable input")
+    u.add_argument("--config", required=True, help="config.json (architecture, ORACLE.md)")
+    u.add_argument("--params", required=True, help="params.npz (the parameters the draws were taken at)")
+    u.add_argument("--batch", required=True, help="batch.npz holding y (noise arrays in it are not used)")
+    u.add_argument("--draws", required=True, help="draws.npz: grad/<name> of shape (M, *shape), M independent draws")
+    u.add_argument("--level", type=cli_float(0, 1, open_min=True), default=1e-3,
+                   help="family-wise false-alarm probability (Bonferroni over all entries; default 1e-3)")
+    u.add_argument("--estimator", default=None,
+                   help="refvae estimator for the reference where no exact expectation exists "
+                        "(default pathwise; score for categorical latents)")
+    u.add_argument("--reference-replicates", type=cli_int(2), default=200,
+                   help="replicates of refvae's estimator when no exact expectation exists (default 200)")
+    u.add_argument("--reduction", choices=REDUCTIONS, default="mean",
+                   help="mean (default) or sum of the per-datum loss over the batch")
+    u.add_argument("--seed", type=cli_int(0), default=0, help="seed of the reference replicates")
+    _layout_options(u)
+    u.add_argument("--json", action="store_true", help="print the report as JSON")
+    u.set_defaults(func=_cmd_unbiased)
 
     e = osub.add_parser("example", help="write a complete, valid set of oracle files for a small model")
     e.add_argument("--out", required=True, help="folder to write config.json, params.npz, batch.npz, theirs.npz")

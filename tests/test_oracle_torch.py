@@ -217,7 +217,7 @@ def readme_section():
 
 def test_readme_exporter_and_compare_command_run(tmp_path, monkeypatch, capsys):
     section = readme_section()
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "import jax" not in b]
     exporter = next(b for b in blocks if "np.savez" in b)
     assert len([line for line in exporter.splitlines() if line.strip()]) <= 20
     monkeypatch.chdir(tmp_path)
@@ -248,8 +248,12 @@ def test_readme_pytest_helper_reports_a_wrong_gradient(tmp_path, monkeypatch):
     exec(compile(model_block, str(README), "exec"), namespace)  # noqa: S102
     torch.manual_seed(1)
     model = namespace["VAE"]()
-    y, eps = torch.rand(8, 784), torch.randn(8, 20)
-    loss = model(y, eps)
+    y = torch.rand(8, 784)
+    torch.manual_seed(2)   # the README's reseeding: the draw of randn_like inside the model, again
+    recon, mu, logvar = model(y)
+    loss = namespace["loss_function"](recon, y, mu, logvar)
+    torch.manual_seed(2)
+    eps = torch.randn(8, 20)
     model.zero_grad()
     loss.backward()
     model.fc22.bias.grad[3] += 0.5 * model.fc22.bias.grad[3].abs() + 1e-3
