@@ -180,7 +180,7 @@ def conform(arr: np.ndarray, shape) -> np.ndarray:
 
 
 def _validate_theirs(theirs: dict, expected: dict, label_: str) -> dict:
-    problems, missing, extra = [], [], []
+    problems, extra = [], []
     missing = [n for n in expected if n.startswith(GRAD) and n not in theirs]
     out = {}
     for name, arr in theirs.items():
