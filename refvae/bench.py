@@ -164,9 +164,10 @@ def load_peer(path=None):
 
 def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("float32", "float64"),
               backend="numpy", steps: int = 20, warmup: int = 5, peer=None, device="cpu",
-              threads: int | None = None, out=sys.stdout) -> list[dict]:
+              threads: int | None = None, out=None) -> list[dict]:
     """The main table: every architecture × batch × dtype, refvae beside the peer, both on
     ``threads`` threads (default: every core this process may use)."""
+    out = sys.stdout if out is None else out  # read at call time: pytest and callers swap sys.stdout
     threads = threads or default_threads()
     peer_mod = load_peer(peer)
     rows = []
@@ -197,8 +198,9 @@ def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("flo
 
 
 def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64", backend="numpy",
-                   steps: int = 10, warmup: int = 2, out=sys.stdout) -> list[dict]:
+                   steps: int = 10, warmup: int = 2, out=None) -> list[dict]:
     """Step time of each estimator versus the latent dimension K (pytorch/examples widths)."""
+    out = sys.stdout if out is None else out
     rows = []
     cases = [("gaussian", "pathwise", {}), ("gaussian", "price", {}), ("gaussian", "score-loo", {}),
              ("categorical", "gumbel-softmax", {"categories": 10})]

@@ -28,7 +28,7 @@ NODES = {1: 50, 2: 40, 3: 24}
 
 class SmallMLP:
     """``f = ½||MLP(x) − c||²``, tanh, widths K-5-4-2; ``f'`` from the reverse pass, ``f''`` from the
-    exact input Hessian (EQUATIONS.md, MLP section)."""
+    exact input Hessian (docs/DERIVATIONS.md#mlp-input-hessians)."""
 
     def __init__(self, k, rng, bk):
         self.bk = bk

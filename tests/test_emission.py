@@ -1,4 +1,4 @@
-"""Emission surprisals, their gradients and curvatures (EQUATIONS.md Notation; errata E2, E6)."""
+"""Emission surprisals, their gradients and curvatures (docs/DERIVATIONS.md#emissions; errata E2, E6)."""
 import math
 
 import numpy as np
@@ -42,7 +42,7 @@ def _torch_surprisal(name, o, y, log_alpha=None):
 @pytest.mark.parametrize("name", ["bernoulli", "gaussian", "gaussian_diag"])
 def test_gradient_and_curvature_match_pytorch(name):
     """∂f/∂o and ∂²f/∂o∂oᵀ against torch.autograd in float64. For gaussian_diag this pins the sign
-    of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where EQUATIONS.md prints −(y − μ)e^{−s}."""
+    of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where our earlier notes printed −(y − μ)e^{−s}."""
     torch = pytest.importorskip("torch")
     em = make_emission(name, alpha=0.8)
     d = 3

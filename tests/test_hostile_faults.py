@@ -93,7 +93,7 @@ def test_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch, cap
         return real_stat(path, *a, **kw)
 
     monkeypatch.setattr(os, "stat", stat)
-    for argv in (["train", "--quiet", "--data", str(locked / "d.npz")],
+    for argv in (["train", "--quiet", "--data", str(locked / "d.npz"), "--out", str(tmp_path / "run")],
                  ["train", "--quiet", "--out", str(locked / "run"), "--data", str(locked / "d.npz")],
                  ["evaluate", "--quiet", str(locked / "run")],
                  ["oracle", "compute", "--config", str(locked / "c.json"), "--params", str(locked / "p.npz"),

@@ -1,4 +1,4 @@
-"""Exact input Jacobians and input Hessians of the MLP (EQUATIONS.md, MLP section).
+"""Exact input Jacobians and input Hessians of the MLP (docs/DERIVATIONS.md#mlp-input-hessians).
 
 ``f(x) = e(o(x))`` per datum, with ``e`` built here so that its gradient and curvature are known:
 ``e(o) = g·o + ½ oᵀ C o`` (``∂e/∂o = g + C o``, ``∂²e/∂o∂oᵀ = C``) with ``C`` in each of the three
@@ -213,7 +213,7 @@ def test_hessian_against_torch(bk, depth, act, form):
 # Real surprisals: gaussian (scalar 1/α), bernoulli (diag), gaussian_diag (block2)
 # ----------------------------------------------------------------------------------------------
 class Surprisal:
-    """The emissions of EQUATIONS.md with gradient and curvature derived here by hand.
+    """The emissions of docs/DERIVATIONS.md#emissions with gradient and curvature derived here by hand.
 
     gaussian_diag over (μ_d, s_d), e = ½[(y−μ)² e^{−s} + s + log 2π]:
     ∂e/∂μ = −(y−μ)e^{−s}, ∂e/∂s = ½(1 − (y−μ)² e^{−s}),

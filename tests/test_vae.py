@@ -1,5 +1,5 @@
 """The diagonal-Gaussian VAE: loss and gradients against PyTorch autograd, finite differences and
-closed forms (EQUATIONS.md, Objective; Eqs. 8.16, 8.19, 8.24, 8.26)."""
+closed forms (docs/DERIVATIONS.md#the-objective; Eqs. 8.16, 8.19, 8.24, 8.26)."""
 import math
 import zlib
 

@@ -1,7 +1,7 @@
-"""Claim 1: the chapter's misprints E1–E6 (EQUATIONS.md, "Errata") — each printed form and its
+"""Claim 1: the chapter's misprints E1–E6 (docs/DERIVATIONS.md#errata) — each printed form and its
 correction evaluated against an independent reference (central finite differences, SciPy's
-densities, Monte Carlo moments, a chi-square test). Also the one misprint found in EQUATIONS.md
-itself (the sign of the gaussian_diag curvature's off-diagonal entry).
+densities, Monte Carlo moments, a chi-square test). Also the one misprint found in our own
+earlier notes (the sign of the gaussian_diag curvature's off-diagonal entry).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ except ImportError:  # run as a script from validation/
     from common import Claim, Context, main
 
 TITLE = "Errata E1–E6: the printed forms fail, the corrected forms agree with independent references"
-SOURCE = "EQUATIONS.md, Errata; chapter §8.2.2 (after Eq. 8.26, boxed results), Eqs. 8.18, 8.28–8.29"
+SOURCE = "docs/DERIVATIONS.md#errata; chapter §8.2.2 (after Eq. 8.26, boxed results), Eqs. 8.18, 8.28–8.29"
 FULL_MODE = "under 1 s (10⁶ Monte Carlo draws); measured"  # runtime of --full on two cores
 
 BK = get_backend()
@@ -146,7 +146,7 @@ def e6_rows():
 
 
 def equations_md_row():
-    """EQUATIONS.md prints the (μ_d, s_d) cross-curvature of gaussian_diag as −(y − μ)e^{−s}; the
+    """Our earlier notes printed the (μ_d, s_d) cross-curvature of gaussian_diag as −(y − μ)e^{−s}; the
     derivative ∂/∂s [(μ − y)e^{−s}] is +(y − μ)e^{−s}."""
     rng = np.random.default_rng(4)
     y, mu, s = rng.normal(size=(1, 2)), rng.normal(size=(1, 2)), rng.normal(size=(1, 2))

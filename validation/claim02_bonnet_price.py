@@ -42,8 +42,8 @@ except ImportError:  # run as a script from validation/
     from quadrature import Cosine, Quadratic, gauss_hermite, problem
 
 TITLE = "Bonnet's and Price's theorems hold under Gauss–Hermite quadrature; price and pathwise are exact there"
-SOURCE = ("chapter Eqs. 8.16–8.17 (Bonnet 1964, Price 1958), §8.2.1; EQUATIONS.md, gradients with respect "
-          "to the recognition outputs and the MLP input Hessian")
+SOURCE = ("chapter Eqs. 8.16–8.17 (Bonnet 1964, Price 1958), §8.2.1; docs/DERIVATIONS.md#bonnet-and-price "
+          "and docs/DERIVATIONS.md#mlp-input-hessians")
 FULL_MODE = "the same run as quick (no randomness), about 25 s; measured"  # runtime of --full on two cores
 
 BK = get_backend()

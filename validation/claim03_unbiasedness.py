@@ -4,7 +4,7 @@ The chapter's estimators (§8.2.1–8.2.2): pathwise (reparameterization, Eqs. 8
 (Eqs. 8.16–8.17) and the score function with each control variate of ``refvae.estimators``
 (``score``: β = 0; ``score-loo``: leave-one-out mean; ``score-running``: running mean of earlier
 steps; ``score-optimal``: per-component optimal β from the other half of the samples). Each is
-unbiased by its own argument (EQUATIONS.md and the module docstring of ``refvae.estimators``); here
+unbiased by its own argument (docs/DERIVATIONS.md#score-function-and-control-variates); here
 each is measured against an exact gradient.
 
 Model: linear encoder and decoder, ``gaussian`` emission with learned α, diagonal (latent
@@ -50,8 +50,8 @@ except ImportError:  # run as a script from validation/
 
 TITLE = ("Pathwise, Price and the score function with every control variate are unbiased: their means "
          "match the exact gradient of a linear VAE")
-SOURCE = ("chapter §8.2.1–8.2.2, Eqs. 8.16–8.17, 8.24 (boxed results, erratum E3); EQUATIONS.md, gradients "
-          "with respect to the recognition outputs; refvae.estimators")
+SOURCE = ("chapter §8.2.1–8.2.2, Eqs. 8.16–8.17, 8.24 (boxed results, erratum E3); docs/DERIVATIONS.md#pathwise-gradient, "
+          "docs/DERIVATIONS.md#bonnet-and-price, docs/DERIVATIONS.md#score-function-and-control-variates")
 FULL_MODE = "163–224 s (20,000 noise draws); measured on a loaded machine"  # runtime of --full on two cores
 
 ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]

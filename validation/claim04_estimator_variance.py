@@ -34,7 +34,7 @@ except ImportError:  # run as a script from validation/
 
 TITLE = ("Score-function variance grows with K, pathwise variance does not; control variates and "
          "Price's theorem reduce variance; cost per step versus K")
-SOURCE = "chapter §8.2.1 (score-function and pathwise estimators), Eqs. 8.16–8.17, 8.24; EQUATIONS.md"
+SOURCE = "chapter §8.2.1 (score-function and pathwise estimators), Eqs. 8.16–8.17, 8.24; docs/DERIVATIONS.md#score-function-and-control-variates"
 FULL_MODE = "422 s (K up to 128); measured on a loaded machine"  # runtime of --full on two cores
 
 ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]

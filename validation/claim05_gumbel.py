@@ -40,7 +40,7 @@ except ImportError:  # run as a script from validation/
 TITLE = ("Gumbel-max samples softmax(η); the concrete density integrates to 1 with mass π_k on "
          "'Y_k largest'; relaxed gradients grow as the temperature falls")
 SOURCE = ("chapter Eqs. 8.28–8.29 and the remark after Eq. 8.29; Maddison et al. 2017 (ICLR), Eq. 1; "
-          "Jang et al. 2017 (ICLR); EQUATIONS.md, discrete latents and erratum E4")
+          "Jang et al. 2017 (ICLR); docs/DERIVATIONS.md#concrete-density-and-relaxed-kl, erratum E4")
 FULL_MODE = "96 s (2·10⁶ draws); measured"  # runtime of --full on two cores
 
 BK = get_backend()

@@ -43,7 +43,7 @@ except ImportError:  # run as a script from validation/
 TITLE = ("Categorical VAE (20 × 10) on binarized MNIST: Gumbel-softmax, straight-through and score "
          "function under the same budget, beside Jang et al. Table 1")
 SOURCE = ("Jang, Gu & Poole 2017 (ICLR), Table 1 and section 4.3; chapter Eqs. 8.27–8.29; "
-          "EQUATIONS.md, discrete latents")
+          "docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax")
 FULL_MODE = "990 s (all 50,000/10,000, 8 epochs, three estimators: gumbel-softmax 120.1 < straight-through 121.6 < score 135.7 nats, Jang et al.'s order); measured"  # runtime of --full on two cores
 
 ESTIMATORS = ["gumbel-softmax", "straight-through", "score"]

@@ -7,7 +7,7 @@ Model: linear encoder heads ``h = W_h y + b_h`` (no hidden layers), recognition
 the ``gaussian`` emission ``N(μ, αI)`` with α fixed or learned as ``decoder.log_alpha``.
 
 Because ``μ`` is linear, ``E_q ||y − μ(x)||² = ||y − Wν − b||² + tr(W Υ Wᵀ)``, so the expected
-negative ELBO per datum is exact (EQUATIONS.md, "Objective"; boxed results of §8.2.2):
+negative ELBO per datum is exact (docs/DERIVATIONS.md#the-objective; boxed results of §8.2.2):
 
     F = ½ (tr Υ + νᵀν − K − log|Υ|) + (||y − Wν − b||² + tr(W Υ Wᵀ)) / (2α) + (D/2) log(2πα)
 

@@ -47,11 +47,13 @@ class Bernoulli:
         return [("out", data_dim)]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
         expit = bk.special.expit
         f = ((1.0 - y) * softplus(bk, o) + y * softplus(bk, -o)).sum(axis=-1)
         return EmissionTerms(f, (1.0 - y) * expit(o) - y * expit(-o))
 
     def curvature(self, bk, o, y, log_alpha=None):
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
         return bk.special.expit(o) * bk.special.expit(-o)
 
     def mean(self, bk, o):
@@ -78,6 +80,7 @@ class Gaussian:
         return self.log_alpha_fixed if log_alpha is None else log_alpha
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
         xp = bk.xp
         la = self._log_alpha(log_alpha)
         inv_alpha = xp.exp(-la) if log_alpha is not None else math.exp(-la)
@@ -89,6 +92,7 @@ class Gaussian:
         return EmissionTerms(f, r * inv_alpha, df_dla)
 
     def curvature(self, bk, o, y, log_alpha=None):
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
         la = self._log_alpha(log_alpha)
         return bk.xp.exp(-la) if log_alpha is not None else math.exp(-la)
 
@@ -117,6 +121,7 @@ class GaussianDiag:
         return o[..., :d], o[..., d:]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
         xp = bk.xp
         mu, s = self._split(o)
         r = mu - y
@@ -126,6 +131,7 @@ class GaussianDiag:
         return EmissionTerms(f, xp.concatenate([rp, 0.5 - 0.5 * r * rp], axis=-1))
 
     def curvature(self, bk, o, y, log_alpha=None):
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
         xp = bk.xp
         mu, s = self._split(o)
         r = mu - y

@@ -93,7 +93,8 @@ class MLP:
 
     # ----- forward --------------------------------------------------------------------------
     def forward(self, bk, params, x):
-        """``o = a_L`` for input ``x`` of shape ``(..., in)``; returns ``(o, cache)``.
+        """``o = a_L`` for input ``x`` of shape ``(..., in)`` (docs/DERIVATIONS.md#mlp-reverse-pass);
+        returns ``(o, cache)``.
 
         The cache keeps ``h_0 = x`` and each hidden layer's ``a_l`` and ``h_l`` (flattened to 2-D).
         """

@@ -28,7 +28,8 @@ def _batches(n: int, batch_size: int):
 
 
 def neg_elbo_terms(vae, params, y, noise: NoiseSource, samples: int = 1, batch_size: int = 500):
-    """Per-datum KL and reconstruction ``(1/L) Σ_l f(x_l, y)`` with ``L = samples``; host arrays."""
+    """Per-datum KL and reconstruction ``(1/L) Σ_l f(x_l, y)`` with ``L = samples`` (Eq. 8.20;
+    docs/DERIVATIONS.md#the-objective); host arrays."""
     bk = vae.bk
     kls, recs = [], []
     for sl in _batches(y.shape[0], batch_size):
@@ -41,7 +42,8 @@ def neg_elbo_terms(vae, params, y, noise: NoiseSource, samples: int = 1, batch_s
 
 
 def log_weights(vae, params, y, eps):
-    """``log p(y, x_i) − log q(x_i|y) = −f(x_i, y) + log p(x_i) − log q(x_i|y)``, shape ``(N, k)``."""
+    """``log p(y, x_i) − log q(x_i|y) = −f(x_i, y) + log p(x_i) − log q(x_i|y)``, shape ``(N, k)``
+    (docs/DERIVATIONS.md#importance-weighted-bound)."""
     fp = vae.forward(params, y, eps, vae.latent.evaluation_estimator)
     return -fp.f + vae.latent.log_prior(vae.bk, fp.state) - vae.latent.log_q(vae.bk, fp.state)
 
@@ -72,7 +74,8 @@ def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: in
 
 
 def active_units(vae, params, y, threshold: float = 0.01, batch_size: int = 500):
-    """Burda et al. (2016): unit k is active when ``Cov_y(E_q[x_k|y]) > threshold``.
+    """Burda et al. (2016; docs/DERIVATIONS.md#importance-weighted-bound): unit k is active when
+    ``Cov_y(E_q[x_k|y]) > threshold``.
     Returns ``(count, variances)`` with the per-unit variance across the data (host)."""
     bk = vae.bk
     means = []

@@ -112,7 +112,8 @@ def concrete_log_density(bk, log_y, logits, temperature):
 
 
 def concrete_log_density_grads(bk, log_y, logits, temperature):
-    """Partial derivatives of :func:`concrete_log_density` with respect to ``log Y`` and ``η``.
+    """Partial derivatives of :func:`concrete_log_density` with respect to ``log Y`` and ``η``
+    (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl).
 
     With ``w = softmax(log π − s log Y)`` (the weights of the last log-sum-exp):
     ``∂/∂ log Y_c = −(s+1) + C s w_c`` and ``∂/∂η_c = 1 − C w_c`` (the ``log Σ exp η`` terms of
@@ -131,7 +132,8 @@ def categorical_kl_uniform(bk, log_pi):
 
 
 def categorical_kl_uniform_grad(bk, log_pi):
-    """``∂/∂η_j Σ_c π_c log(C π_c) = π_j (log π_j − Σ_c π_c log π_c)``, ``(..., C)``."""
+    """``∂/∂η_j Σ_c π_c log(C π_c) = π_j (log π_j − Σ_c π_c log π_c)``, ``(..., C)``
+    (docs/DERIVATIONS.md#the-objective)."""
     pi = bk.xp.exp(log_pi)
     return pi * (log_pi - (pi * log_pi).sum(axis=-1, keepdims=True))
 
@@ -147,7 +149,8 @@ def relaxed_kl_sample(bk, log_y, logits, temperature, prior_temperature):
 
 
 def relaxed_kl_sample_grad(bk, log_y, logits, temperature, prior_temperature):
-    """Pathwise derivative of :func:`relaxed_kl_sample` with respect to ``η``, the sample moving with
+    """Pathwise derivative of :func:`relaxed_kl_sample` (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)
+    with respect to ``η``, the sample moving with
     ``η`` (``log Y = log_softmax((η + G0)/s)``): the direct ``∂ log q/∂η`` plus, for
     ``v = ∂(log q − log p)/∂ log Y``, the log-softmax VJP ``(1/s)(v − Y Σ_c v_c)``."""
     zeros = bk.xp.zeros_like(log_y)
@@ -262,7 +265,8 @@ class Categorical:
 
     def kl(self, bk, state: CategoricalState):
         """Per datum ``(N,)``: the analytic categorical KL summed over the K variables, or (relaxed
-        KL on a relaxed state) the mean over the L samples of the one-sample relaxed KL."""
+        KL on a relaxed state) the mean over the L samples of the one-sample relaxed KL
+        (docs/DERIVATIONS.md#the-objective, docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)."""
         if self.kl_kind == "relaxed" and self._relaxed(state):
             per = relaxed_kl_sample(bk, state.log_y, state.logits[:, None], state.temperature,
                                     self._prior_s(state))
@@ -290,7 +294,8 @@ class Categorical:
 
     def log_q(self, bk, state: CategoricalState):
         """``log q(x|y)`` at the samples the decoder saw, ``(N, L)``: ``Σ_k log π_{k,c_k}`` for hard
-        samples, ``Σ_k`` concrete log-densities for relaxed ones."""
+        samples (Eq. 8.27), ``Σ_k`` concrete log-densities for relaxed ones
+        (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)."""
         if self._relaxed(state):
             return concrete_log_density(bk, state.log_y, state.logits[:, None], state.temperature).sum(axis=-1)
         return categorical_log_pmf(state.hard, state.log_pi[:, None]).sum(axis=-1)

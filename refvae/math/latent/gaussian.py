@@ -56,7 +56,7 @@ class StandardNormalLatent:
         return source.normal((n, self.k), bk)
 
     def log_prior(self, bk, state):
-        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` at the samples, ``(N, L)``."""
+        """``log p(x) = −½ Σ_k (x_k² + log 2π)`` at the samples, ``(N, L)`` (Eq. 8.15)."""
         return -0.5 * (state.x ** 2 + LOG_2PI).sum(axis=-1)
 
 
@@ -82,7 +82,7 @@ class DiagonalGaussian(StandardNormalLatent):
         return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)
 
     def kl_grads(self, bk, state: GaussianState) -> dict:
-        """``∂KL/∂ν = ν``, ``∂KL/∂ℓ = ½ (υ² − 1)``."""
+        """``∂KL/∂ν = ν``, ``∂KL/∂ℓ = ½ (υ² − 1)`` (docs/DERIVATIONS.md#the-objective)."""
         return {"mean": state.nu, "logvar": 0.5 * bk.xp.expm1(state.logvar)}
 
     def pathwise(self, bk, state: GaussianState, g) -> dict:
@@ -112,7 +112,8 @@ class DiagonalGaussian(StandardNormalLatent):
         return state.nu
 
     def log_q(self, bk, state: GaussianState):
-        """``log q(x|y) = −½ Σ_k (z_k² + ℓ_k + log 2π)`` at the drawn samples, ``(N, L)``."""
+        """``log q(x|y) = −½ Σ_k (z_k² + ℓ_k + log 2π)`` at the drawn samples, ``(N, L)`` (Eq. 8.12;
+        docs/DERIVATIONS.md#diagonal-gaussian-recognition)."""
         return -0.5 * (state.eps ** 2 + state.logvar[:, None, :] + LOG_2PI).sum(axis=-1)
 
     def log_q_cross(self, bk, heads: dict, x):

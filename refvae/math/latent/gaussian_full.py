@@ -97,7 +97,8 @@ class FullCovarianceGaussian(StandardNormalLatent):
 
     # ----- recognition gradients of the reconstruction term ---------------------------------
     def pathwise(self, bk, state: FullGaussianState, g) -> dict:
-        """Reparameterization with ``x = ν + R z`` (the chapter's O(K²) route, its ref. [41]):
+        """Reparameterization with ``x = ν + R z`` (Eq. 8.24, the chapter's O(K²) route, its ref. [41];
+        docs/DERIVATIONS.md#pathwise-gradient):
         ``∂/∂ν = Σ_l g_l``, ``∂/∂R = tril(Σ_l g_l z_lᵀ)``; ``g`` ``(N, L, K)`` is ∂f/∂x already
         weighted by 1/L and the batch reduction."""
         grad_r = g.transpose(0, 2, 1) @ state.eps
@@ -133,7 +134,8 @@ class FullCovarianceGaussian(StandardNormalLatent):
         return state.nu
 
     def log_q(self, bk, state: FullGaussianState):
-        """``log q(x|y) = −½ Σ_k (z_k² + log 2π) − Σ_k log R_kk`` at the drawn samples, ``(N, L)``."""
+        """``log q(x|y) = −½ Σ_k (z_k² + log 2π) − Σ_k log R_kk`` at the drawn samples, ``(N, L)``
+        (docs/DERIVATIONS.md#full-covariance-gaussian-recognition)."""
         log_det_r = state.raw[:, self.diag_pos].sum(axis=-1)
         return -0.5 * (state.eps ** 2 + LOG_2PI).sum(axis=-1) - log_det_r[:, None]
 
