@@ -7,6 +7,11 @@ fresh samples per k), this claim measures each step of the k ladder and checks t
 
 1. each increase is positive by more than 3 standard errors of the paired per-datum difference;
 2. ``L_1`` equals the ELBO with the closed-form KL (estimated from many samples) within 4 SE;
+3. (quick mode) per datum, on the very draws of the bound, ``max_j log w_j − log k ≤ L_k ≤ max_j log w_j``
+   (the log-mean-exp of k numbers lies between their maximum less ``log k`` and their maximum), which
+   the two statistical tests cannot see: an IWAE without its ``− log k`` still increases with k;
+4. on a linear-Gaussian model whose encoder is the exact posterior (``closed_forms.exact_posterior_case``)
+   every weight equals ``p(y)``, so ``L_k = log N(y; b, WWᵀ + αI)`` to rounding for every k;
 
 and reports the active units of Burda et al. §5.2 (``Cov_y E_q[x_k|y] > 0.01``) with the average
 KL that each unit carries.
@@ -18,12 +23,15 @@ import math
 import numpy as np
 
 from refvae import NoiseSource
-from refvae.objectives import active_units, iwae_bound, neg_elbo_terms
+from refvae.objectives import active_units, iwae_bound, log_weights, neg_elbo_terms
+from refvae.vae import VAE
 
 try:
+    from validation.closed_forms import exact_posterior_case
     from validation.common import Claim, Context, main, savefig
     from validation.mnist_models import run_on_shared_model
 except ImportError:  # pragma: no cover - run as a script from validation/
+    from closed_forms import exact_posterior_case
     from common import Claim, Context, main, savefig
     from mnist_models import run_on_shared_model
 
@@ -38,6 +46,37 @@ FULL_MODE = "484 s with the shared MNIST model already trained (k up to 5,000 on
 INCREASE_SE, AGREE_SE = 3.0, 4.0
 ACTIVE_THRESHOLD = 0.01    # Burda et al. §5.2
 ELBO_SAMPLES = 100         # draws per datum of the reference ELBO (closed-form KL)
+IWAE_BATCH = 100           # iwae_bound's default batch_size: the bracket redraws its noise in the same order
+# Float64 log-sum-exp of ≤ 100 terms of ~100 nats is exact to ~1e-13 relative; 1e-9 is rounding slack only.
+BRACKET_RTOL = 1e-9
+EXACT_TOL = 1e-9           # as claim 13 part D: with equal weights L_k is log p(y) up to rounding
+EXACT_KS = (1, 7, 100)
+
+
+def max_log_weights(vae, params, y, noise: NoiseSource, k: int) -> np.ndarray:
+    """Per-datum ``max_j log w_j`` on the draws that ``iwae_bound(vae, params, y, noise, k)`` uses: the
+    same source drawn in the same order, batch by batch. Valid while iwae_bound takes all k samples
+    of a batch in one chunk (k ≤ 100 on MNIST, the quick ladder)."""
+    out = []
+    for start in range(0, y.shape[0], IWAE_BATCH):
+        yb = vae.bk.asarray(y[start:start + IWAE_BATCH])
+        lw = log_weights(vae, params, yb, vae.draw_noise(noise, yb.shape[0], k))
+        out.append(vae.bk.to_numpy(lw).max(axis=1))
+    return np.concatenate(out)
+
+
+def bracket_violation(bound: np.ndarray, top: np.ndarray, k: int) -> float:
+    """Largest excess of ``bound`` outside ``[top − log k, top]``, relative to ``max(1, |top|)``;
+    ≤ 0 when every datum is inside."""
+    return float(np.max(np.maximum(bound - top, top - math.log(k) - bound) / np.maximum(1.0, np.abs(top))))
+
+
+def exact_posterior_errors(seed: int) -> dict:
+    """``max |L_k − log p(y)|`` over the data of the exact-posterior linear-Gaussian model, per k."""
+    config, params, y, log_p = exact_posterior_case(seed)
+    vae = VAE(config)
+    return {k: float(np.abs(iwae_bound(vae, params, y, NoiseSource([seed, 8, 1, k]), k=k) - log_p).max())
+            for k in EXACT_KS}
 
 
 def ladder(quick: bool) -> tuple[tuple[int, ...], int]:
@@ -65,6 +104,10 @@ def _run(ctx: Context, model) -> Claim:
     bounds = {k: iwae_bound(vae, params, y, NoiseSource([ctx.seed, 8, k]), k=k) for k in ks}
     kl, rec = neg_elbo_terms(vae, params, y, NoiseSource([ctx.seed, 8, 0]), samples=ELBO_SAMPLES)
     elbo = -(kl + rec)
+    # Quick mode only: the full ladder's large k are split into chunks that draw noise in another order.
+    brackets = {k: bracket_violation(bounds[k], max_log_weights(vae, params, y, NoiseSource([ctx.seed, 8, k]), k), k)
+                for k in ks} if ctx.quick else {}
+    exact_err = exact_posterior_errors(ctx.seed)
 
     rows, steps_ok = [], []
     for lo, hi in zip(ks, ks[1:]):
@@ -82,22 +125,38 @@ def _run(ctx: Context, model) -> Claim:
     active = variances > ACTIVE_THRESHOLD
     fig_path = _figure(ctx, ks, bounds, variances, unit_kl)
     means = {k: float(b.mean()) for k, b in bounds.items()}
-    ok = all(steps_ok) and l1_ok
+    bracket_ok = all(v <= BRACKET_RTOL for v in brackets.values())
+    exact_ok = all(e <= EXACT_TOL for e in exact_err.values())
+    ok = all(steps_ok) and l1_ok and bracket_ok and exact_ok
+    checks = ([[f"L_{k} in [max log w − log {k}, max log w]", "every datum (relative excess)", v, BRACKET_RTOL,
+                "pass" if v <= BRACKET_RTOL else "FAIL"]
+               for k, v in brackets.items()]
+              + [[f"linear-Gaussian, exact posterior: L_{k}", "|L_k − log N(y; b, WWᵀ + αI)|", e, EXACT_TOL,
+                  "pass" if e <= EXACT_TOL else "FAIL"] for k, e in exact_err.items()])
+    bracket_text = (f"every datum's L_k inside [max_j log w_j − log k, max_j log w_j] on its own draws "
+                    f"(worst relative excess {max(brackets.values()):+.1e}); " if brackets else "")
     k_max = ks[-1]
     return Claim(
         TITLE, SOURCE, ok,
         f"on {n_eval} test data of {model.description}: the bound rises from L_1 = {means[1]:.2f} to "
         f"L_{k_max} = {means[k_max]:.2f} nats ({', '.join(f'L_{k} = {means[k]:.2f}' for k in ks)}), each step "
-        f"by ≥ {min(r[3] for r in rows[:-1]):.1f} SE; L_1 − ELBO = {l1_gap:+.3f} ± {l1_se:.3f}; "
+        f"by ≥ {min(r[3] for r in rows[:-1]):.1f} SE; L_1 − ELBO = {l1_gap:+.3f} ± {l1_se:.3f}; {bracket_text}"
+        f"on the exact-posterior linear-Gaussian model max |L_k − log p(y)| = {max(exact_err.values()):.1e} "
+        f"(k = {', '.join(map(str, EXACT_KS))}); "
         f"{n_active} of {vae.config.latent_dim} latent units active (Cov > {ACTIVE_THRESHOLD}), carrying "
         f"{unit_kl[active].sum():.2f} of the {unit_kl.sum():.2f} nats of average KL",
         threshold=(f"every step of the k ladder positive by more than {INCREASE_SE:g} SE of the paired per-datum "
-                   f"difference (one-sided); |L_1 − ELBO| ≤ {AGREE_SE:g} SE; active units are reported, not judged"),
+                   f"difference (one-sided); |L_1 − ELBO| ≤ {AGREE_SE:g} SE; (quick mode) per datum and k, "
+                   f"max_j log w_j − log k ≤ L_k ≤ max_j log w_j on the same draws, up to {BRACKET_RTOL:g} relative; "
+                   f"on a linear-Gaussian model with the exact posterior as encoder |L_k − log p(y)| ≤ {EXACT_TOL:g} "
+                   f"for k = {', '.join(map(str, EXACT_KS))}; active units are reported, not judged"),
         tables=[("Importance-weighted bound per datum (nats) against k", ["k", "L_k", "SE over data"],
                  [[k, means[k], float(bounds[k].std(ddof=1) / math.sqrt(n_eval))] for k in ks]
                  + [[f"ELBO ({ELBO_SAMPLES} draws, closed-form KL)", float(elbo.mean()),
                      float(elbo.std(ddof=1) / math.sqrt(n_eval))]]),
                 ("Paired differences (the claim's tests)", ["difference", "mean", "SE", "z", "result"], rows),
+                ("Deterministic checks of the bound's normalization", ["check", "over", "worst value", "threshold",
+                                                                        "result"], checks),
                 ("Active units", ["units", "count", "average KL (nats)"],
                  [["active", int(active.sum()), float(unit_kl[active].sum())],
                   ["inactive", int((~active).sum()), float(unit_kl[~active].sum())]])],

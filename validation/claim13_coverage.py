@@ -40,8 +40,10 @@ from refvae.train import TrainOptions, train
 from refvae.vae import VAE
 
 try:
+    from validation.closed_forms import exact_posterior_case
     from validation.common import Claim, Context, main
 except ImportError:  # pragma: no cover
+    from closed_forms import exact_posterior_case
     from common import Claim, Context, main
 
 TITLE = ("Fixed-noise gradients are exact derivatives, estimators are what they are defined to be; flows, "
@@ -188,20 +190,8 @@ def part_c(seed: int, draws: int) -> list:
 
 
 def part_d(seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    d, k, alpha = 5, 2, 0.5
-    w = np.linalg.qr(rng.normal(size=(d, k)))[0] * np.array([2.0, 1.3])   # orthogonal columns
-    b = rng.normal(size=d)
-    sigma = np.diag(1.0 / (1.0 + np.diag(w.T @ w) / alpha))             # exact posterior covariance
-    vae = VAE(dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[], emission="gaussian", alpha=alpha))
-    params = {"encoder.mean.weight": sigma @ w.T / alpha, "encoder.mean.bias": -sigma @ w.T @ b / alpha,
-              "encoder.logvar.weight": np.zeros((k, d)), "encoder.logvar.bias": np.log(np.diag(sigma)),
-              "decoder.out.weight": w, "decoder.out.bias": b}
-    y = rng.normal(size=(20, d)) * 2.0 + b
-    cov = w @ w.T + alpha * np.eye(d)
-    r = y - b
-    exact = -0.5 * (d * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1]
-                    + np.einsum("nd,nd->n", r, np.linalg.solve(cov, r.T).T))
+    config, params, y, exact = exact_posterior_case(seed)
+    vae = VAE(config)
     rows = []
     for kk in (1, 50):
         got = iwae_bound(vae, params, y, NoiseSource(seed), k=kk)

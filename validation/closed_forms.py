@@ -124,3 +124,24 @@ def expected_loss_gradient(latent: str, params: dict, y, alpha: float = 1.0,
         sq = (resid ** 2).sum(-1) + np.einsum("dk,nkj,dj->n", w, ups_rec, w)
         grads["decoder.log_alpha"] = np.asarray(float((0.5 * d - sq / (2 * a)).mean()))
     return {name: grads[name] for name in params}
+
+
+def exact_posterior_case(seed: int, d: int = 5, k: int = 2, alpha: float = 0.5, n: int = 20):
+    """A linear-Gaussian VAE (decoder ``N(Wx + b, αI)`` with fixed α) whose diagonal encoder is the
+    exact posterior, so every importance weight equals ``p(y)``. ``W`` has orthogonal columns, which
+    makes the posterior covariance ``(I + WᵀW/α)⁻¹`` diagonal. Returns ``(config, params, y, log_p)``
+    with ``log_p`` the closed form ``log N(y; b, WWᵀ + αI)`` per datum."""
+    rng = np.random.default_rng(seed)
+    w = np.linalg.qr(rng.normal(size=(d, k)))[0] * np.linspace(2.0, 1.3, k)
+    b = rng.normal(size=d)
+    sigma = np.diag(1.0 / (1.0 + np.diag(w.T @ w) / alpha))
+    config = dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[], emission="gaussian", alpha=alpha)
+    params = {"encoder.mean.weight": sigma @ w.T / alpha, "encoder.mean.bias": -sigma @ w.T @ b / alpha,
+              "encoder.logvar.weight": np.zeros((k, d)), "encoder.logvar.bias": np.log(np.diag(sigma)),
+              "decoder.out.weight": w, "decoder.out.bias": b}
+    y = rng.normal(size=(n, d)) * 2.0 + b
+    cov = w @ w.T + alpha * np.eye(d)
+    r = y - b
+    log_p = -0.5 * (d * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1]
+                    + np.einsum("nd,nd->n", r, np.linalg.solve(cov, r.T).T))
+    return config, params, y, log_p
