@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import budget, inputs
+from .backend import to_host
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -158,9 +159,7 @@ def load_json(path):
 
 
 def _host_array(name: str, a) -> np.ndarray:
-    if type(a).__module__.split(".")[0] == "cupy":  # device arrays are copied to the host here
-        a = a.get()
-    a = np.asarray(a)
+    a = to_host(a)
     if a.dtype.hasobject or a.dtype.kind == "V":
         raise CheckpointError(f"array {name!r} has dtype {a.dtype}, which cannot be stored without "
                               "pickle; convert it to a numeric or string array")
