@@ -4,6 +4,7 @@
     python -m validation.mutations --fast           # pytest -x, claims in a likely order, stop at the first
     python -m validation.mutations --check          # only: is every snippet found exactly once?
     python -m validation.mutations --only a q --fast
+    python -m validation.mutations --only a d --no-tests --claims claim01_errata   # does claim 1 catch a, d?
 
 Each mutation is a list of edits (file, exact old snippet, new snippet). The script refuses (exit 2,
 one line naming the mutation and file) when a snippet is not found exactly once in the clean tree,
@@ -185,11 +186,12 @@ def claim_names() -> list[str]:
     return sorted(p.stem for p in (ROOT / "validation").glob("claim*.py"))
 
 
-def run_claims(root: Path, mutation: Mutation, first_failure: bool) -> tuple[list, float]:
+def run_claims(root: Path, mutation: Mutation, first_failure: bool, only=None) -> tuple[list, float]:
     """The quick claims that FAIL (``name``) or crash (``name (crash)``), and the seconds spent;
-    with ``first_failure`` the likely claims go first and the run stops at the first that fails."""
+    with ``first_failure`` the likely claims go first and the run stops at the first that fails;
+    ``only``: these claims alone."""
     t0 = time.perf_counter()
-    names = claim_names()
+    names = [c for c in claim_names() if not only or c in only]
     order = [c for c in mutation.claims if c in names] + [c for c in names if c not in mutation.claims]
     failed = []
     with tempfile.TemporaryDirectory() as figs:
@@ -237,6 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="bugs checked at the same time (default 1)")
     p.add_argument("--no-tests", action="store_true", help="skip the unit tests (claims only)")
     p.add_argument("--no-claims", action="store_true", help="skip the claims (unit tests only)")
+    p.add_argument("--claims", nargs="*", choices=claim_names(), help="these quick claims only (the table is not written)")
     p.add_argument("--report", default=str(ROOT / "validation" / "REPORT.md"), help="where the table goes")
     args = p.parse_args(argv)
     keys = args.only or list(MUTATIONS)
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
             apply(root, key, MUTATIONS[key])
             t0 = time.perf_counter()
             tests = [] if args.no_tests else run_tests(root, MUTATIONS[key], args.fast)[0]
-            claims = [] if args.no_claims else run_claims(root, MUTATIONS[key], args.fast)[0]
+            claims = [] if args.no_claims else run_claims(root, MUTATIONS[key], args.fast, args.claims)[0]
         print(f"{key}: tests {tests or 'none'}; claims {claims or 'none'} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
         return tests, claims, time.perf_counter() - t0
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
         results = dict(zip(keys, pool.map(one, keys)))
     section = table(results, args.fast)
     print(section)
-    if not (args.no_tests or args.no_claims) and set(keys) == set(MUTATIONS):
+    if not (args.no_tests or args.no_claims or args.claims) and set(keys) == set(MUTATIONS):
         write_section(Path(args.report), section)
     return 0
 
