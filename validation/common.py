@@ -46,6 +46,12 @@ class Claim:
     figures: list = field(default_factory=list)   # (caption, path)
     seconds: float = 0.0
 
+    def __post_init__(self):
+        # A NumPy bool (``np.True_ & False``) is not ``False``: ``main`` and ``run_all`` test
+        # ``passed is False``, so a claim judged with NumPy comparisons would FAIL yet exit 0.
+        if self.passed is not None:
+            self.passed = bool(self.passed)
+
     @property
     def status(self) -> str:
         return "SKIP" if self.passed is None else ("PASS" if self.passed else "FAIL")
