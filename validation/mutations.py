@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from validation.common import DEFAULT_DATA
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- mutation-check:start -->", "<!-- mutation-check:end -->"
 COPY = ("refvae", "validation", "tests", "pyproject.toml", "README.md", "docs")
@@ -196,7 +198,9 @@ def run_claims(root: Path, mutation: Mutation, first_failure: bool, only=None) -
     failed = []
     with tempfile.TemporaryDirectory() as figs:
         for name in order:
-            out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs],
+            # The copy has no shared/data beside it: without the data directory the MNIST claims SKIP.
+            out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs,
+                                  "--data-dir", str(DEFAULT_DATA)],
                                  cwd=root, env=_env(root), capture_output=True, text=True)
             if out.returncode != 0:
                 crashed = "Traceback" in out.stderr and "FAIL:" not in out.stdout
