@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 from refvae.backend import NoiseSource
 from refvae.config import VAEConfig
@@ -153,11 +154,12 @@ _MEMO: dict = {}
 
 
 def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n_train: int | None = None,
-                  epochs: int | None = None) -> TrainedModel | None:
+                  epochs: int | None = None, track_test: bool = True) -> TrainedModel | None:
     """The mode's MNIST model with ``latent_dim`` latents (default the shared 50) trained with
     ``seed`` (default ``ctx.seed``) on :func:`binary_mnist` (``n_train`` and ``epochs`` override the
     mode's); ``None`` when no MNIST is present. Trained by :func:`refvae.train.train` once, then
-    read from the cache."""
+    read from the cache. ``track_test=False`` skips the test bound after every epoch (the history
+    then has none), for callers that evaluate once, after training."""
     s = scale(ctx)
     if epochs is not None:
         s = replace(s, epochs=epochs)
@@ -172,7 +174,7 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
     key = json.dumps({"config": config.to_dict(), "options": options.to_dict(), "data": data.source,
                       "n": [data.n_train, data.n_test], "refvae": _source_digest()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    prefix = f"mnist-{'quick' if ctx.quick else 'full'}-n{data.n_train}-e{s.epochs}-seed{seed}-K{latent_dim}-"
+    prefix = f"mnist-{'quick' if ctx.quick else 'full'}{'' if track_test else '-untracked'}-n{data.n_train}-e{s.epochs}-seed{seed}-K{latent_dim}-"
     run_dir = CACHE / (prefix + digest)
     if run_dir in _MEMO:
         return _MEMO[run_dir]
@@ -183,7 +185,8 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
     done = (run_dir / "metrics.jsonl").exists() and \
         len((run_dir / "metrics.jsonl").read_text().splitlines()) == options.epochs
     with single_threaded():
-        history = train(config, options, data, run_dir, resume=(run_dir / "checkpoint.npz").exists())
+        history = train(config, options, data if track_test else SimpleNamespace(train=data.train, test=None),
+                        run_dir, resume=(run_dir / "checkpoint.npz").exists())
     vae, params, _ = load_run(run_dir)
     model = TrainedModel(vae, params, data, history, done, time.perf_counter() - t0,
                          s.describe(data, latent_dim) + f", seed {seed}" + data_note(ctx))
