@@ -91,7 +91,7 @@ MUTATIONS = {
     "k": Mutation("KL value without −1",
                   ((GAUSS, "return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)",
                     "return 0.5 * (bk.xp.exp(lv) + nu * nu - lv).sum(axis=-1)"),),
-                  ("claim03_unbiasedness", "claim06_ppca"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
+                  ("claim12_superfluous_latents", "claim03_unbiasedness", "claim06_ppca"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
     "l": Mutation("straight-through forward uses the relaxed sample",
                   ((CAT, "x = (y if mode in RELAXED_MODES else hard)",
                     'x = (y if mode in RELAXED_MODES + ("straight-through",) else hard)'),),
