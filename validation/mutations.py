@@ -104,7 +104,7 @@ MUTATIONS = {
     "o": Mutation("pathwise ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}',
                     '"logvar": 0.525 * state.std * (g * state.eps).sum(axis=1)}'),),
-                  ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
+                  ("claim03_unbiasedness", "claim13_coverage"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
     "p": Mutation("score-running updates its mean before using it",
                   ((EST, "        out = score_function(bk, latent.score(bk, state), signals.f, signals.weight,\n",
                     "        if control_variate == \"score-running\":\n"
