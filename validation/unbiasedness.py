@@ -77,10 +77,10 @@ def max_abs(a) -> float:
     return float(a.max()) if a.size else 0.0
 
 
-def verdict(draws: np.ndarray, target: np.ndarray, atol: float = EXACT_ATOL) -> dict:
+def verdict(draws: np.ndarray, target: np.ndarray) -> dict:
     """The test of one estimator's draws ``(draws, P)`` against a target ``(P,)``: ``z`` per
     stochastic entry (NaN for the noiseless ones), ``se``, the largest ``|z|`` and the largest error
-    of a noiseless entry (allowed: ``atol``), and whether the target is accepted."""
+    of a noiseless entry, and whether the target is accepted."""
     mean, se = draws.mean(0), draws.std(0, ddof=1) / math.sqrt(len(draws))
     noiseless = se < SE_ZERO * np.maximum(1.0, np.abs(target))
     err = mean - target
@@ -88,4 +88,4 @@ def verdict(draws: np.ndarray, target: np.ndarray, atol: float = EXACT_ATOL) -> 
     max_z, max_err = max_abs(z), max_abs(np.where(noiseless, err, np.nan))
     worst = int(np.nanargmax(np.abs(z))) if (~noiseless).any() else None
     return dict(z=z, se=se, max_z=max_z, max_err=max_err, n_noiseless=int(noiseless.sum()), worst=worst,
-                accepted=max_z <= Z_MAX and max_err <= atol)
+                accepted=max_z <= Z_MAX and max_err <= EXACT_ATOL)
