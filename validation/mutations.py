@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from validation.common import DEFAULT_DATA
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- mutation-check:start -->", "<!-- mutation-check:end -->"
 COPY = ("refvae", "validation", "tests", "pyproject.toml", "README.md", "docs")
@@ -46,7 +48,7 @@ GAUSS, EST, CAT = "refvae/math/latent/gaussian.py", "refvae/math/estimators.py",
 MUTATIONS = {
     "a": Mutation("sampler std = exp(ℓ) (erratum E3 put back)",
                   ((GAUSS, "std = bk.xp.exp(0.5 * logvar)", "std = bk.xp.exp(logvar)"),),
-                  ("claim13_coverage", "claim01_errata"), ("tests/test_bonnet_price.py", "tests/test_vae.py")),
+                  ("claim13_coverage", "claim01_errata", "claim09_pytorch_examples"), ("tests/test_bonnet_price.py", "tests/test_vae.py")),
     "b": Mutation("KL ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * bk.xp.expm1(state.logvar)}', '"logvar": 0.525 * bk.xp.expm1(state.logvar)}'),),
                   ("claim13_coverage", "claim06_ppca"), ("tests/test_estimators_closed_form.py", "tests/test_vae.py")),
@@ -89,7 +91,7 @@ MUTATIONS = {
     "k": Mutation("KL value without −1",
                   ((GAUSS, "return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)",
                     "return 0.5 * (bk.xp.exp(lv) + nu * nu - lv).sum(axis=-1)"),),
-                  ("claim03_unbiasedness", "claim06_ppca"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
+                  ("claim03_unbiasedness", "claim06_ppca", "claim09_pytorch_examples"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
     "l": Mutation("straight-through forward uses the relaxed sample",
                   ((CAT, "x = (y if mode in RELAXED_MODES else hard)",
                     'x = (y if mode in RELAXED_MODES + ("straight-through",) else hard)'),),
@@ -196,7 +198,9 @@ def run_claims(root: Path, mutation: Mutation, first_failure: bool, only=None) -
     failed = []
     with tempfile.TemporaryDirectory() as figs:
         for name in order:
-            out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs],
+            # The copy lives elsewhere, so the claims' default data directory (beside the repository) is passed.
+            out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs,
+                                  "--data-dir", str(DEFAULT_DATA)],
                                  cwd=root, env=_env(root), capture_output=True, text=True)
             if out.returncode != 0:
                 crashed = "Traceback" in out.stderr and "FAIL:" not in out.stdout
