@@ -14,9 +14,11 @@ is the one-sample negative ELBO per test datum, about 105.6 nats after 10 epochs
    each engine), so an interval of ±1 nat would need some 50–90 seeds a side; paired runs differ
    only through the two engines' arithmetic (measured paired SD ~0.003 nats), so five seeds
    resolve hundredths of a nat. What is lost: refvae's random-number generator is shared, not
-   tested (how its sampler uses the noise is). The twin takes the batch mean of the loss, as
-   refvae does; pytorch/examples sums it, which with Adam is ε/B in place of ε and, paired, ends
-   1.2 nats lower on average in quick mode (6 seeds, 0.6–1.7): a different protocol, not a check.
+   tested (how its sampler uses the noise is); a loop that does not train on the minibatches it
+   draws (unshuffled, say) unpairs the runs and widens the interval past the band. The twin
+   takes the batch mean of the loss, as refvae does; pytorch/examples sums it, which with Adam is
+   ε/B in place of ε and, paired, ends 1.2 nats lower on average in quick mode (6 seeds, 0.6–1.7):
+   a different protocol, not a check.
 2. Teacher-forced gradients: along the first steps of one seed's plan, the float64 witness put at
    refvae's parameters each step gives the same batch loss and gradients as refvae's plain model
    (:class:`refvae.math.vae.VAE`) and its training model (the fused kernels), and ``torch.optim.Adam``

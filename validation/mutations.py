@@ -51,7 +51,7 @@ MUTATIONS = {
                   ("claim13_coverage", "claim01_errata", "claim09_pytorch_examples"), ("tests/test_bonnet_price.py", "tests/test_vae.py")),
     "b": Mutation("KL ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * bk.xp.expm1(state.logvar)}', '"logvar": 0.525 * bk.xp.expm1(state.logvar)}'),),
-                  ("claim13_coverage", "claim06_ppca"), ("tests/test_estimators_closed_form.py", "tests/test_vae.py")),
+                  ("claim13_coverage", "claim06_ppca", "claim09_pytorch_examples"), ("tests/test_estimators_closed_form.py", "tests/test_vae.py")),
     "c": Mutation("Price term × 0.9",
                   ((GAUSS, '"logvar": 0.5 * bk.xp.exp(state.logvar) * hessian(full=False).sum(axis=1)}',
                     '"logvar": 0.45 * bk.xp.exp(state.logvar) * hessian(full=False).sum(axis=1)}'),),
@@ -106,7 +106,7 @@ MUTATIONS = {
     "o": Mutation("pathwise ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}',
                     '"logvar": 0.525 * state.std * (g * state.eps).sum(axis=1)}'),),
-                  ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
+                  ("claim13_coverage", "claim03_unbiasedness", "claim09_pytorch_examples"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
     "p": Mutation("score-running updates its mean before using it",
                   ((EST, "        out = score_function(bk, latent.score(bk, state), signals.f, signals.weight,\n",
                     "        if control_variate == \"score-running\":\n"
@@ -118,7 +118,7 @@ MUTATIONS = {
                   ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators_closed_form.py", "tests/test_estimators.py")),
     "q": Mutation("no minibatch shuffling",
                   (("refvae/train.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
-                  ("claim13_coverage",), ("tests/test_minibatch_order.py", "tests/test_train.py")),
+                  ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_minibatch_order.py", "tests/test_train.py")),
 }
 
 
