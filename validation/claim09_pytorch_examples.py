@@ -212,6 +212,7 @@ def _figure(ctx, refvae_curves, twin_curves):
     if not ctx.quick:
         ax.axhline(PUBLISHED, color="k", ls=":", label=f"pytorch/examples, summed loss (~{PUBLISHED})")
     ax.set_xlabel("epoch")
+    ax.set_xticks(np.arange(1, len(refvae_curves[0]) + 1))
     ax.set_ylabel("test loss (nats per datum)")
     ax.legend(fontsize=8)
     return savefig(fig, ctx, "claim09_pytorch_examples.png")
