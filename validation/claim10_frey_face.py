@@ -30,14 +30,16 @@ from refvae.data import load_dataset
 from refvae.optim import FlatParams, make_optimizer
 from refvae.vae import VAE
 from refvae.witness import torch_or_none
-from refvae.witness.modules import PlanTrainer, grads_at, load_refvae_params, make_twin, state_numpy
+from refvae.witness.modules import PlanTrainer, load_refvae_params, make_twin, state_numpy
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped
     from validation.mnist_models import single_threaded
+    from validation.teacher import TeacherForced, batch_plan, rel_diff
 except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, savefig, skipped
     from mnist_models import single_threaded
+    from teacher import TeacherForced, batch_plan, rel_diff
 
 TITLE = "Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by step"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (Frey Face), "
@@ -65,27 +67,10 @@ def setting(quick: bool) -> dict:
         dict(latents=(2, 5, 10, 20), epochs=500, evals=30)
 
 
-def batch_plan(seed, n: int, latent_dim: int, epochs: int):
-    """``(step, idx, eps)`` of every training step: a permutation per epoch, minibatches of 100,
-    one standard-normal ``eps`` ``(B, 1, K)`` per datum."""
-    noise, step = NoiseSource(seed), 0
-    for _ in range(epochs):
-        order = noise.permutation(n)
-        for b in range(0, n, BATCH):
-            idx = order[b:b + BATCH]
-            yield step, idx, noise.normal((len(idx), 1, latent_dim))
-            step += 1
-
-
 def refvae_bound(vae, params, y, eps) -> float:
     """The one-sample lower bound per datum, ``−mean(KL + f)``, at the given noise ``(N, 1, K)``."""
     fp = vae.forward(params, vae.bk.asarray(y), vae.bk.asarray(eps))
     return -vae.bk.to_float((fp.kl + fp.f.mean(axis=1)).mean())
-
-
-def _rel(a: dict, b: dict) -> float:
-    """Largest over tensors of max |a − b| / max |b|."""
-    return max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-300)) for n in b)
 
 
 def run(ctx: Context) -> Claim:
@@ -106,35 +91,35 @@ def train_latent(ctx, data, k: int, epochs: int, eval_steps: set, torch) -> dict
     splits = (data.train, data.test)
     flat = FlatParams.from_dict(vae.bk, params0)
     opt = make_optimizer("adagrad", vae.bk, flat.size, lr=LR)
-    out = {"refvae": [], "twin": [], "grad_rel": 0.0, "loss_rel": 0.0, "lock_rel": 0.0, "separate": None}
+    out = {"refvae": [], "twin": [], "lock_rel": 0.0, "separate": None}
     if torch is not None:
         host0 = {n: vae.bk.to_numpy(v) for n, v in params0.items()}
-        teacher = make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag", dtype=torch.float64)
+        teacher = TeacherForced(make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag", dtype=torch.float64))
         free = make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag", dtype=torch.float64)
         load_refvae_params(free, host0)
         trainer = PlanTrainer(free, "adagrad", LR)
     else:
         trainer = None
     step = 0
-    for step, idx, eps in batch_plan([ctx.seed, 10, k, 2], data.n_train, k, epochs):
+    for step, idx, eps in batch_plan(NoiseSource([ctx.seed, 10, k, 2]), data.n_train, k, epochs, BATCH):
         if step in eval_steps:
             _evaluate(out, step, vae, flat.params, splits, eps_eval, trainer)
         yb = data.train[idx]
         res = vae.loss_and_grads(flat.params, yb, eps, check=False)
         if torch is not None:
-            loss, grads = grads_at(teacher, flat.to_numpy(), yb, eps)
-            out["grad_rel"] = max(out["grad_rel"], _rel(grads, res.grads))
-            out["loss_rel"] = max(out["loss_rel"], abs(loss - res.loss) / abs(res.loss))
+            teacher.check(flat.to_numpy(), yb, eps, res)
         flat.set_grads(res.grads)
         opt.step(flat)
         if torch is not None:
             trainer.step(yb, eps)
-            gap = _rel(state_numpy(free), flat.to_numpy())
+            gap = rel_diff(state_numpy(free), flat.to_numpy())
             if step < steps_per_epoch(data):
                 out["lock_rel"] = max(out["lock_rel"], gap)
             if out["separate"] is None and gap > 1e-6:
                 out["separate"] = step + 1
     _evaluate(out, step + 1, vae, flat.params, splits, eps_eval, trainer)
+    if torch is not None:
+        out.update(grad_rel=teacher.grad_rel, loss_rel=teacher.loss_rel)
     return out
 
 

@@ -48,10 +48,10 @@ GAUSS, EST, CAT = "refvae/math/latent/gaussian.py", "refvae/math/estimators.py",
 MUTATIONS = {
     "a": Mutation("sampler std = exp(ℓ) (erratum E3 put back)",
                   ((GAUSS, "std = bk.xp.exp(0.5 * logvar)", "std = bk.xp.exp(logvar)"),),
-                  ("claim01_errata", "claim13_coverage"), ("tests/test_bonnet_price.py", "tests/test_vae.py")),
+                  ("claim01_errata", "claim13_coverage", "claim09_pytorch_examples"), ("tests/test_bonnet_price.py", "tests/test_vae.py")),
     "b": Mutation("KL ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * bk.xp.expm1(state.logvar)}', '"logvar": 0.525 * bk.xp.expm1(state.logvar)}'),),
-                  ("claim13_coverage", "claim06_ppca"), ("tests/test_estimators_closed_form.py", "tests/test_vae.py")),
+                  ("claim13_coverage", "claim06_ppca", "claim09_pytorch_examples"), ("tests/test_estimators_closed_form.py", "tests/test_vae.py")),
     "c": Mutation("Price term × 0.9",
                   ((GAUSS, '"logvar": 0.5 * bk.xp.exp(state.logvar) * hessian(full=False).sum(axis=1)}',
                     '"logvar": 0.45 * bk.xp.exp(state.logvar) * hessian(full=False).sum(axis=1)}'),),
@@ -91,7 +91,7 @@ MUTATIONS = {
     "k": Mutation("KL value without −1",
                   ((GAUSS, "return 0.5 * (bk.xp.exp(lv) + nu * nu - 1.0 - lv).sum(axis=-1)",
                     "return 0.5 * (bk.xp.exp(lv) + nu * nu - lv).sum(axis=-1)"),),
-                  ("claim12_superfluous_latents", "claim03_unbiasedness", "claim06_ppca"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
+                  ("claim12_superfluous_latents", "claim03_unbiasedness", "claim06_ppca", "claim09_pytorch_examples"), ("tests/test_vae.py", "tests/test_estimators_closed_form.py")),
     "l": Mutation("straight-through forward uses the relaxed sample",
                   ((CAT, "x = (y if mode in RELAXED_MODES else hard)",
                     'x = (y if mode in RELAXED_MODES + ("straight-through",) else hard)'),),
@@ -106,7 +106,7 @@ MUTATIONS = {
     "o": Mutation("pathwise ∂/∂ℓ × 1.05",
                   ((GAUSS, '"logvar": 0.5 * state.std * (g * state.eps).sum(axis=1)}',
                     '"logvar": 0.525 * state.std * (g * state.eps).sum(axis=1)}'),),
-                  ("claim03_unbiasedness", "claim13_coverage"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
+                  ("claim03_unbiasedness", "claim13_coverage", "claim09_pytorch_examples"), ("tests/test_estimators_closed_form.py", "tests/test_bonnet_price.py")),
     "p": Mutation("score-running updates its mean before using it",
                   ((EST, "        out = score_function(bk, latent.score(bk, state), signals.f, signals.weight,\n",
                     "        if control_variate == \"score-running\":\n"
@@ -118,7 +118,7 @@ MUTATIONS = {
                   ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators_closed_form.py", "tests/test_estimators.py")),
     "q": Mutation("no minibatch shuffling",
                   (("refvae/train.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
-                  ("claim13_coverage",), ("tests/test_minibatch_order.py", "tests/test_train.py")),
+                  ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_minibatch_order.py", "tests/test_train.py")),
 }
 
 
@@ -198,7 +198,7 @@ def run_claims(root: Path, mutation: Mutation, first_failure: bool, only=None) -
     failed = []
     with tempfile.TemporaryDirectory() as figs:
         for name in order:
-            # The copy has no shared/data beside it: without the data directory the MNIST claims SKIP.
+            # The copy lives elsewhere, so the claims' default data directory (beside the repository) is passed.
             out = subprocess.run([sys.executable, "-m", f"validation.{name}", "--quick", "--fig-dir", figs,
                                   "--data-dir", str(DEFAULT_DATA)],
                                  cwd=root, env=_env(root), capture_output=True, text=True)
