@@ -30,8 +30,10 @@ from refvae.gradcheck import numerical_gradient
 from refvae.vae import VAE
 
 try:
+    from validation.common import rel
     from validation.unbiasedness import Z_MAX, draw_gradients, flat, inclusive_baseline_gradients, verdict
 except ImportError:  # run as a script from validation/
+    from common import rel
     from unbiasedness import Z_MAX, draw_gradients, flat, inclusive_baseline_gradients, verdict
 
 CFG = dict(data_dim=5, latent_dim=2, categories=3, encoder_hidden=[6], decoder_hidden=[6],
@@ -76,12 +78,6 @@ def enumerated_loss(vae, params, y) -> float:
     return float((fp.kl + (q * fp.f).sum(axis=1)).mean())
 
 
-def max_rel(a, b) -> float:
-    """Largest absolute difference relative to the largest ``|b|``."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
 def witness_checks(vae, params, y, exact: dict, seed: int) -> dict:
     """The target against the witness's enumeration, and each estimator against the witness at the
     same noise. ``{"target": (loss rel. error, gradient rel. error), "rows": [...]}``."""
@@ -89,7 +85,7 @@ def witness_checks(vae, params, y, exact: dict, seed: int) -> dict:
 
     w_loss, w_grads, _ = twin.exact_loss(CFG, params, y)
     target = (abs(enumerated_loss(vae, params, y) - w_loss) / abs(w_loss),
-              max(max_rel(exact[k], w_grads[k]) for k in w_grads))
+              max(rel(exact[k], w_grads[k]) for k in w_grads))
     g0 = vae.draw_noise(NoiseSource([seed, 5]), N_DATA, SAMPLES)
     rows = []
     for estimator, kl in WITNESS_CASES:
@@ -97,8 +93,8 @@ def witness_checks(vae, params, y, exact: dict, seed: int) -> dict:
         res = model.loss_and_grads(params, y, g0, estimator=estimator, temperature=TEMPERATURE)
         t_loss, _, _, t_grads = twin.grads(CFG, params, y, g0, estimator, TEMPERATURE, "mean", kl)
         loss_err = abs(res.loss - t_loss) / abs(t_loss)
-        worst = max(t_grads, key=lambda k: max_rel(res.grads[k], t_grads[k]))
-        grad_err = max_rel(res.grads[worst], t_grads[worst])
+        worst = max(t_grads, key=lambda k: rel(res.grads[k], t_grads[k]))
+        grad_err = rel(res.grads[worst], t_grads[worst])
         rows.append([estimator, kl, loss_err, grad_err, worst,
                      "yes" if max(loss_err, grad_err) <= RTOL_WITNESS else "NO"])
     return {"target": target, "rows": rows}

@@ -22,9 +22,9 @@ from refvae.latent.categorical import relaxed_sample, relaxed_sample_vjp
 from refvae.nn import MLP
 
 try:
-    from validation.common import Claim, Context, main
+    from validation.common import Claim, Context, main, rel
 except ImportError:  # run as a script from validation/
-    from common import Claim, Context, main
+    from common import Claim, Context, main, rel
 
 TITLE = "Errata E1–E6: the printed forms fail, the corrected forms agree with independent references"
 SOURCE = "docs/DERIVATIONS.md#errata; chapter §8.2.2 (after Eq. 8.26, boxed results), Eqs. 8.18, 8.28–8.29"
@@ -40,11 +40,6 @@ FD_TOL, WRONG = 1e-6, 1e-2
 # moment lies beyond those 4 SE. Chi-square: p > 1e-3.
 N_SE, CHI2_P = 4.0, 1e-3
 REL, Z = "rel. error", "max |z|"
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def fd_row(tag, quantity, printed, corrected, reference):

@@ -34,11 +34,11 @@ from refvae.nn import MLP
 
 try:
     from validation.closed_forms import moments
-    from validation.common import Claim, Context, main, savefig
+    from validation.common import Claim, Context, main, rel, savefig
     from validation.quadrature import Cosine, Quadratic, gauss_hermite, problem
 except ImportError:  # run as a script from validation/
     from closed_forms import moments
-    from common import Claim, Context, main, savefig
+    from common import Claim, Context, main, rel, savefig
     from quadrature import Cosine, Quadratic, gauss_hermite, problem
 
 TITLE = "Bonnet's and Price's theorems hold under Gauss–Hermite quadrature; price and pathwise are exact there"
@@ -68,12 +68,6 @@ CONVERGENCE_NODES = [4, 8, 12, 16, 24, 32, 40, 60, 80, 120]
 #   cannot hide in the thresholds above.
 TOL_EXACT, TOL_FD, TOL_REFINE = 1e-10, 1e-8, 1e-9
 FD_STEP = 1e-3
-
-
-def rel(a, b) -> float:
-    """max |a − b| / max |b|."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def central(fn_of_step, h: float = FD_STEP) -> float:

@@ -48,13 +48,13 @@ from refvae.vae import VAE
 try:
     from validation import linear_witness as witness
     from validation.closed_forms import expected_loss, expected_loss_gradient
-    from validation.common import Claim, Context, main, savefig
+    from validation.common import Claim, Context, main, rel_tensors, savefig
     from validation.mnist_models import single_threaded
 except ImportError:  # pragma: no cover
     import linear_witness as witness
     from mnist_models import single_threaded
     from closed_forms import expected_loss, expected_loss_gradient
-    from common import Claim, Context, main, savefig
+    from common import Claim, Context, main, rel_tensors, savefig
 
 TITLE = "A linear VAE trains to the exact pPCA maximum likelihood and spans the principal subspace"
 SOURCE = "Lucas et al. 2019 (NeurIPS), Tipping & Bishop 1999 (JRSS-B) closed-form pPCA; chapter Eq. 8.20"
@@ -149,8 +149,7 @@ def fit(y, k: int, seed: int, steps: int = STEPS, record: int = 150) -> dict:
         last = step == steps - 1
         if twin is not None and (step % record == 0 or last):
             ref = witness.gradients(flat.params, y, eps)
-            rel = max(float(np.abs(res.grads[p] - ref[p]).max() / np.abs(ref[p]).max()) for p in ref)
-            out["teacher"] = max(out["teacher"], rel)
+            out["teacher"] = max(out["teacher"], rel_tensors(res.grads, ref))
         if twin is not None:
             twin.step(y, eps, witness.warmup_cosine(step, LR, WARMUP, steps, MIN_LR))
         flat.set_grads(res.grads)

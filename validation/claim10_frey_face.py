@@ -33,13 +33,13 @@ from refvae.witness import torch_or_none
 from refvae.witness.modules import PlanTrainer, load_refvae_params, make_twin, state_numpy
 
 try:
-    from validation.common import Claim, Context, main, savefig, skipped
+    from validation.common import Claim, Context, main, rel_tensors, savefig, skipped
     from validation.mnist_models import single_threaded
-    from validation.teacher import TeacherForced, batch_plan, rel_diff
+    from validation.teacher import TeacherForced, batch_plan
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from common import Claim, Context, main, savefig, skipped
+    from common import Claim, Context, main, rel_tensors, savefig, skipped
     from mnist_models import single_threaded
-    from teacher import TeacherForced, batch_plan, rel_diff
+    from teacher import TeacherForced, batch_plan
 
 TITLE = "Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by step"
 SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (Frey Face), "
@@ -112,7 +112,7 @@ def train_latent(ctx, data, k: int, epochs: int, eval_steps: set, torch) -> dict
         opt.step(flat)
         if torch is not None:
             trainer.step(yb, eps)
-            gap = rel_diff(state_numpy(free), flat.to_numpy())
+            gap = rel_tensors(state_numpy(free), flat.to_numpy())
             if step < steps_per_epoch(data):
                 out["lock_rel"] = max(out["lock_rel"], gap)
             if out["separate"] is None and gap > 1e-6:

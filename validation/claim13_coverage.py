@@ -41,10 +41,10 @@ from refvae.vae import VAE
 
 try:
     from validation.closed_forms import exact_posterior_case
-    from validation.common import Claim, Context, main
+    from validation.common import Claim, Context, main, rel
 except ImportError:  # pragma: no cover
     from closed_forms import exact_posterior_case
-    from common import Claim, Context, main
+    from common import Claim, Context, main, rel
 
 TITLE = ("Fixed-noise gradients are exact derivatives, estimators are what they are defined to be; flows, "
          "relaxed KL, exponential latent, activations, optimizers, shards, minibatch order, IWAE normalizer")
@@ -54,11 +54,6 @@ FULL_MODE = "the same run as quick (deterministic checks; under 30 s); measured"
 # in NumPy agree to rounding (1e-10); a Monte Carlo mean within 4 standard errors.
 TOL_FD, TOL_EXACT, TOL_Z = 1e-6, 1e-10, 4.0
 N, D, K, L = 3, 4, 2, 4
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def _data(emission: str, rng) -> np.ndarray:
@@ -76,7 +71,7 @@ def fd_case(label: str, config: dict, estimator=None, temperature=None, seed: in
     eps = vae.draw_noise(noise, N, L)
     res = vae.loss_and_grads(params, y, eps, estimator, temperature=temperature)
     num = numerical_gradient(lambda p: vae.loss(p, y, eps, estimator=estimator, temperature=temperature), params)
-    err = max(_rel(res.grads[k], num[k]) for k in num)
+    err = max(rel(res.grads[k], num[k]) for k in num)
     return [f"A: {label}", "finite differences of VAE.loss", err, TOL_FD, err < TOL_FD]
 
 
@@ -129,18 +124,18 @@ def part_b(seed: int) -> list:
     for name in ("score", "score-loo", "score-running", "score-optimal"):
         store = {"score_running_mean": 2.5, "score_running_steps": 3}
         got = get_estimator("gaussian", name)(vae.bk, vae.latent, state, DecoderSignals(None, f, 1.0, None, store))
-        err = max(_rel(got[h], _score_reference(name, f, scores[h], 2.5)) for h in scores)
+        err = max(rel(got[h], _score_reference(name, f, scores[h], 2.5)) for h in scores)
         rows.append([f"B: {name} control variate", "its definition, in NumPy", err, TOL_EXACT, err < TOL_EXACT])
     g = rng.normal(size=(N, L, K))
     hdiag = rng.random((N, L, K))
     got = get_estimator("gaussian", "price")(vae.bk, vae.latent, state,
                                              DecoderSignals(g, f, 1.0, lambda full=False: hdiag))
     want = {"mean": g.sum(1), "logvar": 0.5 * np.exp(heads["logvar"]) * hdiag.sum(1)}
-    err = max(_rel(got[h], want[h]) for h in want)
+    err = max(rel(got[h], want[h]) for h in want)
     rows.append(["B: price (Eqs. 8.16–8.17)", "⟨g⟩, ½ υ² ⟨H_kk⟩", err, TOL_EXACT, err < TOL_EXACT])
     got = get_estimator("gaussian", "pathwise")(vae.bk, vae.latent, state, DecoderSignals(g, f, 1.0))
     want = {"mean": g.sum(1), "logvar": 0.5 * std * (g * eps).sum(1)}
-    err = max(_rel(got[h], want[h]) for h in want) + _rel(state.x, heads["mean"][:, None] + std[:, None] * eps)
+    err = max(rel(got[h], want[h]) for h in want) + rel(state.x, heads["mean"][:, None] + std[:, None] * eps)
     rows.append(["B: pathwise sample and gradient (Eq. 8.24)", "x = ν + e^{ℓ/2} z; ⟨g⟩, ½ υ ⟨g z⟩", err,
                  TOL_EXACT, err < TOL_EXACT])
     rows += _categorical_rows(seed)
@@ -164,7 +159,7 @@ def _categorical_rows(seed: int) -> list:
     onehot = np.asarray(state.hard).reshape(N, L, K, c)
     loo = (f.sum(1, keepdims=True) - f) / (L - 1)
     want = ((f - loo)[..., None, None] * (onehot - pi[:, None])).sum(1).reshape(N, -1)
-    err = _rel(got, want)
+    err = rel(got, want)
     rows = [["B: categorical score, leave-one-out baseline", "its definition, in NumPy", err, TOL_EXACT,
              err < TOL_EXACT]]
     hard = vae.loss(params, y, g0, estimator="hard")
@@ -218,7 +213,7 @@ def part_e(seed: int) -> list:
             opt.step(flat, lr=kw["lr"])
             tp.grad = torch.tensor(g)
             topt.step()
-        err = _rel(flat.params["p"], tp.detach().numpy())
+        err = rel(flat.params["p"], tp.detach().numpy())
         rows.append([f"E: {name}, three steps", f"torch.optim.{type(topt).__name__}", err, TOL_EXACT, err < TOL_EXACT])
     vae = VAE(dict(data_dim=D, latent_dim=K, encoder_hidden=[5], decoder_hidden=[5], emission="bernoulli"))
     noise = NoiseSource(seed)
@@ -228,7 +223,7 @@ def part_e(seed: int) -> list:
     one = vae.loss_and_grads(params, y, eps)
     with parallel.Workers(2) as workers:
         two = parallel.loss_and_grads(vae, workers, params, y, eps)
-    err = max(_rel(two.grads[k], one.grads[k]) for k in one.grads) + abs(two.loss - one.loss) / abs(one.loss)
+    err = max(rel(two.grads[k], one.grads[k]) for k in one.grads) + abs(two.loss - one.loss) / abs(one.loss)
     rows.append(["E: two row shards (--threads 2)", "one thread", err, TOL_EXACT, err < TOL_EXACT])
     return rows
 

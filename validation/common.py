@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
@@ -55,6 +57,17 @@ class Claim:
     @property
     def status(self) -> str:
         return "SKIP" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def rel(a, b) -> float:
+    """``max |a − b|`` relative to the largest ``|b|`` (the reference)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def rel_tensors(a: dict, b: dict) -> float:
+    """The largest :func:`rel` over the tensors of ``b`` (the reference), each against ``a``'s."""
+    return max(rel(a[name], b[name]) for name in b)
 
 
 def skipped(title: str, source: str, why: str) -> Claim:

@@ -8,6 +8,11 @@ import numpy as np
 
 from refvae.witness.modules import grads_at, state_numpy
 
+try:
+    from validation.common import rel_tensors
+except ImportError:  # run as a script from validation/
+    from common import rel_tensors
+
 
 def batch_plan(noise, n: int, latent_dim: int, epochs: int, batch: int):
     """``(step, idx, eps)`` of every training step, drawn from ``noise`` (a NoiseSource) in the order
@@ -20,11 +25,6 @@ def batch_plan(noise, n: int, latent_dim: int, epochs: int, batch: int):
             idx = order[b:b + batch]
             yield step, idx, noise.normal((len(idx), 1, latent_dim))
             step += 1
-
-
-def rel_diff(a: dict, b: dict) -> float:
-    """Largest over tensors of max |a − b| / max |b|."""
-    return max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-300)) for n in b)
 
 
 class TeacherForced:
@@ -47,7 +47,7 @@ class TeacherForced:
         loss, grads = grads_at(self.twin, params, y, eps)
         self._before = params
         for res in refvae_results:
-            self.grad_rel = max(self.grad_rel, rel_diff(grads, res.grads))
+            self.grad_rel = max(self.grad_rel, rel_tensors(grads, res.grads))
             self.loss_rel = max(self.loss_rel, abs(loss - res.loss) / abs(res.loss))
 
     def check_update(self, grads: dict, params_after: dict) -> None:
@@ -60,4 +60,4 @@ class TeacherForced:
         self.opt.step()
         after = state_numpy(self.twin)
         theirs = {k: after[k] - self._before[k] for k in after}
-        self.update_rel = max(self.update_rel, rel_diff(theirs, {k: params_after[k] - self._before[k] for k in after}))
+        self.update_rel = max(self.update_rel, rel_tensors(theirs, {k: params_after[k] - self._before[k] for k in after}))
