@@ -38,6 +38,7 @@ from refvae.optim import FlatParams, make_optimizer
 from refvae import train as train_module
 from refvae.train import TrainOptions, train
 from refvae.vae import VAE
+from refvae.witness import torch_or_none
 
 try:
     from validation.closed_forms import exact_posterior_case
@@ -196,7 +197,7 @@ def part_d(seed: int) -> list:
 
 
 def part_e(seed: int) -> list:
-    torch = _torch()
+    torch = torch_or_none()
     rows = []
     rng = np.random.default_rng(seed)
     p0, grads = rng.normal(size=7), [rng.normal(size=7) for _ in range(3)]
@@ -226,14 +227,6 @@ def part_e(seed: int) -> list:
     err = max(rel(two.grads[k], one.grads[k]) for k in one.grads) + abs(two.loss - one.loss) / abs(one.loss)
     rows.append(["E: two row shards (--threads 2)", "one thread", err, TOL_EXACT, err < TOL_EXACT])
     return rows
-
-
-def _torch():
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        return None
-    return torch
 
 
 def visit_orders(seed: int, epochs: int = 3, n: int = 12) -> list:

@@ -14,13 +14,7 @@ import math
 
 import numpy as np
 
-
-def torch_or_none():
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        return None
-    return torch
+from refvae.witness import torch_or_none
 
 
 def _loss(torch, p: dict, y, eps):
