@@ -25,10 +25,10 @@ from refvae import NoiseSource
 from refvae.objectives import elbo_surgery
 
 try:
-    from validation.common import Claim, Context, main, savefig
+    from validation.common import Claim, Context, main, mean_se, savefig
     from validation.mnist_models import run_on_shared_model
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from common import Claim, Context, main, savefig
+    from common import Claim, Context, main, mean_se, savefig
     from mnist_models import run_on_shared_model
 
 TITLE = ("ELBO surgery: the average KL equals the aggregate-posterior KL plus the mutual information, "
@@ -75,10 +75,6 @@ def independent_terms(nu, logvar, idx, noise: NoiseSource, chunk: int = 20):
     return log_qagg - log_p, log_q - log_qagg, x, log_qagg
 
 
-def _mean_se(a) -> tuple[float, float]:
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size))
-
-
 def run(ctx: Context) -> Claim:
     return run_on_shared_model(ctx, TITLE, SOURCE, _run)
 
@@ -95,7 +91,7 @@ def _run(ctx: Context, model) -> Claim:
     nu, lv = (vae.bk.to_numpy(heads[h]) for h in ("mean", "logvar"))
     idx = NoiseSource([ctx.seed, 7, 3]).permutation(n)[:INDEPENDENT_POINTS]
     agg_t, mi_t, x, log_qagg = independent_terms(nu, lv, idx, NoiseSource([ctx.seed, 7, 4]))
-    (agg_i, agg_i_se), (mi_i, mi_i_se) = _mean_se(agg_t), _mean_se(mi_t)
+    (agg_i, agg_i_se), (mi_i, mi_i_se) = mean_se(agg_t), mean_se(mi_t)
     cross = vae.latent.log_q_cross(vae.bk, heads, vae.bk.asarray(x))
     refvae_qagg = vae.bk.to_numpy(vae.bk.special.logsumexp(cross, axis=1)) - math.log(n)
     pointwise = float(np.abs(refvae_qagg - log_qagg).max())

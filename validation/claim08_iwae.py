@@ -28,11 +28,11 @@ from refvae.vae import VAE
 
 try:
     from validation.closed_forms import exact_posterior_case
-    from validation.common import Claim, Context, main, savefig
+    from validation.common import Claim, Context, main, mean_se, savefig
     from validation.mnist_models import run_on_shared_model
 except ImportError:  # pragma: no cover - run as a script from validation/
     from closed_forms import exact_posterior_case
-    from common import Claim, Context, main, savefig
+    from common import Claim, Context, main, mean_se, savefig
     from mnist_models import run_on_shared_model
 
 TITLE = "The importance-weighted bound increases with k on a trained MNIST model; active units"
@@ -112,11 +112,11 @@ def _run(ctx: Context, model) -> Claim:
     rows, steps_ok = [], []
     for lo, hi in zip(ks, ks[1:]):
         d = bounds[hi] - bounds[lo]
-        mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+        mean, se = mean_se(d)
         steps_ok.append(mean > INCREASE_SE * se)
         rows.append([f"L_{hi} − L_{lo}", mean, se, mean / se, "pass" if steps_ok[-1] else "FAIL"])
     d1 = bounds[1] - elbo
-    l1_gap, l1_se = float(d1.mean()), float(d1.std(ddof=1) / math.sqrt(d1.size))
+    l1_gap, l1_se = mean_se(d1)
     l1_ok = abs(l1_gap) <= AGREE_SE * l1_se
     rows.append(["L_1 − ELBO (closed-form KL)", l1_gap, l1_se, l1_gap / l1_se, "pass" if l1_ok else "FAIL"])
 

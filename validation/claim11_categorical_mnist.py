@@ -42,11 +42,11 @@ from refvae.train import TrainOptions, load_run, train
 
 try:
     from validation import categorical_exact
-    from validation.common import Claim, Context, main, savefig
+    from validation.common import Claim, Context, main, mean_se, savefig
     from validation.mnist_models import binary_mnist, data_note, single_threaded
 except ImportError:  # run as a script from validation/
     import categorical_exact
-    from common import Claim, Context, main, savefig
+    from common import Claim, Context, main, mean_se, savefig
     from mnist_models import binary_mnist, data_note, single_threaded
 
 TITLE = ("Categorical VAE (20 × 10) on binarized MNIST: Gumbel-softmax, straight-through and score "
@@ -137,8 +137,7 @@ def train_one(budget: Budget, data, estimator: str, seed: int) -> dict:
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean and standard error of the per-datum difference ``a − b`` on the same test data (0 when the
     two are identical on every datum)."""
-    d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    return mean_se(a - b)
 
 
 def figure(ctx: Context, results: list[dict], baseline: float):

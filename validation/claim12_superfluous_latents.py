@@ -37,10 +37,10 @@ from refvae import NoiseSource
 from refvae.objectives import active_units, neg_elbo_terms
 
 try:
-    from validation.common import Claim, Context, main, savefig, skipped
+    from validation.common import Claim, Context, main, mean_se, savefig, skipped
     from validation.mnist_models import NO_MNIST, single_threaded, trained_model
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from common import Claim, Context, main, savefig, skipped
+    from common import Claim, Context, main, mean_se, savefig, skipped
     from mnist_models import NO_MNIST, single_threaded, trained_model
 
 TITLE = ("Superfluous latent dimensions do not cause overfitting and add little KL: bounds, KL and active units "
@@ -93,10 +93,6 @@ def latent_free(data):
     return data.test @ np.log(p) + (1.0 - data.test) @ np.log1p(-p)
 
 
-def _se(a) -> float:
-    return float(np.std(a, ddof=1) / math.sqrt(np.size(a)))
-
-
 def run(ctx: Context) -> Claim:
     with single_threaded():
         sizes = latent_sizes(ctx.quick)
@@ -125,13 +121,13 @@ def _judge(ctx, sizes, k_ref, res, baseline, description) -> Claim:
     # Seed noise: the pooled SD of the gap over three seeds of each size; data and Monte Carlo noise:
     # the paired per-datum differences of the seed-averaged bounds (the same data).
     se_seed = math.sqrt((g_max.var(ddof=1) + g_ref.var(ddof=1)) / 2 * 2 / SEEDS)
-    se_data = math.hypot(*(_se(_seed_means(res, k_max, seeds, split) - _seed_means(res, k_ref, seeds, split))
+    se_data = math.hypot(*(mean_se(_seed_means(res, k_max, seeds, split) - _seed_means(res, k_ref, seeds, split))[1]
                            for split in ("train", "test")))
     tol = N_SE * se_data + T_SEEDS * se_seed
     ok_gap = d_gap <= tol
     kl_excess = (np.mean([kl[(k_max, s)] for s in seeds]) - np.mean([kl[(k_ref, s)] for s in seeds])) / (k_max - k_ref)
     ok_kl = bool(kl_excess < KL_PER_UNIT)
-    margin = {key: (float((r["test"] - baseline).mean()), _se(r["test"] - baseline)) for key, r in res.items()}
+    margin = {key: mean_se(r["test"] - baseline) for key, r in res.items()}
     ok_sane = all(math.isfinite(m) and m > N_SE * se for m, se in margin.values())
     rows = [[k if s == ctx.seed else f"{k} (seed {s})", float(res[(k, s)]["train"].mean()),
              float(res[(k, s)]["test"].mean()), margin[(k, s)][0], gap[(k, s)], kl[(k, s)], res[(k, s)]["active"]]

@@ -7,6 +7,7 @@ them into ``validation/REPORT.md``. Every PASS threshold is written in the claim
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,12 @@ def rel(a, b) -> float:
     """``max |a − b|`` relative to the largest ``|b|`` (the reference)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def mean_se(a) -> tuple[float, float]:
+    """The mean of ``a`` and its standard error ``sd/√n`` (``ddof = 1``)."""
+    a = np.asarray(a, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size))
 
 
 def rel_tensors(a: dict, b: dict) -> float:

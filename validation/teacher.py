@@ -60,4 +60,5 @@ class TeacherForced:
         self.opt.step()
         after = state_numpy(self.twin)
         theirs = {k: after[k] - self._before[k] for k in after}
-        self.update_rel = max(self.update_rel, rel_tensors(theirs, {k: params_after[k] - self._before[k] for k in after}))
+        ours = {k: params_after[k] - self._before[k] for k in after}
+        self.update_rel = max(self.update_rel, rel_tensors(theirs, ours))
