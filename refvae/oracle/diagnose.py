@@ -8,6 +8,11 @@ failing tensor or on the decoder's gradients alone, decoder gradients right and 
 wrong. Each hypothesis is tested by recomputing refvae's numbers under it (through the VAE's own
 functions) and comparing with the user's tensor at that tensor's tolerance; only hypotheses that
 fit are reported.
+
+Host-side by design, hence NumPy: every array here is a host copy from the comparison report (the
+user's tensors and refvae's), and the NumPy expressions are the candidate *mistakes* (exp(ℓ) as
+the scale, swapped heads, …) checked against the user's values. refvae's own numbers come from
+the VAE on its backend and reach this module through ``bk.to_numpy`` (:func:`kl_gradients`).
 """
 from __future__ import annotations
 
