@@ -21,6 +21,9 @@ class Activation:
     """``value(bk, a)``, ``d1(bk, a, h)`` = φ'(a), ``d2(bk, a, h)`` = φ''(a).
 
     ``piecewise_linear`` marks φ'' = 0 almost everywhere, so the Hessian may skip its hidden terms.
+    ``twice_differentiable`` is false where φ' jumps (relu): there φ'' is a Dirac delta in the
+    distributional sense, the pointwise φ'' misses it, and Price's theorem (Eq. 8.17) computed
+    from the pointwise Hessian is biased (docs/DERIVATIONS.md#bonnet-and-price).
     """
 
     name: str
@@ -28,6 +31,7 @@ class Activation:
     d1: Callable
     d2: Callable
     piecewise_linear: bool = False
+    twice_differentiable: bool = True
 
 
 def _sech2(bk, a):
@@ -91,6 +95,7 @@ RELU = Activation(
     d1=lambda bk, a, h: (a > 0).astype(a.dtype),
     d2=lambda bk, a, h: bk.xp.zeros_like(a),
     piecewise_linear=True,
+    twice_differentiable=False,
 )
 
 IDENTITY = Activation(

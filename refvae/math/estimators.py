@@ -37,8 +37,17 @@ arrive already multiplied by ``w``, ``f`` does not.
     ``⌊L/2⌋..L−1`` and vice versa. The halves are independent draws, so β_lj is independent of
     sample l: unbiased (estimating it from the same samples would not be). Needs L ≥ 2.
 
-Every Gaussian estimator here is unbiased for the gradient of the expected loss; ``planar_flow``
-has ``pathwise`` only (:mod:`refvae.math.latent.flow`).
+Each is unbiased for the gradient of the expected loss under its own hypotheses:
+
+- ``pathwise``: ``f`` (decoder + emission) almost-everywhere differentiable and locally
+  Lipschitz in ``x`` with Gaussian-integrable derivative (relu decoders qualify);
+- ``price``: ``f`` twice differentiable (C²), since the Hessian is taken pointwise; with relu the
+  true second derivative has a Dirac term at each kink that the pointwise Hessian misses, so
+  :meth:`refvae.math.vae.VAE.check_estimator` refuses ``price`` on such decoders;
+- the score-function variants: ``f`` integrable under q and ``log q`` differentiable in the heads
+  with the support of q not depending on them (true of every latent here).
+
+``planar_flow`` has ``pathwise`` only (:mod:`refvae.math.latent.flow`).
 """
 from __future__ import annotations
 

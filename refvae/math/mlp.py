@@ -46,6 +46,11 @@ class MLP:
         return sum(d for _, d in self.heads)
 
     @property
+    def twice_differentiable(self) -> bool:
+        """Whether the map input -> output is C² (no hidden layer, or a C² activation)."""
+        return not self.hidden or self.activation.twice_differentiable
+
+    @property
     def hidden_names(self) -> list[str]:
         return [f"{self.prefix}.{i}" for i in range(len(self.hidden))]
 

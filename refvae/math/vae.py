@@ -108,6 +108,18 @@ class VAE:
         """The latent's own estimator: ``pathwise`` (Gaussian latents) or ``gumbel-softmax`` (categorical)."""
         return self.latent.default_estimator
 
+    def check_estimator(self, estimator: str) -> None:
+        """Refuse (:class:`ConfigError`) an estimator this model does not have, and Price's
+        estimator on a decoder that is not twice differentiable: with relu, φ'' is a Dirac delta
+        at 0 that the pointwise Hessian omits, so Eq. 8.17 would be biased
+        (docs/DERIVATIONS.md#bonnet-and-price)."""
+        get_estimator(self.latent.name, estimator)
+        if estimator == "price" and not self.decoder.twice_differentiable:
+            raise ConfigError(f"estimator 'price' needs a twice-differentiable decoder (Price's "
+                              f"theorem, Eq. 8.17), and activation "
+                              f"{self.config.activation!r} is not: use estimator 'pathwise', or "
+                              f"a smooth activation (tanh, softplus, silu, sigmoid)")
+
     # ----- parameters ------------------------------------------------------------------------
     def param_shapes(self) -> dict:
         shapes = {**self.encoder.param_shapes(), **self.decoder.param_shapes()}
@@ -246,7 +258,7 @@ class VAE:
         estimator = self.default_estimator if estimator is None else estimator
         if reduction not in REDUCTIONS:
             raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
-        get_estimator(self.latent.name, estimator)
+        self.check_estimator(estimator)
         if check:
             params = self.check_params(params)
             y, noise = self.check_batch(y, noise)
