@@ -59,3 +59,9 @@ def shape_mismatch(name: str, got, expected) -> str:
         if len(expected) == 2 and got[::-1] == expected and got != expected else ""
     return f"{name} has shape {got}, expected {expected}{hint}"
 
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)

@@ -2,7 +2,7 @@
 
 Public and meant for users' own code as much as for refvae's tests::
 
-    from refvae.gradcheck import assert_gradients
+    from refvae import assert_gradients
     assert_gradients(loss_fn, params, my_grads)          # raises GradcheckError with a table
 
 ``loss_fn`` takes a dict of arrays (the parameters) and returns a scalar. Differences are taken

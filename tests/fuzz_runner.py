@@ -1,4 +1,4 @@
-"""Child process of tests/test_fuzz_cli.py: runs ``refvae.cli.main`` on each argv read from stdin
+"""Child process of tests/test_fuzz_cli.py: runs ``refvae.cli.main.main`` on each argv read from stdin
 (one JSON list per line) under the limits given on the command line, and prints one JSON result
 per case: the exit code (or ``"traceback"``/``"timeout"``), stderr, and the seconds it took.
 
@@ -27,7 +27,7 @@ def main():
     address_space, cpu_seconds, per_case = (int(a) for a in sys.argv[1:4])
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-    from refvae.cli import main as refvae_main
+    from refvae.cli.main import main as refvae_main
 
     signal.signal(signal.SIGALRM, _alarm)
     for line in sys.stdin:

@@ -1,4 +1,4 @@
-"""Activations φ, φ', φ'' (refvae.nn.activations) against independent references, in float64.
+"""Activations φ, φ', φ'' (refvae.math.activations) against independent references, in float64.
 
 Four independent witnesses, each used where it is meaningful:
 
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from refvae.errors import ConfigError
-from refvae.nn.activations import ACTIVATIONS, get_activation
+from refvae.math.activations import ACTIVATIONS, get_activation
 
 NAMES = ["tanh", "sigmoid", "softplus", "relu", "identity", "silu"]
 SMOOTH = ["tanh", "sigmoid", "softplus", "silu"]

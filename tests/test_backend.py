@@ -13,7 +13,7 @@ import refvae.backend as backend_mod
 from refvae.backend import (BACKENDS, Backend, NoiseSource, array_module, available_backends,
                             get_backend)
 from refvae.errors import BackendError, ConfigError, RefvaeError
-from refvae.nn import MLP
+from refvae.math.mlp import MLP
 
 
 # ----------------------------------------------------------------------------------------------

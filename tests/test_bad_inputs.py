@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from refvae import get_backend
-from refvae.cli import main
-from refvae.config import VAEConfig
-from refvae.data import load_dataset, read_idx
+from refvae.cli.main import main
+from refvae.math.config import VAEConfig
+from refvae.data.load import load_dataset, read_idx
 from refvae.errors import (BackendError, CheckpointError, ConfigError, DataError, NonFiniteError,
                            RefvaeError, ShapeError)
 from refvae.oracle import compute, write_example
-from refvae.train import TrainOptions, load_run, train
-from refvae.vae import VAE
+from refvae.train.loop import TrainOptions, load_run, train
+from refvae.math.vae import VAE
 
 CFG = dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4], activation="tanh")
 

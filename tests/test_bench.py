@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from refvae import bench
-from refvae.cli import main
+from refvae.cli import bench
+from refvae.cli.main import main
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from refvae.backend import NoiseSource
-from refvae.latent import DiagonalGaussian, FullCovarianceGaussian
-from refvae.nn import MLP
+from refvae.math.latent import DiagonalGaussian, FullCovarianceGaussian
+from refvae.math.mlp import MLP
 from validation.quadrature import Cosine, Quadratic, gauss_hermite, problem
 
 # Nodes per axis: enough for the MLP's expectations to converge to ~1e-9 relative (checked by

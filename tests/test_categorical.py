@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from refvae.backend import NoiseSource
-from refvae.config import VAEConfig
+from refvae.math.config import VAEConfig
 from refvae.errors import ConfigError, ShapeError
-from refvae.estimators import estimators_for
+from refvae.math.estimators import estimators_for
 from refvae.gradcheck import assert_gradients
-from refvae.latent.categorical import Categorical
-from refvae.vae import VAE
+from refvae.math.latent.categorical import Categorical
+from refvae.math.vae import VAE
 
 ESTIMATORS = ["gumbel-softmax", "straight-through", "score"]
 EMISSIONS = ["bernoulli", "gaussian", "gaussian_diag"]
@@ -218,7 +218,7 @@ def test_gumbel_softmax_gradients_finite_differences(kl):
 def test_relaxed_state_densities_are_concrete_and_tie_to_the_relaxed_kl(np_bk):
     """On a relaxed state log_q/log_prior are the concrete densities of the sample the decoder saw,
     and the relaxed KL is their mean difference; the analytic KL ignores them."""
-    from refvae.latent.categorical import concrete_log_density
+    from refvae.math.latent.categorical import concrete_log_density
     rng = np.random.default_rng(9)
     heads = {"logits": rng.standard_normal((3, 8))}
     g0 = NoiseSource(9).gumbel((3, 4, 2, 4))

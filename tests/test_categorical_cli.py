@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from refvae.cli import main
+from refvae.cli.main import main
 
 pytest.importorskip("sklearn")  # the built-in digits
 

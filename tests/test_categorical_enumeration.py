@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from refvae.backend import NoiseSource
-from refvae.objectives import iwae_bound, neg_elbo_terms
-from refvae.vae import VAE
+from refvae.math.objectives import iwae_bound, neg_elbo_terms
+from refvae.math.vae import VAE
 
 twin = pytest.importorskip("refvae.witness.categorical")
 pytest.importorskip("torch")
@@ -122,7 +122,7 @@ def test_gumbel_softmax_bias_shrinks_as_temperature_falls(model, capsys):
 
 
 def test_true_elbo_and_importance_weighted_bound_with_categorical_proposal(model):
-    """refvae.objectives with the latent's evaluation mode (hard samples): the Monte Carlo negative
+    """refvae.math.objectives with the latent's evaluation mode (hard samples): the Monte Carlo negative
     ELBO is unbiased for the exact one; the bound with k = 1 is the ELBO, with k = 50 it is tighter
     and still below the exact ``log p(y)`` (4 standard errors over independent replicates)."""
     vae, params, y, _, _, log_p = model

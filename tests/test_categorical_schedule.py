@@ -1,4 +1,4 @@
-"""The temperature schedule ``s_t = max(s_min, s_0 exp(−r · n⌊t/n⌋))`` (refvae.schedules)."""
+"""The temperature schedule ``s_t = max(s_min, s_0 exp(−r · n⌊t/n⌋))`` (refvae.optim.schedules)."""
 import json
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refvae.errors import CheckpointError, ConfigError
-from refvae.schedules import TemperatureSchedule
+from refvae.optim.schedules import TemperatureSchedule
 
 
 def test_values_follow_the_formula_and_update_every_n_steps():

@@ -2,7 +2,7 @@
 exit code 2, no usage dump and no traceback (like every other bad input)."""
 import pytest
 
-from refvae.cli import main
+from refvae.cli.main import main
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -40,7 +40,7 @@ def _options(parser, name="refvae"):
 
 
 def test_every_option_has_help_and_train_help_is_grouped(capsys):
-    from refvae.cli import build_parser
+    from refvae.cli.main import build_parser
 
     options = list(_options(build_parser()))
     assert len(options) > 60

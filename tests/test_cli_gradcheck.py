@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from refvae.cli import build_parser, main
+from refvae.cli.main import build_parser, main
 
 
 @pytest.mark.parametrize("argv", [
@@ -38,7 +38,7 @@ def test_gradcheck_defaults(capsys):
 
 def test_gradcheck_reports_failure_with_exit_1(capsys, monkeypatch):
     """If the MLP's gradient were wrong, the command says FAIL and exits 1 (not 0, not 2)."""
-    from refvae.nn import mlp as mlp_mod
+    from refvae.math import mlp as mlp_mod
 
     real_backward = mlp_mod.MLP.backward
 
@@ -103,7 +103,7 @@ def test_parser_documents_options():
 
 def test_real_process_unknown_activation_has_no_traceback():
     """The same through a real interpreter (exit status and stderr as a user sees them)."""
-    proc = subprocess.run([sys.executable, "-m", "refvae.cli", "gradcheck", "--activation", "bogus"],
+    proc = subprocess.run([sys.executable, "-m", "refvae.cli.main", "gradcheck", "--activation", "bogus"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0

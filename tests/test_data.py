@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-import refvae.data as rdata
+import refvae.data.load as rdata
 from refvae.backend import NoiseSource
-from refvae.data import (CHECKSUMS, Dataset, apply_binarization, binarize, check_support, download,
-                         load_binarized_mnist_dir, load_dataset, load_frey_face, load_idx_dir,
-                         load_idx_images, load_npz_dataset, read_amat, read_idx)
+from refvae.util.gates import check_support
+from refvae.data.load import (CHECKSUMS, Dataset, apply_binarization, binarize,
+                              download, load_binarized_mnist_dir, load_dataset, load_frey_face,
+                              load_idx_dir, load_idx_images, load_npz_dataset, read_amat, read_idx)
 from refvae.errors import ConfigError, DataError, ShapeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from refvae.backend import get_backend
-from refvae.emission import make_emission
+from refvae.math.emission import make_emission
 
 BK = get_backend()
 RNG = np.random.default_rng(5)

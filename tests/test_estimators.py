@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from refvae import estimators
+from refvae.math import estimators
 from refvae.backend import NoiseSource
 from refvae.errors import ConfigError
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 from refvae.witness import functional as twin
 
 EMISSIONS = [

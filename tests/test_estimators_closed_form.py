@@ -17,7 +17,7 @@ import pytest
 
 from refvae.backend import NoiseSource
 from refvae.gradcheck import numerical_gradient
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 N, D, K, L = 2, 4, 3, 4
 ALPHA = 0.6

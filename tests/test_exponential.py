@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refvae.backend import NoiseSource
-from refvae.latent import exponential as expo
+from refvae.math.latent import exponential as expo
 
 RATE = 1.7
 S = 0.8

@@ -1,4 +1,4 @@
-"""The optimizers' fast path (refvae.fast.optim) against the plain update rules (refvae.optim):
+"""The optimizers' fast path (refvae.fast.optim) against the plain update rules (refvae.optim.rules):
 bit-identical over hypothesis-drawn parameters, gradients, states, step counts and hyperparameters,
 in one block or many, on one thread or several."""
 from unittest import mock
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from refvae.backend import get_backend
 from refvae.fast import optim as fast_optim
 from refvae.fast.parallel import Workers
-from refvae.optim import FlatParams, make_optimizer
+from refvae.fast.optim import make_optimizer as make_fast_optimizer
+from refvae.optim.rules import FlatParams, make_optimizer
 
 BK = get_backend("numpy", "float64")
 EXTREMES = [0.0, -0.0, 50.0, -50.0, 1e-300, -1e-300, 1e300, -1e300, 5e-324]
@@ -52,7 +53,7 @@ def test_fast_step_is_bit_identical_to_the_plain_rule(case, block, threads):
     name, kw, t, theta, g, a, b = case
     runs = []
     for fast in (False, True):
-        opt = make_optimizer(name, BK, theta.size, fast=fast, **kw)
+        opt = (make_fast_optimizer if fast else make_optimizer)(name, BK, theta.size, **kw)
         state = {k: v for k, v in opt.state_dict().items() if not isinstance(v, np.ndarray)}
         buffers = dict(zip(opt._active_buffers(), (np.abs(a), np.abs(b)) if name != "sgd" else (a,)))
         opt.load_state_dict({**state, "step": t, **(buffers if t else {})})
@@ -70,6 +71,6 @@ def test_fast_step_is_bit_identical_to_the_plain_rule(case, block, threads):
 
 def test_make_optimizer_gives_the_fast_path_unless_asked_for_the_plain_rule():
     for name in ("sgd", "adam", "adamw", "adagrad"):
-        fast, plain = make_optimizer(name, lr=0.1), make_optimizer(name, lr=0.1, fast=False)
+        fast, plain = make_fast_optimizer(name, lr=0.1), make_optimizer(name, lr=0.1)
         assert type(fast) is fast_optim.FAST[type(plain)]
         assert isinstance(fast, type(plain)) and fast.state_dict() == plain.state_dict()

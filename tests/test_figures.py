@@ -6,10 +6,10 @@ import struct
 import numpy as np
 import pytest
 
-from refvae import figures
-from refvae.cli import main
-from refvae.data import Dataset, load_dataset
-from refvae.vae import VAE
+from refvae.train import figures
+from refvae.cli.main import main
+from refvae.data.load import Dataset, load_dataset
+from refvae.math.vae import VAE
 from test_data import _mnist_dir
 
 pytest.importorskip("matplotlib")

@@ -15,8 +15,8 @@ from hypothesis.extra.numpy import arrays
 from refvae.backend import NoiseSource, get_backend
 from refvae.errors import ConfigError
 from refvae.gradcheck import assert_gradients
-from refvae.latent import PlanarFlowGaussian
-from refvae.vae import VAE
+from refvae.math.latent import PlanarFlowGaussian
+from refvae.math.vae import VAE
 from refvae.witness import functional as twin
 
 K, T = 3, 3

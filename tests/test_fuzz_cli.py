@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refvae.config import VAEConfig
-from refvae.data import load_dataset
+from refvae.math.config import VAEConfig
+from refvae.data.load import load_dataset
 from refvae.oracle import write_example
-from refvae.train import TrainOptions, train
+from refvae.train.loop import TrainOptions, train
 
 EXAMPLES, BATCH = 12, 8
 LIMITS = (3 * 2**30, 240, 45)  # address space (bytes), CPU seconds, seconds per call

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refvae import oracle
-from refvae.data import load_dataset, read_idx
+from refvae.data.load import load_dataset, read_idx
 from refvae.errors import RefvaeError
-from refvae.io import atomic_write_npz, load_json, load_npz_checked
-from refvae.train import load_run
+from refvae.util.files import atomic_write_npz, load_json, load_npz_checked
+from refvae.train.loop import load_run
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -103,7 +103,7 @@ def test_malformed_arrays_in_data_and_oracle_files(tmp_path, arrays):
     _only_refvae_errors(READERS["data set"], path)
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"data_dim": 3, "latent_dim": 2, "encoder_hidden": [], "decoder_hidden": []}))
-    from refvae.vae import VAE
+    from refvae.math.vae import VAE
 
     params = tmp_path / "params.npz"
     np.savez(params, **VAE(json.loads(cfg.read_text())).init_params(0))

@@ -11,8 +11,8 @@ from refvae.backend import NoiseSource
 from strict_cupy import DEVICE_ULPS
 from refvae.errors import ShapeError
 from refvae.gradcheck import assert_gradients
-from refvae.latent import FullCovarianceGaussian
-from refvae.vae import VAE
+from refvae.math.latent import FullCovarianceGaussian
+from refvae.math.vae import VAE
 from refvae.witness import functional as twin
 
 

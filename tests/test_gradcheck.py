@@ -8,8 +8,8 @@ import pytest
 
 from refvae.errors import GradcheckError, ShapeError
 from refvae.gradcheck import (TOLERANCES, GradcheckReport, assert_gradients, assert_hessian,
-                              check_gradients, check_hessian, compare_arrays, numerical_gradient,
-                              numerical_hessian, tolerances_for)
+                                     check_gradients, check_hessian, compare_arrays,
+                                     numerical_gradient, numerical_hessian, tolerances_for)
 
 
 def _params(bk, dtype=None):

@@ -25,10 +25,11 @@ from refvae.backend import NoiseSource
 from strict_cupy import DEVICE_ULPS
 from refvae.errors import DataError
 from refvae.gradcheck import numerical_gradient
-from refvae.latent.categorical import (categorical_kl_uniform, categorical_kl_uniform_grad,
-                                       concrete_log_density, concrete_log_density_grads, gumbel_from_uniform,
-                                       gumbel_max, log_relaxed_sample, log_softmax, relaxed_kl_sample,
-                                       relaxed_kl_sample_grad, relaxed_sample, relaxed_sample_vjp)
+from refvae.math.latent.categorical import (categorical_kl_uniform, categorical_kl_uniform_grad,
+                                            concrete_log_density, concrete_log_density_grads,
+                                            gumbel_from_uniform, gumbel_max, log_relaxed_sample,
+                                            log_softmax, relaxed_kl_sample, relaxed_kl_sample_grad,
+                                            relaxed_sample, relaxed_sample_vjp)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=7)

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from hostile import one_line
-from refvae import budget, inputs
-from refvae.cli import main
+from refvae.util import budget, inputs
+from refvae.cli.main import main
 from refvae.errors import BudgetError, CheckpointError, ConfigError, DataError
-from refvae.io import atomic_write_text
+from refvae.util.files import atomic_write_text
 
 SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--batch-size", "32",
          "--quiet", "--no-figures"]
 
 
 def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "refvae.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "refvae.cli.main", *args], capture_output=True, text=True,
                           timeout=120, **kw)
 
 
@@ -29,7 +29,7 @@ def cli(*args, **kw):
 def test_sigterm_prints_one_line_and_leaves_a_resumable_run(tmp_path):
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((32, 6)))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "refvae.cli", "train", "--data", str(tmp_path / "d.npz"), "--epochs",
+    cmd = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"), "--epochs",
            "100000", *SMALL, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -42,7 +42,7 @@ def test_sigterm_prints_one_line_and_leaves_a_resumable_run(tmp_path):
     assert err.strip().splitlines() == ["refvae: terminated (SIGTERM); a training run keeps its last "
                                         "checkpoint, continue it with --resume"], err
     assert not list(out.glob(".*.tmp"))
-    from refvae.io import load_npz_checked
+    from refvae.util.files import load_npz_checked
 
     epoch = load_npz_checked(out / "checkpoint.npz")[1]["epoch"]
     done = cli("train", "--data", str(tmp_path / "d.npz"), "--epochs", str(epoch + 1), *SMALL,
@@ -106,7 +106,7 @@ def test_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch, cap
 def test_an_out_name_that_is_not_utf8(tmp_path):
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((40, 6)))
     out = os.fsdecode(bytes(tmp_path) + b"/run-\xff")
-    result = subprocess.run([sys.executable, "-m", "refvae.cli", "train", "--data", str(tmp_path / "d.npz"),
+    result = subprocess.run([sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"),
                              "--epochs", "1", "--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden",
                              "4", "--out", out, "--no-figures"], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -133,9 +133,9 @@ def test_budget_sizes_and_refusals():
 def test_a_full_disk_while_a_figure_is_written_keeps_the_old_file(tmp_path, monkeypatch, capsys):
     import matplotlib.figure
 
-    from refvae.config import VAEConfig
-    from refvae.data import load_dataset
-    from refvae.train import TrainOptions, train
+    from refvae.math.config import VAEConfig
+    from refvae.data.load import load_dataset
+    from refvae.train.loop import TrainOptions, train
 
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((40, 6)))
     train(VAEConfig.from_dict(dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4])),

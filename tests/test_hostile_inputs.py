@@ -17,13 +17,13 @@ import scipy.io
 
 from hostile import (CFG, config_file, idx_gz_claiming, npy_header_bytes, npz_with_member,
                      one_line, set_encrypted_flag, zeros_deflated_member)
-from refvae.budget import parse_size
-from refvae.cli import main
-from refvae.config import VAEConfig
-from refvae.data import load_dataset
-from refvae.io import atomic_write_npz, load_npz_checked
+from refvae.util.budget import parse_size
+from refvae.cli.main import main
+from refvae.math.config import VAEConfig
+from refvae.data.load import load_dataset
+from refvae.util.files import atomic_write_npz, load_npz_checked
 from refvae.oracle import write_example
-from refvae.train import TrainOptions, train
+from refvae.train.loop import TrainOptions, train
 
 BUDGET = 256 * 2**20
 
@@ -238,7 +238,7 @@ def test_sample_out_without_suffix_names_the_file_written(env, capsys):
 
 def test_strict_json_refuses_what_json_module_accepts():
     from refvae.errors import CheckpointError
-    from refvae.inputs import loads_json
+    from refvae.util.inputs import loads_json
 
     for text, words in (('{"a": NaN}', "NaN"), ('{"a": 1e999}', "infinity"), ('{"a": -Infinity}', "Infinity"),
                         ('{"a": 1, "a": 1}', "twice"), ("[" * 65 + "]" * 65, "nested"),

@@ -11,10 +11,10 @@ import zipfile
 import numpy as np
 import pytest
 
-import refvae.io as rio
+import refvae.util.files as rio
 from refvae.errors import CheckpointError
-from refvae.io import (atomic_write_npz, atomic_write_text, ensure_writable_dir, load_json,
-                       load_npz_checked, save_json)
+from refvae.util.files import (atomic_write_npz, atomic_write_text, ensure_writable_dir, load_json,
+                               load_npz_checked, save_json)
 
 
 def _one_line(exc_info):
@@ -258,7 +258,7 @@ def test_failure_during_write_keeps_old_file(tmp_path, monkeypatch):
 _WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from refvae.io import atomic_write_npz
+    from refvae.util.files import atomic_write_npz
     path = sys.argv[1]
     i = 0
     while True:

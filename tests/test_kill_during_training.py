@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from refvae.train import load_run
+from refvae.train.loop import load_run
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
@@ -19,7 +19,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path):
     # during saves as well as between them.
     np.savez(tmp_path / "d.npz", train=rng.random((32, 6)), test=rng.random((4, 6)))
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "refvae.cli", "train", "--data", str(tmp_path / "d.npz"), "--epochs", "100000",
+    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"), "--epochs", "100000",
             "--batch-size", "32", "--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4",
             "--quiet", "--no-figures", "--out", str(out)]
     epochs_seen = []
@@ -39,7 +39,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path):
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
         _, params, _ = load_run(out)             # must load: never half-written
         assert all(np.isfinite(v).all() for v in params.values())
-        from refvae.io import load_npz_checked
+        from refvae.util.files import load_npz_checked
 
         epochs_seen.append(load_npz_checked(out / "checkpoint.npz")[1]["epoch"])
     assert epochs_seen == sorted(epochs_seen) and epochs_seen[-1] > epochs_seen[0]

@@ -1,4 +1,4 @@
-"""MLP (refvae.nn.mlp): layout, initialisation, forward pass, parameter and input gradients.
+"""MLP (refvae.math.mlp): layout, initialisation, forward pass, parameter and input gradients.
 
 Gradients are checked two independent ways: central differences through ``refvae.gradcheck``
 (every entry) and PyTorch autograd in float64 on the same parameters, loaded into a torch module
@@ -18,7 +18,7 @@ from refvae.backend import NoiseSource, get_backend
 from strict_cupy import DEVICE_ULPS
 from refvae.errors import ConfigError, ShapeError
 from refvae.gradcheck import assert_gradients
-from refvae.nn import MLP, MLPBackward
+from refvae.math.mlp import MLP, MLPBackward
 
 ACTS = ["tanh", "sigmoid", "softplus", "relu", "identity", "silu"]
 WIDTHS = (4, 3, 5)  # hidden widths used for depth 1..3
@@ -94,7 +94,7 @@ def test_depth_zero_is_affine_heads_only():
 
 
 def test_build_accepts_activation_object_and_rejects_unknown():
-    from refvae.nn import get_activation
+    from refvae.math.activations import get_activation
 
     mlp = MLP.build("m", 2, (3,), (("o", 1),), get_activation("silu"))
     assert mlp.activation.name == "silu"
@@ -216,7 +216,7 @@ def test_init_bound_matches_pytorch_default():
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])
 @pytest.mark.parametrize("act", ACTS)
 def test_forward_matches_explicit_numpy(np_bk, depth, act):
-    from refvae.nn import get_activation
+    from refvae.math.activations import get_activation
 
     mlp = build(depth, act, 2)
     params = random_params(mlp, np_bk)

@@ -17,7 +17,7 @@ import pytest
 
 from refvae.errors import ShapeError
 from refvae.gradcheck import assert_hessian
-from refvae.nn import MLP
+from refvae.math.mlp import MLP
 
 ACTS = ["tanh", "sigmoid", "softplus", "silu", "relu", "identity"]
 WIDTHS = (4, 3, 5)

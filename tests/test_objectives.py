@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from refvae import NoiseSource
-from refvae.objectives import active_units, elbo_surgery, evaluate, iwae_bound, neg_elbo_terms
-from refvae.vae import VAE
+from refvae.math.objectives import active_units, elbo_surgery, evaluate, iwae_bound, neg_elbo_terms
+from refvae.math.vae import VAE
 
 
 def linear_gaussian_model(exact_posterior: bool, d=5, k=2, alpha=0.5, seed=0):
@@ -60,7 +60,7 @@ def test_iwae_bound_increases_with_k_and_stays_below_log_p():
 
 
 def test_iwae_chunking_does_not_change_the_result(monkeypatch):
-    import refvae.objectives as obj
+    import refvae.math.objectives as obj
 
     model, params, y, _ = linear_gaussian_model(exact_posterior=False)
     whole = iwae_bound(model, params, y, NoiseSource(3), k=50)

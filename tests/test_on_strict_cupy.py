@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 
 import strict_cupy
-from refvae import NoiseSource, cli, oracle
-from refvae import train as train_mod
-from refvae.config import VAEConfig
-from refvae.data import Dataset
+from refvae import NoiseSource, oracle
+from refvae.cli import main as cli
+from refvae.train import loop as train_mod
+from refvae.math.config import VAEConfig
+from refvae.data.load import Dataset
 from refvae.errors import ConfigError
-from refvae.estimators import estimators_for
-from refvae.io import load_npz_checked
-from refvae.progress import Meter
-from refvae.train import TrainOptions, load_run, train
-from refvae.vae import VAE
+from refvae.math.estimators import estimators_for
+from refvae.util.files import load_npz_checked
+from refvae.util.progress import Meter
+from refvae.train.loop import TrainOptions, load_run, train
+from refvae.math.vae import VAE
 
 RTOL = 1e-9
 BASE = dict(data_dim=6, latent_dim=3, encoder_hidden=(5,), decoder_hidden=(5,), activation="tanh",
@@ -135,7 +136,7 @@ def test_cli_train_evaluate_iwae_and_sample_on_the_device(strict_cupy_bk, tmp_pa
 
 def test_figures_from_a_device_model(strict_cupy_bk, tmp_path):
     pytest.importorskip("matplotlib")
-    from refvae.figures import make_figures  # noqa: PLC0415 - needs matplotlib
+    from refvae.train.figures import make_figures  # noqa: PLC0415 - needs matplotlib
 
     cfg = VAEConfig(**{**BASE, "latent_dim": 2, "emission": "bernoulli", "learn_alpha": False})
     model = VAE(cfg, "cupy")

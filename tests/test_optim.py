@@ -1,5 +1,5 @@
 """Flat parameter buffer, optimizers (the plain rules and the fast path, against torch.optim in
-float64) and learning-rate schedules (refvae.schedules, also importable from refvae.optim)."""
+float64) and learning-rate schedules (refvae.optim.schedules, also importable from refvae.optim.rules)."""
 import math
 import tracemalloc
 
@@ -8,8 +8,10 @@ import pytest
 
 from refvae.backend import get_backend
 from refvae.errors import CheckpointError, ConfigError, ShapeError
-from refvae.optim import (SGD, Adagrad, Adam, ConstantLR, CosineLR, ExponentialLR, FlatParams,
-                          LinearWarmup, StepLR, make_optimizer, make_schedule)
+from refvae.fast.optim import make_optimizer as make_fast_optimizer
+from refvae.optim.rules import SGD, Adagrad, Adam, FlatParams, make_optimizer
+from refvae.optim.schedules import (ConstantLR, CosineLR, ExponentialLR, LinearWarmup, StepLR,
+                                    make_schedule)
 
 SHAPES = {"encoder.0.weight": (4, 3), "encoder.0.bias": (4,), "decoder.out.weight": (3, 4),
           "decoder.out.bias": (3,), "decoder.log_alpha": ()}
@@ -113,7 +115,7 @@ def test_matches_torch_optim(np_bk, name, kw, tname, tkw, with_schedule, fast):
     n_steps = 12
     grads = _grads(n_steps)
     flat = FlatParams.from_dict(np_bk, _random_params())
-    opt = make_optimizer(name, np_bk, flat.size, fast=fast, **kw)
+    opt = (make_fast_optimizer if fast else make_optimizer)(name, np_bk, flat.size, **kw)
     tp = torch.tensor(flat.data.copy(), dtype=torch.float64, requires_grad=True)
     topt = getattr(torch.optim, tname)([tp], **tkw)
     base = opt.lr
@@ -162,7 +164,7 @@ ROUND_TRIP = [("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}), ("sgd", {
 def test_state_dict_round_trip_is_bit_identical(bk, tmp_path, name, kw, lazy):
     grads = _grads(8, seed=3)
     flat = FlatParams.from_dict(bk, _random_params())
-    opt = make_optimizer(name, bk, flat.size, **kw)
+    opt = make_fast_optimizer(name, bk, flat.size, **kw)
     for g in grads[:4]:
         flat.grad[...] = bk.asarray(g)
         opt.step(flat)
@@ -176,7 +178,7 @@ def test_state_dict_round_trip_is_bit_identical(bk, tmp_path, name, kw, lazy):
         loaded = {k: z[k] for k in z.files}
     snapshot = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in sd.items()}
     # A fresh optimizer with other settings: the hyperparameters come from the state.
-    opt2 = make_optimizer(name, None, None, lr=1.0) if lazy else make_optimizer(name, bk, flat.size, lr=1.0)
+    opt2 = make_fast_optimizer(name, None, None, lr=1.0) if lazy else make_fast_optimizer(name, bk, flat.size, lr=1.0)
     opt2.load_state_dict(loaded)
     flat2 = FlatParams.from_dict(bk, params)
     for g in grads[4:]:
@@ -202,7 +204,7 @@ def test_load_state_dict_errors(np_bk):
         Adam().load_state_dict({k: v for k, v in sd.items() if k != "exp_avg_sq"})
     bad = {**sd, "exp_avg": sd["exp_avg"][:-1], "exp_avg_sq": sd["exp_avg_sq"][:-1]}
     with pytest.raises(CheckpointError, match="values but the parameters have"):
-        make_optimizer("adam", np_bk, flat.size).load_state_dict(bad)
+        make_fast_optimizer("adam", np_bk, flat.size).load_state_dict(bad)
     lazy = Adam()
     lazy.load_state_dict(bad)
     with pytest.raises(CheckpointError, match="values but the parameters have"):
@@ -217,8 +219,8 @@ def test_float32_stays_float32():
         flats, opts = [], []
         for bk in (bk32, bk64):
             flats.append(FlatParams.from_dict(bk, _random_params()))
-            opts.append(make_optimizer(name, bk, SIZE, weight_decay=0.01, **kw)
-                        if "weight_decay" not in kw else make_optimizer(name, bk, SIZE, **kw))
+            opts.append(make_fast_optimizer(name, bk, SIZE, weight_decay=0.01, **kw)
+                        if "weight_decay" not in kw else make_fast_optimizer(name, bk, SIZE, **kw))
         for g in _grads(6):
             for f, o in zip(flats, opts):
                 f.grad[...] = g
@@ -238,7 +240,7 @@ def test_step_allocates_no_full_size_temporaries(np_bk, name):
     kw = {"lr": 0.01, "weight_decay": 0.01}
     if name == "sgd":
         kw["momentum"] = 0.9
-    opt = make_optimizer(name, np_bk, n, **kw)
+    opt = make_fast_optimizer(name, np_bk, n, **kw)
     flat.grad[...] = 1.0
     opt.step(flat)  # first step allocates the scratch buffers
     tracemalloc.start()

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from refvae import cli, oracle
-from refvae.config import LATENTS
-from refvae.emission import EMISSIONS
+from refvae.cli import main as cli
+from refvae import oracle
+from refvae.math.config import LATENTS
+from refvae.math.emission import EMISSIONS
 from refvae.errors import ConfigError, GradcheckError, ShapeError
-from refvae.estimators import estimators_for
-from refvae.latent import make_latent
-from refvae.vae import VAE
+from refvae.math.estimators import estimators_for
+from refvae.math.latent import make_latent
+from refvae.math.vae import VAE
 
 
 def run(capsys, *argv):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refvae import cli, oracle
+from refvae.cli import main as cli
+from refvae import oracle
 from refvae.errors import ConfigError, ShapeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def test_a_closed_pipe_is_not_a_traceback_and_the_status_is_the_comparison(ex, t
         grads = tmp_path / "wrong.npz"
         np.savez(grads, **theirs)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "refvae.cli", *argv(ex, grads=grads)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "refvae.cli.main", *argv(ex, grads=grads)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     proc.stdout.close()   # the reader is gone before anything is printed (as `| head -0` would be)
     err = proc.stderr.read().decode()

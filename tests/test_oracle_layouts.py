@@ -4,7 +4,8 @@ names, and a tree with kernels but no layout gets the hint that names the layout
 import numpy as np
 import pytest
 
-from refvae import cli, oracle
+from refvae.cli import main as cli
+from refvae import oracle
 from refvae.errors import ConfigError, ShapeError
 
 NAMES = {"encoder.Dense_0": "encoder.0", "decoder.Dense_0": "decoder.0", "decoder.Dense_1": "decoder.out"}

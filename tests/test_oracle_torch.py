@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refvae import cli, oracle
+from refvae.cli import main as cli
+from refvae import oracle
 from refvae.backend import NoiseSource
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 torch = pytest.importorskip("torch")
 from refvae.witness import functional as twin  # noqa: E402  (needs torch when called)

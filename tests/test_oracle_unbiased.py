@@ -12,10 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from refvae import cli, oracle
+from refvae.cli import main as cli
+from refvae import oracle
 from refvae.backend import NoiseSource
 from refvae.errors import ConfigError, ShapeError
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[], activation="tanh",
               latent="gaussian", emission="gaussian", alpha=0.7)

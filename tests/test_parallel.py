@@ -8,9 +8,10 @@ import pytest
 
 from refvae import ConfigError, NoiseSource
 from refvae.fast.threads import blas_threads
-from refvae.optim import FlatParams, make_optimizer
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
 from refvae.fast.parallel import Workers, loss_and_grads
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 CASES = [
     ({"latent": "gaussian", "emission": "bernoulli"}, "pathwise", 1),

@@ -110,7 +110,7 @@ def test_price_accepted_where_the_decoder_is_smooth(np_bk, activation, hidden):
 
 def test_cli_refuses_price_on_relu_in_one_line(tmp_path, capsys):
     pytest.importorskip("sklearn")
-    from refvae.cli import main
+    from refvae.cli.main import main
     out = tmp_path / "run"
     code = main(["train", "--estimator", "price", "--activation", "relu", "--epochs", "1",
                  "--no-figures", "--quiet", "--out", str(out)])

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-import refvae.data as rdata
-from refvae.cli import main
-from refvae.progress import Meter, clock, status
+import refvae.data.load as rdata
+from refvae.cli.main import main
+from refvae.util.progress import Meter, clock, status
 from test_data import _serve_fake_mnist, http_root  # noqa: F401 - http_root is a fixture
 
 
@@ -24,7 +24,7 @@ def test_clock_and_status():
 
 
 def test_terminal_bar_is_redrawn_in_place(monkeypatch):
-    monkeypatch.setattr("refvae.progress.REDRAW_S", 0.0)
+    monkeypatch.setattr("refvae.util.progress.REDRAW_S", 0.0)
     out = Terminal()
     meter = Meter("epoch 1/3", 4, stream=out)
     for _ in range(4):

@@ -60,7 +60,7 @@ def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
     download line is skipped). Then the run is evaluated from another directory."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    from refvae.cli import main
+    from refvae.cli.main import main
     from test_data import _mnist_dir
 
     work = tmp_path / "checkout"

@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from refvae import __version__, rundir
-from refvae.cli import main
-from refvae.train import load_run
+from refvae import __version__
+from refvae.train import rundir
+from refvae.cli.main import main
+from refvae.train.loop import load_run
 
 SMALL = ["--epochs", "2", "--batch-size", "16", "--latent-dim", "2", "--encoder-hidden", "6",
          "--decoder-hidden", "6", "--no-figures", "--quiet", "--threads", "1"]
@@ -49,11 +50,11 @@ def test_resume_evaluate_sample_need_only_the_run(tmp_path, data, monkeypatch, c
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 8
-    import refvae.data
+    import refvae.data.load
 
     def no_data(*a, **k):
         raise AssertionError("sample loaded the data set")
-    monkeypatch.setattr(refvae.data, "load_dataset", no_data)
+    monkeypatch.setattr(refvae.data.load, "load_dataset", no_data)
     assert main(["sample", str(tmp_path / "run"), "--n", "4", "--out", "s.png"]) == 0
     assert (elsewhere / "s.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -107,7 +108,7 @@ def test_a_failed_first_epoch_leaves_the_old_run(tmp_path, data, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
 
 
-HOLD = ("import sys, time\nfrom refvae.rundir import RunLock\nwith RunLock(sys.argv[1]):\n"
+HOLD = ("import sys, time\nfrom refvae.train.rundir import RunLock\nwith RunLock(sys.argv[1]):\n"
         "    print('locked', flush=True)\n    time.sleep(60)\n")
 
 
@@ -137,7 +138,7 @@ def test_sigkill_during_an_overwrite_leaves_the_old_run_or_the_new_one(tmp_path,
     """A fresh run into an existing run's directory, killed at random moments (before, during and
     after the swap): ``out`` always holds one whole run, old or new, that loads and evaluates."""
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "refvae.cli", "train", "--data", str(data), *SMALL, "--out", str(out)]
+    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(data), *SMALL, "--out", str(out)]
     subprocess.run(base, check=True, capture_output=True)
     old = snapshot(out)
     # Many small epochs: the first checkpoint and the swap come a few hundred ms after start-up.

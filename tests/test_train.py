@@ -7,12 +7,12 @@ import pytest
 
 from refvae import NoiseSource
 from refvae.fast.threads import blas_threads
-from refvae.cli import main
-from refvae.config import VAEConfig
-from refvae.data import Dataset
+from refvae.cli.main import main
+from refvae.math.config import VAEConfig
+from refvae.data.load import Dataset
 from refvae.errors import CheckpointError, ConfigError
-from refvae.io import load_npz_checked
-from refvae.train import TrainingDiverged, TrainOptions, load_run, train
+from refvae.util.files import load_npz_checked
+from refvae.train.loop import TrainingDiverged, TrainOptions, load_run, train
 
 
 def tiny_data(n=60, d=6, seed=1):

@@ -9,8 +9,8 @@ import pytest
 from refvae import ConfigError, DataError, NoiseSource, ShapeError
 from refvae.errors import NonFiniteError
 from refvae.gradcheck import assert_gradients
-from refvae.nn.activations import ACTIVATIONS
-from refvae.vae import VAE
+from refvae.math.activations import ACTIVATIONS
+from refvae.math.vae import VAE
 from refvae.witness import functional as twin
 
 EMISSIONS = [("bernoulli", False), ("gaussian", False), ("gaussian", True), ("gaussian_diag", False)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from refvae import NoiseSource
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "refvae"
 AUTOGRAD = ("torch", "jax", "autograd")
@@ -48,7 +48,7 @@ def test_module_form_matches_refvae(emission, activation):
 
 def test_bench_peer_is_the_witness_step():
     pytest.importorskip("torch")
-    from refvae import bench
+    from refvae.cli import bench
     from refvae.witness import modules
 
     assert bench.load_peer() is modules

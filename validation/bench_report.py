@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from validation.common import HERE, table_text
 
 from refvae.fast.threads import blas_threads, tune_host_allocator
-from refvae.bench import default_threads, run_bench, run_estimators
+from refvae.cli.bench import default_threads, run_bench, run_estimators
 
 # (arch, batch, dtype) -> the largest refvae/PyTorch step-time ratio the issue asks for.
 TARGETS = {("examples", 128, "float32"): 0.8, ("examples", 1024, "float32"): 1.0,

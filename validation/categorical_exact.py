@@ -27,7 +27,7 @@ import numpy as np
 
 from refvae import NoiseSource
 from refvae.gradcheck import numerical_gradient
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 try:
     from validation.common import rel

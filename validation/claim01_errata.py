@@ -15,11 +15,11 @@ import numpy as np
 from scipy import special, stats
 
 from refvae import NoiseSource, get_backend
-from refvae.emission import make_emission
+from refvae.math.emission import make_emission
 from refvae.gradcheck import numerical_gradient, numerical_hessian
-from refvae.latent import Categorical, DiagonalGaussian, FullCovarianceGaussian
-from refvae.latent.categorical import relaxed_sample, relaxed_sample_vjp
-from refvae.nn import MLP
+from refvae.math.latent import Categorical, DiagonalGaussian, FullCovarianceGaussian
+from refvae.math.latent.categorical import relaxed_sample, relaxed_sample_vjp
+from refvae.math.mlp import MLP
 
 try:
     from validation.common import Claim, Context, main, rel

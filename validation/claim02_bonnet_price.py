@@ -6,7 +6,7 @@ Tensor-product Gauss–Hermite quadrature computes every expectation, in K = 1, 
 
 A. The theorems, on nonlinear test functions:
    - ``(x − c)ᵀA(x − c)`` and ``cos(kᵀx)``: left-hand sides in closed form;
-   - a small tanh decoder MLP (``refvae.nn.MLP``, widths K-5-4-heads) followed by each of refvae's
+   - a small tanh decoder MLP (``refvae.math.mlp.MLP``, widths K-5-4-heads) followed by each of refvae's
      emissions (gaussian, bernoulli, gaussian_diag) at a fixed observation ``y``: ``f`` is the
      decoder's surprisal ``−log p(y|x)``; ``∂f/∂x`` comes from refvae's reverse pass and
      ``∂²f/∂x∂xᵀ`` from its exact input Hessian. No closed form: the left-hand sides are central
@@ -15,7 +15,7 @@ A. The theorems, on nonlinear test functions:
    For the MLP the right-hand side is shown converging as the node count grows.
 B. The estimators as implemented: for one datum, feeding the quadrature nodes as the "samples" ``z``
    and folding the quadrature weights into the per-sample weights (as the model folds in 1/L),
-   refvae's ``pathwise``, ``price`` and ``score`` estimators (``refvae.estimators``) return the
+   refvae's ``pathwise``, ``price`` and ``score`` estimators (``refvae.math.estimators``) return the
    exact gradient of ``E[f]`` with respect to the encoder heads (``mean``, ``logvar`` /
    ``scale_tril``). The target is central differences of the quadrature of ``f`` written as a
    function of the heads through ``validation.closed_forms.moments`` (not refvae's sampling code).
@@ -27,10 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from refvae import NoiseSource, get_backend
-from refvae.emission import make_emission
-from refvae.estimators import DecoderSignals, get_estimator
-from refvae.latent import DiagonalGaussian, FullCovarianceGaussian
-from refvae.nn import MLP
+from refvae.math.emission import make_emission
+from refvae.math.estimators import DecoderSignals, get_estimator
+from refvae.math.latent import DiagonalGaussian, FullCovarianceGaussian
+from refvae.math.mlp import MLP
 
 try:
     from validation.closed_forms import moments

@@ -1,7 +1,7 @@
 """Claim 3: every Gaussian gradient estimator is unbiased for the gradient of the expected loss.
 
 The chapter's estimators (§8.2.1–8.2.2): pathwise (reparameterization, Eqs. 8.16, 8.24), Price
-(Eqs. 8.16–8.17) and the score function with each control variate of ``refvae.estimators``
+(Eqs. 8.16–8.17) and the score function with each control variate of ``refvae.math.estimators``
 (``score``: β = 0; ``score-loo``: leave-one-out mean; ``score-running``: running mean of earlier
 steps; ``score-optimal``: per-component optimal β from the other half of the samples). Each is
 unbiased by its own argument (docs/DERIVATIONS.md#score-function-and-control-variates); here
@@ -31,7 +31,7 @@ Negative controls (the test's power):
 - a biased control variate — β = the mean of f over all L samples of the datum, *including* the
   sample itself, which shrinks the reconstruction part of the score gradient by (L − 1)/L — must be
   rejected against the exact gradient. It is built from refvae's own pieces
-  (``refvae.estimators.score_function`` with that baseline) outside the estimator registry;
+  (``refvae.math.estimators.score_function`` with that baseline) outside the estimator registry;
 - the pathwise draws with their covariance-head entries (``encoder.logvar.*``,
   ``encoder.scale_tril.*``) multiplied by 1.05 — a 5 % error in ∂/∂ℓ — must be rejected against the
   exact gradient: the test's power at the size of bias the pathwise resolution (≤ 2 %) promises.
@@ -44,7 +44,7 @@ import numpy as np
 
 from refvae import NoiseSource
 from refvae.gradcheck import numerical_gradient
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 try:
     from validation.closed_forms import COV_HEAD, expected_loss, expected_loss_gradient

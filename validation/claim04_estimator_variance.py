@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from refvae import NoiseSource
-from refvae.vae import VAE
+from refvae.math.vae import VAE
 
 try:
     from validation.common import Claim, Context, main, savefig

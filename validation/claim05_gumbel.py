@@ -2,7 +2,7 @@
 and puts mass π_k where coordinate k is the largest; the relaxed sample's gradient grows as the
 temperature falls (the chapter's remark after Eq. 8.29).
 
-Three parts, each on refvae's own functions (:mod:`refvae.latent.categorical`):
+Three parts, each on refvae's own functions (:mod:`refvae.math.latent.categorical`):
 
 A. Gumbel-max. ``argmax(η + G0)`` with ``G0 = −log(−log U)`` (the chapter's noise, from uniforms)
    for several η; a chi-square test of the class counts against ``softmax(η)``, and the same test
@@ -28,9 +28,9 @@ import numpy as np
 from scipy import integrate, stats
 
 from refvae import NoiseSource, get_backend
-from refvae.latent.categorical import (concrete_log_density, gumbel_from_uniform, gumbel_max,
-                                       log_relaxed_sample, log_softmax, relaxed_sample_vjp)
-from refvae.vae import VAE
+from refvae.math.latent.categorical import (concrete_log_density, gumbel_from_uniform, gumbel_max,
+                                            log_relaxed_sample, log_softmax, relaxed_sample_vjp)
+from refvae.math.vae import VAE
 
 try:
     from validation.common import Claim, Context, main, savefig

@@ -40,10 +40,11 @@ import numpy as np
 from scipy.linalg import subspace_angles
 
 from refvae import NoiseSource
-from refvae.io import load_npz_checked
-from refvae.optim import FlatParams, make_optimizer
-from refvae.schedules import make_schedule
-from refvae.vae import VAE
+from refvae.util.files import load_npz_checked
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
+from refvae.optim.schedules import make_schedule
+from refvae.math.vae import VAE
 
 try:
     from validation import linear_witness as witness
@@ -173,7 +174,7 @@ def cli_run(y, k: int, seed: int, workdir: Path) -> tuple[list, float, float, di
             "--learn-alpha", "--optimizer", "adam", "--lr", "0.03", "--schedule", "cosine", "--epochs", "60",
             "--batch-size", "100", "--samples", "1", "--seed", str(seed)]
     cmd = ["refvae", "train", "--data", str(data), *opts, "--out", str(workdir / "run"), "--quiet", "--no-figures"]
-    subprocess.run([sys.executable, "-m", "refvae.cli", *cmd[1:]], check=True, capture_output=True, text=True,
+    subprocess.run([sys.executable, "-m", "refvae.cli.main", *cmd[1:]], check=True, capture_output=True, text=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     arrays, _ = load_npz_checked(workdir / "run" / "checkpoint.npz", require_meta=False)
     model = linear_vae(y.shape[1], k)

@@ -6,7 +6,7 @@ information between data index and latent, ``E_y KL(q(x|y) || p(x)) = KL(q(x) ||
 and ``I_q ≤ log N``. On the shared trained MNIST model (:mod:`validation.mnist_models`) this claim:
 
 1. compares the closed-form average KL with the Monte Carlo sum of the two terms that
-   :func:`refvae.objectives.elbo_surgery` estimates, within Monte Carlo error;
+   :func:`refvae.math.objectives.elbo_surgery` estimates, within Monte Carlo error;
 2. recomputes both terms with an independent estimator written here with SciPy (the mixture
    density summed directly over ``(points, data, latents)`` blocks, its own data subsample and
    noise), which must agree within the two estimates' combined error, and whose mixture log
@@ -22,7 +22,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from refvae import NoiseSource
-from refvae.objectives import elbo_surgery
+from refvae.math.objectives import elbo_surgery
 
 try:
     from validation.common import Claim, Context, main, mean_se, savefig

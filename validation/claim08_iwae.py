@@ -23,8 +23,8 @@ import math
 import numpy as np
 
 from refvae import NoiseSource
-from refvae.objectives import active_units, iwae_bound, log_weights, neg_elbo_terms
-from refvae.vae import VAE
+from refvae.math.objectives import active_units, iwae_bound, log_weights, neg_elbo_terms
+from refvae.math.vae import VAE
 
 try:
     from validation.closed_forms import exact_posterior_case

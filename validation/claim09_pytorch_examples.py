@@ -5,7 +5,7 @@ MNIST (pixel values in [0, 1] as targets), Adam with learning rate 1e-3, batch 1
 is the one-sample negative ELBO per test datum, about 105.6 nats after 10 epochs. Three checks:
 
 1. Equivalence of the trained models. For each seed refvae trains with its own loop
-   (:func:`refvae.train.train`, float64) and the twin (:mod:`refvae.witness.modules`: float32,
+   (:func:`refvae.train.loop.train`, float64) and the twin (:mod:`refvae.witness.modules`: float32,
    torch autograd, ``torch.optim.Adam``) trains from the same initial parameters on the same
    minibatches with the same noise (common random numbers; :mod:`validation.teacher`). Both test
    losses are taken with the same noise. The 99.9 % confidence interval of the mean difference
@@ -36,11 +36,12 @@ import numpy as np
 from scipy import stats
 
 from refvae import NoiseSource
-from refvae.config import VAEConfig
+from refvae.math.config import VAEConfig
 from refvae.fast.model import fast_vae
-from refvae.optim import FlatParams, make_optimizer
-from refvae.train import TrainOptions, load_run, train
-from refvae.vae import VAE
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
+from refvae.train.loop import TrainOptions, load_run, train
+from refvae.math.vae import VAE
 from refvae.witness import torch_or_none
 from refvae.witness.modules import PlanTrainer, load_refvae_params, make_twin, mean_neg_elbo
 
@@ -91,7 +92,7 @@ def run(ctx: Context) -> Claim:
 
 
 def eval_noise(vae, seed: int, epoch: int, n: int, batch: int = 500):
-    """The noise of refvae's test loss after ``epoch`` (:func:`refvae.train.train` draws it from
+    """The noise of refvae's test loss after ``epoch`` (:func:`refvae.train.loop.train` draws it from
     ``NoiseSource([seed, epoch, 1])``, 500 rows at a time), ``(n, 1, K)``."""
     noise = NoiseSource([seed, epoch, 1])
     return np.concatenate([vae.draw_noise(noise, min(batch, n - b), 1) for b in range(0, n, batch)])

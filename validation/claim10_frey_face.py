@@ -25,10 +25,11 @@ import math
 import numpy as np
 
 from refvae import NoiseSource
-from refvae.config import VAEConfig
-from refvae.data import load_dataset
-from refvae.optim import FlatParams, make_optimizer
-from refvae.vae import VAE
+from refvae.math.config import VAEConfig
+from refvae.data.load import load_dataset
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
+from refvae.math.vae import VAE
 from refvae.witness import torch_or_none
 from refvae.witness.modules import PlanTrainer, load_refvae_params, make_twin, state_numpy
 

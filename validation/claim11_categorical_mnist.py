@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from refvae import NoiseSource
-from refvae.config import VAEConfig
-from refvae.objectives import neg_elbo_terms
-from refvae.train import TrainOptions, load_run, train
+from refvae.math.config import VAEConfig
+from refvae.math.objectives import neg_elbo_terms
+from refvae.train.loop import TrainOptions, load_run, train
 
 try:
     from validation import categorical_exact

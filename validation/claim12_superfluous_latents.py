@@ -34,7 +34,7 @@ import numpy as np
 from scipy import stats
 
 from refvae import NoiseSource
-from refvae.objectives import active_units, neg_elbo_terms
+from refvae.math.objectives import active_units, neg_elbo_terms
 
 try:
     from validation.common import Claim, Context, main, mean_se, savefig, skipped

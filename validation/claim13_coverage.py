@@ -8,7 +8,7 @@ A. Exact derivatives at fixed noise. With the noise held fixed, the pathwise gra
    (tanh, sigmoid, softplus, relu, silu, identity), every emission and a learned α.
 B. Estimators as defined (§8.2.1). At fixed noise and a given surprisal ``f``, each score-function
    control variate, Price's covariance term and the categorical score estimator are recomputed
-   here in NumPy from their definitions (the module docstring of ``refvae.estimators``): a
+   here in NumPy from their definitions (the module docstring of ``refvae.math.estimators``): a
    baseline that sees its own sample, or a running mean updated before use, changes the numbers.
    Straight-through's forward pass must see the hard sample (its loss equals the ``hard`` loss).
 C. The exponential latent's pathwise and score estimators are unbiased for
@@ -16,8 +16,8 @@ C. The exponential latent's pathwise and score estimators are unbiased for
 D. IWAE on a linear-Gaussian model whose encoder is the exact posterior: every importance weight
    equals p(y), so ``L_k = log p(y)`` (closed form, ``N(b, WWᵀ + αI)``) to rounding for every k.
 E. Optimizers: three Adam and three SGD (momentum) steps equal ``torch.optim``'s on the same
-   gradients; sharded batches (two threads, ``refvae.parallel``) equal one thread to rounding.
-F. Minibatch order: ``refvae.train`` visits every datum once per epoch, in an order that differs
+   gradients; sharded batches (two threads, ``refvae.fast.parallel``) equal one thread to rounding.
+F. Minibatch order: ``refvae.train.loop`` visits every datum once per epoch, in an order that differs
    between epochs and is fixed by the seed.
 """
 from __future__ import annotations
@@ -27,17 +27,19 @@ import tempfile
 
 import numpy as np
 
-from refvae import NoiseSource, parallel
-from refvae.config import VAEConfig
-from refvae.data import Dataset
-from refvae.estimators import DecoderSignals, get_estimator
+from refvae import NoiseSource
+from refvae.fast import parallel
+from refvae.math.config import VAEConfig
+from refvae.data.load import Dataset
+from refvae.math.estimators import DecoderSignals, get_estimator
 from refvae.gradcheck import numerical_gradient
-from refvae.latent import exponential
-from refvae.objectives import iwae_bound
-from refvae.optim import FlatParams, make_optimizer
-from refvae import train as train_module
-from refvae.train import TrainOptions, train
-from refvae.vae import VAE
+from refvae.math.latent import exponential
+from refvae.math.objectives import iwae_bound
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
+from refvae.train import loop as train_module
+from refvae.train.loop import TrainOptions, train
+from refvae.math.vae import VAE
 from refvae.witness import torch_or_none
 
 try:
@@ -230,7 +232,7 @@ def part_e(seed: int) -> list:
 
 
 def visit_orders(seed: int, epochs: int = 3, n: int = 12) -> list:
-    """The order in which ``refvae.train`` sees the training rows, one list per epoch."""
+    """The order in which ``refvae.train.loop`` sees the training rows, one list per epoch."""
     y = np.random.default_rng(123).random((n, 3))
     index = {row.tobytes(): i for i, row in enumerate(y)}
     seen = []

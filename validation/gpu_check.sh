@@ -35,7 +35,7 @@ print(f"real-CuPy cases: {len(passed)} passed of {len(cases)} collected")
 sys.exit(0 if cases and len(passed) == len(cases) else 1)
 PY
 
-timeout 240 python3 -m refvae.cli bench --backend cupy --arch examples deep --batch 4096 \
+timeout 240 python3 -m refvae.cli.main bench --backend cupy --arch examples deep --batch 4096 \
     --dtype float32 float64 --steps 40 2>&1 | tee "$OUT/bench_cupy.log" || status=1
 echo "gpu_check: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status

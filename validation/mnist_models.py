@@ -1,7 +1,7 @@
 """What claims 7, 8, 9, 10 and 12 share: the MNIST data at the scale of each mode, the trained
 MNIST models (trained once, cached on disk), and a single-threaded BLAS guard.
 
-The shared model is trained by refvae's own training loop (:func:`refvae.train.train`) and cached
+The shared model is trained by refvae's own training loop (:func:`refvae.train.loop.train`) and cached
 under ``validation/.cache/`` in a directory named by the mode, seed and latent size and a digest of
 everything that determines the result (model config, training options, data, and the source of the
 ``refvae`` package): a later claim of the same run, or a later run with unchanged code, reuses it;
@@ -20,9 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from refvae.backend import NoiseSource
-from refvae.config import VAEConfig
-from refvae.data import Dataset, apply_binarization, load_dataset
-from refvae.train import TrainOptions, load_run, train
+from refvae.math.config import VAEConfig
+from refvae.data.load import Dataset, apply_binarization, load_dataset
+from refvae.train.loop import TrainOptions, load_run, train
 
 try:
     from validation.common import skipped
@@ -157,7 +157,7 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
                   epochs: int | None = None, track_test: bool = True) -> TrainedModel | None:
     """The mode's MNIST model with ``latent_dim`` latents (default the shared 50) trained with
     ``seed`` (default ``ctx.seed``) on :func:`binary_mnist` (``n_train`` and ``epochs`` override the
-    mode's); ``None`` when no MNIST is present. Trained by :func:`refvae.train.train` once, then
+    mode's); ``None`` when no MNIST is present. Trained by :func:`refvae.train.loop.train` once, then
     read from the cache. ``track_test=False`` skips the test bound after every epoch (the history
     then has none), for callers that evaluate once, after training."""
     s = scale(ctx)

@@ -80,7 +80,7 @@ MUTATIONS = {
                   (("refvae/math/objectives.py", "out.append(acc - math.log(k))", "out.append(acc)"),),
                   ("claim13_coverage", "claim08_iwae"), ("tests/test_objectives.py",)),
     "h": Mutation("Adam without bias correction",
-                  (("refvae/optim.py", "return lr * bc2_sqrt / (1.0 - self.beta1 ** self.t), self.eps * bc2_sqrt",
+                  (("refvae/optim/rules.py", "return lr * bc2_sqrt / (1.0 - self.beta1 ** self.t), self.eps * bc2_sqrt",
                     "return lr, self.eps"),),
                   ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_optim.py",)),
     "i": Mutation("∂f/∂log α without D/2",
@@ -118,7 +118,7 @@ MUTATIONS = {
                     "        return out")),
                   ("claim13_coverage", "claim03_unbiasedness"), ("tests/test_estimators_closed_form.py", "tests/test_estimators.py")),
     "q": Mutation("no minibatch shuffling",
-                  (("refvae/train.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
+                  (("refvae/train/loop.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
                   ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_minibatch_order.py", "tests/test_train.py")),
 }
 

@@ -16,7 +16,7 @@ except ImportError:  # run as a script from validation/
 
 def batch_plan(noise, n: int, latent_dim: int, epochs: int, batch: int):
     """``(step, idx, eps)`` of every training step, drawn from ``noise`` (a NoiseSource) in the order
-    :func:`refvae.train.train` draws them: a permutation per epoch, then minibatches of ``batch``
+    :func:`refvae.train.loop.train` draws them: a permutation per epoch, then minibatches of ``batch``
     rows, each with one standard-normal ``eps`` ``(B, 1, K)`` per datum."""
     step = 0
     for _ in range(epochs):

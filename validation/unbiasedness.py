@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from refvae.estimators import score_function
+from refvae.math.estimators import score_function
 
 # Under unbiasedness each z is ~N(0, 1): P(|z| > 4) = 6.3e-5 per entry (Student's t at ≥ 1000 draws:
 # 6.8e-5), so a few hundred entries rarely reach it while a bias of 4 SE does half the time. Each

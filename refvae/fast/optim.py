@@ -1,6 +1,6 @@
-"""The optimizers' fast path: each plain update rule of :mod:`refvae.optim`, computed in place.
+"""The optimizers' fast path: each plain update rule of :mod:`refvae.optim.rules`, computed in place.
 
-A plain :meth:`~refvae.optim.Optimizer.update` writes its formula with whole-buffer temporaries.
+A plain :meth:`~refvae.optim.rules.Optimizer.update` writes its formula with whole-buffer temporaries.
 Here the same arithmetic, operation for operation, runs
 
 * over blocks of :data:`BLOCK` values on the CPU, so that the dozen passes of an update stay in
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 
-from ..optim import SGD, Adagrad, Adam, FlatParams
+from ..optim.rules import SGD, Adagrad, Adam, FlatParams, Optimizer, resolve
 
 # Values per update pass on the CPU (0.5 MB per float32 buffer): few passes stay in cache, few calls.
 BLOCK = 131072
@@ -76,7 +76,7 @@ class _Blocked:
 
 
 class FastSGD(_Blocked, SGD):
-    """:meth:`SGD.update <refvae.optim.SGD.update>` in place."""
+    """:meth:`SGD.update <refvae.optim.rules.SGD.update>` in place."""
 
     def _fused(self, p, g, lr, state):
         xp = self._bk.xp
@@ -101,7 +101,7 @@ class FastSGD(_Blocked, SGD):
 
 
 class FastAdam(_Blocked, Adam):
-    """:meth:`Adam.update <refvae.optim.Adam.update>` in place."""
+    """:meth:`Adam.update <refvae.optim.rules.Adam.update>` in place."""
 
     def _fused(self, p, g, lr, state):
         xp = self._bk.xp
@@ -126,7 +126,7 @@ class FastAdam(_Blocked, Adam):
 
 
 class FastAdagrad(_Blocked, Adagrad):
-    """:meth:`Adagrad.update <refvae.optim.Adagrad.update>` in place."""
+    """:meth:`Adagrad.update <refvae.optim.rules.Adagrad.update>` in place."""
 
     def _fused(self, p, g, lr, state):
         xp = self._bk.xp
@@ -142,3 +142,10 @@ class FastAdagrad(_Blocked, Adagrad):
 
 
 FAST = {SGD: FastSGD, Adam: FastAdam, Adagrad: FastAdagrad}
+
+
+def make_optimizer(name: str, bk=None, size: int | None = None, **kw) -> Optimizer:
+    """The fast path of the optimizer called ``name`` (:func:`refvae.optim.rules.resolve` checks the
+    name and options): what the training loop uses."""
+    cls, kw = resolve(name, kw)
+    return FAST[cls](**kw, bk=bk, size=size)

@@ -1,5 +1,5 @@
 """Data parallelism on the CPU: the rows of a batch split into shards that run
-:meth:`VAE.loss_and_grads <refvae.vae.VAE.loss_and_grads>` on a pool of threads, and the
+:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` on a pool of threads, and the
 optimizer's update split the same way.
 
 Why threads work here: NumPy and BLAS release the GIL inside their kernels, so two shards' array
@@ -12,15 +12,16 @@ other shard.
 The loss and every gradient are sums over data, so the shards' sums are the batch's sums; only the
 order of floating-point additions changes (agreement with one shard to rounding, tested in
 ``tests/test_parallel.py``). Estimators that keep state across steps from the whole batch
-(:data:`~refvae.estimators.STATEFUL`) run as one shard, and so does everything on a GPU.
+(:data:`~refvae.math.estimators.STATEFUL`) run as one shard, and so does everything on a GPU.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..math.estimators import STATEFUL
-from ..math.vae import LossResult
-from ..numbers import checked
+from ..util import gates
+from ..util.results import LossResult
+from ..util.checked import checked
 from .threads import blas_thread_limit
 
 
@@ -74,15 +75,15 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
                    reduction: str = "mean", check: bool = True, temperature: float | None = None,
                    estimator_state: dict | None = None, detect_anomaly: bool = False,
                    grads_out: dict | None = None) -> LossResult:
-    """:meth:`VAE.loss_and_grads <refvae.vae.VAE.loss_and_grads>` of the whole batch, computed as
+    """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of the whole batch, computed as
     row shards on ``workers``; the same arguments and result. ``grads_out`` (e.g.
-    :attr:`FlatParams.grads <refvae.optim.FlatParams.grads>`) receives the summed gradients in
+    :attr:`FlatParams.grads <refvae.optim.rules.FlatParams.grads>`) receives the summed gradients in
     place of freshly allocated arrays, and is then the result's ``grads``.
     """
     chosen = estimator or model.default_estimator
     if check:
-        params = model.check_params(params)
-        y, noise = model.check_batch(y, noise)
+        params = gates.check_params(model, params)
+        y, noise = gates.check_batch(model, y, noise)
     n = noise.shape[0]
     # On a GPU one shard already fills the device; shards would only add kernel launches.
     one_shard = chosen in STATEFUL or model.bk.name == "cupy"

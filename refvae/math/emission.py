@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..backend import array_module
-from ..errors import ConfigError, DataError, ShapeError
+from ..errors import ConfigError
 from .activations import softplus
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -145,44 +144,6 @@ class GaussianDiag:
 
 
 EMISSIONS = ("bernoulli", "gaussian", "gaussian_diag")
-
-
-def _first_index(mask, shape) -> tuple[int, int]:
-    xp = array_module(mask)
-    flat = int(xp.argmax(mask.reshape(-1)))
-    return divmod(flat, shape[1])
-
-
-def check_support(y, emission: str, name: str = "data") -> None:
-    """Check that ``y`` (``(n, D)``, host or device) is valid data for ``emission``.
-
-    Every emission needs a non-empty array of finite values; ``bernoulli`` also needs every value
-    in [0, 1]. Raises :class:`~refvae.errors.DataError` naming the count and the first bad entry.
-    """
-    if emission not in EMISSIONS:
-        raise ConfigError(f"unknown emission {emission!r}; choose one of {', '.join(EMISSIONS)}")
-    xp = array_module(y)
-    y = xp.asarray(y)
-    shape = tuple(y.shape)
-    if len(shape) != 2:
-        raise ShapeError(f"{name} has shape {shape}; give a 2-D array with one datum per row")
-    if 0 in shape:
-        raise DataError(f"{name} is empty (shape {shape}); check the file or the split")
-    bad = ~xp.isfinite(y)
-    n_bad = int(bad.sum())
-    if n_bad:
-        r, c = _first_index(bad, shape)
-        raise DataError(f"{name} has {n_bad} non-finite values (NaN or inf), first at row {r}, "
-                        f"column {c}; remove or impute them")
-    if emission == "bernoulli":
-        out = (y < 0) | (y > 1)
-        n_out = int(out.sum())
-        if n_out:
-            r, c = _first_index(out, shape)
-            raise DataError(f"bernoulli emission needs {name} in [0, 1] (its support), but values "
-                            f"outside [0, 1] occur: {n_out} values lie outside, first at row {r}, "
-                            f"column {c} (value {float(y[r, c]):g}); "
-                            "rescale to [0, 1] (8-bit images: divide by 255) or use a gaussian emission")
 
 
 def make_emission(name: str, alpha: float = 1.0):

@@ -58,7 +58,7 @@ from ..errors import ConfigError
 
 
 # Estimators whose state couples steps through a statistic of the whole batch (the running mean of
-# the batch-mean f): a batch split into shards (refvae.parallel) must reach them in one piece.
+# the batch-mean f): a batch split into shards (refvae.fast.parallel) must reach them in one piece.
 STATEFUL = frozenset({"score-running"})
 
 

@@ -11,32 +11,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .estimators import DecoderSignals, get_estimator
 from ..backend import Backend, NoiseSource, get_backend
-from ..config import VAEConfig
-from .emission import check_support, make_emission
-from ..errors import ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch, shape_mismatch
-from ..numbers import checked
+from ..errors import ConfigError
+from ..util import anomaly, gates
+from ..util.checked import checked
+from ..util.results import LossResult, pack
+from .config import VAEConfig
+from .emission import make_emission
+from .estimators import DecoderSignals, get_estimator
 from .latent import make_latent
 from .mlp import MLP
 
 REDUCTIONS = ("mean", "sum")
 LOG_ALPHA = "decoder.log_alpha"
-
-
-@dataclass
-class LossResult:
-    """Batch loss and its parts (floats, nats per datum for ``mean``), per-datum arrays (device),
-    the gradient of the batch loss for every parameter (``state_dict`` order), and whether every
-    gradient entry is finite (read with the loss in one device→host copy)."""
-
-    loss: float
-    kl: float
-    reconstruction: float
-    kl_per_datum: object
-    reconstruction_per_datum: object
-    grads: dict
-    grads_finite: bool = True
 
 
 @dataclass
@@ -64,29 +51,6 @@ class ReversePass:
     kl_grads: dict
     dec_grads: dict
     enc_grads: dict
-
-
-def intermediates(rp: ReversePass, estimator: str):
-    """``(name, value)`` of every intermediate of :meth:`VAE.reverse_pass`, in the order computed."""
-    fp = rp.fp
-    yield from ((f"encoder head {h!r}", v) for h, v in fp.heads.items())
-    yield from [("latent sample x", fp.state.x), ("decoder output", fp.dec_out), ("KL per datum", fp.kl),
-                ("reconstruction surprisal f", fp.f), ("∂f/∂(decoder output)", fp.terms.df_do)]
-    yield from ((f"gradient of {name}", value) for name, value in rp.dec_grads.items())
-    yield "∂f/∂x (decoder input gradient)", rp.dec_back.d_input
-    for h in fp.heads:
-        yield f"{estimator} gradient of encoder head {h!r}", rp.rec[h]
-        yield f"KL gradient of encoder head {h!r}", rp.kl_grads[h]
-    yield from ((f"gradient of {name}", value) for name, value in rp.enc_grads.items())
-
-
-def first_anomaly(bk, named_values) -> None:
-    """Raise :class:`NonFiniteError` naming the first ``(name, value)`` with a NaN or inf."""
-    for name, value in named_values:
-        if value is not None and not bool(bk.xp.isfinite(value).all()):
-            bad = int((~bk.xp.isfinite(value)).sum())
-            raise NonFiniteError(f"anomaly: {name} is the first intermediate with non-finite values "
-                                 f"({bad} of {value.size} entries are NaN or inf)")
 
 
 class VAE:
@@ -134,51 +98,6 @@ class VAE:
         if self.config.learn_alpha:
             params[LOG_ALPHA] = self.bk.asarray(math.log(self.config.alpha))
         return params
-
-    def check_params(self, params: dict) -> dict:
-        """Names, shapes and finiteness of ``params``; returns them as arrays of the working dtype."""
-        shapes = self.param_shapes()
-        missing = [k for k in shapes if k not in params]
-        extra = [k for k in params if k not in shapes]
-        if missing or extra:
-            raise ShapeError(f"parameters do not match the config: {name_mismatch(missing, extra)}")
-        out = {}
-        xp = self.bk.xp
-        for name, shape in shapes.items():
-            arr = self._numeric(params[name], f"parameter {name}")
-            if tuple(arr.shape) != tuple(shape):
-                raise ShapeError("parameter " + shape_mismatch(name, arr.shape, shape))
-            if not bool(xp.isfinite(arr).all()):
-                raise NonFiniteError(f"parameter {name} contains NaN or inf")
-            out[name] = arr
-        return out
-
-    def check_batch(self, y, noise, samples_axis: bool = True):
-        """``y`` ``(N, D)`` finite and in the emission's support; noise shaped for the latent kind."""
-        bk, xp, c = self.bk, self.bk.xp, self.config
-        y = self._numeric(y, "y")
-        if y.ndim != 2 or y.shape[1] != c.data_dim:
-            raise ShapeError(f"y has shape {tuple(y.shape)}, expected (N, {c.data_dim})")
-        check_support(y, c.emission, "y")
-        noise = self._numeric(noise, f"noise {self.latent.noise_name!r}")
-        expected = self.latent.noise_shape(y.shape[0], noise.shape[1] if noise.ndim > 1 else 0)
-        if noise.ndim != len(expected) or tuple(noise.shape) != tuple(expected) or noise.shape[1] < 1:
-            raise ShapeError(f"noise {self.latent.noise_name!r} has shape {tuple(noise.shape)}, expected "
-                             f"{self._noise_pattern()} for latent {c.latent!r} and N = {y.shape[0]}")
-        if not bool(xp.isfinite(noise).all()):
-            raise DataError(f"noise {self.latent.noise_name!r} contains NaN or inf")
-        return y, noise
-
-    def _numeric(self, a, what: str):
-        """``a`` as an array of the working dtype, or a DataError naming ``what`` (strings, objects)."""
-        try:
-            return self.bk.asarray(a)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{what} is not numeric ({exc}); pass an array of numbers") from None
-
-    def _noise_pattern(self) -> str:
-        dims = self.latent.noise_shape(0, 0)[2:]
-        return "(N, L, " + ", ".join(map(str, dims)) + ")"
 
     def draw_noise(self, source: NoiseSource, n: int, samples: int = 1):
         """Base noise for ``n`` data and ``samples`` samples each, from the caller's generator."""
@@ -252,7 +171,7 @@ class VAE:
         :class:`NonFiniteError` naming the first one that holds a NaN or inf (for debugging).
 
         ``batch_size`` is the N of the ``mean`` reduction when ``y`` is one shard of a larger batch
-        (:mod:`refvae.parallel`): the result is then that shard's share of the batch loss and
+        (:mod:`refvae.fast.parallel`): the result is then that shard's share of the batch loss and
         gradients. Default: ``len(y)``.
         """
         estimator = self.default_estimator if estimator is None else estimator
@@ -260,32 +179,15 @@ class VAE:
             raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
         self.check_estimator(estimator)
         if check:
-            params = self.check_params(params)
-            y, noise = self.check_batch(y, noise)
+            params = gates.check_params(self, params)
+            y, noise = gates.check_batch(self, y, noise)
         n = noise.shape[0]
         checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n, none=True)
         scale = 1.0 / (batch_size or n) if reduction == "mean" else 1.0
         rp = self.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state)
         if detect_anomaly:
-            first_anomaly(self.bk, intermediates(rp, estimator))
-        return self._result(rp, scale)
-
-    def _result(self, rp: ReversePass, scale: float) -> LossResult:
-        """Loss, its parts and the gradients in ``state_dict`` order; a non-finite loss is an error."""
-        bk, fp = self.bk, rp.fp
-        rec_per = fp.f.mean(axis=1)
-        kl_sum, rec_sum = fp.kl.sum(), rec_per.sum()
-        grads = {**rp.dec_grads, **rp.enc_grads}
-        # One device→host copy per call (a GPU waits for each): the loss, its parts and whether
-        # every gradient is finite.
-        finite = bk.xp.stack([bk.xp.isfinite(g).all() for g in grads.values()]).all()
-        host = bk.to_numpy(bk.xp.stack([(kl_sum + rec_sum) * scale, kl_sum * scale, rec_sum * scale,
-                                        finite.astype(kl_sum.dtype)]))
-        loss, kl, rec = (float(v) for v in host[:3])
-        if not math.isfinite(loss):
-            raise NonFiniteError(f"the loss is {loss} (KL {kl}, reconstruction {rec})")
-        ordered = {k: grads[k] for k in self.param_shapes()}
-        return LossResult(loss, kl, rec, fp.kl, rec_per, ordered, bool(host[3]))
+            anomaly.first_anomaly(self.bk, anomaly.intermediates(rp, estimator))
+        return pack(self.bk, rp, scale, self.param_shapes())
 
     def loss(self, params: dict, y, noise, reduction: str = "mean", estimator: str | None = None,
              temperature: float | None = None) -> float:

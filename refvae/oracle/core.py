@@ -1,5 +1,5 @@
 """The oracle's comparison (ORACLE.md): refvae's numbers for the user's inputs, computed by
-:meth:`refvae.vae.VAE.loss_and_grads` (there is no second implementation here), compared tensor by
+:meth:`refvae.math.vae.VAE.loss_and_grads` (there is no second implementation here), compared tensor by
 tensor with :func:`refvae.gradcheck.compare_arrays`, and the report with its diagnosis."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 
 from ..errors import ConfigError, GradcheckError, ShapeError, name_mismatch, shape_mismatch
 from ..gradcheck import CheckList, TensorCheck, compare_arrays, table_lines
-from ..io import atomic_write
-from ..numbers import checked
-from ..vae import REDUCTIONS
+from ..util.files import atomic_write
+from ..util.checked import checked
+from ..math.vae import REDUCTIONS
 from . import diagnose
 from .inputs import OracleInputs, arrays_of, default_estimator, label, load_inputs
 from .layouts import Layout, flatten_results, translate
@@ -109,7 +109,7 @@ def compute(config, params, batch, *, estimator: str | None = None, reduction: s
 
 
 def write_npz(path, arrays: dict) -> None:
-    """Write ``arrays`` as a plain ``numpy.savez`` file, atomically (:mod:`refvae.io`)."""
+    """Write ``arrays`` as a plain ``numpy.savez`` file, atomically (:mod:`refvae.util.files`)."""
     atomic_write(path, lambda fh: np.savez(fh, **arrays), "result file")
 
 

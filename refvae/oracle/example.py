@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from ..backend import NoiseSource
-from ..io import ensure_writable_dir, save_json
-from ..vae import VAE
+from ..util.files import ensure_writable_dir, save_json
+from ..math.vae import VAE
 from .core import compute, write_npz
 from .inputs import FORMAT, load_config
 

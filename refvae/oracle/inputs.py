@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_host
-from ..config import VAEConfig
-from ..errors import (CheckpointError, ConfigError, DataError, RefvaeError, ShapeError, name_mismatch,
-                      shape_mismatch)
-from ..io import load_json, load_npz_checked
-from ..vae import VAE
+from ..math.config import VAEConfig
+from ..errors import (CheckpointError, ConfigError, DataError, RefvaeError, ShapeError,
+                      name_mismatch, shape_mismatch)
+from ..util import gates
+from ..util.files import load_json, load_npz_checked
+from ..math.vae import VAE
 from .layouts import Layout, flatten, translate, unused_entries
 
 FORMAT = 1
@@ -36,7 +37,7 @@ def host(a, what: str) -> np.ndarray:
 
 
 def load_npz(path, what: str = "file") -> dict:
-    """Every array of a user's ``.npz`` (read by :func:`refvae.io.load_npz_checked`, never
+    """Every array of a user's ``.npz`` (read by :func:`refvae.util.files.load_npz_checked`, never
     unpickling), as a dict of real-valued NumPy arrays; errors name the file's role."""
     try:
         arrays, _ = load_npz_checked(path, require_meta=False)
@@ -175,7 +176,7 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
         eps = data[noise_name]
         vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,
                                eps.shape[1] if eps.ndim > 1 else 1)
-        vae.check_batch(data["y"], data[noise_name])
+        gates.check_batch(vae, data["y"], data[noise_name])
     except RefvaeError as exc:
         raise type(exc)(f"{b_label}: {exc}") from None
     if "temperature" in data:

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..backend import get_backend
 from ..errors import ConfigError
-from ..latent.categorical import gumbel_from_uniform
-from ..vae import VAE
+from ..math.latent.categorical import gumbel_from_uniform
+from ..math.vae import VAE
 from .core import OracleMismatch, check
 from .inputs import host, load_config
 from .layouts import Layout, rename, split_sizes

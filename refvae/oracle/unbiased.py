@@ -32,10 +32,10 @@ from scipy import stats
 
 from ..backend import NoiseSource
 from ..errors import ConfigError, DataError, ShapeError, name_mismatch
-from ..latent.categorical import log_softmax
-from ..numbers import checked
+from ..math.latent.categorical import log_softmax
+from ..util.checked import checked
 from .core import GRAD, TOLERANCES, dtype_class
-from ..vae import VAE
+from ..math.vae import VAE
 from .inputs import arrays_of, label, load_config, load_inputs
 from .layouts import flatten_results, translate
 

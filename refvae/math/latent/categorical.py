@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import ConfigError, DataError
-from ...numbers import checked
+from ...util.checked import checked
 from ..estimators import estimators_for
 
 HARD_MODES = ("straight-through", "score", "hard")

@@ -1,0 +1,251 @@
+"""``refvae train``, ``refvae evaluate`` and ``refvae sample``.
+
+With no arguments ``refvae train`` trains the built-in default: a VAE with a two-dimensional
+latent space on scikit-learn's bundled 8×8 digits (no download, no path), in about a minute on two
+cores, writing its run directory to ``runs/default``. The rules that keep a run directory whole
+(``--resume``, ``--overwrite``, the lock, the staged first epoch) are in :mod:`refvae.train.rundir`.
+
+On ``--resume`` the run's ``config.json`` and ``train.json`` supply every setting. A flag given
+anyway is applied when it does not change the numbers a continued run computes — ``--epochs`` (the
+new total; refused for a cosine schedule, which is planned over the original epochs), ``--threads``,
+``--backend``, ``--data``/``--data-dir`` (data that moved), and the output flags — and refused with
+one line when it would (the model, the optimisation options, ``--dtype``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..util import inputs
+from ..util import files as rio
+from ..train import rundir
+from ..math.config import VAEConfig
+from ..errors import CheckpointError, ConfigError
+from ..util.checked import checked
+from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS,
+                         register_evaluate, register_sample, register_train)
+
+APPLIED_ON_RESUME = ("epochs", "threads")
+
+
+def _arch_from_flags(args, arch: dict) -> dict:
+    """``arch`` updated by ``--config FILE``, then by the individual flags."""
+    arch = dict(arch)
+    if args.config:
+        from_file = rio.load_json(args.config)
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{args.config}: a config must be a JSON object")
+        arch.update(from_file)
+    for name in ARCH_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            arch[name] = value
+    return arch
+
+
+def _model_config(args, data_dim: int) -> VAEConfig:
+    """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
+    arch = _arch_from_flags(args, DEFAULT_ARCH)
+    given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1, none=True)
+    if given is not None and given != data_dim:
+        raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
+                          "fix data_dim or choose other data")
+    arch["data_dim"] = data_dim
+    return VAEConfig.from_dict(arch)
+
+
+def _resume_settings(args, out: Path):
+    """``(config, options, data spec, backend, dtype)`` of the run in ``out``, with the flags given
+    on this command line applied or refused (module docstring)."""
+    if not inputs.is_file(out / "train.json", "run file"):
+        raise ConfigError(f"--resume: {out} has no train.json (written by an old refvae); start a new run")
+    info = rio.load_json(out / "train.json")
+    saved = VAEConfig.from_dict(rio.load_json(out / "config.json"))
+    wanted = _arch_from_flags(args, saved.to_dict())
+    changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
+    recorded = dict(info.get("options") or {})
+    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {recorded.get(k)!r})"
+                for k in OPTION_FLAGS if k not in APPLIED_ON_RESUME
+                and getattr(args, k) is not None and getattr(args, k) != recorded.get(k)]
+    dtype = info.get("dtype", "float64")
+    if args.dtype is not None and args.dtype != dtype:
+        changed.append(f"--dtype {args.dtype} (run: {dtype})")
+    if changed:
+        raise ConfigError(f"--resume continues {out} as recorded; {'; '.join(changed)} would change it: "
+                          "drop those flags, or start a new run with another --out")
+    opts = dict(recorded)
+    if args.epochs is not None and args.epochs != recorded.get("epochs"):
+        if recorded.get("schedule") == "cosine":
+            raise ConfigError(f"--epochs {args.epochs}: the run's cosine schedule anneals over its "
+                              f"{recorded.get('epochs')} planned epochs and cannot be extended; start a "
+                              "new run with the total --epochs")
+        opts["epochs"] = args.epochs
+    if args.threads is not None:
+        opts["threads"] = args.threads
+    spec = args.data if args.data is not None else rundir.data_source(info)
+    return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
+
+
+def _load_data(spec, args, quiet: bool):
+    from ..data.load import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
+
+    t0 = time.perf_counter()
+    if not quiet:
+        print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
+    data = load_dataset(spec, data_dir=args.data_dir, download=getattr(args, "download", False),
+                        progress=not quiet)
+    if not quiet and time.perf_counter() - t0 > 1.0:
+        print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return data
+
+
+def _cmd_train(args) -> int:
+    from ..train.loop import TrainOptions, load_run, train  # noqa: PLC0415
+
+    if not args.no_figures:
+        from ..train.figures import require_matplotlib  # noqa: PLC0415
+
+        require_matplotlib()
+    out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
+    with rundir.RunLock(out):
+        rundir.check_target(out, args.resume, args.overwrite)
+        if args.resume:
+            config, opts, spec, backend, dtype = _resume_settings(args, out)
+            data = _load_data(spec, args, args.quiet)
+        else:
+            data = _load_data(args.data, args, args.quiet)
+            config = _model_config(args, data.train.shape[1])
+            opts = dict(DEFAULT_OPTIONS, threads="auto")
+            opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
+            backend, dtype = args.backend or "numpy", args.dtype or "float64"
+        if opts.get("threads") == "auto":
+            from ..fast.threads import usable_cores  # noqa: PLC0415
+
+            opts["threads"] = usable_cores()
+        opts["progress"] = not args.quiet
+        opts["detect_anomaly"] = args.detect_anomaly
+        if args.log_interval is not None:
+            opts["log_interval"] = args.log_interval
+        options = TrainOptions.from_dict(opts)
+        if not args.quiet:
+            print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
+                  f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
+                  f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
+                  f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
+        staging = None if args.resume else rundir.make_staging(out)
+        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
+        try:
+            history = train(config, options, data, staging or out, backend, dtype, resume=args.resume,
+                            after_epoch=after_epoch)
+        finally:
+            rundir.discard(staging)
+        if not args.no_figures:
+            from ..train.figures import make_figures  # noqa: PLC0415
+
+            model, params, _ = load_run(out, backend, dtype)
+            written = make_figures(model, params, data, out, history, seed=options.seed)
+            if not args.quiet:
+                print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
+    last = history[-1] if history else {}
+    print(json.dumps({k: v for k, v in last.items() if k != "seconds"}))
+    return 0
+
+
+def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
+    """What runs after each checkpoint: the staged run moved into place after the first one, and
+    the per-epoch figure snapshots of ``--figures-every``."""
+    state = {"staging": staging, "model": None}
+
+    def hook(current, record, params):
+        if state["staging"] is not None:
+            current = rundir.publish(state["staging"], out)
+            state["staging"] = None
+        every = args.figures_every
+        if every and not args.no_figures and record["epoch"] % every == 0:
+            from ..train.figures import snapshot  # noqa: PLC0415
+            from ..math.vae import VAE  # noqa: PLC0415
+
+            state["model"] = state["model"] or VAE(config, backend, dtype)
+            snapshot(state["model"], params, data, Path(current) / "epochs", record["epoch"], seed)
+        return current
+
+    return hook
+
+
+def _cmd_evaluate(args) -> int:
+    from ..util.gates import check_support  # noqa: PLC0415
+    from ..math.objectives import evaluate  # noqa: PLC0415
+    from ..util.progress import Meter  # noqa: PLC0415
+    from ..train.loop import load_run  # noqa: PLC0415
+
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    data = _load_data(args.data or rundir.data_source(info), args, args.quiet or args.json)
+    y = getattr(data, args.split)
+    if y is None:
+        raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
+    check_support(y, model.config.emission, f"the {data.name} {args.split} split")
+    if y.shape[1] != model.config.data_dim:
+        raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
+                          f"model has data_dim {model.config.data_dim}; give the run's data")
+    model.config.check_batch("--samples", min(len(y), 500), args.samples)
+    meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
+                  unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
+    result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
+                      progress=meter.advance)
+    if args.iwae:
+        meter.line(f"iwae k={args.iwae}: {y.shape[0]} rows done")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    return 0
+
+
+def info_backend(run) -> str:
+    """The backend a run trained on (numpy when it does not say)."""
+    path = Path(run) / "train.json"
+    return (rio.load_json(path).get("backend") if path.is_file() else None) or "numpy"
+
+
+def _cmd_sample(args) -> int:
+    from ..train.figures import sample_grid  # noqa: PLC0415
+    from ..train.loop import load_run  # noqa: PLC0415
+
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    shape = args.image_shape or rundir.image_shape(info)
+    if shape is None and not isinstance(info.get("data"), dict):  # a run of an older refvae
+        from ..data.load import load_dataset  # noqa: PLC0415
+
+        shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
+    if shape is None:
+        raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
+    out = _png_path(args.out)
+    model.config.check_batch("--n", args.n)
+    sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _png_path(out) -> Path:
+    """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
+    matplotlib does), in a folder that exists, and not a folder itself."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not inputs.is_dir(folder, "output folder"):
+        raise CheckpointError(f"cannot write {inputs.show(out)}: folder {inputs.show(folder)} does "
+                              "not exist; create it first")
+    if inputs.is_dir(out, "output"):
+        raise CheckpointError(f"--out {inputs.show(out)} is a folder; give a file name such as "
+                              "samples.png")
+    return out
+
+
+def register(sub) -> None:
+    register_train(sub, _cmd_train)
+    register_evaluate(sub, _cmd_evaluate)
+    register_sample(sub, _cmd_sample)

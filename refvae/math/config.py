@@ -1,0 +1,151 @@
+"""The model configuration: the architecture fields of ORACLE.md's ``config.json`` (format 1).
+
+Every field is validated on construction; a missing, unknown or invalid field is a
+:class:`~refvae.errors.ConfigError` naming the field and what it accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .emission import EMISSIONS
+from ..util import budget
+from ..errors import ConfigError
+from ..util.checked import checked
+from .latent.categorical import KL_KINDS as CATEGORICAL_KL
+from .activations import ACTIVATIONS
+
+FORMAT = 1
+LATENTS = ("gaussian", "gaussian_full", "categorical")
+REQUIRED = ("data_dim", "latent_dim")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a VAE (ORACLE.md). ``encoder_hidden``/``decoder_hidden`` may be empty
+    (linear maps). ``alpha`` is the fixed variance of the ``gaussian`` emission, or the initial
+    value of the learned one (``learn_alpha``). ``categories`` is the number of classes of each
+    of the ``latent_dim`` variables when ``latent == "categorical"``; its KL term is the analytic
+    KL of the discrete distributions (``categorical_kl = "analytic"``) or, for relaxed samples, the
+    one-sample relaxed KL of Maddison et al. 2017 against a concrete prior at ``prior_temperature``
+    (``"relaxed"``; default: the sampling temperature)."""
+
+    data_dim: int
+    latent_dim: int
+    encoder_hidden: tuple = (400,)
+    decoder_hidden: tuple = (400,)
+    activation: str = "relu"
+    latent: str = "gaussian"
+    emission: str = "bernoulli"
+    alpha: float = 1.0
+    learn_alpha: bool = False
+    categories: int | None = None
+    categorical_kl: str = "analytic"
+    prior_temperature: float | None = None
+    flow_length: int = 0
+    format: int = FORMAT
+
+    def __post_init__(self):
+        _positive_int("data_dim", self.data_dim)
+        _positive_int("latent_dim", self.latent_dim)
+        for name in ("encoder_hidden", "decoder_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ConfigError(f"config field {name!r} must be a list of layer widths, got {value!r}")
+            widths = tuple(_positive_int(f"{name} entry", w) for w in value)
+            object.__setattr__(self, name, widths)
+        for name, choices in (("activation", ACTIVATIONS), ("latent", LATENTS), ("emission", EMISSIONS),
+                              ("categorical_kl", CATEGORICAL_KL)):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"config field {name!r} must be a string, one of "
+                                  f"{', '.join(choices)}; got {getattr(self, name)!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"config field 'activation' is {self.activation!r}; "
+                              f"choose one of {', '.join(ACTIVATIONS)}")
+        if self.latent not in LATENTS:
+            raise ConfigError(f"config field 'latent' is {self.latent!r}; choose one of {', '.join(LATENTS)}")
+        if self.emission not in EMISSIONS:
+            raise ConfigError(f"config field 'emission' is {self.emission!r}; "
+                              f"choose one of {', '.join(EMISSIONS)}")
+        checked(self.alpha, "config field 'alpha'", minimum=0, open_min=True)
+        if not isinstance(self.learn_alpha, bool):
+            raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
+        if self.learn_alpha and self.emission != "gaussian":
+            raise ConfigError("config field 'learn_alpha' applies only to emission 'gaussian'")
+        if self.latent == "categorical":
+            if self.categories is None:
+                raise ConfigError("latent 'categorical' needs the field 'categories' (classes per variable)")
+            _positive_int("categories", self.categories, minimum=2)
+        elif self.categories is not None:
+            raise ConfigError("config field 'categories' applies only to latent 'categorical'")
+        if self.categorical_kl not in CATEGORICAL_KL:
+            raise ConfigError(f"config field 'categorical_kl' is {self.categorical_kl!r}; "
+                              f"choose one of {', '.join(CATEGORICAL_KL)}")
+        if self.categorical_kl != "analytic" and self.latent != "categorical":
+            raise ConfigError("config field 'categorical_kl' applies only to latent 'categorical'")
+        if self.prior_temperature is not None:
+            if self.categorical_kl != "relaxed":
+                raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
+            checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0, open_min=True)
+        _positive_int("flow_length", self.flow_length, minimum=0)
+        if self.flow_length and self.latent != "gaussian":
+            raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
+        if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
+            raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
+        budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
+                     "use smaller widths or dimensions")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        """Build from a ``config.json`` mapping; unknown fields are an error (a typo must not be
+        silently ignored)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
+                              f"known fields: {', '.join(sorted(known))}")
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ConfigError(f"config is missing the field(s) {', '.join(map(repr, missing))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["encoder_hidden"] = list(self.encoder_hidden)
+        d["decoder_hidden"] = list(self.decoder_hidden)
+        for name, default in (("categories", None), ("categorical_kl", "analytic"), ("prior_temperature", None)):
+            if d[name] == default:
+                d.pop(name)
+        return d
+
+    def n_params(self) -> int:
+        """An upper estimate of the number of parameters (weights and biases of both networks)."""
+        k = self.latent_dim
+        heads = {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
+                 "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+        out = self.data_dim * (2 if self.emission == "gaussian_diag" else 1) + 1
+        n = 0
+        for widths, first, last in ((self.encoder_hidden, self.data_dim, heads[self.latent]),
+                                    (self.decoder_hidden, self.decoder_in, out)):
+            sizes = (first, *widths, last)
+            n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+        return n
+
+    def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
+        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
+        each whose activations and their caches would not fit the memory budget."""
+        k = self.latent_dim * (self.categories or 1)
+        per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
+        per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
+                     f"use a smaller {field.split()[0]}")
+
+    @property
+    def decoder_in(self) -> int:
+        """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
+        return self.latent_dim * (self.categories or 1)
+
+
+def _positive_int(name, value, minimum: int = 1) -> int:
+    return checked(value, f"config field {name!r}", integer=True, minimum=minimum)
