@@ -23,7 +23,7 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 BACKTICKED = re.compile(r"`([^`]+)`")
 
 AGREED_SECTIONS = [
-    "Notation", "The objective", "ELBO surgery", "Importance weighted bound", "Activations",
+    "Reading path for students", "Notation", "The objective", "ELBO surgery", "Importance weighted bound", "Activations",
     "MLP reverse pass", "MLP input Jacobians", "MLP input Hessians", "Emissions",
     "Diagonal Gaussian recognition", "Full covariance Gaussian recognition", "Pathwise gradient",
     "Bonnet and Price", "Score function and control variates", "Inverse CDF transforms",
@@ -197,7 +197,7 @@ def test_derivations_has_the_agreed_sections_in_order():
 
 def test_every_section_names_its_code_and_its_tests():
     for title, body in _sections().items():
-        if title in ("Notation", "Errata", "Equation index"):
+        if title in ("Reading path for students", "Notation", "Errata", "Equation index"):
             continue
         assert re.search(r"^Implemented by: `", body, flags=re.M), f"{title}: no 'Implemented by:'"
         assert re.search(r"^Tested by: `", body, flags=re.M), f"{title}: no 'Tested by:'"
@@ -284,3 +284,32 @@ def test_equation_index_lists_every_equation_of_section_8_2():
     listed = " ".join(row[0] for row in _index_rows())
     missing = [f"8.{n}" for n in range(12, 30) if not re.search(rf"\b8\.{n}\b", listed)]
     assert not missing, f"equations missing from the index: {missing}"
+
+
+def _reading_path_rows() -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            for line in _sections()["Reading path for students"].splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")]
+    return rows[1:]
+
+
+def test_reading_path_follows_the_chapter_and_its_names_import():
+    """The reading path lists Eqs. 8.12–8.29 in the chapter's order (each once, rows such as
+    "after 8.14" sit after their equation), links sections that exist, and names importable
+    ``refvae.math`` functions."""
+    rows = _reading_path_rows()
+    numbered = [int(m.group(1)) for row in rows if (m := re.fullmatch(r"8\.(\d+)", row[0]))]
+    assert numbered == list(range(12, 30)), numbered
+    last = 0
+    for row in rows:
+        m = re.search(r"8\.(\d+)", row[0])
+        if m:
+            assert int(m.group(1)) >= last, row[0]
+            last = int(m.group(1))
+    own = anchors(DERIVATIONS.read_text(encoding="utf-8"))
+    links = [a for row in rows for a in re.findall(r"\]\(#([\w-]+)\)", row[2])]
+    assert len(links) >= len(rows) and all(a in own for a in links), links
+    names = [tok for row in rows for tok in BACKTICKED.findall(row[3])]
+    assert all(n.startswith("refvae.math.") for n in names), names
+    for name in names:
+        import_name(name)
