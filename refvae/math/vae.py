@@ -47,7 +47,7 @@ class ReversePass:
 
     fp: ForwardPass
     dec_back: object
-    rec: dict
+    estimator_grads: dict
     kl_grads: dict
     dec_grads: dict
     enc_grads: dict
@@ -148,11 +148,13 @@ class VAE:
 
         signals = DecoderSignals(dec_back.d_input, fp.f, w, hessian,
                                  {} if estimator_state is None else estimator_state)
-        rec = get_estimator(self.latent.name, estimator)(bk, self.latent, fp.state, signals)
+        estimate = get_estimator(self.latent.name, estimator)
+        estimator_grads = estimate(bk, self.latent, fp.state, signals)
         kl_g = self.latent.kl_grads(bk, fp.state)
-        d_heads = bk.xp.concatenate([rec[h] + scale * kl_g[h] for h, _ in self.latent.heads()], axis=-1)
+        d_heads = bk.xp.concatenate([estimator_grads[h] + scale * kl_g[h]
+                                     for h, _ in self.latent.heads()], axis=-1)
         enc_grads = self.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False).grads
-        return ReversePass(fp, dec_back, rec, kl_g, grads, enc_grads)
+        return ReversePass(fp, dec_back, estimator_grads, kl_g, grads, enc_grads)
 
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,

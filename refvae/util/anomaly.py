@@ -15,7 +15,7 @@ def intermediates(rp: ReversePass, estimator: str):
     yield from ((f"gradient of {name}", value) for name, value in rp.dec_grads.items())
     yield "∂f/∂x (decoder input gradient)", rp.dec_back.d_input
     for h in fp.heads:
-        yield f"{estimator} gradient of encoder head {h!r}", rp.rec[h]
+        yield f"{estimator} gradient of encoder head {h!r}", rp.estimator_grads[h]
         yield f"KL gradient of encoder head {h!r}", rp.kl_grads[h]
     yield from ((f"gradient of {name}", value) for name, value in rp.enc_grads.items())
 
