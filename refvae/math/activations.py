@@ -32,6 +32,7 @@ class Activation:
     d2: Callable
     piecewise_linear: bool = False
     twice_differentiable: bool = True
+    params: tuple = ()          # ((name, value), ...) of a parameterised activation (leaky slope)
 
 
 def _sech2(bk, a):
@@ -139,11 +140,13 @@ def leaky_relu(negative_slope: float = 0.01) -> Activation:
         d2=lambda bk, a, h: bk.xp.zeros_like(a),
         piecewise_linear=True,
         twice_differentiable=False,
+        params=(("negative_slope", s),),
     )
 
 
 def elu(alpha: float = 1.0) -> Activation:
-    """elu: φ = a (a > 0), α(eᵃ − 1) (a ≤ 0); φ' = 1 or αeᵃ, φ'' = 0 or αeᵃ (PyTorch: α at 0).
+    """elu: φ = a (a > 0), α(eᵃ − 1) (a ≤ 0); φ' = 1 or αeᵃ, φ'' = 0 or αeᵃ. At exactly 0
+    PyTorch takes φ'(0) = α and φ''(0) = 0, and so does this.
 
     Not C² for any α: φ'' jumps from α to 0 at 0 (and for α ≠ 1 φ' jumps too)."""
     al = float(alpha)
@@ -155,8 +158,9 @@ def elu(alpha: float = 1.0) -> Activation:
         "elu",
         value=lambda bk, a: bk.xp.where(a > 0, a, al * bk.xp.expm1(bk.xp.minimum(a, 0.0))),
         d1=lambda bk, a, h: bk.xp.where(a > 0, 1.0, neg(bk, a)).astype(a.dtype),
-        d2=lambda bk, a, h: bk.xp.where(a > 0, 0.0, neg(bk, a)).astype(a.dtype),
+        d2=lambda bk, a, h: bk.xp.where(a < 0, neg(bk, a), 0.0).astype(a.dtype),
         twice_differentiable=False,
+        params=(("alpha", al),),
     )
 
 

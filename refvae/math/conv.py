@@ -3,8 +3,8 @@
 docs/DERIVATIONS.md#convolution: with stride ``s``, padding ``p`` and dilation ``d`` (per axis),
 kernel tap ``(i, j)`` of output position ``(h, w)`` reads padded input row ``s·h + d·i`` and column
 ``s·w + d·j``, i.e. unpadded ``(s·h + d·i − p, s·w + d·j − p)``. For one tap the rows read by all
-``h`` are the strided slice ``d·i : d·i + s·(H_out − 1) + 1 : s``, so a convolution is a sum over the
-``kh·kw`` taps of a channel-mixing matrix product on one strided view of the padded input; the
+``h`` are the strided slice ``d·i : d·i + s·(H_out − 1) + 1 : s``, so a convolution is a sum over
+the ``kh·kw`` taps of a channel-mixing matrix product on one strided view of the padded input; the
 adjoint adds the same products back into the same views (no two positions of one view coincide, so
 ``+=`` on a view is exact on NumPy and CuPy alike). No ``as_strided``, no index arrays.
 

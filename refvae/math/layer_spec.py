@@ -3,7 +3,8 @@
 Each object has a ``"type"`` and the fields of the PyTorch module of that name (``out_channels``,
 ``kernel_size``, ``stride``, …; sizes are ints or ``[h, w]`` pairs); input sizes are never given,
 they come from the layer before. Every problem is a one-line :class:`~refvae.errors.ConfigError`
-``layer <i> (<type>): <field>: <what is wrong>`` (docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians).
+``layer <i> (<type>): <field>: <what is wrong>``
+(docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians).
 """
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def _activation(f, shape):
 
 PARSERS = {"linear": _linear, "conv2d": _conv2d, "conv_transpose2d": _conv_transpose2d,
            "max_pool2d": _max_pool2d, "avg_pool2d": _avg_pool2d,
-           "batch_norm1d": _batch_norm(L.BatchNorm1d, (1, 2), "a (channels,) or (channels, length)"),
+           "batch_norm1d": _batch_norm(L.BatchNorm1d, (1, 2),
+                                       "a (channels,) or (channels, length)"),
            "batch_norm2d": _batch_norm(L.BatchNorm2d, (3,), "a (channels, height, width)"),
            "flatten": _flatten, "unflatten": _unflatten,
            **{name: _activation for name in LAYER_ACTIVATIONS}}

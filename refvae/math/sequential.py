@@ -1,11 +1,11 @@
-"""A network as a sequence of layers, with named linear output heads, as :class:`~refvae.math.mlp.MLP`.
+"""A network as a sequence of layers with named linear output heads, as :class:`~refvae.math.mlp.MLP`.
 
 docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians: layers
-``z_{i+1} = F_i(z_i)``, ``z_0 = x``, ``i = 0..n−1`` (:mod:`refvae.math.layers`), then, when heads are
-given, ``o = W z_n + b`` with ``W`` the heads' weights stacked by rows; without heads ``o`` is
+``z_{i+1} = F_i(z_i)``, ``z_0 = x``, ``i = 0..n−1`` (:mod:`refvae.math.layers`), then, when heads
+are given, ``o = W z_n + b`` with ``W`` the heads' weights stacked by rows; without heads ``o`` is
 ``z_n`` flattened. Parameters are named as the ``state_dict`` of ``nn.Sequential``:
-``{prefix}.{i}.weight`` for layer ``i`` and ``{prefix}.{head}.weight`` for each head. Inputs may have
-any leading batch shape ``(..., *in_shape)``; outputs are ``(..., P)``.
+``{prefix}.{i}.weight`` for layer ``i`` and ``{prefix}.{head}.weight`` for each head. Inputs may
+have any leading batch shape ``(..., *in_shape)``; outputs are ``(..., P)``.
 
 The layer list comes from :func:`build_layers` (a JSON list of layer objects, see
 :mod:`refvae.math.layer_spec`) or from :mod:`refvae.math.layers` objects directly.
@@ -91,9 +91,11 @@ class Sequential:
     @property
     def twice_differentiable(self) -> bool:
         """False when a layer is max pooling or an activation that is not C²."""
-        return not any(isinstance(layer, MaxPool2d) or (isinstance(layer, ActivationLayer)
-                                                        and not layer.activation.twice_differentiable)
-                       for layer in self.layers)
+        def smooth(layer):
+            if isinstance(layer, ActivationLayer):
+                return layer.activation.twice_differentiable
+            return not isinstance(layer, MaxPool2d)
+        return all(smooth(layer) for layer in self.layers)
 
     @property
     def head_names(self) -> list[str]:
@@ -207,8 +209,8 @@ class Sequential:
 
     # ----- forward-mode Jacobians and the input Hessian -------------------------------------
     def input_jacobians(self, bk, params, cache) -> list:
-        """``J_i = ∂z_i/∂x`` for ``i = 0..n`` (``z_0 = x``, ``z_i`` the input of layer ``i``, ``z_n``
-        the last layer's output), then ``∂o/∂x`` when there are heads: the last entry is always
+        """``J_i = ∂z_i/∂x`` for ``i = 0..n`` (``z_0 = x``, ``z_i`` the input of layer ``i``,
+        ``z_n`` the last layer's output), then ``∂o/∂x`` when there are heads: the last entry is always
         ``∂o/∂x``. Shapes ``(B, size_i, K)`` as the MLP's, ``B = 1`` until a layer makes the
         Jacobian depend on the datum. Each layer's ``jvp`` pushes all ``K`` input directions."""
         xp = bk.xp
