@@ -107,9 +107,11 @@ def test_layer_jacobian_against_torch(np_bk, name):
 geometry = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(c=st.integers(1, 3), o=st.integers(1, 3), size=st.tuples(st.integers(1, 8), st.integers(1, 8)),
-       gh=geometry, gw=geometry, seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c=st.integers(1, 3), o=st.integers(1, 3),
+       size=st.tuples(st.integers(1, 8), st.integers(1, 8)), gh=geometry, gw=geometry,
+       seed=st.integers(0, 2**16))
 def test_transposed_convolution_is_the_adjoint(np_bk, c, o, size, gh, gw, seed):
     """⟨conv(x), y⟩ = ⟨x, conv_T(y)⟩ with the same weight, for every geometry whose output is
     not empty; the transposed convolution with output padding (H + 2p − d(k − 1) − 1) mod s

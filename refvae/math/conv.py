@@ -53,7 +53,8 @@ def _buffer_hw(in_hw, out_hw, kernel, stride, padding, dilation) -> tuple[int, i
 
 # ----- convolution: forward, adjoint (input gradient), weight gradient ----------------------
 def conv2d(bk, x, w, stride, padding, dilation, out_hw=None):
-    """``y[m,o,h,w'] = Σ_{c,i,j} w[o,c,i,j] x_pad[m,c, s·h + d·i, s·w' + d·j]`` (no bias).
+    """``y[m,o,h,w'] = Σ_{c,i,j} w[o,c,i,j] x_pad[m,c, s·h + d·i, s·w' + d·j]`` (no bias;
+    docs/DERIVATIONS.md#convolution).
 
     ``out_hw`` restricts the output to its first rows/columns (the adjoint of a transposed
     convolution with output padding ≥ stride needs it); by default the full output.
@@ -76,7 +77,8 @@ def conv2d_adjoint(bk, dy, w, in_hw, stride, padding, dilation):
     """The adjoint of :func:`conv2d` for input size ``in_hw``:
     ``x̄_pad[m,c, s·h + d·i, s·w' + d·j] += Σ_o w[o,c,i,j] dy[m,o,h,w']``, padding cropped.
 
-    This is the input gradient of a convolution and the forward map of a transposed one.
+    This is the input gradient of a convolution and the forward map of a transposed one
+    (docs/DERIVATIONS.md#transposed-convolution).
     """
     xp = bk.xp
     m, _, ho, wo = dy.shape
@@ -92,7 +94,8 @@ def conv2d_adjoint(bk, dy, w, in_hw, stride, padding, dilation):
 
 
 def conv2d_weight_grad(bk, x, dy, kernel, stride, padding, dilation):
-    """``∂/∂w[o,c,i,j] = Σ_{m,h,w'} dy[m,o,h,w'] x_pad[m,c, s·h + d·i, s·w' + d·j]``."""
+    """``∂/∂w[o,c,i,j] = Σ_{m,h,w'} dy[m,o,h,w'] x_pad[m,c, s·h + d·i, s·w' + d·j]``
+    (docs/DERIVATIONS.md#convolution)."""
     xp = bk.xp
     ho, wo = dy.shape[2:]
     xpad = _pad_hw(xp, x, padding).transpose(0, 2, 3, 1)
@@ -107,7 +110,8 @@ def conv2d_weight_grad(bk, x, dy, kernel, stride, padding, dilation):
 # ----- pooling ----------------------------------------------------------------------------
 def avg_pool2d(bk, x, kernel, stride, padding):
     """``y = (1/(kh·kw)) Σ_{i,j} x_pad[..., s·h + i, s·w' + j]`` (zeros padded and counted, as
-    PyTorch's default ``count_include_pad=True``); any leading axes."""
+    PyTorch's default ``count_include_pad=True``); any leading axes
+    (docs/DERIVATIONS.md#pooling)."""
     out_hw = tuple(conv_out_size(n, k, s, p, 1)
                    for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding))
     xpad = _pad_hw(bk.xp, x, padding)
@@ -119,7 +123,8 @@ def avg_pool2d(bk, x, kernel, stride, padding):
 
 
 def avg_pool2d_adjoint(bk, dy, in_hw, kernel, stride, padding):
-    """The adjoint of :func:`avg_pool2d`: each output's ``dy/(kh·kw)`` added back to its window."""
+    """The adjoint of :func:`avg_pool2d`: each output's ``dy/(kh·kw)`` added back to its window
+    (docs/DERIVATIONS.md#pooling)."""
     out_hw = dy.shape[-2:]
     size = _buffer_hw(in_hw, out_hw, kernel, stride, padding, (1, 1))
     buf = bk.xp.zeros((*dy.shape[:-2], *size), dtype=dy.dtype)
@@ -134,7 +139,7 @@ def avg_pool2d_adjoint(bk, dy, in_hw, kernel, stride, padding):
 def max_pool2d(bk, x, kernel, stride, padding, dilation):
     """``y = max_{i,j} x_pad[..., s·h + d·i, s·w' + d·j]`` with −∞ padding; returns ``(y, arg)``
     where ``arg`` is the winning tap ``i·kw + j``, the first in row-major order on ties (as
-    PyTorch's CPU kernel)."""
+    PyTorch's CPU kernel; docs/DERIVATIONS.md#pooling)."""
     xp = bk.xp
     out_hw = tuple(conv_out_size(n, k, s, p, d)
                    for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation))
@@ -147,7 +152,7 @@ def max_pool2d(bk, x, kernel, stride, padding, dilation):
 
 def max_pool2d_gather(bk, t, arg, kernel, stride, padding, dilation):
     """``t`` at the winning taps: the tangent map (JVP) of max pooling. ``arg`` broadcasts
-    against ``t``'s leading axes."""
+    against ``t``'s leading axes (docs/DERIVATIONS.md#pooling)."""
     xp = bk.xp
     out_hw = arg.shape[-2:]
     tpad = _pad_hw(xp, t, padding)
@@ -159,7 +164,8 @@ def max_pool2d_gather(bk, t, arg, kernel, stride, padding, dilation):
 
 
 def max_pool2d_adjoint(bk, dy, arg, in_hw, kernel, stride, padding, dilation):
-    """The adjoint of :func:`max_pool2d_gather`: each ``dy`` goes to its window's winning tap."""
+    """The adjoint of :func:`max_pool2d_gather`: each ``dy`` goes to its window's winning tap
+    (docs/DERIVATIONS.md#pooling)."""
     xp = bk.xp
     out_hw = dy.shape[-2:]
     size = _buffer_hw(in_hw, out_hw, kernel, stride, padding, dilation)

@@ -1,4 +1,4 @@
-"""A network as a sequence of layers with named linear output heads, as :class:`~refvae.math.mlp.MLP`.
+"""A network as a sequence of layers with named linear output heads, like :class:`MLP`.
 
 docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians: layers
 ``z_{i+1} = F_i(z_i)``, ``z_0 = x``, ``i = 0..n−1`` (:mod:`refvae.math.layers`), then, when heads
@@ -159,7 +159,8 @@ class Sequential:
     # ----- forward and reverse pass ---------------------------------------------------------
     def forward(self, bk, params, x):
         """``o`` for input ``x`` of shape ``(..., *in_shape)``; returns ``(o, cache)``.
-        ``params`` holds the parameters and the buffers."""
+        ``params`` holds the parameters and the buffers
+        (docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians)."""
         nd = len(self.in_shape)
         if tuple(x.shape[x.ndim - nd:]) != self.in_shape or x.ndim < nd:
             raise ShapeError(f"{self.prefix}: input has shape {tuple(x.shape)}, expected "
@@ -182,7 +183,8 @@ class Sequential:
 
     def backward(self, bk, params, cache, d_out, input_grad: bool = True) -> "SequentialBackward":
         """Reverse pass for ``d_out = ∂J/∂o`` of shape ``(..., P)``: each layer's ``backward`` in
-        reverse order; parameter gradients summed over every leading batch dimension."""
+        reverse order; parameter gradients summed over every leading batch dimension
+        (docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians)."""
         m = cache["m"]
         delta = d_out.reshape(-1, self.out_dim)
         if delta.shape[0] != m:
@@ -210,8 +212,8 @@ class Sequential:
     # ----- forward-mode Jacobians and the input Hessian -------------------------------------
     def input_jacobians(self, bk, params, cache) -> list:
         """``J_i = ∂z_i/∂x`` for ``i = 0..n`` (``z_0 = x``, ``z_i`` the input of layer ``i``,
-        ``z_n`` the last layer's output), then ``∂o/∂x`` when there are heads: the last entry is always
-        ``∂o/∂x``. Shapes ``(B, size_i, K)`` as the MLP's, ``B = 1`` until a layer makes the
+        ``z_n`` the last layer's output), then ``∂o/∂x`` when there are heads: the last entry is
+        always ``∂o/∂x``. Shapes ``(B, size_i, K)`` as the MLP's, ``B = 1`` until a layer makes the
         Jacobian depend on the datum. Each layer's ``jvp`` pushes all ``K`` input directions."""
         xp = bk.xp
         k = math.prod(self.in_shape)
