@@ -23,8 +23,11 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 BACKTICKED = re.compile(r"`([^`]+)`")
 
 AGREED_SECTIONS = [
-    "Reading path for students", "Notation", "The objective", "ELBO surgery", "Importance weighted bound", "Activations",
-    "MLP reverse pass", "MLP input Jacobians", "MLP input Hessians", "Emissions",
+    "Reading path for students", "Notation", "The objective", "ELBO surgery",
+    "Importance weighted bound", "Activations",
+    "MLP reverse pass", "MLP input Jacobians", "MLP input Hessians", "Convolution",
+    "Transposed convolution", "Pooling", "Reshaping and batch normalisation",
+    "Sequential networks: reverse pass, Jacobians and Hessians", "Emissions",
     "Diagonal Gaussian recognition", "Full covariance Gaussian recognition", "Pathwise gradient",
     "Bonnet and Price", "Score function and control variates", "Inverse CDF transforms",
     "Planar flows", "Gumbel max and Gumbel softmax", "Straight through",

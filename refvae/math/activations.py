@@ -32,6 +32,7 @@ class Activation:
     d2: Callable
     piecewise_linear: bool = False
     twice_differentiable: bool = True
+    params: tuple = ()          # ((name, value), ...) of a parameterised activation (leaky slope)
 
 
 def _sech2(bk, a):
@@ -127,6 +128,75 @@ SILU = Activation(
 )
 
 ACTIVATIONS = {act.name: act for act in (TANH, SIGMOID, SOFTPLUS, RELU, IDENTITY, SILU)}
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Activation:
+    """leaky relu: φ = a (a > 0), s·a (a ≤ 0); φ' = 1[a > 0] + s·1[a ≤ 0] (PyTorch: s at 0)."""
+    s = float(negative_slope)
+    return Activation(
+        "leaky_relu",
+        value=lambda bk, a: bk.xp.where(a > 0, a, s * a),
+        d1=lambda bk, a, h: bk.xp.where(a > 0, 1.0, s).astype(a.dtype),
+        d2=lambda bk, a, h: bk.xp.zeros_like(a),
+        piecewise_linear=True,
+        twice_differentiable=False,
+        params=(("negative_slope", s),),
+    )
+
+
+def elu(alpha: float = 1.0) -> Activation:
+    """elu: φ = a (a > 0), α(eᵃ − 1) (a ≤ 0); φ' = 1 or αeᵃ, φ'' = 0 or αeᵃ. At exactly 0
+    PyTorch takes φ'(0) = α and φ''(0) = 0, and so does this.
+
+    Not C² for any α: φ'' jumps from α to 0 at 0 (and for α ≠ 1 φ' jumps too)."""
+    al = float(alpha)
+
+    def neg(bk, a):  # αeᵃ on a ≤ 0, where exp cannot overflow (a > 0 is masked first)
+        return al * bk.xp.exp(bk.xp.minimum(a, 0.0))
+
+    return Activation(
+        "elu",
+        value=lambda bk, a: bk.xp.where(a > 0, a, al * bk.xp.expm1(bk.xp.minimum(a, 0.0))),
+        d1=lambda bk, a, h: bk.xp.where(a > 0, 1.0, neg(bk, a)).astype(a.dtype),
+        d2=lambda bk, a, h: bk.xp.where(a < 0, neg(bk, a), 0.0).astype(a.dtype),
+        twice_differentiable=False,
+        params=(("alpha", al),),
+    )
+
+
+_INV_SQRT_2PI = 0.3989422804014327  # 1/√(2π)
+
+
+def _std_normal_pdf(bk, a):
+    return _INV_SQRT_2PI * bk.xp.exp(-0.5 * a * a)
+
+
+# gelu (exact, PyTorch's approximate="none"): φ = aΦ(a) with Φ the standard normal CDF (ndtr,
+# i.e. ½(1 + erf(a/√2))); φ' = Φ(a) + aϕ(a), φ'' = ϕ(a)(2 − a²) with ϕ = Φ'.
+GELU = Activation(
+    "gelu",
+    value=lambda bk, a: a * bk.special.ndtr(a),
+    d1=lambda bk, a, h: bk.special.ndtr(a) + a * _std_normal_pdf(bk, a),
+    d2=lambda bk, a, h: _std_normal_pdf(bk, a) * (2.0 - a * a),
+)
+
+# Activations offered to layer lists (refvae.math.sequential.build_layers) on top of ACTIVATIONS;
+# they are not yet choices of the MLP's config. Parameterised ones are factories.
+LAYER_ACTIVATIONS = {**{name: (lambda act=act: act) for name, act in ACTIVATIONS.items()},
+                     "leaky_relu": leaky_relu, "elu": elu, "gelu": lambda: GELU}
+
+
+def make_activation(name: str, **params) -> Activation:
+    """The layer activation ``name`` with its parameters (``negative_slope`` for leaky_relu,
+    ``alpha`` for elu); an unknown name or parameter is a :class:`ConfigError`."""
+    if name not in LAYER_ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; "
+                          f"choose one of {', '.join(LAYER_ACTIVATIONS)}")
+    try:
+        return LAYER_ACTIVATIONS[name](**params)
+    except TypeError:
+        raise ConfigError(f"activation {name!r} takes no parameter "
+                          f"{', '.join(map(repr, params))}") from None
 
 
 def get_activation(name: str) -> Activation:
