@@ -21,9 +21,11 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
+from . import inputs
 from .errors import CheckpointError, ConfigError
 
 try:
@@ -93,7 +95,7 @@ class RunLock:
                     os.close(fd)
                     self._refuse()
                 try:  # the holder before us may have unlinked the file we locked: lock the new one
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
                 except FileNotFoundError:
                     same = False
                 if not same:
@@ -106,19 +108,46 @@ class RunLock:
         return self
 
     def _open(self) -> int:
+        """The lock file, opened without following a symlink, and only when it is a regular file
+        of this user's with one name (a planted link or hard link to another file is refused
+        before anything is written to it)."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             if fcntl is not None:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            return _open_exclusive(self.path)  # pragma: no cover - Windows
+                fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+            else:  # pragma: no cover - Windows
+                fd = _open_exclusive(self.path)
         except FileExistsError:  # pragma: no cover - Windows: a live holder
             self._refuse()
         except OSError as exc:
-            raise CheckpointError(f"cannot create the lock file {self.path}: {exc.strerror or exc}; "
-                                  "choose a writable --out") from exc
+            if os.path.lexists(self.path) and not os.path.isfile(self.path) \
+                    or os.path.islink(self.path):
+                self._foreign("is not a regular file")
+            raise CheckpointError(f"cannot create the lock file {inputs.show(self.path)}: "
+                                  f"{exc.strerror or exc}; choose a writable --out") from exc
+        st = os.fstat(fd)
+        mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode)
+                   else "belongs to another user" if not mine
+                   else "has other names (hard links)" if st.st_nlink > 1 else None)
+        if problem:
+            os.close(fd)
+            self._foreign(problem)
+        os.set_blocking(fd, True)
+        return fd
+
+    def _foreign(self, problem: str):
+        raise ConfigError(f"the lock file {inputs.show(self.path)} {problem}, so refvae will not "
+                          f"write to it; remove it (nothing was changed) or choose another --out")
 
     def _refuse(self):
         try:
-            holder = self.path.read_text().strip() or "?"
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
         except OSError:
             holder = "?"
         raise ConfigError(f"{self.out} is in use by another trainer (process {holder}, lock file "

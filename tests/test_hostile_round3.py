@@ -1,0 +1,45 @@
+"""Hostile round 3 (issue 26): the lock file, staging folders, files a user saves during the first
+epoch, oracle example folders, run files as input, archive sizes, signals and small CLI edges."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hostile import one_line
+from refvae import rundir
+from refvae.cli import main
+
+SMALL = ["--epochs", "1", "--batch-size", "16", "--latent-dim", "2", "--encoder-hidden", "4",
+         "--decoder-hidden", "4", "--no-figures", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, train=rng.random((32, 6)), test=rng.random((8, 6)), image_shape=np.array([2, 3]))
+    return path
+
+
+def run_cli(capsys, *args):
+    """``main(args)`` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+# ----- 1. the lock file is never opened through a link ------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="needs O_NOFOLLOW")
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path, data, capsys, how):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    lock = tmp_path / ".run.refvae-lock"
+    (os.symlink if how == "symlink" else os.link)(notes, lock)
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "run")
+    assert "lock file" in one_line(code, err) and "remove it" in err
+    assert notes.read_text() == "my notes\n"
+    assert not (tmp_path / "run").exists()
