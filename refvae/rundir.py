@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -35,6 +36,7 @@ except ImportError:  # pragma: no cover - Windows
 
 RUN_MARKERS = ("config.json", "checkpoint.npz")
 _NEW, _OLD, _LOCK = ".refvae-new-", ".refvae-old-", ".refvae-lock"
+_NEW_TAIL, _OLD_TAIL = r"[0-9]+-[0-9a-f]{8}", r"[0-9a-f]{8}"  # what make_staging, publish add
 
 
 def _sibling(out: Path, tag: str) -> Path:
@@ -178,11 +180,23 @@ def _open_exclusive(path: Path) -> int:  # pragma: no cover - Windows
 
 def _recover(out: Path) -> None:
     """Undo what a killed trainer left beside ``out``; called with the lock held."""
-    old = sorted(out.parent.glob(f".{out.name}{_OLD}*"))
+    old, new = _left_beside(out, _OLD, _OLD_TAIL), _left_beside(out, _NEW, _NEW_TAIL)
     if old and not out.exists():  # killed between the two renames of a non-atomic swap
         os.rename(old.pop(), out)
-    for stale in old + sorted(out.parent.glob(f".{out.name}{_NEW}*")):
+    for stale in old + new:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _left_beside(out: Path, tag: str, tail: str) -> list:
+    """The folders ``.NAME<tag><tail>`` beside ``out``, matched by name, not by a glob (a ``[``,
+    ``*`` or ``?`` in NAME must not reach another run's staging folders)."""
+    prefix = f".{out.name}{tag}"
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    return sorted(out.parent / n for n in names
+                  if n.startswith(prefix) and re.fullmatch(tail, n[len(prefix):]))
 
 
 def make_staging(out) -> Path:

@@ -43,3 +43,16 @@ def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path, data,
     assert "lock file" in one_line(code, err) and "remove it" in err
     assert notes.read_text() == "my notes\n"
     assert not (tmp_path / "run").exists()
+
+
+# ----- 2. a glob character in --out reaches no other run's staging folder -----------------------
+@pytest.mark.parametrize("name", ["exp[1]", "exp?", "exp*"])
+def test_a_glob_character_in_out_leaves_other_staging_folders(tmp_path, data, capsys, name):
+    other = tmp_path / f".exp1{rundir._NEW}{os.getpid() + 1}-0123abcd"  # a live trainer of exp1
+    other.mkdir()
+    (other / "checkpoint.npz").write_bytes(b"staged")
+    own = tmp_path / f".{name}{rundir._NEW}1-deadbeef"  # left by a killed trainer of this name
+    own.mkdir()
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(tmp_path / name)]) == 0
+    assert (other / "checkpoint.npz").read_bytes() == b"staged"
+    assert not own.exists() and rundir.classify(tmp_path / name) == "run"
