@@ -14,11 +14,14 @@ Nothing destroys a run by accident:
 * a fresh run is written into a sibling staging directory and moved into place only after its
   first checkpoint: over an existing run, by an atomic exchange of the two directories (Linux
   ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, undone on the next start if interrupted
-  between them). A kill at any moment leaves the old run or the new one, whole.
+  between them). A kill at any moment leaves the old run or the new one, whole. Only what the
+  directory held when training began is replaced; a file saved there since stops the move, and the
+  new run is kept beside it (``NAME.refvae-run-XXXXXXXX``).
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -222,14 +225,38 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def publish(staging, out) -> Path:
-    """Move the new run in ``staging`` to ``out``, replacing what is there; returns ``out``."""
+def entries(out) -> frozenset:
+    """The names in the folder ``out`` (none when it is absent or not a folder): what
+    :func:`publish` may replace."""
+    try:
+        return frozenset(os.listdir(out))
+    except OSError:
+        return frozenset()
+
+
+def publish(staging, out, before=frozenset()) -> Path:
+    """Move the new run in ``staging`` to ``out``, replacing what is there; returns ``out``.
+
+    ``before`` are the names ``out`` held when training began (:func:`entries`): those are
+    replaced, nothing else. When ``out`` has gained a file since (a user saved one there during
+    the first epoch) nothing in it is touched: the new run is kept in a visible sibling folder and
+    a ConfigError says where."""
     staging, out = Path(staging), Path(out)
     if classify(out) in ("absent", "empty"):
-        if out.exists():
-            out.rmdir()
-        os.rename(staging, out)
-    elif _exchange(staging, out):
+        try:  # rename(2) replaces an empty folder atomically and refuses one that gained a file
+            os.rename(staging, out)
+            return out
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    gained = entries(out) - before
+    if gained:
+        _keep_both(staging, out, gained)
+    if _exchange(staging, out):
+        gained = entries(staging) - before  # staging now holds what was in out
+        if gained:  # a file saved between the check and the exchange: swap back
+            _exchange(staging, out)
+            _keep_both(staging, out, gained)
         shutil.rmtree(staging, ignore_errors=True)  # now the old run
     else:  # pragma: no cover - platforms without renameat2
         old = _sibling(out, _OLD + uuid.uuid4().hex[:8])
@@ -237,6 +264,16 @@ def publish(staging, out) -> Path:
         os.rename(staging, out)
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _keep_both(staging: Path, out: Path, gained) -> None:
+    kept = out.parent / f"{out.name}.refvae-run-{uuid.uuid4().hex[:8]}"
+    os.rename(staging, kept)
+    names = ", ".join(sorted(inputs.show(n) for n in gained)[:3])
+    names += ", …" if len(gained) > 3 else ""
+    raise ConfigError(f"{inputs.show(out)} gained files while the first epoch trained ({names}); "
+                      f"nothing in it was touched, and the new run is kept in {inputs.show(kept)}: "
+                      "continue it there with --resume, or move your files and train again")
 
 
 def discard(staging) -> None:

@@ -111,6 +111,7 @@ def _cmd_train(args) -> int:
     out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
     with rundir.RunLock(out):
         rundir.check_target(out, args.resume, args.overwrite)
+        before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
         if args.resume:
             config, opts, spec, backend, dtype = _resume_settings(args, out)
             data = _load_data(spec, args, args.quiet)
@@ -135,7 +136,8 @@ def _cmd_train(args) -> int:
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
         staging = None if args.resume else rundir.make_staging(out)
-        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
+        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
+                                   before)
         try:
             history = train(config, options, data, staging or out, backend, dtype, resume=args.resume,
                             after_epoch=after_epoch)
@@ -153,14 +155,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
+def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed, before=frozenset()):
     """What runs after each checkpoint: the staged run moved into place after the first one, and
     the per-epoch figure snapshots of ``--figures-every``."""
     state = {"staging": staging, "model": None}
 
     def hook(current, record, params):
         if state["staging"] is not None:
-            current = rundir.publish(state["staging"], out)
+            current = rundir.publish(state["staging"], out, before)
             state["staging"] = None
         every = args.figures_every
         if every and not args.no_figures and record["epoch"] % every == 0:

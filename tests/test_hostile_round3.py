@@ -56,3 +56,32 @@ def test_a_glob_character_in_out_leaves_other_staging_folders(tmp_path, data, ca
     assert main(["train", "--data", str(data), *SMALL, "--out", str(tmp_path / name)]) == 0
     assert (other / "checkpoint.npz").read_bytes() == b"staged"
     assert not own.exists() and rundir.classify(tmp_path / name) == "run"
+
+
+# ----- 3. the swap never deletes a file it did not write ----------------------------------------
+@pytest.mark.parametrize("start", ["absent", "empty", "run"])
+def test_files_saved_into_out_during_the_first_epoch_are_kept(tmp_path, data, capsys, monkeypatch,
+                                                              start):
+    out = tmp_path / "run"
+    extra = []
+    if start == "empty":
+        out.mkdir()
+    elif start == "run":
+        assert main(["train", "--data", str(data), *SMALL, "--out", str(out)]) == 0
+        extra = ["--overwrite"]
+    import refvae.train as train_mod
+
+    real = train_mod.save_checkpoint
+
+    def save_then_user_writes(path, *a, **k):  # the user saves a file while epoch 1 trains
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("mine\n")
+        return real(path, *a, **k)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_user_writes)
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", out, *extra)
+    assert "gained files" in one_line(code, err) and "notes.txt" in err
+    assert (out / "notes.txt").read_text() == "mine\n"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("run.refvae-run-")]
+    assert len(kept) == 1 and rundir.classify(kept[0]) == "run"
+    assert rundir.classify(out) == ("run" if start == "run" else "other")
+    assert not [p for p in tmp_path.iterdir() if ".refvae-" in p.name and p not in kept]
