@@ -85,3 +85,18 @@ def test_files_saved_into_out_during_the_first_epoch_are_kept(tmp_path, data, ca
     assert len(kept) == 1 and rundir.classify(kept[0]) == "run"
     assert rundir.classify(out) == ("run" if start == "run" else "other")
     assert not [p for p in tmp_path.iterdir() if ".refvae-" in p.name and p not in kept]
+
+
+# ----- 4. oracle example never replaces a user's files ------------------------------------------
+def test_oracle_example_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": 1}')
+    (mine / "params.npz").write_bytes(b"my params")
+    code, err = run_cli(capsys, "oracle", "example", "--out", mine)
+    assert "not empty" in one_line(code, err) and "--overwrite" in err
+    assert (mine / "config.json").read_text() == '{"mine": 1}'
+    assert (mine / "params.npz").read_bytes() == b"my params"
+    assert run_cli(capsys, "oracle", "example", "--out", mine, "--overwrite")[0] == 0
+    assert json.loads((mine / "config.json").read_text())["data_dim"] == 6
+    assert run_cli(capsys, "oracle", "example", "--out", tmp_path / "new")[0] == 0
