@@ -299,7 +299,8 @@ def data_record(data) -> dict:
 
 
 def data_source(info: dict):
-    """The ``load_dataset`` spec of a run's data (train.json of any version; None: digits)."""
+    """The ``load_dataset`` spec of a run's data (from :func:`read_train_json`; train.json of any
+    version); None when train.json records none (removed, null, or an old refvae's file)."""
     data = info.get("data")
     return data.get("source") if isinstance(data, dict) else data
 
@@ -309,3 +310,108 @@ def image_shape(info: dict):
     data = info.get("data")
     shape = data.get("image_shape") if isinstance(data, dict) else None
     return tuple(shape) if shape else None
+
+
+def no_data_record(run) -> ConfigError:
+    """The refusal to guess a run's data when its train.json records none."""
+    return ConfigError(f"{inputs.show(Path(run) / TRAIN_JSON)} records no data set (removed, "
+                       "null or written by an older refvae); pass --data NAME|PATH with the data "
+                       "the run trained on")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run's files: input like any other, validated field by field
+# ---------------------------------------------------------------------------------------------
+TRAIN_JSON, CONFIG_JSON = "train.json", "config.json"
+_STRING_OPTIONS = {"optimizer": False, "schedule": False, "binarize": False, "estimator": True}
+_FLAG_OPTIONS = ("progress", "detect_anomaly")
+
+
+def _bad(path: Path, field: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{inputs.show(path)}: field {field!r} {problem}; repair the file or "
+                           "train the run again")
+
+
+def read_train_json(run, required: bool = False) -> dict:
+    """``train.json`` of the run directory ``run``, checked field by field (``{}`` when the file
+    is absent and not ``required``): ``options`` (the training options, each checked as
+    :class:`~refvae.train.TrainOptions` checks it), ``data`` (a record as :func:`data_record`
+    writes it, an older refvae's name or path, or None), ``backend`` and ``dtype``. Every problem
+    is one CheckpointError line naming the file and the field."""
+    from .backend import BACKENDS, DTYPES  # noqa: PLC0415
+    from .train import TrainOptions  # noqa: PLC0415 - train imports this module
+
+    path = Path(run) / TRAIN_JSON
+    if not inputs.exists(path, "run file"):
+        if required:
+            raise CheckpointError(f"{inputs.show(Path(run))} has no {TRAIN_JSON} (written by an "
+                                  "old refvae); start a new run")
+        return {}
+    info = inputs.load_json(path, "run file", CheckpointError)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{inputs.show(path)} is not a JSON object; repair the file or train "
+                              "the run again")
+    options = info.get("options", {})
+    if not isinstance(options, dict):
+        raise _bad(path, "options", "must be an object of training options")
+    for name, none in _STRING_OPTIONS.items():
+        value = options.get(name)
+        if name in options and not (isinstance(value, str) or none and value is None):
+            raise _bad(path, f"options.{name}", f"must be a name, got {value!r}")
+    for name in _FLAG_OPTIONS:
+        if name in options and not isinstance(options[name], bool):
+            raise _bad(path, f"options.{name}", f"must be true or false, got {options[name]!r}")
+    try:
+        TrainOptions.from_dict(options)
+    except ConfigError as exc:
+        raise CheckpointError(f"{inputs.show(path)}: field 'options': {exc}; repair the file or "
+                              "train the run again") from exc
+    _check_data_record(path, info.get("data"))
+    for field, names, default in (("backend", BACKENDS, "numpy"),
+                                  ("dtype", tuple(DTYPES), "float64")):
+        value = info.get(field, default)
+        if value not in names or not isinstance(value, str):
+            raise _bad(path, field, f"must be one of {', '.join(names)}, got {value!r}")
+    return info
+
+
+def _check_data_record(path: Path, data) -> None:
+    if data is None:
+        return
+    if isinstance(data, str):  # an older refvae's spec
+        if not data:
+            raise _bad(path, "data", "is an empty name")
+        return
+    if not isinstance(data, dict):
+        raise _bad(path, "data", f"must be an object (name, source, image_shape), got {data!r}")
+    for field in ("name", "source"):
+        value = data.get(field)
+        if value is not None and not (isinstance(value, str) and value):
+            raise _bad(path, f"data.{field}", f"must be a non-empty string or null, got {value!r}")
+    shape = data.get("image_shape")
+    if shape is not None:
+        good = isinstance(shape, list) and len(shape) == 2 and all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 2**20 for s in shape)
+        if not good:
+            raise _bad(path, "data.image_shape", f"must be [rows, cols] of positive integers or "
+                                                 f"null, got {shape!r}")
+    for field in ("n_train", "n_test"):
+        value = data.get(field)
+        if value is not None and (type(value) is not int or value < 0):  # noqa: E721 - not bool
+            raise _bad(path, f"data.{field}", f"must be an integer 0 or more, got {value!r}")
+
+
+def read_config(run):
+    """``config.json`` of the run directory ``run`` as a :class:`~refvae.config.VAEConfig`; a
+    field that is wrong is one CheckpointError line naming the file and the field."""
+    from .config import VAEConfig  # noqa: PLC0415
+
+    path = Path(run) / CONFIG_JSON
+    if not inputs.exists(path, "run file"):
+        raise CheckpointError(f"{inputs.show(Path(run))} is not a training run directory (no "
+                              f"{CONFIG_JSON}); pass the --out directory of `refvae train`")
+    try:
+        return VAEConfig.from_dict(inputs.load_json(path, "run file", CheckpointError))
+    except ConfigError as exc:
+        raise CheckpointError(f"{inputs.show(path)}: {exc}; repair the file or train the run "
+                              "again") from exc

@@ -59,10 +59,8 @@ def _model_config(args, data_dim: int) -> VAEConfig:
 def _resume_settings(args, out: Path):
     """``(config, options, data spec, backend, dtype)`` of the run in ``out``, with the flags given
     on this command line applied or refused (module docstring)."""
-    if not inputs.is_file(out / "train.json", "run file"):
-        raise ConfigError(f"--resume: {out} has no train.json (written by an old refvae); start a new run")
-    info = rio.load_json(out / "train.json")
-    saved = VAEConfig.from_dict(rio.load_json(out / "config.json"))
+    info = rundir.read_train_json(out, required=True)
+    saved = rundir.read_config(out)
     wanted = _arch_from_flags(args, saved.to_dict())
     changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
     recorded = dict(info.get("options") or {})
@@ -85,6 +83,8 @@ def _resume_settings(args, out: Path):
     if args.threads is not None:
         opts["threads"] = args.threads
     spec = args.data if args.data is not None else rundir.data_source(info)
+    if spec is None:
+        raise rundir.no_data_record(out)
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
 
 
@@ -183,7 +183,10 @@ def _cmd_evaluate(args) -> int:
     from .train import load_run  # noqa: PLC0415
 
     model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
-    data = _load_data(args.data or rundir.data_source(info), args, args.quiet or args.json)
+    spec = args.data if args.data is not None else rundir.data_source(info)
+    if spec is None:
+        raise rundir.no_data_record(args.run)
+    data = _load_data(spec, args, args.quiet or args.json)
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
@@ -208,8 +211,7 @@ def _cmd_evaluate(args) -> int:
 
 def info_backend(run) -> str:
     """The backend a run trained on (numpy when it does not say)."""
-    path = Path(run) / "train.json"
-    return (rio.load_json(path).get("backend") if path.is_file() else None) or "numpy"
+    return rundir.read_train_json(run).get("backend") or "numpy"
 
 
 def _cmd_sample(args) -> int:
@@ -218,7 +220,7 @@ def _cmd_sample(args) -> int:
 
     model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
     shape = args.image_shape or rundir.image_shape(info)
-    if shape is None and not isinstance(info.get("data"), dict):  # a run of an older refvae
+    if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from .data import load_dataset  # noqa: PLC0415
 
         shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape

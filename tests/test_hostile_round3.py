@@ -100,3 +100,86 @@ def test_oracle_example_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     assert run_cli(capsys, "oracle", "example", "--out", mine, "--overwrite")[0] == 0
     assert json.loads((mine / "config.json").read_text())["data_dim"] == 6
     assert run_cli(capsys, "oracle", "example", "--out", tmp_path / "new")[0] == 0
+
+
+@pytest.fixture
+def trained(tmp_path, data):
+    run = tmp_path / "trained"
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(run)]) == 0
+    return run
+
+
+def edit_json(path, change):
+    obj = json.loads(path.read_text())
+    path.write_text(json.dumps(change(obj)))
+
+
+# ----- 5. evaluate and --resume never guess the data ---------------------------------------------
+@pytest.mark.parametrize("how", ["removed", "null", "no source"])
+def test_a_run_without_a_data_record_asks_for_data(trained, data, capsys, how):
+    def change(info):
+        if how == "removed":
+            del info["data"]
+        elif how == "null":
+            info["data"] = None
+        else:
+            info["data"]["source"] = None
+        return info
+    edit_json(trained / "train.json", change)
+    for cmd in (["evaluate", trained, "--quiet"], ["train", "--out", trained, "--resume", "--quiet",
+                                                   "--no-figures", "--epochs", "2"]):
+        code, err = run_cli(capsys, *cmd)
+        assert "records no data set" in one_line(code, err) and "--data" in err
+    assert run_cli(capsys, "evaluate", trained, "--quiet", "--data", data)[0] == 0
+
+
+# ----- 6. run files are input: one validated reader each -----------------------------------------
+RUN_FILE_DAMAGE = {
+    "train.json not an object": ("train.json", lambda o: [], "not a JSON object"),
+    "options a list": ("train.json", lambda o: {**o, "options": [1]}, "'options'"),
+    "options.epochs text": ("train.json",
+                            lambda o: {**o, "options": {**o["options"], "epochs": "x"}}, "epochs"),
+    "options.optimizer 5": ("train.json",
+                            lambda o: {**o, "options": {**o["options"], "optimizer": 5}},
+                            "'options.optimizer'"),
+    "data a number": ("train.json", lambda o: {**o, "data": 5}, "'data'"),
+    "data.source a number": ("train.json", lambda o: {**o, "data": {**o["data"], "source": 5}},
+                             "'data.source'"),
+    "image_shape text": ("train.json", lambda o: {**o, "data": {**o["data"], "image_shape": "ab"}},
+                         "'data.image_shape'"),
+    "image_shape negative": ("train.json",
+                             lambda o: {**o, "data": {**o["data"], "image_shape": [0, -1]}},
+                             "'data.image_shape'"),
+    "dtype a list": ("train.json", lambda o: {**o, "dtype": [1]}, "'dtype'"),
+    "config latent_dim text": ("config.json", lambda o: {**o, "latent_dim": "2"}, "latent_dim"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_FILE_DAMAGE))
+def test_damaged_run_files_are_one_line_naming_file_and_field(trained, capsys, case):
+    name, change, field = RUN_FILE_DAMAGE[case]
+    edit_json(trained / name, change)
+    for cmd in (["train", "--out", trained, "--resume", "--epochs", "2", "--quiet", "--no-figures"],
+                ["evaluate", trained, "--quiet"],
+                ["sample", trained, "--n", "4", "--out", trained.parent / "s.png"]):
+        code, err = run_cli(capsys, *cmd)
+        line = one_line(code, err)
+        assert str(trained / name) in line and field in line, (cmd[0], line)
+    assert not (trained.parent / "s.png").exists()
+
+
+@pytest.mark.parametrize("damage, field", [({"train_loss": "big"}, "'train_loss'"),
+                                           ({"step": -1}, "'step'"),
+                                           ({"epoch": 0}, "'epoch'"),
+                                           ({"train_kl": None}, "'train_kl'"),
+                                           ({"train_reconstruction": ...},
+                                            "'train_reconstruction'"),
+                                           ({}, "epoch 1 follows epoch 1")])
+def test_damaged_metrics_are_one_line_naming_the_field(trained, capsys, damage, field):
+    metrics = trained / "metrics.jsonl"
+    record = {**json.loads(metrics.read_text()), **damage}
+    record = {k: v for k, v in record.items() if v is not ...}
+    metrics.write_text(json.dumps(record) + "\n" + ("" if damage else json.dumps(record) + "\n"))
+    code, err = run_cli(capsys, "train", "--out", trained, "--resume", "--epochs", "2", "--quiet")
+    line = one_line(code, err)
+    assert "metrics.jsonl line" in line and field in line
