@@ -144,7 +144,8 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
 def load_checkpoint(path, config: VAEConfig) -> RunState:
     """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError:
     another config, arrays that are not floating point, non-finite values, corrupt metadata)."""
-    arrays, meta = rio.load_npz_checked(path)
+    arrays, meta = rio.load_npz_checked(path, names=lambda n: n.startswith(("param/", "optim/")),
+                                        expected="param/NAME and optim/NAME arrays")
     try:
         saved = VAEConfig.from_dict(meta["config"])
         if saved != config:

@@ -183,3 +183,47 @@ def test_damaged_metrics_are_one_line_naming_the_field(trained, capsys, damage, 
     code, err = run_cli(capsys, "train", "--out", trained, "--resume", "--epochs", "2", "--quiet")
     line = one_line(code, err)
     assert "metrics.jsonl line" in line and field in line
+
+
+# ----- 7. archives are checked as a whole before anything is inflated ---------------------------
+def deflated_members(path, names, n_floats):
+    """An ``.npz`` of ``names``, each ``n_floats`` float64 zeros, deflated (a few KB in all)."""
+    import zipfile
+
+    from hostile import npy_header_bytes
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            with zf.open(name + ".npy", "w") as member:
+                member.write(npy_header_bytes((n_floats,)))
+                member.write(bytes(8 * n_floats))
+    return path
+
+
+def test_many_small_members_are_refused_as_a_whole(tmp_path, capsys):
+    from refvae import budget
+    from refvae.errors import BudgetError
+    from refvae.io import load_npz_checked
+
+    ckpt = deflated_members(tmp_path / "c.npz", [f"param/w{i}" for i in range(12)], 3 * 2**17)
+    assert ckpt.stat().st_size < 2**17  # 12 × 3 MiB inflated: each under the budget, not together
+    with budget.limited("16M"), pytest.raises(BudgetError, match="together"):
+        load_npz_checked(ckpt, require_meta=False)
+    data = deflated_members(tmp_path / "d.npz", ["train", "test"], 3 * 2**18)  # 2 × 6 MiB
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "r",
+                        "--max-memory", "8M")
+    assert "together" in one_line(code, err) and "--max-memory" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("names, problem", [(["train", "train"], "twice"),
+                                            (["train", "junk"], "unexpected entry 'junk'")])
+def test_duplicate_and_unexpected_members_are_refused_before_inflating(tmp_path, capsys, names,
+                                                                       problem):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        data = deflated_members(tmp_path / "d.npz", names, 60)
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "r")
+    assert problem in one_line(code, err)
