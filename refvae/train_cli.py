@@ -64,9 +64,10 @@ def _resume_settings(args, out: Path):
     wanted = _arch_from_flags(args, saved.to_dict())
     changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
     recorded = dict(info.get("options") or {})
-    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {recorded.get(k)!r})"
+    effective = _effective_options(saved, recorded)
+    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {effective.get(k)!r})"
                 for k in OPTION_FLAGS if k not in APPLIED_ON_RESUME
-                and getattr(args, k) is not None and getattr(args, k) != recorded.get(k)]
+                and getattr(args, k) is not None and getattr(args, k) != effective.get(k)]
     dtype = info.get("dtype", "float64")
     if args.dtype is not None and args.dtype != dtype:
         changed.append(f"--dtype {args.dtype} (run: {dtype})")
@@ -86,6 +87,20 @@ def _resume_settings(args, out: Path):
     if spec is None:
         raise rundir.no_data_record(out)
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
+
+
+def _effective_options(config: VAEConfig, recorded: dict) -> dict:
+    """The recorded options with what None means filled in (the latent's own estimator; a relaxed
+    latent's temperature 1), so that a flag naming the value the run used is not a change."""
+    from .vae import VAE  # noqa: PLC0415
+
+    latent_default = VAE(config).default_estimator
+    effective = dict(recorded)
+    if effective.get("estimator") is None:
+        effective["estimator"] = latent_default
+    if effective.get("temperature") is None and latent_default != "pathwise":
+        effective["temperature"] = 1.0
+    return effective
 
 
 def _load_data(spec, args, quiet: bool):

@@ -227,3 +227,14 @@ def test_duplicate_and_unexpected_members_are_refused_before_inflating(tmp_path,
         data = deflated_members(tmp_path / "d.npz", names, 60)
     code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "r")
     assert problem in one_line(code, err)
+
+
+# ----- 9. --resume accepts a flag equal to the run's effective value ----------------------------
+def test_resume_accepts_the_recorded_default_estimator_by_name(trained, capsys):
+    assert json.loads((trained / "train.json").read_text())["options"]["estimator"] is None
+    code, err = run_cli(capsys, "train", "--out", trained, "--resume", "--epochs", "2", "--quiet",
+                        "--no-figures", "--estimator", "pathwise")
+    assert code == 0, err
+    code, err = run_cli(capsys, "train", "--out", trained, "--resume", "--epochs", "3", "--quiet",
+                        "--no-figures", "--estimator", "score")
+    assert "--estimator 'score' (run: 'pathwise')" in one_line(code, err)
