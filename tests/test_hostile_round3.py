@@ -238,3 +238,65 @@ def test_resume_accepts_the_recorded_default_estimator_by_name(trained, capsys):
     code, err = run_cli(capsys, "train", "--out", trained, "--resume", "--epochs", "3", "--quiet",
                         "--no-figures", "--estimator", "score")
     assert "--estimator 'score' (run: 'pathwise')" in one_line(code, err)
+
+
+# ----- 8. SIGHUP as SIGTERM; Ctrl-C at start-up ------------------------------------------------
+def start_training(tmp_path, rows, epochs):
+    import signal  # noqa: F401 - the callers send signals
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "big.npz", train=rng.random((rows, 6)))
+    cmd = [sys.executable, "-m", "refvae.cli", "train", "--data", str(tmp_path / "big.npz"),
+           *SMALL[2:], "--epochs", str(epochs), "--out", str(tmp_path / "run")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def wait_for(predicate, proc, seconds=60):
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not predicate():
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="needs SIGHUP")
+def test_sighup_keeps_the_last_checkpoint_in_one_line(tmp_path):
+    import signal
+
+    proc = start_training(tmp_path, 64, 100000)
+    wait_for(lambda: (tmp_path / "run" / "checkpoint.npz").exists(), proc)
+    proc.send_signal(signal.SIGHUP)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 129, err
+    assert err.strip().splitlines() == ["refvae: terminated (SIGHUP); a training run keeps its last "
+                                        "checkpoint, continue it with --resume"], err
+    assert rundir.classify(tmp_path / "run") == "run"
+    assert not (tmp_path / ".run.refvae-lock").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="needs SIGHUP")
+def test_sighup_before_the_first_checkpoint_leaves_nothing_behind(tmp_path):
+    import signal
+
+    proc = start_training(tmp_path, 40000, 1)
+    wait_for(lambda: any(rundir._NEW in p.name for p in tmp_path.iterdir()), proc)
+    proc.send_signal(signal.SIGHUP)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 129 and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npz"]
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    import refvae.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(refvae.cli, "build_parser", interrupted)
+    try:
+        code = refvae.cli.main(["train"])
+    except KeyboardInterrupt:  # not raised out of main: that is the traceback a user would see
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["refvae: interrupted"]
