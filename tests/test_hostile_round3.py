@@ -270,8 +270,8 @@ def test_sighup_keeps_the_last_checkpoint_in_one_line(tmp_path):
     proc.send_signal(signal.SIGHUP)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 129, err
-    assert err.strip().splitlines() == ["refvae: terminated (SIGHUP); a training run keeps its last "
-                                        "checkpoint, continue it with --resume"], err
+    assert err.strip().splitlines() == ["refvae: terminated (SIGHUP); a training run keeps its "
+                                        "last checkpoint, continue it with --resume"], err
     assert rundir.classify(tmp_path / "run") == "run"
     assert not (tmp_path / ".run.refvae-lock").exists()
 
