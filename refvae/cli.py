@@ -85,7 +85,9 @@ def _ignore_further_stops() -> None:
 
 
 def _say(text: str) -> None:
-    # A path that is not valid UTF-8 holds surrogates, which cannot be printed as they are.
+    # A path that is not valid UTF-8 holds surrogates, which cannot be printed as they are; a
+    # newline or carriage return in a name given on the command line would split the one line.
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
     print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
@@ -97,8 +99,11 @@ def _one_line(exc: BaseException) -> str:
                 "with --max-memory")
     if isinstance(exc, RecursionError):
         return "an input is nested too deeply (maximum recursion depth exceeded); simplify it"
-    where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
-    return f"{exc.strerror or type(exc).__name__}{where}; check the path, its permissions and free space"
+    reason = exc.strerror or type(exc).__name__
+    if not getattr(exc, "filename", None):  # a stream: standard output or error, or a pipe
+        return (f"{reason} while writing the output (standard output or error); check where it "
+                "goes (a closed pipe, a full disk)")
+    return f"{reason} {exc.filename!r}; check the path, its permissions and free space"
 
 
 def main(argv=None) -> int:

@@ -84,8 +84,13 @@ class RunLock:
         self.out = Path(out)
         self.path = _sibling(self.out, _LOCK)
         self.fd = None
+        self.created = []  # the folders above out that this lock made (removed if left empty)
 
     def __enter__(self) -> "RunLock":
+        folder = self.out.parent
+        while not folder.exists() and folder != folder.parent:
+            self.created.append(folder)
+            folder = folder.parent
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -165,6 +170,12 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+        if not self.out.exists():  # a refused or failed run leaves no folders behind
+            for folder in self.created:  # deepest first
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
 
 
 def _open_exclusive(path: Path) -> int:  # pragma: no cover - Windows

@@ -34,7 +34,7 @@ def _arch_from_flags(args, arch: dict) -> dict:
     """``arch`` updated by ``--config FILE``, then by the individual flags."""
     arch = dict(arch)
     if args.config:
-        from_file = rio.load_json(args.config)
+        from_file = rio.load_json(Path(args.config).expanduser())
         if not isinstance(from_file, dict):
             raise ConfigError(f"{args.config}: a config must be a JSON object")
         arch.update(from_file)
@@ -109,7 +109,8 @@ def _load_data(spec, args, quiet: bool):
     t0 = time.perf_counter()
     if not quiet:
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
-    data = load_dataset(spec, data_dir=args.data_dir, download=getattr(args, "download", False),
+    data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser()
+    data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
                         progress=not quiet)
     if not quiet and time.perf_counter() - t0 > 1.0:
         print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -123,7 +124,7 @@ def _cmd_train(args) -> int:
         from .figures import require_matplotlib  # noqa: PLC0415
 
         require_matplotlib()
-    out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
+    out = Path(args.out).expanduser().resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
     with rundir.RunLock(out):
         rundir.check_target(out, args.resume, args.overwrite)
         before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
@@ -197,7 +198,9 @@ def _cmd_evaluate(args) -> int:
     from .progress import Meter  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    args.run = Path(args.run).expanduser()
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
+                                   args.dtype or "float64")
     spec = args.data if args.data is not None else rundir.data_source(info)
     if spec is None:
         raise rundir.no_data_record(args.run)
@@ -233,7 +236,9 @@ def _cmd_sample(args) -> int:
     from .figures import sample_grid  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    args.run = Path(args.run).expanduser()
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
+                                   args.dtype or "float64")
     shape = args.image_shape or rundir.image_shape(info)
     if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from .data import load_dataset  # noqa: PLC0415
@@ -251,7 +256,7 @@ def _cmd_sample(args) -> int:
 def _png_path(out) -> Path:
     """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
     matplotlib does), in a folder that exists, and not a folder itself."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if not out.suffix:
         out = out.with_name(out.name + ".png")
     folder = out.parent if str(out.parent) else Path(".")

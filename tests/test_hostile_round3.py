@@ -300,3 +300,50 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
         pytest.fail("KeyboardInterrupt escaped main()")
     assert code == 130
     assert capsys.readouterr().err.strip().splitlines() == ["refvae: interrupted"]
+
+
+# ----- 11. smaller edges ----------------------------------------------------------------------
+def test_a_newline_in_out_is_still_one_line(tmp_path, data, capsys):
+    (tmp_path / "a\nb").mkdir()
+    (tmp_path / "a\nb" / "notes.txt").write_text("x")
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "a\nb")
+    assert "a\\nb" in one_line(code, err)
+
+
+def test_tilde_in_out_is_the_home_folder_as_in_data(tmp_path, data, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "~/../d.npz", *SMALL, "--out", "~/x"]) == 0
+    assert rundir.classify(home / "x") == "run" and not (tmp_path / "~").exists()
+    assert main(["evaluate", "~/x", "--quiet"]) == 0
+    assert main(["sample", "~/x", "--n", "4", "--out", "~/s.png"]) == 0
+    assert (home / "s.png").exists()
+
+
+def test_a_refused_run_leaves_no_parent_folders(tmp_path, data, capsys):
+    code, err = run_cli(capsys, "train", "--data", tmp_path / "missing.npz", *SMALL, "--out",
+                        tmp_path / "a" / "b" / "run")
+    one_line(code, err)
+    code, err = run_cli(capsys, "train", "--resume", "--quiet", "--out", tmp_path / "c" / "run")
+    one_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_empty_data_is_refused_not_the_working_folder(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # holds d.npz
+    code, err = run_cli(capsys, "train", "--data", "", *SMALL, "--out", tmp_path / "run")
+    assert "empty" in one_line(code, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_writing_the_output_does_not_blame_a_path(trained, capsys, monkeypatch):
+    import refvae.train_cli
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(refvae.train_cli, "print", full, raising=False)
+    code, err = run_cli(capsys, "evaluate", trained, "--quiet", "--json")
+    line = one_line(code, err)
+    assert "No space left on device while writing the output" in line and "path" not in line
