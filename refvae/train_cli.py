@@ -124,7 +124,8 @@ def _cmd_train(args) -> int:
         from .figures import require_matplotlib  # noqa: PLC0415
 
         require_matplotlib()
-    out = Path(args.out).expanduser().resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
+    # `--out .` or a symlink: the lock and staging go beside the real folder
+    out = Path(args.out).expanduser().resolve()
     with rundir.RunLock(out):
         rundir.check_target(out, args.resume, args.overwrite)
         before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
@@ -213,6 +214,12 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
                           f"model has data_dim {model.config.data_dim}; give the run's data")
     model.config.check_batch("--samples", min(len(y), 500), args.samples)
+    if args.iwae:
+        # The bound on k: one datum's k samples at once must fit the memory budget (they are
+        # processed in chunks, but a k beyond that is work no run finishes).
+        model.config.check_batch("--iwae", 1, args.iwae)
+        if not args.quiet:
+            _iwae_estimate(model, params, y, args.iwae)
     meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
                   unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
@@ -225,6 +232,27 @@ def _cmd_evaluate(args) -> int:
         for k, v in result.items():
             print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
     return 0
+
+
+IWAE_NOTICE_SECONDS = 30.0  # an --iwae run estimated to take longer is announced with its estimate
+
+
+def _iwae_estimate(model, params, y, k: int) -> float:
+    """Time a small pilot of the importance-weighted bound (its own noise: the results are
+    unchanged), extrapolate to ``k`` samples of every row, and print the estimate when it is long.
+    Returns the estimate in seconds."""
+    from .backend import NoiseSource  # noqa: PLC0415
+    from .objectives import iwae_bound  # noqa: PLC0415
+    from .progress import clock  # noqa: PLC0415
+
+    rows, pilot_k = min(len(y), 20), min(k, 256)
+    t0 = time.perf_counter()
+    iwae_bound(model, params, y[:rows], NoiseSource(0), pilot_k, rows)
+    seconds = (time.perf_counter() - t0) * (len(y) / rows) * (k / pilot_k)
+    if seconds > IWAE_NOTICE_SECONDS:
+        print(f"refvae: iwae k={k} over {len(y)} rows will take about {clock(seconds)} (estimated "
+              "from a pilot); Ctrl-C stops it, a smaller --iwae is faster", file=sys.stderr)
+    return seconds
 
 
 def info_backend(run) -> str:

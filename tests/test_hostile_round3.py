@@ -347,3 +347,24 @@ def test_an_error_writing_the_output_does_not_blame_a_path(trained, capsys, monk
     code, err = run_cli(capsys, "evaluate", trained, "--quiet", "--json")
     line = one_line(code, err)
     assert "No space left on device while writing the output" in line and "path" not in line
+
+
+# ----- 10. evaluate --iwae: a bound on k and a time estimate ------------------------------------
+def test_an_absurd_iwae_k_is_refused_before_it_runs(trained, capsys, monkeypatch):
+    import refvae.math.objectives as objectives
+
+    def never(*a, **k):
+        raise AssertionError("the bound ran")
+    monkeypatch.setattr(objectives, "iwae_bound", never)
+    code, err = run_cli(capsys, "evaluate", trained, "--iwae", 10**12, "--max-memory", "1G",
+                        "--quiet")
+    assert "--iwae" in one_line(code, err) and "memory budget" in err
+
+
+def test_a_long_iwae_run_is_announced_with_its_estimate(trained, capsys, monkeypatch):
+    import refvae.train_cli
+
+    monkeypatch.setattr(refvae.train_cli, "IWAE_NOTICE_SECONDS", 0.0)
+    code, err = run_cli(capsys, "evaluate", trained, "--iwae", 300, "--json")
+    assert code == 0, err
+    assert "refvae: iwae k=300 over 8 rows will take about" in err
