@@ -5,8 +5,9 @@ and calls the library; :data:`COMMAND_MODULES` lists those modules. Every error
 refvae raises on purpose (:class:`~refvae.errors.RefvaeError`), and every ``MemoryError``,
 ``OSError`` and ``RecursionError`` on the way, is printed as one line and the process exits with
 code 2; no traceback is shown for bad input, and warnings raised by a command that then fails are
-dropped so that the error line is the only line. SIGTERM is handled as SIGINT is: the run stops
-where it is, keeps its last checkpoint, and says so in one line.
+dropped so that the error line is the only line. SIGTERM and SIGHUP are handled as SIGINT is
+(from the start of :func:`main`): the run stops where it is, keeps its last checkpoint, and says so
+in one line; a second signal during the cleanup is ignored.
 """
 from __future__ import annotations
 
@@ -60,15 +61,34 @@ def _add_max_memory(sub) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it stops as on Ctrl-C."""
+    """SIGTERM or SIGHUP, raised where the program is, so that it stops as on Ctrl-C."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOPS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def _on_sigterm(signum, frame):
-    raise Terminated()
+    _ignore_further_stops()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt()
+    raise Terminated(signum)
+
+
+def _ignore_further_stops() -> None:
+    """After the first stop signal, the cleanup it starts (the staging folder removed, the lock
+    released) runs to its end: a second Ctrl-C cannot break it off with a traceback."""
+    for s in _STOPS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _say(text: str) -> None:
-    # A path that is not valid UTF-8 holds surrogates, which cannot be printed as they are.
+    # A path that is not valid UTF-8 holds surrogates, which cannot be printed as they are; a
+    # newline or carriage return in a name given on the command line would split the one line.
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
     print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
@@ -80,19 +100,22 @@ def _one_line(exc: BaseException) -> str:
                 "with --max-memory")
     if isinstance(exc, RecursionError):
         return "an input is nested too deeply (maximum recursion depth exceeded); simplify it"
-    where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
-    return f"{exc.strerror or type(exc).__name__}{where}; check the path, its permissions and free space"
+    reason = exc.strerror or type(exc).__name__
+    if not getattr(exc, "filename", None):  # a stream: standard output or error, or a pipe
+        return (f"{reason} while writing the output (standard output or error); check where it "
+                "goes (a closed pipe, a full disk)")
+    return f"{reason} {exc.filename!r}; check the path, its permissions and free space"
 
 
 def main(argv=None) -> int:
-    tune_host_allocator()  # this process is ours: keep NumPy's temporaries off fresh mmap pages
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    previous = {s: signal.signal(s, _on_sigterm) for s in _STOPS} if _main_thread() else {}
     try:
+        tune_host_allocator()  # this process is ours: keep NumPy's temporaries off fresh mmap pages
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         with warnings.catch_warnings(record=True) as caught, \
                 budget.limited(getattr(args, "max_memory", None)):
             warnings.simplefilter("default")  # once per place: a long run cannot pile them up
@@ -103,16 +126,20 @@ def main(argv=None) -> int:
     except (RefvaeError, MemoryError, OSError, RecursionError) as exc:
         _say(f"refvae: error: {_one_line(exc)}")
         return 2
-    except Terminated:
-        _say("refvae: terminated (SIGTERM); a training run keeps its last checkpoint, continue it "
-             "with --resume")
-        return 143
+    except Terminated as exc:
+        if previous:
+            _ignore_further_stops()
+        _say(f"refvae: terminated ({signal.Signals(exc.signum).name}); a training run keeps its "
+             "last checkpoint, continue it with --resume")
+        return 128 + int(exc.signum)
     except KeyboardInterrupt:
+        if previous:
+            _ignore_further_stops()
         _say("refvae: interrupted")
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _main_thread() -> bool:

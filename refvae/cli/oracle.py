@@ -71,7 +71,7 @@ def _cmd_example(args) -> int:
                                  learn_alpha=args.learn_alpha, categories=args.categories,
                                  estimator=args.estimator, reduction=args.reduction,
                                  temperature=args.temperature, seed=args.seed,
-                                 flow_length=args.flow_length)
+                                 flow_length=args.flow_length, overwrite=args.overwrite)
     command = (f"refvae oracle compare --config {paths['config']} --params {paths['params']} "
                f"--batch {paths['batch']} --grads {paths['theirs']}"
                + (f" --reduction {args.reduction}" if args.reduction != "mean" else "")
@@ -169,6 +169,8 @@ def register(sub) -> None:
     e.add_argument("--categories", type=cli_int(2), default=None, help="classes per latent variable (categorical)")
     e.add_argument("--flow-length", type=cli_int(0), default=0, help="planar flows after the Gaussian (default 0)")
     e.add_argument("--seed", type=cli_int(0), default=0, help="seed of the parameters, data and noise (default 0)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace those four files in a folder that is not empty (default: refused)")
     e.add_argument("--json", action="store_true", help="print the written paths as JSON")
     _run_options(e)
     e.set_defaults(func=_cmd_example)

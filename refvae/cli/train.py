@@ -34,7 +34,7 @@ def _arch_from_flags(args, arch: dict) -> dict:
     """``arch`` updated by ``--config FILE``, then by the individual flags."""
     arch = dict(arch)
     if args.config:
-        from_file = rio.load_json(args.config)
+        from_file = rio.load_json(Path(args.config).expanduser())
         if not isinstance(from_file, dict):
             raise ConfigError(f"{args.config}: a config must be a JSON object")
         arch.update(from_file)
@@ -59,16 +59,15 @@ def _model_config(args, data_dim: int) -> VAEConfig:
 def _resume_settings(args, out: Path):
     """``(config, options, data spec, backend, dtype)`` of the run in ``out``, with the flags given
     on this command line applied or refused (module docstring)."""
-    if not inputs.is_file(out / "train.json", "run file"):
-        raise ConfigError(f"--resume: {out} has no train.json (written by an old refvae); start a new run")
-    info = rio.load_json(out / "train.json")
-    saved = VAEConfig.from_dict(rio.load_json(out / "config.json"))
+    info = rundir.read_train_json(out, required=True)
+    saved = rundir.read_config(out)
     wanted = _arch_from_flags(args, saved.to_dict())
     changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
     recorded = dict(info.get("options") or {})
-    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {recorded.get(k)!r})"
+    effective = _effective_options(saved, recorded)
+    changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {effective.get(k)!r})"
                 for k in OPTION_FLAGS if k not in APPLIED_ON_RESUME
-                and getattr(args, k) is not None and getattr(args, k) != recorded.get(k)]
+                and getattr(args, k) is not None and getattr(args, k) != effective.get(k)]
     dtype = info.get("dtype", "float64")
     if args.dtype is not None and args.dtype != dtype:
         changed.append(f"--dtype {args.dtype} (run: {dtype})")
@@ -85,7 +84,23 @@ def _resume_settings(args, out: Path):
     if args.threads is not None:
         opts["threads"] = args.threads
     spec = args.data if args.data is not None else rundir.data_source(info)
+    if spec is None:
+        raise rundir.no_data_record(out)
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
+
+
+def _effective_options(config: VAEConfig, recorded: dict) -> dict:
+    """The recorded options with what None means filled in (the latent's own estimator; a relaxed
+    latent's temperature 1), so that a flag naming the value the run used is not a change."""
+    from ..math.vae import VAE  # noqa: PLC0415
+
+    latent_default = VAE(config).default_estimator
+    effective = dict(recorded)
+    if effective.get("estimator") is None:
+        effective["estimator"] = latent_default
+    if effective.get("temperature") is None and latent_default != "pathwise":
+        effective["temperature"] = 1.0
+    return effective
 
 
 def _load_data(spec, args, quiet: bool):
@@ -94,7 +109,8 @@ def _load_data(spec, args, quiet: bool):
     t0 = time.perf_counter()
     if not quiet:
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
-    data = load_dataset(spec, data_dir=args.data_dir, download=getattr(args, "download", False),
+    data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser()
+    data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
                         progress=not quiet)
     if not quiet and time.perf_counter() - t0 > 1.0:
         print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -108,9 +124,11 @@ def _cmd_train(args) -> int:
         from ..train.figures import require_matplotlib  # noqa: PLC0415
 
         require_matplotlib()
-    out = Path(args.out).resolve()  # `--out .` or a symlink: the lock and staging go beside the real folder
+    # `--out .` or a symlink: the lock and staging go beside the real folder
+    out = Path(args.out).expanduser().resolve()
     with rundir.RunLock(out):
         rundir.check_target(out, args.resume, args.overwrite)
+        before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
         if args.resume:
             config, opts, spec, backend, dtype = _resume_settings(args, out)
             data = _load_data(spec, args, args.quiet)
@@ -135,7 +153,8 @@ def _cmd_train(args) -> int:
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
         staging = None if args.resume else rundir.make_staging(out)
-        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
+        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
+                                   before)
         try:
             history = train(config, options, data, staging or out, backend, dtype, resume=args.resume,
                             after_epoch=after_epoch)
@@ -153,14 +172,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
+def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed, before=frozenset()):
     """What runs after each checkpoint: the staged run moved into place after the first one, and
     the per-epoch figure snapshots of ``--figures-every``."""
     state = {"staging": staging, "model": None}
 
     def hook(current, record, params):
         if state["staging"] is not None:
-            current = rundir.publish(state["staging"], out)
+            current = rundir.publish(state["staging"], out, before)
             state["staging"] = None
         every = args.figures_every
         if every and not args.no_figures and record["epoch"] % every == 0:
@@ -180,8 +199,13 @@ def _cmd_evaluate(args) -> int:
     from ..util.progress import Meter  # noqa: PLC0415
     from ..train.loop import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
-    data = _load_data(args.data or rundir.data_source(info), args, args.quiet or args.json)
+    args.run = Path(args.run).expanduser()
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
+                                   args.dtype or "float64")
+    spec = args.data if args.data is not None else rundir.data_source(info)
+    if spec is None:
+        raise rundir.no_data_record(args.run)
+    data = _load_data(spec, args, args.quiet or args.json)
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
@@ -190,6 +214,12 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
                           f"model has data_dim {model.config.data_dim}; give the run's data")
     model.config.check_batch("--samples", min(len(y), 500), args.samples)
+    if args.iwae:
+        # The bound on k: one datum's k samples at once must fit the memory budget (they are
+        # processed in chunks, but a k beyond that is work no run finishes).
+        model.config.check_batch("--iwae", 1, args.iwae)
+        if not args.quiet:
+            _iwae_estimate(model, params, y, args.iwae)
     meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
                   unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
@@ -204,19 +234,41 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+IWAE_NOTICE_SECONDS = 30.0  # an --iwae run estimated to take longer is announced with its estimate
+
+
+def _iwae_estimate(model, params, y, k: int) -> float:
+    """Time a small pilot of the importance-weighted bound (its own noise: the results are
+    unchanged), extrapolate to ``k`` samples of every row, and print the estimate when it is long.
+    Returns the estimate in seconds."""
+    from ..backend import NoiseSource  # noqa: PLC0415
+    from ..math.objectives import iwae_bound  # noqa: PLC0415
+    from ..util.progress import clock  # noqa: PLC0415
+
+    rows, pilot_k = min(len(y), 20), min(k, 256)
+    t0 = time.perf_counter()
+    iwae_bound(model, params, y[:rows], NoiseSource(0), pilot_k, rows)
+    seconds = (time.perf_counter() - t0) * (len(y) / rows) * (k / pilot_k)
+    if seconds > IWAE_NOTICE_SECONDS:
+        print(f"refvae: iwae k={k} over {len(y)} rows will take about {clock(seconds)} (estimated "
+              "from a pilot); Ctrl-C stops it, a smaller --iwae is faster", file=sys.stderr)
+    return seconds
+
+
 def info_backend(run) -> str:
     """The backend a run trained on (numpy when it does not say)."""
-    path = Path(run) / "train.json"
-    return (rio.load_json(path).get("backend") if path.is_file() else None) or "numpy"
+    return rundir.read_train_json(run).get("backend") or "numpy"
 
 
 def _cmd_sample(args) -> int:
     from ..train.figures import sample_grid  # noqa: PLC0415
     from ..train.loop import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    args.run = Path(args.run).expanduser()
+    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
+                                   args.dtype or "float64")
     shape = args.image_shape or rundir.image_shape(info)
-    if shape is None and not isinstance(info.get("data"), dict):  # a run of an older refvae
+    if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from ..data.load import load_dataset  # noqa: PLC0415
 
         shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
@@ -232,7 +284,7 @@ def _cmd_sample(args) -> int:
 def _png_path(out) -> Path:
     """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
     matplotlib does), in a folder that exists, and not a folder itself."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if not out.suffix:
         out = out.with_name(out.name + ".png")
     folder = out.parent if str(out.parent) else Path(".")

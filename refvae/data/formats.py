@@ -237,6 +237,9 @@ def _rows_and_shape(a: np.ndarray, what: str):
     return a, None
 
 
+_NPZ_NAMES = ("train", "test", "valid", "image_shape", "y")
+
+
 def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
     """An ``.npz`` holding ``train`` (optionally ``test``, ``valid``, ``image_shape``) or a single
     ``y``; or an ``.npy`` holding one array. Without ``test`` the last ``test_fraction`` of the rows
@@ -250,7 +253,9 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
         arrays = {"y": load_npy_checked(path, DataError)}
     else:
         try:
-            arrays, _ = load_npz_checked(path, require_meta=False)
+            arrays, _ = load_npz_checked(path, require_meta=False, names=_NPZ_NAMES.__contains__,
+                                         expected="'train' (and optionally 'test', 'valid', "
+                                                  "'image_shape') or a single 'y'")
         except CheckpointError as exc:
             raise DataError(str(exc)) from exc
     names = set(arrays) - {"image_shape"}

@@ -252,6 +252,9 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
     ``download=True`` (with a progress display when ``progress``); anything else — a path to a
     data directory or file, whose format is detected.
     """
+    if spec is not None and not str(spec).strip():
+        raise DataError("the data set name or path is empty (--data ''); give a name such as "
+                        "digits or mnist, or a path to the data")
     if spec is None or str(spec).lower() == "digits":
         ds = load_digits_dataset()
     elif str(spec).lower() in NAMED:

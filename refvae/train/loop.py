@@ -146,7 +146,8 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
 def load_checkpoint(path, config: VAEConfig) -> RunState:
     """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError:
     another config, arrays that are not floating point, non-finite values, corrupt metadata)."""
-    arrays, meta = rio.load_npz_checked(path)
+    arrays, meta = rio.load_npz_checked(path, names=lambda n: n.startswith(("param/", "optim/")),
+                                        expected="param/NAME and optim/NAME arrays")
     try:
         saved = VAEConfig.from_dict(meta["config"])
         if saved != config:
@@ -367,20 +368,37 @@ def _diverged(epoch, step, what, ckpt_path, start_epoch, history) -> TrainingDiv
                             "lower --lr or check the data")
 
 
+_METRIC_KEYS = ("epoch", "train_loss", "train_kl", "train_reconstruction")
+_TEST_KEYS = ("test_neg_elbo", "test_kl", "test_reconstruction")
+
+
 def _read_metrics(path: Path) -> list[dict]:
-    """The per-epoch records, each a JSON object with an integer ``epoch`` (else CheckpointError)."""
+    """The per-epoch records (else CheckpointError naming the line and the field): each a JSON
+    object with an integer ``epoch`` above the line before's, an integer ``step`` (0 or more),
+    ``seconds`` 0 or more, and every other field a finite number (what the figures plot)."""
     if not inputs.exists(path, "metrics file"):
         return []
+    lines = [(i, inputs.loads_json(line, f"{path} line {i}", CheckpointError)) for i, line
+             in enumerate(inputs.read_text(path, "metrics file").splitlines(), 1) if line.strip()]
     records = []
-    for i, line in enumerate(inputs.read_text(path, "metrics file").splitlines(), 1):
-        if line.strip():
-            r = inputs.loads_json(line, f"{path} line {i}", CheckpointError)
-            if not isinstance(r, dict) or "epoch" not in r:
-                raise CheckpointError(f"{path} line {i} is not a JSON object with an 'epoch'; repair "
-                                      "or delete the line")
-            checked(r["epoch"], f"{path} line {i}: 'epoch'", integer=True, minimum=1,
-                    error=CheckpointError)
-            records.append(r)
+    for i, r in lines:  # every line parsed first: a torn last line is named as such
+        if not isinstance(r, dict):
+            raise CheckpointError(f"{path} line {i} is not a JSON object; repair or delete "
+                                  "the line")
+        for key, value in r.items():
+            rule = {"epoch": {"integer": True, "minimum": 1},
+                    "step": {"integer": True, "minimum": 0},
+                    "seconds": {"minimum": 0}}.get(key, {})
+            checked(value, f"{path} line {i}: field {key!r}", **rule, error=CheckpointError)
+        missing = [k for k in _METRIC_KEYS if k not in r]
+        if missing or any(k in r for k in _TEST_KEYS) and not all(k in r for k in _TEST_KEYS):
+            absent = missing or [k for k in _TEST_KEYS if k not in r]
+            raise CheckpointError(f"{path} line {i} has no field {absent[0]!r}; repair or "
+                                  "delete the line")
+        if records and r["epoch"] <= records[-1]["epoch"]:
+            raise CheckpointError(f"{path} line {i}: epoch {r['epoch']} follows epoch "
+                                  f"{records[-1]['epoch']}; repair or delete the line")
+        records.append(r)
     return records
 
 
@@ -392,12 +410,9 @@ def load_run(run_dir, backend: str = "numpy", dtype: str = "float64"):
     """``(model, params, info)`` of a training run directory (``config.json`` + ``checkpoint.npz``);
     ``info`` is ``train.json`` (options and data name) when present."""
     run = Path(run_dir)
-    if not inputs.exists(run / "config.json", "run file"):
-        raise CheckpointError(f"{run} is not a training run directory (no config.json); "
-                              "pass the --out directory of `refvae train`")
-    config = VAEConfig.from_dict(rio.load_json(run / "config.json"))
+    config = rundir.read_config(run)
+    info = rundir.read_train_json(run)
     state = load_checkpoint(run / CHECKPOINT, config)
     model = fast_vae(config, backend, dtype)
     params = check_params(model, state.params)
-    info = rio.load_json(run / "train.json") if inputs.exists(run / "train.json", "run file") else {}
     return model, params, info

@@ -14,16 +14,22 @@ Nothing destroys a run by accident:
 * a fresh run is written into a sibling staging directory and moved into place only after its
   first checkpoint: over an existing run, by an atomic exchange of the two directories (Linux
   ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, undone on the next start if interrupted
-  between them). A kill at any moment leaves the old run or the new one, whole.
+  between them). A kill at any moment leaves the old run or the new one, whole. Only what the
+  directory held when training began is replaced; a file saved there since stops the move, and the
+  new run is kept beside it (``NAME.refvae-run-XXXXXXXX``).
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import re
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
+from ..util import inputs
 from ..errors import CheckpointError, ConfigError
 
 try:
@@ -33,6 +39,7 @@ except ImportError:  # pragma: no cover - Windows
 
 RUN_MARKERS = ("config.json", "checkpoint.npz")
 _NEW, _OLD, _LOCK = ".refvae-new-", ".refvae-old-", ".refvae-lock"
+_NEW_TAIL, _OLD_TAIL = r"[0-9]+-[0-9a-f]{8}", r"[0-9a-f]{8}"  # what make_staging, publish add
 
 
 def _sibling(out: Path, tag: str) -> Path:
@@ -77,8 +84,13 @@ class RunLock:
         self.out = Path(out)
         self.path = _sibling(self.out, _LOCK)
         self.fd = None
+        self.created = []  # the folders above out that this lock made (removed if left empty)
 
     def __enter__(self) -> "RunLock":
+        folder = self.out.parent
+        while not folder.exists() and folder != folder.parent:
+            self.created.append(folder)
+            folder = folder.parent
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,7 +105,7 @@ class RunLock:
                     os.close(fd)
                     self._refuse()
                 try:  # the holder before us may have unlinked the file we locked: lock the new one
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
                 except FileNotFoundError:
                     same = False
                 if not same:
@@ -106,19 +118,46 @@ class RunLock:
         return self
 
     def _open(self) -> int:
+        """The lock file, opened without following a symlink, and only when it is a regular file
+        of this user's with one name (a planted link or hard link to another file is refused
+        before anything is written to it)."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             if fcntl is not None:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            return _open_exclusive(self.path)  # pragma: no cover - Windows
+                fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+            else:  # pragma: no cover - Windows
+                fd = _open_exclusive(self.path)
         except FileExistsError:  # pragma: no cover - Windows: a live holder
             self._refuse()
         except OSError as exc:
-            raise CheckpointError(f"cannot create the lock file {self.path}: {exc.strerror or exc}; "
-                                  "choose a writable --out") from exc
+            if os.path.lexists(self.path) and not os.path.isfile(self.path) \
+                    or os.path.islink(self.path):
+                self._foreign("is not a regular file")
+            raise CheckpointError(f"cannot create the lock file {inputs.show(self.path)}: "
+                                  f"{exc.strerror or exc}; choose a writable --out") from exc
+        st = os.fstat(fd)
+        mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode)
+                   else "belongs to another user" if not mine
+                   else "has other names (hard links)" if st.st_nlink > 1 else None)
+        if problem:
+            os.close(fd)
+            self._foreign(problem)
+        os.set_blocking(fd, True)
+        return fd
+
+    def _foreign(self, problem: str):
+        raise ConfigError(f"the lock file {inputs.show(self.path)} {problem}, so refvae will not "
+                          f"write to it; remove it (nothing was changed) or choose another --out")
 
     def _refuse(self):
         try:
-            holder = self.path.read_text().strip() or "?"
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
         except OSError:
             holder = "?"
         raise ConfigError(f"{self.out} is in use by another trainer (process {holder}, lock file "
@@ -131,6 +170,12 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+        if not self.out.exists():  # a refused or failed run leaves no folders behind
+            for folder in self.created:  # deepest first
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
 
 
 def _open_exclusive(path: Path) -> int:  # pragma: no cover - Windows
@@ -149,11 +194,23 @@ def _open_exclusive(path: Path) -> int:  # pragma: no cover - Windows
 
 def _recover(out: Path) -> None:
     """Undo what a killed trainer left beside ``out``; called with the lock held."""
-    old = sorted(out.parent.glob(f".{out.name}{_OLD}*"))
+    old, new = _left_beside(out, _OLD, _OLD_TAIL), _left_beside(out, _NEW, _NEW_TAIL)
     if old and not out.exists():  # killed between the two renames of a non-atomic swap
         os.rename(old.pop(), out)
-    for stale in old + sorted(out.parent.glob(f".{out.name}{_NEW}*")):
+    for stale in old + new:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _left_beside(out: Path, tag: str, tail: str) -> list:
+    """The folders ``.NAME<tag><tail>`` beside ``out``, matched by name, not by a glob (a ``[``,
+    ``*`` or ``?`` in NAME must not reach another run's staging folders)."""
+    prefix = f".{out.name}{tag}"
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    return sorted(out.parent / n for n in names
+                  if n.startswith(prefix) and re.fullmatch(tail, n[len(prefix):]))
 
 
 def make_staging(out) -> Path:
@@ -179,14 +236,38 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def publish(staging, out) -> Path:
-    """Move the new run in ``staging`` to ``out``, replacing what is there; returns ``out``."""
+def entries(out) -> frozenset:
+    """The names in the folder ``out`` (none when it is absent or not a folder): what
+    :func:`publish` may replace."""
+    try:
+        return frozenset(os.listdir(out))
+    except OSError:
+        return frozenset()
+
+
+def publish(staging, out, before=frozenset()) -> Path:
+    """Move the new run in ``staging`` to ``out``, replacing what is there; returns ``out``.
+
+    ``before`` are the names ``out`` held when training began (:func:`entries`): those are
+    replaced, nothing else. When ``out`` has gained a file since (a user saved one there during
+    the first epoch) nothing in it is touched: the new run is kept in a visible sibling folder and
+    a ConfigError says where."""
     staging, out = Path(staging), Path(out)
     if classify(out) in ("absent", "empty"):
-        if out.exists():
-            out.rmdir()
-        os.rename(staging, out)
-    elif _exchange(staging, out):
+        try:  # rename(2) replaces an empty folder atomically and refuses one that gained a file
+            os.rename(staging, out)
+            return out
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    gained = entries(out) - before
+    if gained:
+        _keep_both(staging, out, gained)
+    if _exchange(staging, out):
+        gained = entries(staging) - before  # staging now holds what was in out
+        if gained:  # a file saved between the check and the exchange: swap back
+            _exchange(staging, out)
+            _keep_both(staging, out, gained)
         shutil.rmtree(staging, ignore_errors=True)  # now the old run
     else:  # pragma: no cover - platforms without renameat2
         old = _sibling(out, _OLD + uuid.uuid4().hex[:8])
@@ -194,6 +275,16 @@ def publish(staging, out) -> Path:
         os.rename(staging, out)
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _keep_both(staging: Path, out: Path, gained) -> None:
+    kept = out.parent / f"{out.name}.refvae-run-{uuid.uuid4().hex[:8]}"
+    os.rename(staging, kept)
+    names = ", ".join(sorted(inputs.show(n) for n in gained)[:3])
+    names += ", …" if len(gained) > 3 else ""
+    raise ConfigError(f"{inputs.show(out)} gained files while the first epoch trained ({names}); "
+                      f"nothing in it was touched, and the new run is kept in {inputs.show(kept)}: "
+                      "continue it there with --resume, or move your files and train again")
 
 
 def discard(staging) -> None:
@@ -219,7 +310,8 @@ def data_record(data) -> dict:
 
 
 def data_source(info: dict):
-    """The ``load_dataset`` spec of a run's data (train.json of any version; None: digits)."""
+    """The ``load_dataset`` spec of a run's data (from :func:`read_train_json`; train.json of any
+    version); None when train.json records none (removed, null, or an old refvae's file)."""
     data = info.get("data")
     return data.get("source") if isinstance(data, dict) else data
 
@@ -229,3 +321,108 @@ def image_shape(info: dict):
     data = info.get("data")
     shape = data.get("image_shape") if isinstance(data, dict) else None
     return tuple(shape) if shape else None
+
+
+def no_data_record(run) -> ConfigError:
+    """The refusal to guess a run's data when its train.json records none."""
+    return ConfigError(f"{inputs.show(Path(run) / TRAIN_JSON)} records no data set (removed, "
+                       "null or written by an older refvae); pass --data NAME|PATH with the data "
+                       "the run trained on")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run's files: input like any other, validated field by field
+# ---------------------------------------------------------------------------------------------
+TRAIN_JSON, CONFIG_JSON = "train.json", "config.json"
+_STRING_OPTIONS = {"optimizer": False, "schedule": False, "binarize": False, "estimator": True}
+_FLAG_OPTIONS = ("progress", "detect_anomaly")
+
+
+def _bad(path: Path, field: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{inputs.show(path)}: field {field!r} {problem}; repair the file or "
+                           "train the run again")
+
+
+def read_train_json(run, required: bool = False) -> dict:
+    """``train.json`` of the run directory ``run``, checked field by field (``{}`` when the file
+    is absent and not ``required``): ``options`` (the training options, each checked as
+    :class:`~refvae.train.TrainOptions` checks it), ``data`` (a record as :func:`data_record`
+    writes it, an older refvae's name or path, or None), ``backend`` and ``dtype``. Every problem
+    is one CheckpointError line naming the file and the field."""
+    from ..backend import BACKENDS, DTYPES  # noqa: PLC0415
+    from .loop import TrainOptions  # noqa: PLC0415 - the loop imports this module
+
+    path = Path(run) / TRAIN_JSON
+    if not inputs.exists(path, "run file"):
+        if required:
+            raise CheckpointError(f"{inputs.show(Path(run))} has no {TRAIN_JSON} (written by an "
+                                  "old refvae); start a new run")
+        return {}
+    info = inputs.load_json(path, "run file", CheckpointError)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{inputs.show(path)} is not a JSON object; repair the file or train "
+                              "the run again")
+    options = info.get("options", {})
+    if not isinstance(options, dict):
+        raise _bad(path, "options", "must be an object of training options")
+    for name, none in _STRING_OPTIONS.items():
+        value = options.get(name)
+        if name in options and not (isinstance(value, str) or none and value is None):
+            raise _bad(path, f"options.{name}", f"must be a name, got {value!r}")
+    for name in _FLAG_OPTIONS:
+        if name in options and not isinstance(options[name], bool):
+            raise _bad(path, f"options.{name}", f"must be true or false, got {options[name]!r}")
+    try:
+        TrainOptions.from_dict(options)
+    except ConfigError as exc:
+        raise CheckpointError(f"{inputs.show(path)}: field 'options': {exc}; repair the file or "
+                              "train the run again") from exc
+    _check_data_record(path, info.get("data"))
+    for field, names, default in (("backend", BACKENDS, "numpy"),
+                                  ("dtype", tuple(DTYPES), "float64")):
+        value = info.get(field, default)
+        if value not in names or not isinstance(value, str):
+            raise _bad(path, field, f"must be one of {', '.join(names)}, got {value!r}")
+    return info
+
+
+def _check_data_record(path: Path, data) -> None:
+    if data is None:
+        return
+    if isinstance(data, str):  # an older refvae's spec
+        if not data:
+            raise _bad(path, "data", "is an empty name")
+        return
+    if not isinstance(data, dict):
+        raise _bad(path, "data", f"must be an object (name, source, image_shape), got {data!r}")
+    for field in ("name", "source"):
+        value = data.get(field)
+        if value is not None and not (isinstance(value, str) and value):
+            raise _bad(path, f"data.{field}", f"must be a non-empty string or null, got {value!r}")
+    shape = data.get("image_shape")
+    if shape is not None:
+        good = isinstance(shape, list) and len(shape) == 2 and all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 2**20 for s in shape)
+        if not good:
+            raise _bad(path, "data.image_shape", f"must be [rows, cols] of positive integers or "
+                                                 f"null, got {shape!r}")
+    for field in ("n_train", "n_test"):
+        value = data.get(field)
+        if value is not None and (type(value) is not int or value < 0):  # noqa: E721 - not bool
+            raise _bad(path, f"data.{field}", f"must be an integer 0 or more, got {value!r}")
+
+
+def read_config(run):
+    """``config.json`` of the run directory ``run`` as a :class:`~refvae.config.VAEConfig`; a
+    field that is wrong is one CheckpointError line naming the file and the field."""
+    from ..math.config import VAEConfig  # noqa: PLC0415
+
+    path = Path(run) / CONFIG_JSON
+    if not inputs.exists(path, "run file"):
+        raise CheckpointError(f"{inputs.show(Path(run))} is not a training run directory (no "
+                              f"{CONFIG_JSON}); pass the --out directory of `refvae train`")
+    try:
+        return VAEConfig.from_dict(inputs.load_json(path, "run file", CheckpointError))
+    except ConfigError as exc:
+        raise CheckpointError(f"{inputs.show(path)}: {exc}; repair the file or train the run "
+                              "again") from exc

@@ -16,6 +16,7 @@ This is host-side I/O, not computation, so it uses NumPy directly rather than th
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -203,7 +204,11 @@ def atomic_write_npz(path, arrays: dict, meta: dict | None = None, *, compress: 
 # ---------------------------------------------------------------------------------------------
 # Checked reads
 # ---------------------------------------------------------------------------------------------
-def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
+MAX_MEMBERS = 4096
+
+
+def load_npz_checked(path, *, require_meta: bool = True, names=None,
+                     expected: str = "") -> tuple[dict, dict]:
     """Read an ``.npz`` written by :func:`atomic_write_npz`: ``(arrays, meta)``.
 
     Raises :class:`CheckpointError` (one line, naming the file) when the file is missing or not a
@@ -212,6 +217,11 @@ def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
     or its ``refvae_format`` version 1. With ``require_meta=False`` a plain ``numpy.savez`` file
     (e.g. a user's ``params.npz``) is accepted and ``meta`` is ``{}``; every other check still
     applies.
+
+    The archive is checked as a whole before any entry is inflated: at most :data:`MAX_MEMBERS`
+    entries, no name twice, every name allowed by ``names`` (a function of the array name, or
+    None: any; ``expected`` says what is allowed), and the entries' declared sizes together within
+    the memory budget (and, as they are read, their ``.npy`` headers' sizes together).
     """
     path = Path(path)
     shown = inputs.show(path)
@@ -226,7 +236,7 @@ def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
             raise CheckpointError(f"{shown} {what} (truncated or corrupt); restore it from a good "
                                   "copy or write it again")
         f.seek(0)
-        arrays = _read_members(f, shown)
+        arrays = _read_members(f, shown, names, expected)
     meta: dict = {}
     if META_KEY in arrays:
         meta = _read_meta(arrays.pop(META_KEY), shown)
@@ -236,20 +246,21 @@ def load_npz_checked(path, *, require_meta: bool = True) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def _read_members(f, shown: str) -> dict:
-    """Every ``.npy`` member of the open zip ``f``, each header checked against the budget first."""
+def _read_members(f, shown: str, names=None, expected: str = "") -> dict:
+    """Every ``.npy`` member of the open zip ``f``: the archive checked as a whole first (entry
+    count, names, declared sizes together), then each header against what is left of the budget."""
     arrays: dict[str, np.ndarray] = {}
     name = None
     try:
         with zipfile.ZipFile(f) as zf:
-            for info in zf.infolist():
-                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                if not info.filename.endswith(".npy"):
-                    raise CheckpointError(f"{shown} holds an entry {name!r} that is not a .npy "
-                                          "array; save arrays with numpy.savez or refvae")
-                budget.check(f"{shown} entry {name!r}", info.file_size, "give a smaller file")
+            infos = zf.infolist()
+            _check_archive(infos, shown, names, expected)
+            declared = 0
+            for info in infos:
+                name = info.filename[:-4]
                 with zf.open(info) as member:
-                    check_npy_header(member, f"{shown} entry {name!r}")
+                    declared += check_npy_header(member, f"{shown} entry {name!r}")
+                budget.check(f"{shown}: its arrays together", declared, "give a smaller file")
                 with zf.open(info) as member:
                     arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     except ValueError as exc:
@@ -270,9 +281,34 @@ def _read_members(f, shown: str) -> dict:
     return arrays
 
 
-def check_npy_header(stream, field: str) -> None:
+def _check_archive(infos, shown: str, names, expected: str) -> None:
+    """Refuse, before anything is inflated: too many entries, an entry that is not ``.npy``, a
+    name twice, a name ``names`` does not allow, declared sizes beyond the budget together."""
+    if len(infos) > MAX_MEMBERS:
+        raise CheckpointError(f"{shown} holds {len(infos)} entries (at most {MAX_MEMBERS}); save "
+                              "fewer arrays")
+    seen = set()
+    for info in infos:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if not info.filename.endswith(".npy"):
+            raise CheckpointError(f"{shown} holds an entry {name!r} that is not a .npy array; save "
+                                  "arrays with numpy.savez or refvae")
+        if name in seen:
+            raise CheckpointError(f"{shown} holds the entry {name!r} twice; write the file again "
+                                  "with numpy.savez or refvae")
+        seen.add(name)
+        if names is not None and name != META_KEY and not names(name):
+            raise CheckpointError(f"{shown} holds an unexpected entry {name!r}"
+                                  + (f"; expected {expected}" if expected else "; give a file "
+                                     "with only the arrays it should hold"))
+    total = sum(int(info.file_size) for info in infos)
+    budget.check(f"{shown} ({len(infos)} entries together, inflated)", total, "give a smaller file")
+
+
+def check_npy_header(stream, field: str) -> int:
     """Read a ``.npy`` header from ``stream`` and refuse object arrays (``ValueError("pickle")``)
-    and arrays beyond the memory budget, before anything is allocated."""
+    and arrays beyond the memory budget, before anything is allocated; returns the array's
+    bytes."""
     version = np.lib.format.read_magic(stream)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
         else np.lib.format.read_array_header_2_0
@@ -280,6 +316,7 @@ def check_npy_header(stream, field: str) -> None:
     if dtype.hasobject:
         raise ValueError("pickle")
     budget.check_array(field, shape, dtype.itemsize, hint="give a smaller file")
+    return math.prod(int(s) for s in shape) * dtype.itemsize
 
 
 def load_npy_checked(path, error=CheckpointError) -> np.ndarray:
