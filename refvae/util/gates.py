@@ -95,14 +95,3 @@ def check_support(y, emission: str, name: str = "data") -> None:
                             f"outside [0, 1] occur: {n_out} values lie outside, first at row {r}, "
                             f"column {c} (value {float(y[r, c]):g}); "
                             "rescale to [0, 1] (8-bit images: divide by 255) or use a gaussian emission")
-
-
-def make_emission(name: str, alpha: float = 1.0):
-    """The emission called ``name`` (``alpha`` is the fixed variance of ``gaussian``)."""
-    if name == "bernoulli":
-        return Bernoulli()
-    if name == "gaussian":
-        return Gaussian(alpha)
-    if name == "gaussian_diag":
-        return GaussianDiag()
-    raise ConfigError(f"unknown emission {name!r}; choose one of {', '.join(EMISSIONS)}")
