@@ -25,7 +25,8 @@ BACKTICKED = re.compile(r"`([^`]+)`")
 AGREED_SECTIONS = [
     "Reading path for students", "Notation", "The objective", "ELBO surgery", "Importance weighted bound", "Activations",
     "MLP reverse pass", "MLP input Jacobians", "MLP input Hessians", "Emissions",
-    "Diagonal Gaussian recognition", "Full covariance Gaussian recognition", "Pathwise gradient",
+    "Diagonal Gaussian recognition", "Full covariance Gaussian recognition",
+    "Scale heads, head activations, Monte-Carlo KL and conditioning", "Pathwise gradient",
     "Bonnet and Price", "Score function and control variates", "Inverse CDF transforms",
     "Planar flows", "Gumbel max and Gumbel softmax", "Straight through",
     "Concrete density and relaxed KL", "Categorical score estimator", "Optimizers", "Schedules",
