@@ -19,7 +19,8 @@ FORMAT = 1
 LATENTS = ("gaussian", "gaussian_full", "categorical")
 REQUIRED = ("data_dim", "latent_dim")
 # Fields added after format 1's first release: written only when they differ from their default,
-# so a format-1 file stays as it was (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
+# so a format-1 file stays as it was
+# (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
 LATER_DEFAULTS = (("scale_head", "logvar"), ("scale_floor", 0.0), ("head_activations", ()),
                   ("kl", "analytic"), ("condition_dim", 0))
 
@@ -119,18 +120,19 @@ class VAEConfig:
         for name, choices in (("scale_head", SCALE_HEADS), ("kl", KL_FORMS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in choices:
-                raise ConfigError(f"config field {name!r} is {value!r}; choose one of {', '.join(choices)}")
+                raise ConfigError(f"config field {name!r} is {value!r}; "
+                                  f"choose one of {', '.join(choices)}")
         if self.scale_head != "logvar" and self.latent != "gaussian":
             raise ConfigError(f"config field 'scale_head' applies only to latent 'gaussian' (the "
                               f"{self.latent} latent has its own scale parameterization)")
         floor = checked(self.scale_floor, "config field 'scale_floor'", minimum=0)
         object.__setattr__(self, "scale_floor", float(floor))
         if floor and not self.scale_head.startswith("softplus"):
-            raise ConfigError("config field 'scale_floor' applies only to scale_head 'softplus_std' "
-                              "or 'softplus_var'")
+            raise ConfigError("config field 'scale_floor' applies only to scale_head "
+                              "'softplus_std' or 'softplus_var'")
         if self.kl != "analytic" and self.latent == "categorical":
-            raise ConfigError("config field 'kl' applies only to the Gaussian latents; a categorical "
-                              "latent's KL is chosen by 'categorical_kl'")
+            raise ConfigError("config field 'kl' applies only to the Gaussian latents; a "
+                              "categorical latent's KL is chosen by 'categorical_kl'")
         _positive_int("condition_dim", self.condition_dim, minimum=0)
         acts = self.head_activations
         pairs = acts.items() if isinstance(acts, dict) else acts

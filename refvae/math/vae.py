@@ -66,8 +66,8 @@ class VAE:
         self.emission = make_emission(c.emission, c.alpha)
         self.encoder = MLP.build("encoder", c.data_dim + c.condition_dim, c.encoder_hidden,
                                  self.latent.heads(), c.activation)
-        self.decoder = MLP.build("decoder", self.latent.decoder_in + c.condition_dim, c.decoder_hidden,
-                                 self.emission.heads(c.data_dim), c.activation)
+        self.decoder = MLP.build("decoder", self.latent.decoder_in + c.condition_dim,
+                                 c.decoder_hidden, self.emission.heads(c.data_dim), c.activation)
         self.head_activations = {h: get_activation(a) for h, a in c.head_activations}
 
     @property
@@ -125,7 +125,8 @@ class VAE:
         """Encoder heads (``{"mean": ν, "logvar": ℓ}`` for the diagonal Gaussian) and the cache:
         the encoder reads ``[y, c]``; a head named in ``head_activations`` is passed through its
         activation, its pre-activation kept in ``cache["head_pre"]``."""
-        out, cache = self.encoder.forward(self.bk, params, self._conditioned(y, condition, "encoder"))
+        inp = self._conditioned(y, condition, "encoder")
+        out, cache = self.encoder.forward(self.bk, params, inp)
         heads = self.encoder.split_heads(out)
         cache["head_pre"] = {h: heads[h] for h in self.head_activations}
         for h, act in self.head_activations.items():
@@ -206,7 +207,8 @@ class VAE:
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,
                        estimator_state: dict | None = None, detect_anomaly: bool = False,
-                       batch_size: int | None = None, condition=None, scale: float = 1.0) -> LossResult:
+                       batch_size: int | None = None, condition=None,
+                       scale: float = 1.0) -> LossResult:
         """Batch negative ELBO and the gradient of every parameter, derived by hand
         (:meth:`reverse_pass`), with its inputs checked first and its result checked after.
 
@@ -250,6 +252,7 @@ class VAE:
              temperature: float | None = None, condition=None, scale: float = 1.0) -> float:
         """The batch loss alone (no reverse pass): what finite differences differentiate."""
         cond = None if condition is None else self.bk.asarray(condition)
-        fp = self.forward(params, self.bk.asarray(y), self.bk.asarray(noise), estimator, temperature, cond)
+        fp = self.forward(params, self.bk.asarray(y), self.bk.asarray(noise), estimator,
+                          temperature, cond)
         total = (fp.kl + fp.f.mean(axis=1)).sum() * scale
         return self.bk.to_float(total / y.shape[0] if reduction == "mean" else total)

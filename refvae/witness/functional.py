@@ -181,7 +181,8 @@ def assert_matches(bk, res, twin_out, kl_rtol=1e-12):
 
 # ----- model forms (issue 25): scale heads, head activations, KL forms, conditioning, scale ------
 def scale_std(cfg, h):
-    """υ from the head ``encoder.logvar`` under ``cfg["scale_head"]`` (torch, independently of refvae)."""
+    """υ from the head ``encoder.logvar`` under ``cfg["scale_head"]`` (torch, independently of
+    refvae)."""
     t, floor = _torch(), cfg.get("scale_floor", 0.0)
     form = cfg.get("scale_head", "logvar")
     if form == "logvar":
@@ -201,7 +202,8 @@ def _forms_heads(cfg):
 
 
 def per_sample(d, x):
-    """``log d(x)`` ``(N, L)`` for a distribution with batch shape ``(N,)`` and samples ``(N, L, K)``."""
+    """``log d(x)`` ``(N, L)`` for a distribution with batch shape ``(N,)`` and samples
+    ``(N, L, K)``."""
     return d.log_prob(x.transpose(0, 1)).T
 
 
@@ -225,12 +227,14 @@ def _forms_pieces(cfg, p, y, eps, c):
     if cfg.get("flow_length"):
         n = nu.shape[0]
         z0 = x
-        x, log_det = planar_flows(z0, enc["flow_u"].reshape(n, -1, k), enc["flow_w"].reshape(n, -1, k),
-                                  enc["flow_b"].reshape(n, -1))
+        x, log_det = planar_flows(z0, enc["flow_u"].reshape(n, -1, k),
+                                  enc["flow_w"].reshape(n, -1, k), enc["flow_b"].reshape(n, -1))
         return enc, q, x, per_sample(q, z0) - log_det - per_sample(prior, x), None
-    return enc, q, x, per_sample(q, x) - per_sample(prior, x), dist.kl_divergence(q, dist.MultivariateNormal(
-        t.zeros_like(nu), scale_tril=t.diag_embed(t.ones_like(nu))) if cfg.get("latent") == "gaussian_full"
-        else prior)
+    if cfg.get("latent") == "gaussian_full":
+        eye = t.diag_embed(t.ones_like(nu))
+        prior_full = dist.MultivariateNormal(t.zeros_like(nu), scale_tril=eye)
+        return enc, q, x, per_sample(q, x) - per_sample(prior, x), dist.kl_divergence(q, prior_full)
+    return enc, q, x, per_sample(q, x) - per_sample(prior, x), dist.kl_divergence(q, prior)
 
 
 def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
@@ -238,7 +242,8 @@ def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
     ``scale · Σ_n [KL_n + ⟨f⟩_n]`` (÷ N for ``mean``) with every model form, and a surrogate whose
     autograd gradient is the estimator's: the loss itself (``pathwise``); with ``score``,
     ``⟨f⟩ + ⟨f̄ log q(x̄)⟩`` at detached samples (a Monte Carlo KL joins ``f̄``); with ``price``,
-    Eqs. 8.16–8.17 as ``ν·⟨ḡ⟩ + ½ Σ_ij ⟨H̄⟩_ij Υ_ij`` with autograd's g and Hessian (bars: detached)."""
+    Eqs. 8.16–8.17 as ``ν·⟨ḡ⟩ + ½ Σ_ij ⟨H̄⟩_ij Υ_ij`` with autograd's g and Hessian (bars:
+    detached)."""
     t = _torch()
 
     def loss(p, y, eps, c=None):
@@ -249,7 +254,8 @@ def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
 
         def surprisal_at(xx):
             inp = xx if c is None else t.cat([xx, c[:, None, :].expand(*xx.shape[:2], -1)], -1)
-            dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"], inp)
+            dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg),
+                      cfg["activation"], inp)
             return surprisal(cfg, dec, y[:, None, :], p)
 
         f = surprisal_at(x if estimator == "pathwise" else xd)
@@ -266,8 +272,10 @@ def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
         g = t.autograd.grad(f.sum(), xd, create_graph=True)[0]
         hess = t.stack([t.autograd.grad(g[..., i].sum(), xd, retain_graph=True)[0]
                         for i in range(g.shape[-1])], -2).mean(1).detach()
-        cov = q.covariance_matrix if cfg.get("latent") == "gaussian_full" else t.diag_embed(q.variance)
-        sur = rec + (enc["mean"] * g.mean(1).detach()).sum(-1) + 0.5 * (hess * cov).sum((-2, -1)) + kl
+        full = cfg.get("latent") == "gaussian_full"
+        cov = q.covariance_matrix if full else t.diag_embed(q.variance)
+        bonnet = (enc["mean"] * g.mean(1).detach()).sum(-1)
+        sur = rec + bonnet + 0.5 * (hess * cov).sum((-2, -1)) + kl
         return weight * sur.sum(), value, kl, rec
 
     return loss
@@ -278,10 +286,12 @@ def forms_grads(cfg, params: dict, y, eps, condition=None, estimator="pathwise",
     """Loss, KL/reconstruction per datum and autograd gradients (of :func:`forms_loss_fn`'s
     surrogate) in float64, as NumPy."""
     t = _torch()
-    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+         for k, v in params.items()}
     c = None if condition is None else t.tensor(np.asarray(condition, dtype=np.float64))
-    sur, value, kl, rec = forms_loss_fn(cfg, estimator, reduction, scale)(
-        p, t.tensor(np.asarray(y, dtype=np.float64)), t.tensor(np.asarray(eps, dtype=np.float64)), c)
+    y_t, eps_t = (t.tensor(np.asarray(a, dtype=np.float64)) for a in (y, eps))
+    sur, value, kl, rec = forms_loss_fn(cfg, estimator, reduction, scale)(p, y_t, eps_t, c)
     grads = t.autograd.grad(sur, list(p.values()), allow_unused=True)
     return (float(value.detach()), kl.detach().numpy(), rec.detach().numpy(),
-            {k: (t.zeros_like(v) if gr is None else gr).numpy() for (k, v), gr in zip(p.items(), grads)})
+            {k: (t.zeros_like(v) if gr is None else gr).numpy()
+             for (k, v), gr in zip(p.items(), grads)})

@@ -146,7 +146,8 @@ class DiagonalGaussian(StandardNormalLatent):
     def __init__(self, latent_dim: int, scale_head: str = "logvar", floor: float = 0.0,
                  kl: str = "analytic"):
         if scale_head not in SCALE_FORMS:
-            raise ConfigError(f"unknown scale_head {scale_head!r}; choose one of {', '.join(SCALE_HEADS)}")
+            raise ConfigError(f"unknown scale_head {scale_head!r}; "
+                              f"choose one of {', '.join(SCALE_HEADS)}")
         super().__init__(latent_dim, kl)
         self.scale_head, self.floor = scale_head, float(floor)
 
@@ -190,17 +191,18 @@ class DiagonalGaussian(StandardNormalLatent):
 
     def price(self, bk, state: GaussianState, g, hessian) -> dict:
         """Eqs. 8.16–8.17 for diagonal Υ (docs/DERIVATIONS.md#bonnet-and-price): ``∂/∂ν = ⟨g⟩``
-        (Bonnet) and, from ``∂F/∂Υ_kk = ½ (⟨H_kk⟩ − 1/υ_k² + 1)`` and ``∂Υ_kk/∂h_k = 2 υ_k² d log υ_k/dh_k``
-        (``υ_k²`` for ℓ), the reconstruction part ``∂/∂h_k = υ_k² (d log υ_k/dh_k) ⟨H_kk⟩`` (the KL
-        part is added by the model). Only the Hessian's diagonal is formed (``hessian(full=False)``)."""
+        (Bonnet) and, from ``∂F/∂Υ_kk = ½ (⟨H_kk⟩ − 1/υ_k² + 1)`` and
+        ``∂Υ_kk/∂h_k = 2 υ_k² d log υ_k/dh_k`` (``υ_k²`` for ℓ), the reconstruction part
+        ``∂/∂h_k = υ_k² (d log υ_k/dh_k) ⟨H_kk⟩`` (the KL part is added by the model). Only the
+        Hessian's diagonal is formed (``hessian(full=False)``)."""
         sc = state.scale
         return {"mean": g.sum(axis=1), "logvar": sc.var * sc.dlog * hessian(full=False).sum(axis=1)}
 
     def score(self, bk, state: GaussianState) -> dict:
         """Score at fixed ``x = ν + υ ⊙ z``, per sample ``(N, L, K)``: from
         ``log q = −½ Σ_k ((x_k − ν_k)²/υ_k² + 2 log υ_k + log 2π)``,
-        ``∂ log q/∂ν_k = z_k/υ_k`` and ``∂ log q/∂h_k = (z_k² − 1) d log υ_k/dh_k`` (``(z_k² − 1)/2``
-        for ℓ) (docs/DERIVATIONS.md#score-function-and-control-variates)."""
+        ``∂ log q/∂ν_k = z_k/υ_k`` and ``∂ log q/∂h_k = (z_k² − 1) d log υ_k/dh_k``
+        (``(z_k² − 1)/2`` for ℓ) (docs/DERIVATIONS.md#score-function-and-control-variates)."""
         return {"mean": state.eps / state.std[:, None, :],
                 "logvar": (state.eps ** 2 - 1.0) * state.scale.dlog[:, None, :]}
 

@@ -96,8 +96,9 @@ class FullCovarianceGaussian(StandardNormalLatent):
         return {"mean": state.nu, "scale_tril": g}
 
     def log_q_direct(self, bk, state: FullGaussianState) -> dict:
-        """``∂ log q(x|y)/∂head`` at fixed base noise ``z``: ``log q = −½ zᵀz − Σ_k r_kk − (K/2) log 2π``
-        gives ``−1`` on the head's diagonal entries and ``0`` elsewhere
+        """``∂ log q(x|y)/∂head`` at fixed base noise ``z``:
+        ``log q = −½ zᵀz − Σ_k r_kk − (K/2) log 2π`` gives ``−1`` on the head's diagonal entries
+        and ``0`` elsewhere
         (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
         d = bk.xp.zeros_like(state.raw)
         d[:, self.diag_pos] = -1.0
