@@ -13,10 +13,16 @@ from ..errors import ConfigError
 from ..util.checked import checked
 from .latent.categorical import KL_KINDS as CATEGORICAL_KL
 from .activations import ACTIVATIONS
+from .latent.gaussian import KL_FORMS, SCALE_HEADS
 
 FORMAT = 1
 LATENTS = ("gaussian", "gaussian_full", "categorical")
 REQUIRED = ("data_dim", "latent_dim")
+# Fields added after format 1's first release: written only when they differ from their default,
+# so a format-1 file stays as it was
+# (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
+LATER_DEFAULTS = (("scale_head", "logvar"), ("scale_floor", 0.0), ("head_activations", ()),
+                  ("kl", "analytic"), ("condition_dim", 0))
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,16 @@ class VAEConfig:
     of the ``latent_dim`` variables when ``latent == "categorical"``; its KL term is the analytic
     KL of the discrete distributions (``categorical_kl = "analytic"``) or, for relaxed samples, the
     one-sample relaxed KL of Maddison et al. 2017 against a concrete prior at ``prior_temperature``
-    (``"relaxed"``; default: the sampling temperature)."""
+    (``"relaxed"``; default: the sampling temperature).
+
+    Model forms (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning):
+    ``scale_head`` is how the ``gaussian`` latent's head ``logvar`` gives the scale υ (``logvar``,
+    ``log_std``, ``softplus_std``, ``softplus_var``; ``scale_floor`` ≥ 0 is added by the softplus
+    forms); ``head_activations`` maps an encoder head to an activation applied to it elementwise
+    (a dict in JSON, kept as sorted ``(head, activation)`` pairs); ``kl`` is ``analytic`` or
+    ``monte_carlo`` for the Gaussian latents (a planar flow's KL is Monte Carlo under either);
+    ``condition_dim`` C > 0 makes the VAE conditional: ``[y, c]`` enters the encoder and ``[x, c]``
+    the decoder."""
 
     data_dim: int
     latent_dim: int
@@ -42,6 +57,11 @@ class VAEConfig:
     categorical_kl: str = "analytic"
     prior_temperature: float | None = None
     flow_length: int = 0
+    scale_head: str = "logvar"
+    scale_floor: float = 0.0
+    head_activations: tuple = ()
+    kl: str = "analytic"
+    condition_dim: int = 0
     format: int = FORMAT
 
     def __post_init__(self):
@@ -89,10 +109,56 @@ class VAEConfig:
         _positive_int("flow_length", self.flow_length, minimum=0)
         if self.flow_length and self.latent != "gaussian":
             raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
+        self._check_forms()
         if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
             raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
         budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
                      "use smaller widths or dimensions")
+
+    def _check_forms(self) -> None:
+        """The model-form fields, each refused in one line."""
+        for name, choices in (("scale_head", SCALE_HEADS), ("kl", KL_FORMS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ConfigError(f"config field {name!r} is {value!r}; "
+                                  f"choose one of {', '.join(choices)}")
+        if self.scale_head != "logvar" and self.latent != "gaussian":
+            raise ConfigError(f"config field 'scale_head' applies only to latent 'gaussian' (the "
+                              f"{self.latent} latent has its own scale parameterization)")
+        floor = checked(self.scale_floor, "config field 'scale_floor'", minimum=0)
+        object.__setattr__(self, "scale_floor", float(floor))
+        if floor and not self.scale_head.startswith("softplus"):
+            raise ConfigError("config field 'scale_floor' applies only to scale_head "
+                              "'softplus_std' or 'softplus_var'")
+        if self.kl != "analytic" and self.latent == "categorical":
+            raise ConfigError("config field 'kl' applies only to the Gaussian latents; a "
+                              "categorical latent's KL is chosen by 'categorical_kl'")
+        _positive_int("condition_dim", self.condition_dim, minimum=0)
+        acts = self.head_activations
+        pairs = acts.items() if isinstance(acts, dict) else acts
+        if isinstance(acts, (str, bytes)) or not hasattr(pairs, "__iter__"):
+            raise ConfigError(f"config field 'head_activations' must map encoder heads to "
+                              f"activations, got {acts!r}")
+        pairs = [tuple(p) if isinstance(p, (tuple, list)) else (p,) for p in pairs]
+        heads = [h for h, _ in self.encoder_heads()]
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] not in heads:
+                raise ConfigError(f"config field 'head_activations' names {pair[0]!r}, not an "
+                                  f"encoder head of this model; choose among {', '.join(heads)}")
+            if not isinstance(pair[1], str) or pair[1] not in ACTIVATIONS:
+                raise ConfigError(f"config field 'head_activations' gives head {pair[0]!r} the "
+                                  f"activation {pair[1]!r}; choose one of {', '.join(ACTIVATIONS)}")
+        object.__setattr__(self, "head_activations", tuple(sorted(dict(pairs).items())))
+
+    def encoder_heads(self) -> list[tuple[str, int]]:
+        """The encoder's heads ``(name, width)`` in order (those of :func:`make_latent`'s model)."""
+        k, t = self.latent_dim, self.flow_length
+        if self.latent == "categorical":
+            return [("logits", k * (self.categories or 1))]
+        if self.latent == "gaussian_full":
+            return [("mean", k), ("scale_tril", k * (k + 1) // 2)]
+        flow = [("flow_u", t * k), ("flow_w", t * k), ("flow_b", t)] if t else []
+        return [("mean", k), ("logvar", k), *flow]
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
@@ -114,20 +180,20 @@ class VAEConfig:
         d = asdict(self)
         d["encoder_hidden"] = list(self.encoder_hidden)
         d["decoder_hidden"] = list(self.decoder_hidden)
-        for name, default in (("categories", None), ("categorical_kl", "analytic"), ("prior_temperature", None)):
-            if d[name] == default:
+        d["head_activations"] = dict(self.head_activations)
+        for name, default in (("categories", None), ("categorical_kl", "analytic"),
+                              ("prior_temperature", None), *LATER_DEFAULTS):
+            if d[name] == default or (name == "head_activations" and not d[name]):
                 d.pop(name)
         return d
 
     def n_params(self) -> int:
         """An upper estimate of the number of parameters (weights and biases of both networks)."""
-        k = self.latent_dim
-        heads = {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
-                 "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+        heads = sum(width for _, width in self.encoder_heads())
         out = self.data_dim * (2 if self.emission == "gaussian_diag" else 1) + 1
-        n = 0
-        for widths, first, last in ((self.encoder_hidden, self.data_dim, heads[self.latent]),
-                                    (self.decoder_hidden, self.decoder_in, out)):
+        n, c = 0, self.condition_dim
+        for widths, first, last in ((self.encoder_hidden, self.data_dim + c, heads),
+                                    (self.decoder_hidden, self.decoder_in + c, out)):
             sizes = (first, *widths, last)
             n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         return n
@@ -137,7 +203,7 @@ class VAEConfig:
         each whose activations and their caches would not fit the memory budget."""
         k = self.latent_dim * (self.categories or 1)
         per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
-        per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        per_row = 2 * self.data_dim + self.condition_dim + sum(self.encoder_hidden) * 3 + 4 * k
         budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
                      f"use a smaller {field.split()[0]}")
 

@@ -16,9 +16,10 @@ from ..errors import ConfigError
 from ..util import anomaly, gates
 from ..util.checked import checked
 from ..util.results import LossResult, pack
+from .activations import get_activation
 from .config import VAEConfig
 from .emission import make_emission
-from .estimators import DecoderSignals, get_estimator
+from .estimators import CONTROL_VARIATES, DecoderSignals, get_estimator
 from .latent import make_latent
 from .mlp import MLP
 
@@ -63,9 +64,11 @@ class VAE:
         c = self.config
         self.latent = make_latent(c)
         self.emission = make_emission(c.emission, c.alpha)
-        self.encoder = MLP.build("encoder", c.data_dim, c.encoder_hidden, self.latent.heads(), c.activation)
-        self.decoder = MLP.build("decoder", self.latent.decoder_in, c.decoder_hidden,
-                                 self.emission.heads(c.data_dim), c.activation)
+        self.encoder = MLP.build("encoder", c.data_dim + c.condition_dim, c.encoder_hidden,
+                                 self.latent.heads(), c.activation)
+        self.decoder = MLP.build("decoder", self.latent.decoder_in + c.condition_dim,
+                                 c.decoder_hidden, self.emission.heads(c.data_dim), c.activation)
+        self.head_activations = {h: get_activation(a) for h, a in c.head_activations}
 
     @property
     def default_estimator(self) -> str:
@@ -104,37 +107,74 @@ class VAE:
         return self.latent.draw_noise(source, n, samples, self.bk)
 
     # ----- forward ---------------------------------------------------------------------------
-    def encode(self, params: dict, y):
-        """Encoder heads (``{"mean": ν, "logvar": ℓ}`` for the diagonal Gaussian) and the cache."""
-        out, cache = self.encoder.forward(self.bk, params, y)
-        return self.encoder.split_heads(out), cache
+    def _conditioned(self, v, condition, where: str):
+        """``[v, c]`` along the last axis, ``c`` ``(N, C)`` broadcast over ``v``'s middle axes
+        (the samples); ``v`` itself when the model is not conditional."""
+        c = self.config.condition_dim
+        if (condition is None) != (c == 0):
+            raise ConfigError(f"the {where} of this VAE " + (
+                f"is conditional (condition_dim {c}): pass condition, an (N, {c}) array"
+                if c else "takes no condition (condition_dim 0)"))
+        if condition is None:
+            return v
+        lead = (condition.shape[0], *([1] * (v.ndim - 2)), c)
+        c_b = self.bk.xp.broadcast_to(condition.reshape(lead), (*v.shape[:-1], c))
+        return self.bk.xp.concatenate([v, c_b], axis=-1)
 
-    def decode(self, params: dict, x):
-        """Decoder output ``o`` for latent input ``x`` ``(..., K_in)`` and its cache."""
-        return self.decoder.forward(self.bk, params, x)
+    def encode(self, params: dict, y, condition=None):
+        """Encoder heads (``{"mean": ν, "logvar": ℓ}`` for the diagonal Gaussian) and the cache:
+        the encoder reads ``[y, c]``; a head named in ``head_activations`` is passed through its
+        activation, its pre-activation kept in ``cache["head_pre"]``."""
+        inp = self._conditioned(y, condition, "encoder")
+        out, cache = self.encoder.forward(self.bk, params, inp)
+        heads = self.encoder.split_heads(out)
+        cache["head_pre"] = {h: heads[h] for h in self.head_activations}
+        for h, act in self.head_activations.items():
+            heads[h] = act.value(self.bk, heads[h])
+        return heads, cache
+
+    def head_activations_backward(self, d_heads: dict, heads: dict, enc_cache: dict) -> dict:
+        """Chain rule through the head activations: ``∂/∂a = ∂/∂head ⊙ φ'(a)`` for each head
+        ``head = φ(a)`` named in ``head_activations``
+        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
+        out = dict(d_heads)
+        for h, act in self.head_activations.items():
+            out[h] = d_heads[h] * act.d1(self.bk, enc_cache["head_pre"][h], heads[h])
+        return out
+
+    def decode(self, params: dict, x, condition=None):
+        """Decoder output ``o`` for latent input ``x`` ``(..., K_in)`` (read as ``[x, c]``) and its
+        cache."""
+        return self.decoder.forward(self.bk, params, self._conditioned(x, condition, "decoder"))
 
     def forward(self, params: dict, y, noise, estimator: str | None = None,
-                temperature: float | None = None) -> ForwardPass:
+                temperature: float | None = None, condition=None) -> ForwardPass:
         """One forward pass: heads, sample, decoder output, KL per datum, surprisal per sample.
 
         ``estimator`` and ``temperature`` reach the latent's sampling transform (a categorical
-        latent feeds the decoder relaxed or hard samples depending on them)."""
-        heads, enc_cache = self.encode(params, y)
+        latent feeds the decoder relaxed or hard samples depending on them); ``condition`` ``c``
+        ``(N, C)`` is read by both networks."""
+        heads, enc_cache = self.encode(params, y, condition)
         state = self.latent.sample(self.bk, heads, noise, estimator=estimator, temperature=temperature)
-        dec_out, dec_cache = self.decode(params, state.x)
+        dec_out, dec_cache = self.decode(params, state.x, condition)
         terms = self.emission.terms(self.bk, dec_out, y[:, None, :], params.get(LOG_ALPHA))
         return ForwardPass(enc_cache, heads, state, dec_out, dec_cache,
                            self.latent.kl(self.bk, state), terms.f, terms)
 
     # ----- loss and gradients ----------------------------------------------------------------
     def reverse_pass(self, params: dict, y, noise, scale: float, estimator: str,
-                     temperature: float | None = None, estimator_state: dict | None = None) -> ReversePass:
+                     temperature: float | None = None, estimator_state: dict | None = None,
+                     condition=None) -> ReversePass:
         """The reverse pass of the batch loss ``scale · Σ_n F(y_n)`` (docs/DERIVATIONS.md#the-objective):
         emission ``∂f/∂o`` -> decoder reverse pass (generative gradients, Eq. 8.19, and
         ``g = ∂f/∂x``; docs/DERIVATIONS.md#mlp-reverse-pass) -> the estimator's recognition
-        gradients plus the closed-form KL gradient -> encoder reverse pass. Inputs are trusted."""
-        bk, w = self.bk, scale / noise.shape[1]
-        fp = self.forward(params, y, noise, estimator, temperature)
+        gradients plus the KL gradient -> head activations -> encoder reverse pass. With
+        ``kl: "monte_carlo"`` and a score-function estimator, the per-sample KL
+        ``log q − log p`` joins ``f`` in the score estimate and the KL gets no separate gradient
+        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
+        Inputs are trusted."""
+        bk, w, k = self.bk, scale / noise.shape[1], self.latent.decoder_in
+        fp = self.forward(params, y, noise, estimator, temperature, condition)
         dec_back = self.decoder.backward(bk, params, fp.dec_cache, fp.terms.df_do * w)
         grads = dict(dec_back.grads)
         if self.config.learn_alpha:
@@ -143,23 +183,32 @@ class VAE:
         def hessian(full: bool = False):
             """``w · ∂²f/∂x∂xᵀ`` at the samples (docs/DERIVATIONS.md#mlp-input-hessians)."""
             curvature = self.emission.curvature(bk, fp.dec_out, y[:, None, :], params.get(LOG_ALPHA))
-            return self.decoder.input_hessian(bk, params, fp.dec_cache, dec_back, curvature * w,
+            hess = self.decoder.input_hessian(bk, params, fp.dec_cache, dec_back, curvature * w,
                                               form=self.emission.curvature_form, full=full)
+            return hess[..., :k, :k] if full else hess[..., :k]   # x's block, not c's
 
-        signals = DecoderSignals(dec_back.d_input, fp.f, w, hessian,
+        kl_in_score = self.config.kl == "monte_carlo" and estimator in CONTROL_VARIATES
+        f = fp.f + self.latent.log_q(bk, fp.state) - self.latent.log_prior(bk, fp.state) \
+            if kl_in_score else fp.f
+        signals = DecoderSignals(dec_back.d_input[..., :k], f, w, hessian,
                                  {} if estimator_state is None else estimator_state)
         estimate = get_estimator(self.latent.name, estimator)
         estimator_grads = estimate(bk, self.latent, fp.state, signals)
         kl_g = self.latent.kl_grads(bk, fp.state)
-        d_heads = bk.xp.concatenate([estimator_grads[h] + scale * kl_g[h]
-                                     for h, _ in self.latent.heads()], axis=-1)
+        if kl_in_score:
+            kl_g = {h: bk.xp.zeros_like(v) for h, v in kl_g.items()}
+        d_heads = self.head_activations_backward(
+            {h: estimator_grads[h] + scale * kl_g[h] for h, _ in self.latent.heads()}, fp.heads,
+            fp.enc_cache)
+        d_heads = bk.xp.concatenate([d_heads[h] for h, _ in self.latent.heads()], axis=-1)
         enc_grads = self.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False).grads
         return ReversePass(fp, dec_back, estimator_grads, kl_g, grads, enc_grads)
 
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
                        reduction: str = "mean", check: bool = True, temperature: float | None = None,
                        estimator_state: dict | None = None, detect_anomaly: bool = False,
-                       batch_size: int | None = None) -> LossResult:
+                       batch_size: int | None = None, condition=None,
+                       scale: float = 1.0) -> LossResult:
         """Batch negative ELBO and the gradient of every parameter, derived by hand
         (:meth:`reverse_pass`), with its inputs checked first and its result checked after.
 
@@ -175,25 +224,35 @@ class VAE:
         ``batch_size`` is the N of the ``mean`` reduction when ``y`` is one shard of a larger batch
         (:mod:`refvae.fast.parallel`): the result is then that shard's share of the batch loss and
         gradients. Default: ``len(y)``.
+
+        ``condition`` ``c`` ``(N, condition_dim)`` is the conditional VAE's condition (required
+        exactly when ``condition_dim`` > 0); ``scale`` > 0 multiplies the loss and every gradient
+        (HIPS autograd's example divides its objective by D)
+        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
         """
         estimator = self.default_estimator if estimator is None else estimator
         if reduction not in REDUCTIONS:
             raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
         self.check_estimator(estimator)
+        checked(scale, "scale", minimum=0, open_min=True)
         if check:
             params = gates.check_params(self, params)
             y, noise = gates.check_batch(self, y, noise)
+            condition = gates.check_condition(self, condition, y.shape[0])
         n = noise.shape[0]
         checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n, none=True)
-        scale = 1.0 / (batch_size or n) if reduction == "mean" else 1.0
-        rp = self.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state)
+        scale = scale / (batch_size or n) if reduction == "mean" else float(scale)
+        rp = self.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state,
+                               condition)
         if detect_anomaly:
             anomaly.first_anomaly(self.bk, anomaly.intermediates(rp, estimator))
         return pack(self.bk, rp, scale, self.param_shapes())
 
     def loss(self, params: dict, y, noise, reduction: str = "mean", estimator: str | None = None,
-             temperature: float | None = None) -> float:
+             temperature: float | None = None, condition=None, scale: float = 1.0) -> float:
         """The batch loss alone (no reverse pass): what finite differences differentiate."""
-        fp = self.forward(params, self.bk.asarray(y), self.bk.asarray(noise), estimator, temperature)
-        total = (fp.kl + fp.f.mean(axis=1)).sum()
+        cond = None if condition is None else self.bk.asarray(condition)
+        fp = self.forward(params, self.bk.asarray(y), self.bk.asarray(noise), estimator,
+                          temperature, cond)
+        total = (fp.kl + fp.f.mean(axis=1)).sum() * scale
         return self.bk.to_float(total / y.shape[0] if reduction == "mean" else total)

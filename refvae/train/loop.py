@@ -200,6 +200,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
     not finite; the checkpoint of the last finished epoch is left in place.
     """
+    if config.condition_dim:
+        raise ConfigError(f"training a conditional VAE (condition_dim {config.condition_dim}) is not "
+                          "supported by refvae train yet: the data formats carry no condition; call "
+                          "VAE.loss_and_grads(..., condition=c) from Python")
     out = rio.ensure_writable_dir(out_dir)
     model = fast_vae(config, backend, dtype)
     bk = model.bk

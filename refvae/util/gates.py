@@ -59,6 +59,25 @@ def check_batch(model, y, noise):
     return y, noise
 
 
+def check_condition(model, condition, n: int):
+    """The conditional VAE's condition ``c``: ``(N, condition_dim)``, numeric and finite, given
+    exactly when ``condition_dim`` > 0 (``None`` otherwise); returned as a working-dtype array."""
+    c = model.config.condition_dim
+    if condition is None:
+        if c:
+            raise ShapeError(f"this VAE is conditional (condition_dim {c}): pass condition, an "
+                             f"(N, {c}) array")
+        return None
+    if not c:
+        raise ShapeError("condition given, but this VAE takes none (condition_dim 0)")
+    condition = numeric(model.bk, condition, "condition")
+    if condition.ndim != 2 or tuple(condition.shape) != (n, c):
+        raise ShapeError(f"condition has shape {tuple(condition.shape)}, expected ({n}, {c})")
+    if not bool(model.bk.xp.isfinite(condition).all()):
+        raise DataError("condition contains NaN or inf")
+    return condition
+
+
 def _first_index(mask, shape) -> tuple[int, int]:
     xp = array_module(mask)
     flat = int(xp.argmax(mask.reshape(-1)))

@@ -177,3 +177,121 @@ def assert_matches(bk, res, twin_out, kl_rtol=1e-12):
     assert list(res.grads) == list(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# ----- model forms (issue 25): scale heads, head activations, KL forms, conditioning, scale ------
+def scale_std(cfg, h):
+    """υ from the head ``encoder.logvar`` under ``cfg["scale_head"]`` (torch, independently of
+    refvae)."""
+    t, floor = _torch(), cfg.get("scale_floor", 0.0)
+    form = cfg.get("scale_head", "logvar")
+    if form == "logvar":
+        return (0.5 * h).exp()
+    if form == "log_std":
+        return h.exp()
+    if form == "softplus_std":
+        return t.nn.functional.softplus(h) + floor
+    return (t.nn.functional.softplus(h) + floor).sqrt()
+
+
+def _forms_heads(cfg):
+    if cfg.get("latent") == "gaussian_full":
+        return ["mean", "scale_tril"]
+    flow = ["flow_u", "flow_w", "flow_b"] if cfg.get("flow_length") else []
+    return ["mean", "logvar", *flow]
+
+
+def per_sample(d, x):
+    """``log d(x)`` ``(N, L)`` for a distribution with batch shape ``(N,)`` and samples
+    ``(N, L, K)``."""
+    return d.log_prob(x.transpose(0, 1)).T
+
+
+def _forms_pieces(cfg, p, y, eps, c):
+    """Encoder on ``[y, c]`` with its head activations, q as a torch distribution, the sample,
+    ``log q − log p`` per sample (a flow's by Eq. 8.25) and the analytic KL (None for a flow)."""
+    t = _torch()
+    dist = t.distributions
+    inp = y if c is None else t.cat([y, c], -1)
+    enc = mlp(p, "encoder", len(cfg["encoder_hidden"]), _forms_heads(cfg), cfg["activation"], inp)
+    for h, a in dict(cfg.get("head_activations", {})).items():
+        enc[h] = ACT[a](enc[h])
+    nu, k = enc["mean"], enc["mean"].shape[-1]
+    prior = dist.Independent(dist.Normal(t.zeros_like(nu), t.ones_like(nu)), 1)
+    if cfg.get("latent") == "gaussian_full":
+        q = dist.MultivariateNormal(nu, scale_tril=scale_tril(enc["scale_tril"], k))
+        x = nu[:, None, :] + t.einsum("nij,nlj->nli", q.scale_tril, eps)
+    else:
+        q = dist.Independent(dist.Normal(nu, scale_std(cfg, enc["logvar"])), 1)
+        x = nu[:, None, :] + q.base_dist.scale[:, None, :] * eps
+    if cfg.get("flow_length"):
+        n = nu.shape[0]
+        z0 = x
+        x, log_det = planar_flows(z0, enc["flow_u"].reshape(n, -1, k),
+                                  enc["flow_w"].reshape(n, -1, k), enc["flow_b"].reshape(n, -1))
+        return enc, q, x, per_sample(q, z0) - log_det - per_sample(prior, x), None
+    if cfg.get("latent") == "gaussian_full":
+        eye = t.diag_embed(t.ones_like(nu))
+        prior_full = dist.MultivariateNormal(t.zeros_like(nu), scale_tril=eye)
+        return enc, q, x, per_sample(q, x) - per_sample(prior, x), dist.kl_divergence(q, prior_full)
+    return enc, q, x, per_sample(q, x) - per_sample(prior, x), dist.kl_divergence(q, prior)
+
+
+def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
+    """``loss(p, y, eps, c) -> (surrogate, loss, kl per datum, rec per datum)``: the batch loss
+    ``scale · Σ_n [KL_n + ⟨f⟩_n]`` (÷ N for ``mean``) with every model form, and a surrogate whose
+    autograd gradient is the estimator's: the loss itself (``pathwise``); with ``score``,
+    ``⟨f⟩ + ⟨f̄ log q(x̄)⟩`` at detached samples (a Monte Carlo KL joins ``f̄``); with ``price``,
+    Eqs. 8.16–8.17 as ``ν·⟨ḡ⟩ + ½ Σ_ij ⟨H̄⟩_ij Υ_ij`` with autograd's g and Hessian (bars:
+    detached)."""
+    t = _torch()
+
+    def loss(p, y, eps, c=None):
+        enc, q, x, log_ratio, kl_exact = _forms_pieces(cfg, p, y, eps, c)
+        mc = cfg.get("kl", "analytic") == "monte_carlo" or kl_exact is None
+        kl = log_ratio.mean(1) if mc else kl_exact
+        xd = x.detach().requires_grad_()
+
+        def surprisal_at(xx):
+            inp = xx if c is None else t.cat([xx, c[:, None, :].expand(*xx.shape[:2], -1)], -1)
+            dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg),
+                      cfg["activation"], inp)
+            return surprisal(cfg, dec, y[:, None, :], p)
+
+        f = surprisal_at(x if estimator == "pathwise" else xd)
+        rec = f.mean(1)
+        weight = scale / y.shape[0] if reduction == "mean" else scale
+        value = weight * (kl + rec).sum()
+        if estimator == "pathwise":
+            return value, value, kl, rec
+        if estimator == "score":
+            log_q = per_sample(q, xd.detach())
+            signal = f + (log_ratio if mc else 0.0)
+            sur = rec + (signal.detach() * log_q).mean(1) + (0.0 if mc else kl)
+            return weight * sur.sum(), value, kl, rec
+        g = t.autograd.grad(f.sum(), xd, create_graph=True)[0]
+        hess = t.stack([t.autograd.grad(g[..., i].sum(), xd, retain_graph=True)[0]
+                        for i in range(g.shape[-1])], -2).mean(1).detach()
+        full = cfg.get("latent") == "gaussian_full"
+        cov = q.covariance_matrix if full else t.diag_embed(q.variance)
+        bonnet = (enc["mean"] * g.mean(1).detach()).sum(-1)
+        sur = rec + bonnet + 0.5 * (hess * cov).sum((-2, -1)) + kl
+        return weight * sur.sum(), value, kl, rec
+
+    return loss
+
+
+def forms_grads(cfg, params: dict, y, eps, condition=None, estimator="pathwise", reduction="mean",
+                scale=1.0):
+    """Loss, KL/reconstruction per datum and autograd gradients (of :func:`forms_loss_fn`'s
+    surrogate) in float64, as NumPy."""
+    t = _torch()
+    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+         for k, v in params.items()}
+    c = None if condition is None else t.tensor(np.asarray(condition, dtype=np.float64))
+    y_t, eps_t = (t.tensor(np.asarray(a, dtype=np.float64)) for a in (y, eps))
+    sur, value, kl, rec = forms_loss_fn(cfg, estimator, reduction, scale)(p, y_t, eps_t, c)
+    grads = t.autograd.grad(sur, list(p.values()), allow_unused=True)
+    return (float(value.detach()), kl.detach().numpy(), rec.detach().numpy(),
+            {k: (t.zeros_like(v) if gr is None else gr).numpy()
+             for (k, v), gr in zip(p.items(), grads)})

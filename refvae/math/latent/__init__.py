@@ -13,8 +13,9 @@ def make_latent(config):
     """The recognition model named by ``config.latent`` (a validated :class:`VAEConfig`)."""
     if config.latent == "gaussian":
         if config.flow_length:
-            return PlanarFlowGaussian(config.latent_dim, config.flow_length)
-        return DiagonalGaussian(config.latent_dim)
+            return PlanarFlowGaussian(config.latent_dim, config.flow_length, config.scale_head,
+                                      config.scale_floor)
+        return DiagonalGaussian(config.latent_dim, config.scale_head, config.scale_floor, config.kl)
     if config.latent == "gaussian_full":
-        return FullCovarianceGaussian(config.latent_dim)
+        return FullCovarianceGaussian(config.latent_dim, config.kl)
     return Categorical(config.latent_dim, config.categories, config.categorical_kl, config.prior_temperature)

@@ -74,12 +74,14 @@ class PlanarFlowGaussian(StandardNormalLatent):
 
     name = "planar_flow"
 
-    def __init__(self, latent_dim: int, flow_length: int):
+    def __init__(self, latent_dim: int, flow_length: int, scale_head: str = "logvar",
+                 floor: float = 0.0):
         if flow_length < 1:
             raise ConfigError(f"a planar flow needs flow_length ≥ 1, got {flow_length}")
-        super().__init__(latent_dim)
+        # No closed form: the KL is the Monte Carlo estimate whatever the config's ``kl`` says.
+        super().__init__(latent_dim, "monte_carlo")
         self.t = flow_length
-        self.base = DiagonalGaussian(latent_dim)
+        self.base = DiagonalGaussian(latent_dim, scale_head, floor)
 
     def heads(self):
         k, t = self.k, self.t
@@ -183,18 +185,16 @@ class PlanarFlowGaussian(StandardNormalLatent):
         return out
 
     # ----- objective pieces ------------------------------------------------------------------
-    def kl(self, bk, state: PlanarFlowState):
-        """Monte Carlo KL per datum, ``(1/L) Σ_l [log q(x_l|y) − log p(x_l)]`` (Eq. 8.25 for
-        ``log q``; the 2π terms cancel)."""
-        return (self.log_q(bk, state) - self.log_prior(bk, state)).mean(axis=1)
-
     def kl_grads(self, bk, state: PlanarFlowState) -> dict:
-        """Exact gradient of :meth:`kl` at fixed ε: ``log p`` contributes ``−x/L`` upstream on ``x``
-        (negated: ``+x/L``), the log-determinant enters with weight ``γ = −1/L``, and
-        ``log N(z_0; ν, υ²) = −½ Σ_k (ε_k² + ℓ_k + log 2π)`` gives ``∂/∂ℓ = −½`` directly."""
+        """Exact gradient of the Monte Carlo KL (:meth:`StandardNormalLatent.kl`, the same
+        estimate as the Gaussian latents' ``kl: "monte_carlo"``) at fixed ε: ``log p`` contributes
+        ``−x/L`` upstream on ``x`` (negated: ``+x/L``), the log-determinant enters with weight
+        ``γ = −1/L``, and ``log N(z_0; ν, υ²) = −½ Σ_k (ε_k² + 2 log υ_k + log 2π)`` gives
+        ``−d log υ/dh`` directly (``−½`` for ℓ; :meth:`DiagonalGaussian.log_q_direct`)."""
         samples = state.x.shape[1]
         out = self.backward(bk, state, state.x / samples, gamma=-1.0 / samples)
-        out["logvar"] = out["logvar"] - 0.5
+        direct = self.base.log_q_direct(bk, state.base)
+        out["logvar"] = out["logvar"] + direct["logvar"]
         return out
 
     def pathwise(self, bk, state: PlanarFlowState, g) -> dict:

@@ -37,8 +37,8 @@ class FullCovarianceGaussian(StandardNormalLatent):
 
     name = "gaussian_full"
 
-    def __init__(self, latent_dim: int):
-        super().__init__(latent_dim)
+    def __init__(self, latent_dim: int, kl: str = "analytic"):
+        super().__init__(latent_dim, kl)
         k = latent_dim
         # numpy.tril_indices(k) order, written out so that this module needs no array library.
         self.rows = [i for i in range(k) for _ in range(i + 1)]
@@ -81,19 +81,28 @@ class FullCovarianceGaussian(StandardNormalLatent):
         x = nu[:, None, :] + eps @ r.transpose(0, 2, 1)
         return FullGaussianState(nu, raw, r, eps, x)
 
-    def kl(self, bk, state: FullGaussianState):
+    def analytic_kl(self, bk, state: FullGaussianState):
         """KL(N(ν, RRᵀ) || N(0, I)) = ½ (tr Υ + νᵀν − K − log|Υ|) with ``tr Υ = ||R||_F²`` and
         ``log|Υ| = 2 Σ_k log R_kk = 2 Σ_k r_kk`` (docs/DERIVATIONS.md#the-objective), per datum."""
         r, nu = state.R, state.nu
         log_det = 2.0 * state.raw[:, self.diag_pos].sum(axis=-1)
         return 0.5 * ((r * r).sum(axis=(-2, -1)) + (nu * nu).sum(axis=-1) - self.k - log_det)
 
-    def kl_grads(self, bk, state: FullGaussianState) -> dict:
+    def analytic_kl_grads(self, bk, state: FullGaussianState) -> dict:
         """``∂KL/∂ν = ν``; ``∂KL/∂R = tril(R) − diag(1/R_kk)`` (= tril((I − Υ⁻¹) R), the KL part
         of Eq. 8.17), so on the head: ``R_ij`` off the diagonal and ``R_kk² − 1`` on it."""
         g = state.raw.copy()
         g[:, self.diag_pos] = bk.xp.expm1(2.0 * state.raw[:, self.diag_pos])
         return {"mean": state.nu, "scale_tril": g}
+
+    def log_q_direct(self, bk, state: FullGaussianState) -> dict:
+        """``∂ log q(x|y)/∂head`` at fixed base noise ``z``:
+        ``log q = −½ zᵀz − Σ_k r_kk − (K/2) log 2π`` gives ``−1`` on the head's diagonal entries
+        and ``0`` elsewhere
+        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
+        d = bk.xp.zeros_like(state.raw)
+        d[:, self.diag_pos] = -1.0
+        return {"mean": bk.xp.zeros_like(state.nu), "scale_tril": d}
 
     # ----- recognition gradients of the reconstruction term ---------------------------------
     def pathwise(self, bk, state: FullGaussianState, g) -> dict:
