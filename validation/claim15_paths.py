@@ -58,7 +58,8 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, rel
 
 TITLE = ("Paths quick mode never took: three shards, multi-chunk IWAE, SGD dampening and the plain "
-         "optimizers, mid-run resume, binarisation, the oracle's diagnosis, options reaching the loop")
+         "optimizers, mid-run resume, binarisation, the oracle's diagnosis, options reaching the "
+         "loop")
 SOURCE = ("issue 23; Burda et al. 2016 (IWAE, dynamic binarisation); torch.optim; docs/ORACLE.md; "
           "refvae.train.loop")
 FULL_MODE = "the same run as quick (deterministic checks; under a minute); measured"
@@ -320,7 +321,8 @@ def part_f(seed: int) -> list:
     bumped[name].flat[1] *= 1.0 + 1e-3
     good, bad = oracle.compare(exact, ours), oracle.compare(bumped, ours)
     named = [c.name for c in bad.failures()]
-    rows.append(_row("F: oracle comparison of gradients", "exact: PASS; one entry × (1 + 1e-3): FAIL",
+    rows.append(_row("F: oracle comparison of gradients",
+                     "exact: PASS; one entry × (1 + 1e-3): FAIL",
                      f"exact {'PASS' if good.passed else 'FAIL'}, perturbed fails {named}",
                      "as stated", good.passed and named == [name]))
     return rows
@@ -334,7 +336,8 @@ def _cli_train(args: list, out: Path) -> list:
     def spy(model, workers, params, yb, *a, **kw):
         before = {k: np.array(v) for k, v in params.items()}
         res = inner(model, workers, params, yb, *a, **kw)
-        steps.append((kw.get("temperature"), before, {k: np.array(v) for k, v in res.grads.items()}))
+        grads = {k: np.array(v) for k, v in res.grads.items()}
+        steps.append((kw.get("temperature"), before, grads))
         return res
 
     parallel.loss_and_grads = spy
