@@ -55,3 +55,22 @@ def test_bench_peer_is_the_witness_step():
     step, sync = modules.make_step(bench.ARCHITECTURES["examples"], 4, "float64", threads=1)
     step()
     sync()
+
+
+def test_witness_neg_elbo_averages_over_its_draws():
+    """``neg_elbo`` with ``(N, L, K)`` noise is the mean of the one-draw reconstructions (the bench
+    peer draws ``samples`` per datum, as refvae's step does)."""
+    torch = pytest.importorskip("torch")
+    from refvae.witness import modules
+
+    model = modules.make_vae(dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4]),
+                             seed=0)
+    y = torch.rand(3, 6, dtype=torch.float64)
+    eps = torch.randn(3, 4, 2, dtype=torch.float64)
+    kl, rec = model.neg_elbo(y, eps)
+    singles = [model.neg_elbo(y, eps[:, l]) for l in range(4)]
+    torch.testing.assert_close(rec, sum(r for _, r in singles) / 4, rtol=1e-12, atol=0)
+    torch.testing.assert_close(kl, singles[0][0], rtol=0, atol=0)
+    step, sync = modules.make_step(dict(data_dim=6, latent_dim=2, encoder_hidden=[4],
+                                        decoder_hidden=[4]), 3, "float64", samples=4, threads=1)
+    step()

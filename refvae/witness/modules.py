@@ -47,9 +47,10 @@ def make_vae(config: dict, dtype=None, seed: int | None = None):
             self._loss = loss_fn(cfg)
 
         def neg_elbo(self, y, eps):
-            """Per datum: KL(q(x|y) || N(0, I)) and ``−log p(y|x)`` at ``x = μ + σ ε`` (``eps``
-            ``(N, K)``: one draw per datum)."""
-            _, kl, rec = self._loss(dict(self.named_parameters()), y, eps[:, None, :])
+            """Per datum: KL(q(x|y) || N(0, I)) and ``−log p(y|x)`` at ``x = μ + σ ε``, averaged
+            over the draws (``eps`` ``(N, K)``: one draw per datum, or ``(N, L, K)``)."""
+            eps = eps[:, None, :] if eps.dim() == 2 else eps
+            _, kl, rec = self._loss(dict(self.named_parameters()), y, eps)
             return kl, rec
 
     if seed is not None:
@@ -158,7 +159,7 @@ def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "c
               threads: int | None = None):
     """``refvae bench``'s peer: ``(step, synchronize)`` where ``step`` is one training step (the
     batch-mean loss, backward, Adam 1e-3) of a ReLU Bernoulli VAE of ``config``'s widths on a fixed
-    random batch with fresh noise. ``threads``: PyTorch's intra-op CPU threads (default: its own)."""
+    random batch with fresh noise (``samples`` draws per datum). ``threads``: PyTorch's intra-op CPU threads (default: its own)."""
     torch = _torch()
     if threads:
         torch.set_num_threads(threads)
@@ -169,7 +170,8 @@ def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "c
 
     def step():
         opt.zero_grad(set_to_none=True)
-        kl, rec = model.neg_elbo(y, torch.randn(batch, config["latent_dim"], device=device, dtype=dt))
+        eps = torch.randn(batch, samples, config["latent_dim"], device=device, dtype=dt)
+        kl, rec = model.neg_elbo(y, eps)
         ((kl + rec).sum() / batch).backward()
         opt.step()
 
