@@ -7,7 +7,9 @@ Tensor-product Gauss–Hermite quadrature computes every expectation, in K = 1, 
 A. The theorems, on nonlinear test functions:
    - ``(x − c)ᵀA(x − c)`` and ``cos(kᵀx)``: left-hand sides in closed form;
    - a small tanh decoder MLP (``refvae.math.mlp.MLP``, widths K-5-4-heads) followed by each of refvae's
-     emissions (gaussian, bernoulli, gaussian_diag) at a fixed observation ``y``: ``f`` is the
+     emissions (gaussian, bernoulli, gaussian_diag), and the same MLP with each other smooth
+     activation (softplus, silu, gelu: φ″ ≠ 0, so the Hessian's φ″ term is exercised beyond tanh)
+     followed by the gaussian emission, at a fixed observation ``y``: ``f`` is the
      decoder's surprisal ``−log p(y|x)``; ``∂f/∂x`` comes from refvae's reverse pass and
      ``∂²f/∂x∂xᵀ`` from its exact input Hessian. No closed form: the left-hand sides are central
      differences (Richardson-extrapolated) of the quadrature of ``f`` alone, at a high node count.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from refvae import NoiseSource, get_backend
+from refvae.math.activations import make_activation
 from refvae.math.emission import make_emission
 from refvae.math.estimators import DecoderSignals, get_estimator
 from refvae.math.latent import DiagonalGaussian, FullCovarianceGaussian
@@ -49,6 +52,8 @@ FULL_MODE = "the same run as quick (no randomness), about 25 s; measured"  # run
 BK = get_backend()
 DIMS = (1, 2, 3)
 EMISSIONS = ("gaussian", "bernoulli", "gaussian_diag")
+# Smooth activations other than tanh (twice differentiable, φ″ ≠ 0), each with the gaussian emission.
+SMOOTH = ("softplus", "silu", "gelu")
 # Nodes per axis of the reference rule (tensor product: n^K nodes). tanh is analytic only in a strip
 # of the complex plane, so the MLP expectations converge more slowly than a polynomial's (figure);
 # these counts put them at ≲ 1e-10 relative, which the refinement column checks (the same quantities
@@ -81,14 +86,15 @@ def central(fn_of_step, h: float = FD_STEP) -> float:
 
 # ----- test functions: derivs(x (M, K)) -> f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K) -------------
 class DecoderSurprisal:
-    """``f(x) = −log p(y | MLP(x))``: a tanh MLP K-5-4-heads in PyTorch's default initialisation
-    and one of refvae's emissions (α = 0.5 for gaussian) at a fixed ``y``. ``∂f/∂x`` by the reverse
-    pass, ``∂²f/∂x∂xᵀ`` by the exact input Hessian."""
+    """``f(x) = −log p(y | MLP(x))``: an MLP K-5-4-heads (tanh or another smooth activation) in
+    PyTorch's default initialisation and one of refvae's emissions (α = 0.5 for gaussian) at a fixed
+    ``y``. ``∂f/∂x`` by the reverse pass, ``∂²f/∂x∂xᵀ`` by the exact input Hessian."""
 
-    def __init__(self, k, rng, emission: str, data_dim: int = 3):
-        self.name = f"tanh MLP + {emission}"
+    def __init__(self, k, rng, emission: str, data_dim: int = 3, activation: str = "tanh"):
+        self.name = f"{activation} MLP + {emission}"
         self.em = make_emission(emission, alpha=0.5)
-        self.mlp = MLP.build("decoder", k, (5, 4), self.em.heads(data_dim), "tanh")
+        self.mlp = MLP.build("decoder", k, (5, 4), self.em.heads(data_dim),
+                             make_activation(activation))
         self.params = self.mlp.init_params(NoiseSource(int(rng.integers(2 ** 31))), BK)
         y = rng.normal(size=data_dim)
         self.y = (y > 0).astype(float) if emission == "bernoulli" else y
@@ -140,7 +146,9 @@ def theorem_rows(seed: int):
     rows, conv, ok = [], {}, True
     for k in DIMS:
         rng, nu, ups = problem(k, seed + 10 * k)
-        for fn in [Quadratic(k, rng), Cosine(k, rng)] + [DecoderSurprisal(k, rng, em) for em in EMISSIONS]:
+        fns = [Quadratic(k, rng), Cosine(k, rng)] + [DecoderSurprisal(k, rng, em) for em in EMISSIONS] \
+            + [DecoderSurprisal(k, rng, "gaussian", activation=act) for act in SMOOTH]
+        for fn in fns:
             lhs = fn.exact(nu, ups)
             n_ref = REF_NODES[k]
             rhs = quadrature_sides(fn, nu, ups, n_ref)
@@ -216,11 +224,12 @@ def _figure(ctx, conv):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     styles = {1: "o-", 2: "s--", 3: "^:"}
-    colors = dict(zip(EMISSIONS, ("C0", "C1", "C2")))
+    names = list(dict.fromkeys(name for name, _ in conv))
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
     for (name, k), pts in conv.items():
         n = [p[0] for p in pts]
         for ax, col in zip(axes, (1, 2)):
-            ax.loglog(n, [max(p[col], 1e-17) for p in pts], styles[k], color=colors[name.split(" + ")[1]],
+            ax.loglog(n, [max(p[col], 1e-17) for p in pts], styles[k], color=colors[name],
                       label=f"{name}, K = {k}", ms=4)
     for ax, title in zip(axes, ("Bonnet: E[∂f/∂x] against ∂E/∂ν", "Price: ½E[∂²f/∂x∂xᵀ] against ∂E/∂Υ")):
         ax.axhline(TOL_FD, color="k", ls=":", lw=1)

@@ -127,8 +127,12 @@ def _run(ctx: Context, model) -> Claim:
     means = {k: float(b.mean()) for k, b in bounds.items()}
     bracket_ok = all(v <= BRACKET_RTOL for v in brackets.values())
     exact_ok = all(e <= EXACT_TOL for e in exact_err.values())
-    ok = all(steps_ok) and l1_ok and bracket_ok and exact_ok
-    checks = ([[f"L_{k} in [max log w − log {k}, max log w]", "every datum (relative excess)", v, BRACKET_RTOL,
+    # The summary names the number of test data: every bound and the ELBO are over that many.
+    counted = all(len(b) == n_eval for b in bounds.values()) and len(elbo) == n_eval
+    ok = all(steps_ok) and l1_ok and bracket_ok and exact_ok and counted
+    checks = ([["data per bound and ELBO", f"the {n_eval} named", sorted({len(b) for b in bounds.values()}),
+                n_eval, "pass" if counted else "FAIL"]]
+              + [[f"L_{k} in [max log w − log {k}, max log w]", "every datum (relative excess)", v, BRACKET_RTOL,
                 "pass" if v <= BRACKET_RTOL else "FAIL"]
                for k, v in brackets.items()]
               + [[f"linear-Gaussian, exact posterior: L_{k}", "|L_k − log N(y; b, WWᵀ + αI)|", e, EXACT_TOL,

@@ -46,6 +46,7 @@ class Mutation:
 
 
 GAUSS, EST, CAT = "refvae/math/latent/gaussian.py", "refvae/math/estimators.py", "refvae/math/latent/categorical.py"
+LOOP, PATHS, WIRING = "refvae/train/loop.py", "tests/test_paths.py", "tests/test_option_wiring.py"
 MUTATIONS = {
     "a": Mutation("sampler std = exp(ℓ) (erratum E3 put back)",
                   ((GAUSS, "std = bk.xp.exp(0.5 * logvar)", "std = bk.xp.exp(logvar)"),),
@@ -120,6 +121,57 @@ MUTATIONS = {
     "q": Mutation("no minibatch shuffling",
                   (("refvae/train/loop.py", "order = noise.permutation(n)", "order = np.sort(noise.permutation(n))"),),
                   ("claim13_coverage", "claim09_pytorch_examples"), ("tests/test_minibatch_order.py", "tests/test_train.py")),
+    **{  # issue 23: the training loop's wiring of options, paths quick mode never took, hints
+        key: Mutation(what, edits, ("claim15_paths",), tests)
+        for key, (what, edits, tests) in {
+            "r1": ("step schedule gets the default γ, not --lr-gamma",
+                   ((LOOP, '"step": {"step_size": options.lr_step_size, "gamma": options.lr_gamma}',
+                     '"step": {"step_size": options.lr_step_size}'),), (WIRING,)),
+            "r2": ("evaluation ignores --eval-samples",
+                   ((LOOP, "NoiseSource([options.seed, epoch, 1]),\n                             "
+                           "options.eval_samples)", "NoiseSource([options.seed, epoch, 1]))"),),
+                   (WIRING,)),
+            "r3": ("temperature fixed at its start value in the steps",
+                   ((LOOP, "temperature=temperature(step) if temperature else None",
+                     "temperature=temperature(0) if temperature else None"),), (WIRING,)),
+            "r4": ("--binarize ignored when the data are prepared",
+                   ((LOOP, "data = apply_binarization(data, options.binarize, seed=options.seed + 1)",
+                     'data = apply_binarization(data, "none", seed=options.seed + 1)'),), (WIRING,)),
+            "r5": ("--weight-decay dropped on its way to the optimizer",
+                   ((LOOP, "lr=options.lr, weight_decay=options.weight_decay)", "lr=options.lr)"),),
+                   (WIRING,)),
+            "r6": ("the third and later shards' gradients dropped",
+                   (("refvae/fast/parallel.py", "for part in parts[2:]:", "for part in parts[3:]:"),),
+                   (PATHS, "tests/test_parallel.py")),
+            "r7": ("IWAE chunks combined by max instead of log-sum-exp",
+                   (("refvae/math/objectives.py",
+                     "acc = part if acc is None else xp.logaddexp(acc, part)",
+                     "acc = part if acc is None else xp.maximum(acc, part)"),), (PATHS,)),
+            "r8": ("SGD dampening ignored (plain rule)",
+                   (("refvae/optim/rules.py", "self.momentum * b + (1.0 - self.dampening) * g",
+                     "self.momentum * b + g"),), (PATHS, "tests/test_optim.py")),
+            "r9": ("SGD dampening ignored (fast rule)",
+                   (("refvae/fast/optim.py", "xp.multiply(1.0 - self.dampening, g, out=T)",
+                     "xp.multiply(1.0, g, out=T)"),), (PATHS, "tests/test_fast_optim.py")),
+            "r10": ("resume restarts the step count at 0",
+                    ((LOOP, "start_epoch, step, estimator_state = state.epoch, state.step, "
+                            "state.estimator_state",
+                      "start_epoch, step, estimator_state = state.epoch, 0, state.estimator_state"),),
+                    (PATHS, "tests/test_train.py")),
+            "r11": ("resume restarts the generator instead of restoring its state",
+                    ((LOOP, "noise.set_state(state.noise_state)",
+                      "noise.set_state(NoiseSource(options.seed).state())"),),
+                    ("tests/test_train.py", WIRING)),
+            "r12": ("dynamic binarisation drawn once, in the first epoch",
+                    ((LOOP, "y_epoch = bk.asarray(binarize(data.train, noise))",
+                      "y_epoch = y_dev = bk.asarray(binarize(data.train, noise))"),), (PATHS,)),
+            "r13": ("oracle: variance-as-scale sampler labelled as logvar-as-scale",
+                    (("refvae/oracle/diagnose.py",
+                      '"your sampler uses exp(logvar), the variance, as the standard deviation; "',
+                      '"your sampler uses logvar itself as the standard deviation; "'),),
+                    (PATHS, "tests/test_oracle_check_torch.py")),
+        }.items()
+    },
 }
 
 
