@@ -13,8 +13,9 @@ from ..errors import ConfigError
 from ..util.checked import checked
 from .latent.categorical import KL_KINDS as CATEGORICAL_KL
 from .activations import ACTIVATIONS
+from . import networks
 
-FORMAT = 1
+FORMAT = 1          # the MLP's format; format 2 adds the layer lists (refvae.math.networks)
 LATENTS = ("gaussian", "gaussian_full", "categorical")
 REQUIRED = ("data_dim", "latent_dim")
 
@@ -42,7 +43,12 @@ class VAEConfig:
     categorical_kl: str = "analytic"
     prior_temperature: float | None = None
     flow_length: int = 0
-    format: int = FORMAT
+    # format 2: sequential networks (refvae.math.networks; docs/ORACLE.md)
+    data_shape: tuple | None = None
+    encoder_layers: tuple | None = None
+    decoder_layers: tuple | None = None
+    decoder_heads: str | None = None
+    format: int | None = None   # 1 or 2; inferred from the fields used when not given
 
     def __post_init__(self):
         _positive_int("data_dim", self.data_dim)
@@ -89,8 +95,9 @@ class VAEConfig:
         _positive_int("flow_length", self.flow_length, minimum=0)
         if self.flow_length and self.latent != "gaussian":
             raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
-        if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
-            raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
+        networks.normalise(self)
+        if self.format == 2:
+            networks.check_networks(self, self._head_widths()[self.latent], self._emission_heads())
         budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
                      "use smaller widths or dimensions")
 
@@ -105,6 +112,7 @@ class VAEConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
                               f"known fields: {', '.join(sorted(known))}")
+        networks.refuse_both(d)
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise ConfigError(f"config is missing the field(s) {', '.join(map(repr, missing))}")
@@ -117,13 +125,14 @@ class VAEConfig:
         for name, default in (("categories", None), ("categorical_kl", "analytic"), ("prior_temperature", None)):
             if d[name] == default:
                 d.pop(name)
-        return d
+        return networks.format2_dict(self, d)
 
     def n_params(self) -> int:
         """An upper estimate of the number of parameters (weights and biases of both networks)."""
-        k = self.latent_dim
-        heads = {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
-                 "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+        heads = self._head_widths()
+        if self.format == 2:
+            return sum(map(networks.n_params, networks.check_networks(
+                self, heads[self.latent], self._emission_heads()))) + 1
         out = self.data_dim * (2 if self.emission == "gaussian_diag" else 1) + 1
         n = 0
         for widths, first, last in ((self.encoder_hidden, self.data_dim, heads[self.latent]),
@@ -132,12 +141,31 @@ class VAEConfig:
             n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         return n
 
+    def _head_widths(self) -> dict:
+        k = self.latent_dim
+        return {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
+                "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+
+    def _emission_heads(self) -> list:
+        return [("out", self.data_dim)] + ([("logvar", self.data_dim)]
+                                           if self.emission == "gaussian_diag" else [])
+
+    def activation_sizes(self) -> tuple[list, list]:
+        """Per-datum sizes of the intermediates the encoder and the decoder keep
+        (:func:`refvae.math.networks.activation_sizes`)."""
+        if self.format == 1:
+            return list(self.encoder_hidden), list(self.decoder_hidden)
+        enc, dec = networks.check_networks(self, self._head_widths()[self.latent],
+                                           self._emission_heads())
+        return networks.activation_sizes(enc), networks.activation_sizes(dec)
+
     def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
         """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
         each whose activations and their caches would not fit the memory budget."""
         k = self.latent_dim * (self.categories or 1)
-        per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
-        per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        enc, dec = self.activation_sizes()
+        per_sample = 2 * self.data_dim + 4 * k + sum(dec) * 3
+        per_row = 2 * self.data_dim + sum(enc) * 3 + 4 * k
         budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
                      f"use a smaller {field.split()[0]}")
 
