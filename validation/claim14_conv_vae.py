@@ -144,7 +144,8 @@ def _run(ctx: Context, s: dict, data, torch) -> Claim:
     score_rel = float(np.max(np.abs(ref - witness) / np.abs(witness)))
     teacher = teacher_forced(torch, data, ctx.seed)
     diff = ref - twin
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    t = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diff) - 1)
+    half = t * diff.std(ddof=1) / math.sqrt(len(diff))
     lo, hi = diff.mean() - half, diff.mean() + half
     checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
               "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,

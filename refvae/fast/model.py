@@ -19,7 +19,7 @@ def use_fast_kernels(model: VAE) -> VAE:
 
 
 def _fast_mlp(net):
-    """An MLP with softplus gets the fused softplus; a Sequential network (format 2) runs as it is."""
+    """An MLP with softplus gets the fused softplus; a Sequential (format 2) runs as it is."""
     if isinstance(net, MLP) and net.activation.name == FAST_SOFTPLUS.name:
         return replace(net, activation=FAST_SOFTPLUS)
     return net

@@ -144,7 +144,8 @@ class VAEConfig:
     def _head_widths(self) -> dict:
         k = self.latent_dim
         return {"gaussian": 2 * k + self.flow_length * (2 * k + 1),
-                "gaussian_full": 2 * k + k * (k + 1) // 2, "categorical": k * (self.categories or 1)}
+                "gaussian_full": 2 * k + k * (k + 1) // 2,
+                "categorical": k * (self.categories or 1)}
 
     def _emission_heads(self) -> list:
         return [("out", self.data_dim)] + ([("logvar", self.data_dim)]

@@ -78,7 +78,8 @@ class VAE:
         (docs/DERIVATIONS.md#bonnet-and-price)."""
         get_estimator(self.latent.name, estimator)
         if estimator == "price" and not self.decoder.twice_differentiable:
-            what = (f"activation {self.config.activation!r} is" if self.config.decoder_layers is None
+            what = (f"activation {self.config.activation!r} is"
+                    if self.config.decoder_layers is None
                     else "decoder_layers' " + ", ".join(_rough_layers(self.decoder)) + " are")
             raise ConfigError(f"estimator 'price' needs a twice-differentiable decoder (Price's "
                               f"theorem, Eq. 8.17), and {what} not: use estimator 'pathwise', or "
@@ -202,7 +203,8 @@ class VAE:
 def _rough_layers(net) -> list[str]:
     """The layers of a Sequential that are not twice differentiable (``layer 3 (relu)``)."""
     from .layers import ActivationLayer, MaxPool2d
-    return [f"layer {i} ({layer.activation.name if isinstance(layer, ActivationLayer) else layer.kind})"
-            for i, layer in enumerate(net.layers)
+    def name(layer):
+        return layer.activation.name if isinstance(layer, ActivationLayer) else layer.kind
+    return [f"layer {i} ({name(layer)})" for i, layer in enumerate(net.layers)
             if isinstance(layer, MaxPool2d) or (isinstance(layer, ActivationLayer)
                                                 and not layer.activation.twice_differentiable)]

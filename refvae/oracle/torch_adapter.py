@@ -178,16 +178,17 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str = "mean", estimator=None,
-                layout=None, split=None, temperature=None, rtol=None, atol=None, backend: str = "numpy",
-                modules=None):
+def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str = "mean",
+                estimator=None, layout=None, split=None, temperature=None, rtol=None, atol=None,
+                backend: str = "numpy", modules=None):
     """Check a live PyTorch model in one call: ``loss_fn(model, y)`` returns the scalar loss exactly
     as the user's training code computes it (for pytorch/examples' VAE: ``recon, mu, logvar =
     model(y); return loss_function(recon, y, mu, logvar)``). Returns the
     :class:`~refvae.oracle.OracleReport`; ``y`` may have any shape ``(N, ...)`` (it is flattened to
     ``(N, D)`` for refvae). Without a config it is read from the model's ``nn.Sequential``
     encoder and decoder and its Gaussian heads (:mod:`refvae.oracle.torch_modules`; ``modules``
-    passes that reader's options: ``encoder``, ``decoder``, ``emission``, ``alpha``, ``data_shape``)."""
+    passes that reader's options: ``encoder``, ``decoder``, ``emission``, ``alpha``,
+    ``data_shape``)."""
     if config is None:
         config, name_map = config_from_modules(model, y, name_map, **(modules or {}))
     cfg = load_config(config)

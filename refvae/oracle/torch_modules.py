@@ -20,7 +20,8 @@ import re
 from ..errors import ConfigError
 
 HEAD_PAIRS = (("fc21", "fc22"),)
-MEAN, LOGVAR = re.compile(r"(^|_)(mu|mean)($|_)"), re.compile(r"(^|_)(log_?var|var|log_?sigma)($|_)")
+MEAN = re.compile(r"(^|_)(mu|mean)($|_)")
+LOGVAR = re.compile(r"(^|_)(log_?var|var|log_?sigma)($|_)")
 ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "SiLU": "silu",
                "Identity": "identity", "Softplus": "softplus", "GELU": "gelu", "ELU": "elu",
                "LeakyReLU": "leaky_relu"}
@@ -138,7 +139,8 @@ def config_from_modules(model, y, name_map=None, *, encoder: str = "encoder",
     mean, logvar = gaussian_heads(model, (encoder, decoder), name_map)
     shape = list(data_shape) if data_shape is not None else list(y.shape[1:])
     if not shape:
-        raise ConfigError("check_torch: y must have a batch axis and a datum shape, e.g. (N, 1, 28, 28)")
+        raise ConfigError("check_torch: y must have a batch axis and a datum shape, "
+                          "e.g. (N, 1, 28, 28)")
     enc, dec = sequential_spec(model, encoder), sequential_spec(model, decoder)
     if emission is None:
         if not dec or dec[-1]["type"] != "sigmoid":
