@@ -38,6 +38,11 @@ def _arch_from_flags(args, arch: dict) -> dict:
         if not isinstance(from_file, dict):
             raise ConfigError(f"{args.config}: a config must be a JSON object")
         arch.update(from_file)
+        for net in ("encoder", "decoder"):      # a layer list replaces the default MLP widths
+            if f"{net}_layers" in from_file and f"{net}_hidden" not in from_file:
+                arch.pop(f"{net}_hidden", None)
+        if {"encoder_layers", "decoder_layers"} <= set(from_file) and "activation" not in from_file:
+            arch.pop("activation", None)
     for name in ARCH_FLAGS:
         value = getattr(args, name)
         if value is not None:

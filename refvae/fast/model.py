@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..math.mlp import MLP
 from ..math.vae import VAE
 from .kernels import FAST_SOFTPLUS, FastBernoulli
 
@@ -17,8 +18,11 @@ def use_fast_kernels(model: VAE) -> VAE:
     return model
 
 
-def _fast_mlp(mlp):
-    return replace(mlp, activation=FAST_SOFTPLUS) if mlp.activation.name == FAST_SOFTPLUS.name else mlp
+def _fast_mlp(net):
+    """An MLP with softplus gets the fused softplus; a Sequential (format 2) runs as it is."""
+    if isinstance(net, MLP) and net.activation.name == FAST_SOFTPLUS.name:
+        return replace(net, activation=FAST_SOFTPLUS)
+    return net
 
 
 def fast_vae(config, backend="numpy", dtype: str = "float64") -> VAE:

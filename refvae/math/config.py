@@ -14,8 +14,9 @@ from ..util.checked import checked
 from .latent.categorical import KL_KINDS as CATEGORICAL_KL
 from .activations import ACTIVATIONS
 from .latent.gaussian import KL_FORMS, SCALE_HEADS
+from . import networks
 
-FORMAT = 1
+FORMAT = 1          # the MLP's format; format 2 adds the layer lists (refvae.math.networks)
 LATENTS = ("gaussian", "gaussian_full", "categorical")
 REQUIRED = ("data_dim", "latent_dim")
 # Fields added after format 1's first release: written only when they differ from their default,
@@ -62,7 +63,12 @@ class VAEConfig:
     head_activations: tuple = ()
     kl: str = "analytic"
     condition_dim: int = 0
-    format: int = FORMAT
+    # format 2: sequential networks (refvae.math.networks; docs/ORACLE.md)
+    data_shape: tuple | None = None
+    encoder_layers: tuple | None = None
+    decoder_layers: tuple | None = None
+    decoder_heads: str | None = None
+    format: int | None = None   # 1 or 2; inferred from the fields used when not given
 
     def __post_init__(self):
         _positive_int("data_dim", self.data_dim)
@@ -110,8 +116,12 @@ class VAEConfig:
         if self.flow_length and self.latent != "gaussian":
             raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
         self._check_forms()
-        if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
-            raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
+        networks.normalise(self)
+        if self.format == 2:
+            if self.condition_dim:
+                raise ConfigError("config field 'condition_dim' applies only to MLP networks "
+                                  "(format 1); layer lists take no condition")
+            networks.check_networks(self, self._encoder_width(), self._emission_heads())
         budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
                      "use smaller widths or dimensions")
 
@@ -171,6 +181,7 @@ class VAEConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
                               f"known fields: {', '.join(sorted(known))}")
+        networks.refuse_both(d)
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise ConfigError(f"config is missing the field(s) {', '.join(map(repr, missing))}")
@@ -185,11 +196,14 @@ class VAEConfig:
                               ("prior_temperature", None), *LATER_DEFAULTS):
             if d[name] == default or (name == "head_activations" and not d[name]):
                 d.pop(name)
-        return d
+        return networks.format2_dict(self, d)
 
     def n_params(self) -> int:
         """An upper estimate of the number of parameters (weights and biases of both networks)."""
-        heads = sum(width for _, width in self.encoder_heads())
+        heads = self._encoder_width()
+        if self.format == 2:
+            return sum(map(networks.n_params, networks.check_networks(
+                self, heads, self._emission_heads()))) + 1
         out = self.data_dim * (2 if self.emission == "gaussian_diag" else 1) + 1
         n, c = 0, self.condition_dim
         for widths, first, last in ((self.encoder_hidden, self.data_dim + c, heads),
@@ -198,12 +212,28 @@ class VAEConfig:
             n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         return n
 
+    def _encoder_width(self) -> int:
+        return sum(width for _, width in self.encoder_heads())
+
+    def _emission_heads(self) -> list:
+        return [("out", self.data_dim)] + ([("logvar", self.data_dim)]
+                                           if self.emission == "gaussian_diag" else [])
+
+    def activation_sizes(self) -> tuple[list, list]:
+        """Per-datum sizes of the intermediates the encoder and the decoder keep
+        (:func:`refvae.math.networks.activation_sizes`)."""
+        if self.format == 1:
+            return list(self.encoder_hidden), list(self.decoder_hidden)
+        enc, dec = networks.check_networks(self, self._encoder_width(), self._emission_heads())
+        return networks.activation_sizes(enc), networks.activation_sizes(dec)
+
     def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
         """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
         each whose activations and their caches would not fit the memory budget."""
         k = self.latent_dim * (self.categories or 1)
-        per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
-        per_row = 2 * self.data_dim + self.condition_dim + sum(self.encoder_hidden) * 3 + 4 * k
+        enc, dec = self.activation_sizes()
+        per_sample = 2 * self.data_dim + 4 * k + sum(dec) * 3
+        per_row = 2 * self.data_dim + self.condition_dim + sum(enc) * 3 + 4 * k
         budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
                      f"use a smaller {field.split()[0]}")
 

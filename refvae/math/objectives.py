@@ -19,7 +19,8 @@ _ELEMENTS_PER_CHUNK = 20_000_000
 
 def _widest(vae) -> int:
     c = vae.config
-    return max([c.data_dim * 2, vae.latent.decoder_in, *c.decoder_hidden, *c.encoder_hidden])
+    enc, dec = c.activation_sizes()
+    return max([c.data_dim * 2, vae.latent.decoder_in, *dec, *enc])
 
 
 def _batches(n: int, batch_size: int):

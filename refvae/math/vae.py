@@ -21,7 +21,7 @@ from .config import VAEConfig
 from .emission import make_emission
 from .estimators import CONTROL_VARIATES, DecoderSignals, get_estimator
 from .latent import make_latent
-from .mlp import MLP
+from .networks import decoder_network, encoder_network
 
 REDUCTIONS = ("mean", "sum")
 LOG_ALPHA = "decoder.log_alpha"
@@ -64,10 +64,9 @@ class VAE:
         c = self.config
         self.latent = make_latent(c)
         self.emission = make_emission(c.emission, c.alpha)
-        self.encoder = MLP.build("encoder", c.data_dim + c.condition_dim, c.encoder_hidden,
-                                 self.latent.heads(), c.activation)
-        self.decoder = MLP.build("decoder", self.latent.decoder_in + c.condition_dim,
-                                 c.decoder_hidden, self.emission.heads(c.data_dim), c.activation)
+        self.encoder = encoder_network(c, self.latent.heads())
+        self.decoder = decoder_network(c, self.latent.decoder_in + c.condition_dim,
+                                       self.emission.heads(c.data_dim))
         self.head_activations = {h: get_activation(a) for h, a in c.head_activations}
 
     @property
@@ -82,9 +81,11 @@ class VAE:
         (docs/DERIVATIONS.md#bonnet-and-price)."""
         get_estimator(self.latent.name, estimator)
         if estimator == "price" and not self.decoder.twice_differentiable:
+            what = (f"activation {self.config.activation!r} is"
+                    if self.config.decoder_layers is None
+                    else "decoder_layers' " + ", ".join(_rough_layers(self.decoder)) + " are")
             raise ConfigError(f"estimator 'price' needs a twice-differentiable decoder (Price's "
-                              f"theorem, Eq. 8.17), and activation "
-                              f"{self.config.activation!r} is not: use estimator 'pathwise', or "
+                              f"theorem, Eq. 8.17), and {what} not: use estimator 'pathwise', or "
                               f"a smooth activation (tanh, softplus, silu, sigmoid)")
 
     # ----- parameters ------------------------------------------------------------------------
@@ -256,3 +257,13 @@ class VAE:
                           temperature, cond)
         total = (fp.kl + fp.f.mean(axis=1)).sum() * scale
         return self.bk.to_float(total / y.shape[0] if reduction == "mean" else total)
+
+
+def _rough_layers(net) -> list[str]:
+    """The layers of a Sequential that are not twice differentiable (``layer 3 (relu)``)."""
+    from .layers import ActivationLayer, MaxPool2d
+    def name(layer):
+        return layer.activation.name if isinstance(layer, ActivationLayer) else layer.kind
+    return [f"layer {i} ({name(layer)})" for i, layer in enumerate(net.layers)
+            if isinstance(layer, MaxPool2d) or (isinstance(layer, ActivationLayer)
+                                                and not layer.activation.twice_differentiable)]

@@ -23,6 +23,7 @@ from ..math.vae import VAE
 from .core import OracleMismatch, check
 from .inputs import host, load_config
 from .layouts import Layout, rename, split_sizes
+from .torch_modules import config_from_modules, decoder_ends
 
 NORMAL, UNIFORM = ("randn", "randn_like"), ("rand", "rand_like")
 
@@ -79,7 +80,7 @@ def _targets(model, vae, layout: Layout) -> dict:
     """``{their module name: [(what to record, where, split sizes or None)]}`` for the modules the
     name map sends to refvae's heads and decoder layers."""
     heads = {f"encoder.{h}": h for h, _ in vae.latent.heads()}
-    first = "decoder.0" if vae.config.decoder_hidden else "decoder.out"
+    first, last = decoder_ends(vae)
     shapes = vae.param_shapes()
     targets = {}
     for name, _ in model.named_modules():
@@ -96,7 +97,7 @@ def _targets(model, vae, layout: Layout) -> dict:
             todo.append(("heads", [ours], None))
         if ours == first:
             todo.append(("x", None, None))
-        if ours == "decoder.out":
+        if ours == last:
             todo.append(("decoder_out", None, None))
         if todo:
             targets[name] = todo
@@ -109,7 +110,8 @@ def _hook(record: dict, heads: dict, todo):
             if what == "x":
                 record.setdefault("x", []).append(inputs[0].detach().clone())
             elif what == "decoder_out":
-                record.setdefault("decoder_out", []).append(output.detach().clone())
+                out = output.flatten(-3) if output.ndim >= 4 else output   # an image: (N, C·H·W)
+                record.setdefault("decoder_out", []).append(out.detach().clone())
             else:
                 chunks = [output] if sizes is None else output.split(sizes, dim=-1)
                 for part, chunk in zip(parts, chunks):
@@ -176,13 +178,19 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def check_torch(model, loss_fn, y, config, *, name_map=None, reduction: str = "mean", estimator=None,
-                layout=None, split=None, temperature=None, rtol=None, atol=None, backend: str = "numpy"):
+def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str = "mean",
+                estimator=None, layout=None, split=None, temperature=None, rtol=None, atol=None,
+                backend: str = "numpy", modules=None):
     """Check a live PyTorch model in one call: ``loss_fn(model, y)`` returns the scalar loss exactly
     as the user's training code computes it (for pytorch/examples' VAE: ``recon, mu, logvar =
     model(y); return loss_function(recon, y, mu, logvar)``). Returns the
     :class:`~refvae.oracle.OracleReport`; ``y`` may have any shape ``(N, ...)`` (it is flattened to
-    ``(N, D)`` for refvae)."""
+    ``(N, D)`` for refvae). Without a config it is read from the model's ``nn.Sequential``
+    encoder and decoder and its Gaussian heads (:mod:`refvae.oracle.torch_modules`; ``modules``
+    passes that reader's options: ``encoder``, ``decoder``, ``emission``, ``alpha``,
+    ``data_shape``)."""
+    if config is None:
+        config, name_map = config_from_modules(model, y, name_map, **(modules or {}))
     cfg = load_config(config)
     vae = VAE(cfg)
     lay = Layout.make(name_map, layout, split)
@@ -193,7 +201,7 @@ def check_torch(model, loss_fn, y, config, *, name_map=None, reduction: str = "m
                  rtol=rtol, atol=atol, backend=backend, layout=lay)
 
 
-def assert_torch_matches(model, loss_fn, y, config, **kwargs):
+def assert_torch_matches(model, loss_fn, y, config=None, **kwargs):
     """:func:`check_torch`, raising :class:`~refvae.oracle.OracleMismatch` with the report when
     any tensor fails."""
     report = check_torch(model, loss_fn, y, config, **kwargs)

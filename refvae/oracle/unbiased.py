@@ -111,7 +111,8 @@ class UnbiasedReport:
 # ----- refvae's expected gradient ----------------------------------------------------------------
 def cubature_applies(config) -> bool:
     return (config.latent in ("gaussian", "gaussian_full") and not config.flow_length
-            and not config.decoder_hidden and config.emission == "gaussian")
+            and not config.decoder_hidden and config.decoder_layers is None
+            and config.emission == "gaussian")
 
 
 def cubature_noise(n: int, k: int) -> np.ndarray:
