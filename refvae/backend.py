@@ -6,7 +6,8 @@ here (:meth:`Backend.asarray`, :meth:`Backend.to_numpy`) and nowhere else.
 
 Random numbers are drawn on the host by :class:`NoiseSource` (a NumPy ``Generator``) and moved to the
 device, so a seed gives bit-identical base noise on every backend and its state can be saved in a
-checkpoint without pickle.
+checkpoint without pickle. :class:`DeviceNoise` draws the base noise on the device instead (no copy
+per step; ``refvae train --device-noise``), at the price of another stream on each backend.
 """
 from __future__ import annotations
 
@@ -197,3 +198,26 @@ class NoiseSource:
     @staticmethod
     def _out(a: np.ndarray, bk: Backend | None):
         return a if bk is None else bk.asarray(a)
+
+
+class DeviceNoise:
+    """The base noises of :class:`NoiseSource` (normal, uniform on (0, 1), Gumbel) drawn on the
+    device by the array library's own generator (CuPy's on a GPU, NumPy's on the CPU), seeded by
+    ``seed`` (an int or a sequence of ints): no host draw and no host→device copy per step, but
+    another stream than :class:`NoiseSource`'s, and another on each backend."""
+
+    def __init__(self, bk: Backend, seed):
+        self._bk = bk
+        state = np.random.SeedSequence(seed).generate_state(1)[0]
+        self._gen = bk.xp.random.default_rng(int(state))
+
+    def normal(self, shape, bk: Backend | None = None):
+        return self._gen.standard_normal(shape, dtype=self._bk.dtype)
+
+    def uniform(self, shape, bk: Backend | None = None):
+        """Uniform on (0, 1): a draw of 0 becomes the next float up, as in :class:`NoiseSource`."""
+        u = self._gen.random(shape, dtype=self._bk.dtype)
+        return self._bk.xp.maximum(u, np.nextafter(self._bk.dtype(0), self._bk.dtype(1)))
+
+    def gumbel(self, shape, bk: Backend | None = None):
+        return -self._bk.xp.log(self._gen.standard_exponential(shape, dtype=self._bk.dtype))
