@@ -20,6 +20,7 @@ import numpy as np
 import scipy.special as _sp
 
 from .errors import BackendError, ConfigError
+from .fast.elementwise import Elementwise
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -91,7 +92,30 @@ def _cupy_modules():
         raise BackendError("backend 'cupy' was requested but no GPU is visible; use --backend numpy")
     special = SimpleNamespace(expit=cusp.expit, logsumexp=cusp.logsumexp, gammaln=cusp.gammaln,
                               ndtr=cusp.ndtr)
+    try:
+        _probe(cupy)
+    except Exception as exc:  # a missing CUDA library (NVRTC, cuBLAS), a driver too old: one line
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BackendError(f"backend 'cupy' was requested but CuPy cannot run on this GPU "
+                           f"({type(exc).__name__}: {detail}); install the CUDA libraries with "
+                           "`pip install 'refvae[gpu]'` (CUDA 12) or `'refvae[gpu-cuda13]'`, "
+                           "or use --backend numpy") from exc
     return cupy, special
+
+
+# The kernel get_backend("cupy") compiles and runs once (a broken NVRTC fails here, not mid-run).
+PROBE = Elementwise("refvae_probe", "T x", "T y", "y = x + x;",
+                    lambda xp, x, y: xp.add(x, x, out=y))
+
+
+def _probe(cupy) -> None:
+    """Run what a training step needs once: a compiled elementwise kernel (NVRTC), a matrix
+    product (cuBLAS) and a copy back to the host; raises whatever CuPy raises."""
+    a = cupy.asarray([[1.0, 2.0], [3.0, 4.0]])
+    twice = cupy.ElementwiseKernel(PROBE.in_params, PROBE.out_params, PROBE.cuda, PROBE.name)
+    b = twice(a, cupy.empty_like(a)) @ a
+    if b.get().tolist() != [[14.0, 20.0], [30.0, 44.0]]:
+        raise RuntimeError(f"a 2x2 product gave {b.get().tolist()}")
 
 
 _CACHE: dict[tuple[str, str], Backend] = {}
