@@ -40,6 +40,7 @@ def use_strict_cupy(monkeypatch):
     formula (the stand-in cannot compile CUDA C)."""
     for kernel in KERNELS.values():
         strict_cupy.register(kernel.name, kernel.cuda, functools.partial(kernel.numpy, np))
+    strict_cupy.register(_backend.PROBE_NAME, _backend.PROBE_CUDA, lambda x, y: np.add(x, x, out=y))
     for name, module in strict_cupy.MODULES.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(_backend, "_CACHE", {k: v for k, v in _backend._CACHE.items() if k[0] != "cupy"})
