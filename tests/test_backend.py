@@ -167,7 +167,8 @@ def test_a_cupy_that_cannot_run_is_one_line_backend_error(strict_cupy_bk, monkey
     msg = str(info.value)
     assert "\n" not in msg and "CuPy cannot run" in msg and "refvae[gpu]" in msg
     assert "--backend numpy" in msg
-    assert ("libnvrtc" in msg) if where == "ElementwiseKernel" else ("cublas" in msg or "2x2" in msg)
+    wanted = ("libnvrtc",) if where == "ElementwiseKernel" else ("cublas", "2x2")
+    assert any(w in msg for w in wanted)
     assert available_backends() == ["numpy"]
 
 

@@ -122,9 +122,10 @@ def test_the_training_model_runs_the_fast_kernels_and_agrees_with_the_plain_mode
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_bernoulli_kernel_on_the_device_equals_the_plain_emission(bk, dtype):
-    """On CuPy (here the strict stand-in, which runs the kernel's NumPy formula, and a GPU in
-    validation/gpu_check.sh) one elementwise kernel and one sum: equal to the CPU's fast path bit for
-    bit on the stand-in, and to the plain emission within the ulps above; ``weight`` scales ∂f/∂o."""
+    """On CuPy (here the strict stand-in, which runs the kernel's NumPy formula; a GPU in
+    validation/gpu_check.sh) one elementwise kernel and one sum: equal to the CPU's fast path bit
+    for bit on the stand-in, and to the plain emission within the ulps above; ``weight`` scales
+    ∂f/∂o."""
     import strict_cupy  # noqa: PLC0415
 
     bk = get_backend(bk.name, dtype)

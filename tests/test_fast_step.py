@@ -1,4 +1,4 @@
-"""The training step's fast path (refvae/fast/step.py and the kernels it runs) against the plain model,
+"""The training step's fast path (refvae/fast/step.py and its kernels) against the plain model,
 and its device operations counted on the strict CuPy stand-in (issue 28).
 
 On NumPy, and on the stand-in (which runs each kernel's NumPy formula), the loss and every gradient

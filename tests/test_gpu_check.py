@@ -20,5 +20,6 @@ def test_the_correctness_part_passes_on_the_stand_in(strict_cupy_bk):
     lines = []
     assert gpu_check.correctness(lines.append) == 0
     assert lines[-1].startswith("correctness: ") and not any(l.startswith("FAIL") for l in lines)
-    assert sum("(fused)" in l for l in lines) == 3 * 4   # gaussian/pathwise × emissions × activations
+    # fused: the gaussian latent's pathwise estimator × 3 emissions × 4 activations
+    assert sum("(fused)" in l for l in lines) == 3 * 4
     assert len(lines) > 100

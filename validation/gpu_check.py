@@ -1,4 +1,4 @@
-"""The Python parts of ``validation/gpu_check.sh`` (issue 28), each a subcommand printing one line per
+"""The Python parts of ``validation/gpu_check.sh`` (issue 28), each a subcommand printing a line per
 result and exiting non-zero on a failure:
 
 * ``correctness`` — loss and every gradient of the training step on CuPy float64 (the flat-buffer

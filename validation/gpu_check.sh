@@ -26,7 +26,8 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     local name=$1 limit=$2
     shift 2
     echo "== $name"
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" || { echo "gpu_check: $name FAILED"; status=1; }
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" \
+        || { echo "gpu_check: $name FAILED"; status=1; }
 }
 
 python3 - <<'PY' 2>&1 | tee "$OUT/device.log" || exit 1

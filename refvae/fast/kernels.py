@@ -158,7 +158,8 @@ ACTIVATION_GRAD = {
     "relu": Elementwise("refvae_relu_grad", "T u, T a", "T d",
                         "d = u * (a > (T)0 ? (T)1 : (T)0);", _relu_grad_numpy),
     "tanh": Elementwise("refvae_tanh_grad", "T u, T a", "T d",
-                        "T e = exp((T)-2 * fabs(a)); T q = (T)1 + e; d = u * (((T)4 * e) / (q * q));",
+                        "T e = exp((T)-2 * fabs(a)); T q = (T)1 + e; "
+                        "d = u * (((T)4 * e) / (q * q));",
                         _tanh_grad_numpy),
 }
 

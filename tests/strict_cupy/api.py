@@ -196,7 +196,8 @@ class ElementwiseKernel:
     def __call__(self, *args, **kwargs):
         where = f"cupy.ElementwiseKernel {self.name!r}"
         if len(args) != len(self.params):
-            raise TypeError(f"{where}: wrong number of arguments ({len(args)} for {len(self.params)})")
+            raise TypeError(f"{where}: wrong number of arguments ({len(args)} for "
+                            f"{len(self.params)})")
         source, fn = EQUIVALENTS.get(self.name, (None, None))
         if source != self.operation:
             raise NotImplementedError(f"{where}: the strict stand-in cannot compile CUDA C; "

@@ -28,7 +28,8 @@ import numpy as np
 # transcendental results move by up to this many units in the last place (a fixed function of the
 # value, as a math library's error is; exact 0 and ±1 stay), and sums and matrix products add in
 # another order. REFVAE_STRICT_ULPS sets it for a whole run.
-STATE = SimpleNamespace(syncs=0, waits=0, ops=0, ulps=int(os.environ.get("REFVAE_STRICT_ULPS", "0")))
+STATE = SimpleNamespace(syncs=0, waits=0, ops=0,
+                        ulps=int(os.environ.get("REFVAE_STRICT_ULPS", "0")))
 
 INEXACT = frozenset({
     "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "logaddexp", "logaddexp2", "power",
