@@ -6,7 +6,8 @@ here (:meth:`Backend.asarray`, :meth:`Backend.to_numpy`) and nowhere else.
 
 Random numbers are drawn on the host by :class:`NoiseSource` (a NumPy ``Generator``) and moved to the
 device, so a seed gives bit-identical base noise on every backend and its state can be saved in a
-checkpoint without pickle.
+checkpoint without pickle. :class:`DeviceNoise` draws the base noise on the device instead (no copy
+per step; ``refvae train --device-noise``), at the price of another stream on each backend.
 """
 from __future__ import annotations
 
@@ -90,7 +91,29 @@ def _cupy_modules():
         raise BackendError("backend 'cupy' was requested but no GPU is visible; use --backend numpy")
     special = SimpleNamespace(expit=cusp.expit, logsumexp=cusp.logsumexp, gammaln=cusp.gammaln,
                               ndtr=cusp.ndtr)
+    try:
+        _probe(cupy)
+    except Exception as exc:  # a missing CUDA library (NVRTC, cuBLAS), a driver too old: one line
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BackendError(f"backend 'cupy' was requested but CuPy cannot run on this GPU "
+                           f"({type(exc).__name__}: {detail}); install the CUDA libraries with "
+                           "`pip install 'refvae[gpu]'` (CUDA 12) or `'refvae[gpu-cuda13]'`, "
+                           "or use --backend numpy") from exc
     return cupy, special
+
+
+# The kernel get_backend("cupy") compiles and runs once (a broken NVRTC fails here, not mid-run).
+PROBE_NAME, PROBE_CUDA = "refvae_probe", "y = x + x;"
+
+
+def _probe(cupy) -> None:
+    """Run what a training step needs once: a compiled elementwise kernel (NVRTC), a matrix
+    product (cuBLAS) and a copy back to the host; raises whatever CuPy raises."""
+    a = cupy.asarray([[1.0, 2.0], [3.0, 4.0]])
+    twice = cupy.ElementwiseKernel("T x", "T y", PROBE_CUDA, PROBE_NAME)
+    b = twice(a, cupy.empty_like(a)) @ a
+    if b.get().tolist() != [[14.0, 20.0], [30.0, 44.0]]:
+        raise RuntimeError(f"a 2x2 product gave {b.get().tolist()}")
 
 
 _CACHE: dict[tuple[str, str], Backend] = {}
@@ -197,3 +220,26 @@ class NoiseSource:
     @staticmethod
     def _out(a: np.ndarray, bk: Backend | None):
         return a if bk is None else bk.asarray(a)
+
+
+class DeviceNoise:
+    """The base noises of :class:`NoiseSource` (normal, uniform on (0, 1), Gumbel) drawn on the
+    device by the array library's own generator (CuPy's on a GPU, NumPy's on the CPU), seeded by
+    ``seed`` (an int or a sequence of ints): no host draw and no host→device copy per step, but
+    another stream than :class:`NoiseSource`'s, and another on each backend."""
+
+    def __init__(self, bk: Backend, seed):
+        self._bk = bk
+        state = np.random.SeedSequence(seed).generate_state(1)[0]
+        self._gen = bk.xp.random.default_rng(int(state))
+
+    def normal(self, shape, bk: Backend | None = None):
+        return self._gen.standard_normal(shape, dtype=self._bk.dtype)
+
+    def uniform(self, shape, bk: Backend | None = None):
+        """Uniform on (0, 1): a draw of 0 becomes the next float up, as in :class:`NoiseSource`."""
+        u = self._gen.random(shape, dtype=self._bk.dtype)
+        return self._bk.xp.maximum(u, np.nextafter(self._bk.dtype(0), self._bk.dtype(1)))
+
+    def gumbel(self, shape, bk: Backend | None = None):
+        return -self._bk.xp.log(self._gen.standard_exponential(shape, dtype=self._bk.dtype))

@@ -6,13 +6,18 @@ when CuPy or a GPU is absent (failing instead when ``REFVAE_REQUIRE_CUPY=1``, as
 ``validation/gpu_check.sh`` sets). Tests that need PyTorch use
 ``torch = pytest.importorskip("torch")``.
 """
+import functools
 import os
 import sys
+
+import numpy as np
 
 import pytest
 
 import strict_cupy  # imported eagerly: an error in the stand-in fails here, never as a skip
 from refvae import backend as _backend
+from refvae.fast import optim as _fast_optim, step as _fast_step  # noqa: F401 - their kernels
+from refvae.fast.elementwise import KERNELS
 from refvae.backend import get_backend
 from refvae.errors import BackendError
 
@@ -31,7 +36,11 @@ def _cupy_or_skip(dtype: str = "float64"):
 def use_strict_cupy(monkeypatch):
     """For one test: ``import cupy`` / ``cupyx.scipy.special`` give the strict stand-in and
     ``get_backend("cupy", ...)`` builds its backend on it (the real CuPy, if any, is restored
-    after the test)."""
+    after the test). Each elementwise kernel of :mod:`refvae.fast` runs there as its NumPy
+    formula (the stand-in cannot compile CUDA C)."""
+    for kernel in KERNELS.values():
+        strict_cupy.register(kernel.name, kernel.cuda, functools.partial(kernel.numpy, np))
+    strict_cupy.register(_backend.PROBE_NAME, _backend.PROBE_CUDA, lambda x, y: np.add(x, x, out=y))
     for name, module in strict_cupy.MODULES.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(_backend, "_CACHE", {k: v for k, v in _backend._CACHE.items() if k[0] != "cupy"})

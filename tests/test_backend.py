@@ -124,11 +124,52 @@ def test_cupy_with_broken_driver_is_backend_error(monkeypatch):
 
 def test_cupy_with_gpu_is_wired_to_cupy_modules(monkeypatch):
     cupy = _fake_cupy(monkeypatch, 1)
+    monkeypatch.setattr(backend_mod, "_probe", lambda cupy: None)  # the fake has no arrays
     bk = get_backend("cupy", "float32")
     assert bk.name == "cupy" and bk.xp is cupy and bk.dtype == np.float32
     assert bk.special.expit() == "expit" and bk.special.ndtr() == "ndtr"
     assert get_backend("cupy", "float32") is bk
     assert available_backends() == ["numpy", "cupy"]
+
+
+def test_get_backend_cupy_runs_a_kernel_a_product_and_a_copy_back(strict_cupy_bk, monkeypatch):
+    """The probe on the strict stand-in: one elementwise kernel, one matrix product, one copy."""
+    import strict_cupy  # noqa: PLC0415
+
+    monkeypatch.setattr(backend_mod, "_CACHE", {})
+    ops, syncs = strict_cupy.STATE.ops, strict_cupy.STATE.syncs
+    assert get_backend("cupy").xp is strict_cupy.MODULE
+    # a copy to the device, the kernel, the product; one copy back
+    assert strict_cupy.STATE.ops - ops == 3 and strict_cupy.STATE.syncs - syncs == 1
+
+
+@pytest.mark.parametrize("where,error", [
+    ("ElementwiseKernel", RuntimeError("nvrtc: error: failed to open libnvrtc-builtins.so.12\n"
+                                       "Make sure that libnvrtc-builtins.so.12 is installed")),
+    ("matmul", OSError("libcublas.so.12: cannot open shared object file")),
+    ("matmul", None),  # a product that runs and gives a wrong answer
+])
+def test_a_cupy_that_cannot_run_is_one_line_backend_error(strict_cupy_bk, monkeypatch, where,
+                                                           error):
+    import strict_cupy  # noqa: PLC0415
+
+    if error is None:
+        real = strict_cupy.MODULE.ndarray.__matmul__
+        monkeypatch.setattr(strict_cupy.MODULE.ndarray, "__matmul__", lambda a, b: real(a, b) + 1)
+    elif where == "matmul":
+        monkeypatch.setattr(strict_cupy.MODULE.ndarray, "__matmul__",
+                            lambda a, b: (_ for _ in ()).throw(error))
+    else:
+        monkeypatch.setattr(strict_cupy.MODULE, where, lambda *a, **k: (_ for _ in ()).throw(error))
+    monkeypatch.setattr(backend_mod, "_CACHE", {})
+    with pytest.raises(BackendError) as info:
+        get_backend("cupy")
+    msg = str(info.value)
+    assert "\n" not in msg and "CuPy cannot run" in msg and "refvae[gpu]" in msg
+    assert "--backend numpy" in msg
+    wanted = ("libnvrtc",) if where == "ElementwiseKernel" else ("cublas", "2x2")
+    assert any(w in msg for w in wanted)
+    assert available_backends() == ["numpy"]
 
 
 def test_available_backends_real():

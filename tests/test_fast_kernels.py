@@ -118,3 +118,32 @@ def test_the_training_model_runs_the_fast_kernels_and_agrees_with_the_plain_mode
     assert a.loss == pytest.approx(b.loss, rel=1e-14)
     for name in a.grads:
         np.testing.assert_allclose(b.grads[name], a.grads[name], rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_bernoulli_kernel_on_the_device_equals_the_plain_emission(bk, dtype):
+    """On CuPy (here the strict stand-in, which runs the kernel's NumPy formula; a GPU in
+    validation/gpu_check.sh) one elementwise kernel and one sum: equal to the CPU's fast path bit
+    for bit on the stand-in, and to the plain emission within the ulps above; ``weight`` scales
+    ∂f/∂o."""
+    import strict_cupy  # noqa: PLC0415
+
+    bk = get_backend(bk.name, dtype)
+    rng = np.random.default_rng(5)
+    o = np.concatenate([rng.normal(0, 20, (3, 2, 9)).astype(dtype),
+                        np.array(_special(dtype)[:9], dtype=dtype).reshape(1, 1, 9).repeat(2, 1)])
+    y = np.concatenate([rng.random((3, 1, 9)), np.tile([[0.0, 1.0, 0.5]], (1, 1, 3))]).astype(dtype)
+    before = strict_cupy.STATE.ops
+    fast = FastBernoulli().terms(bk, bk.asarray(o), bk.asarray(y), weight=0.25)
+    if bk.xp is strict_cupy.MODULE:
+        assert strict_cupy.STATE.ops - before == 2 + 2  # two host copies, the kernel, the sum
+    cpu = FastBernoulli().terms(get_backend("numpy", dtype), o, y)
+    plain = Bernoulli().terms(get_backend("numpy", dtype), o, y)
+    f, df = bk.to_numpy(fast.f), bk.to_numpy(fast.df_do)
+    if bk.name == "numpy" or bk.xp is strict_cupy.MODULE:
+        np.testing.assert_array_equal(f, cpu.f)
+        np.testing.assert_array_equal(df, cpu.df_do * np.asarray(0.25, dtype))
+    assert_ulps(f, plain.f, plain.f, dtype, ulps=ULPS + o.shape[2] - 1)
+    scale = np.maximum(np.abs((~np.signbit(o)).astype(dtype) - y),
+                       0.25 * get_backend("numpy", dtype).special.expit(-np.abs(o)))
+    assert_ulps(df, plain.df_do * np.asarray(0.25, dtype), scale * np.asarray(0.25, dtype), dtype)

@@ -74,3 +74,33 @@ def test_make_optimizer_gives_the_fast_path_unless_asked_for_the_plain_rule():
         fast, plain = make_fast_optimizer(name, lr=0.1), make_optimizer(name, lr=0.1)
         assert type(fast) is fast_optim.FAST[type(plain)]
         assert isinstance(fast, type(plain)) and fast.state_dict() == plain.state_dict()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled": True},
+                                {"betas": (0.5, 0.75), "eps": 1.0}])
+def test_adam_on_the_device_is_one_kernel_equal_to_the_plain_rule(bk, kw):
+    """On CuPy the update is one elementwise kernel (the stand-in runs its NumPy formula: bit for
+    bit the plain rule's; a GPU is checked by validation/gpu_check.sh)."""
+    import strict_cupy  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    theta = np.concatenate([rng.normal(size=40), EXTREMES])
+    plain = make_optimizer("adam", BK, theta.size, lr=0.01, **kw)
+    fast = make_fast_optimizer("adam", bk, theta.size, lr=0.01, **kw)
+    flats = [FlatParams(b, {"w": theta.shape}) for b in (BK, bk)]
+    for t in range(3):
+        g = rng.normal(size=theta.size) * 10.0 ** rng.integers(-3, 3, theta.size)
+        for flat in flats:
+            flat.data[...] = flat.bk.asarray(theta) if t == 0 else flat.data
+            flat.grad[...] = flat.bk.asarray(g)
+        plain.step(flats[0])
+        before = strict_cupy.STATE.ops
+        fast.step(flats[1])
+        if bk.xp is strict_cupy.MODULE:
+            assert strict_cupy.STATE.ops - before == 1
+        got = bk.to_numpy(flats[1].data)
+        if bk.name == "numpy" or bk.xp is strict_cupy.MODULE:
+            np.testing.assert_array_equal(got, flats[0].data)
+        else:
+            np.testing.assert_allclose(got, flats[0].data, rtol=1e-12, atol=0)

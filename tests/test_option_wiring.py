@@ -291,6 +291,15 @@ def check_log_interval(run):
     assert STEP_LINE.findall(run.stderr) == []
 
 
+def check_device_noise(run):
+    """The base noise drawn on the device: reproducible for a seed, another stream than the host's,
+    recorded for --resume."""
+    a, b, c = run.train("--device-noise"), run.train("--device-noise"), run.train()
+    assert a == b and a != c
+    recorded = json.loads((run.tmp / "run1" / "train.json").read_text())["options"]
+    assert recorded["device_noise"] is True
+
+
 CHECKS = {
     "epochs": check_epochs, "batch_size": check_batch_size, "lr": check_lr,
     "optimizer": check_optimizer, "weight_decay": check_weight_decay,
@@ -301,6 +310,7 @@ CHECKS = {
     "temperature_every": check_temperature_every, "eval_samples": check_eval_samples,
     "progress": check_progress, "detect_anomaly": check_detect_anomaly,
     "threads": check_threads, "log_interval": check_log_interval,
+    "device_noise": check_device_noise,
 }
 
 

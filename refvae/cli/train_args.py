@@ -25,7 +25,8 @@ ARCH_FLAGS = ("latent_dim", "encoder_hidden", "decoder_hidden", "activation", "l
               "alpha", "learn_alpha", "categories", "flow_length")
 OPTION_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "samples",
                 "seed", "estimator", "binarize", "temperature", "temperature_rate", "temperature_min",
-                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size", "threads")
+                "temperature_every", "eval_samples", "lr_gamma", "lr_step_size", "threads",
+                "device_noise")
 OPTIMIZER_NAMES = ("adam", "adamw", "adagrad", "sgd")
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 ESTIMATOR_NAMES = ("pathwise", "price", "score", "score-loo", "score-running", "score-optimal",
@@ -116,6 +117,9 @@ def register_train(sub, func) -> None:
                         "a resumed run: the run's). Bit for bit reproducible with the same count on the "
                         "same machine; other counts agree to rounding. On a GPU the batch stays whole")
     engine_options(o, run_dir=False)
+    o.add_argument("--device-noise", action="store_const", const=True, default=None,
+                   help="draw the base noise on the device (faster on a GPU; NumPy and CuPy runs "
+                        "of a seed then differ). Default: the host stream, equal on every backend")
     o.add_argument("--detect-anomaly", action="store_true",
                    help="check every intermediate for NaN/inf and name the first one (slower)")
 

@@ -5,7 +5,12 @@
 - :func:`softplus` replaces :func:`refvae.math.activations.softplus`;
 - :class:`FastBernoulli` replaces :class:`refvae.math.emission.Bernoulli` (same protocol,
   :class:`refvae.math.protocols.Emission`), computed in cache-sized row blocks
-  (:func:`row_blocks`).
+  (:func:`row_blocks`) on the CPU and as one kernel (:data:`BERNOULLI`) on a GPU;
+- :func:`bias_activation` and :func:`activation_grad` replace a hidden layer's ``a += b;
+  h = φ(a)`` and ``u ⊙ φ'(a)`` (one kernel each for relu and tanh).
+
+Each kernel is an :class:`~refvae.fast.elementwise.Elementwise`: CUDA C on a GPU, its NumPy formula
+(the code below, unchanged in its operations) on the CPU.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import replace
 
 from ..math.activations import SOFTPLUS
 from ..math.emission import Bernoulli, EmissionTerms
+from .elementwise import Elementwise, scalar
 
 # Values per block of a multi-pass elementwise kernel on the CPU: a dozen passes over blocks this
 # size stay in a core's L2 cache instead of streaming whole arrays through memory each time.
@@ -61,34 +67,120 @@ def softplus(bk, a):
 FAST_SOFTPLUS = replace(SOFTPLUS, value=softplus)
 
 
+def _bernoulli_numpy(xp, o, y, w, t, df) -> None:
+    """:data:`BERNOULLI` in NumPy: ``t = λ(H − y) + log1p(e)`` and ``df = w (σ(λ) − y)``."""
+    log1p_e, s = log1p_exp_neg_abs(_XP(xp), o)
+    g = df
+    xp.subtract(1.0, xp.signbit(o), out=g)
+    g -= y                                   # H − y
+    xp.multiply(o, g, out=t)
+    t += log1p_e
+    xp.copysign(s, o, out=s)
+    g -= s                                   # σ(λ) − y
+    if w != 1:                               # w = 1 leaves every value as it is
+        g *= w
+
+
+class _XP:
+    """The ``bk`` that :func:`log1p_exp_neg_abs` needs, around an array module."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+
+BERNOULLI = Elementwise(
+    "refvae_bernoulli", "T o, T y, T w", "T t, T df",
+    """
+    T e = exp(-fabs(o));
+    T u = e + (T)1;
+    T r = (u - (T)1) - e;
+    r = r / u;
+    T l = log(u) - r;
+    T s = e / u;
+    T g = (signbit(o) ? (T)0 : (T)1) - y;
+    t = o * g + l;
+    g = g - copysign(s, o);
+    df = (w == (T)1) ? g : g * w;
+    """, _bernoulli_numpy)
+
+
 class FastBernoulli(Bernoulli):
     """Replaces :meth:`refvae.math.emission.Bernoulli.terms` (``softplus(λ) − yλ`` and
-    ``σ(λ) − y``) by one fused pass per cache-sized row block.
+    ``σ(λ) − y``) by one fused pass per cache-sized row block (one kernel on a GPU).
 
     With ``H = 1[λ ≥ 0]`` (by sign bit, so that ``−0.0`` counts as negative), ``s = σ(−|λ|)`` and
     ``e = e^{−|λ|}``: ``softplus(λ) − yλ = λ(H − y) + log1p(e)`` and ``σ(λ) − y = (H − y) −
     sign(λ) s``, exact in each branch (``y = H`` leaves ``−s`` or ``+s`` at full relative precision).
     """
 
-    def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
+    def terms(self, bk, o, y, log_alpha=None, weight: float = 1.0) -> EmissionTerms:
+        """:meth:`Bernoulli.terms`; ``weight`` ``w`` gives ``w ∂f/∂o`` in place of ``∂f/∂o``."""
         xp = bk.xp
         y = xp.broadcast_to(y, o.shape)
         f = xp.empty(o.shape[:-1], dtype=o.dtype)
         df = xp.empty_like(o)
-        blocks = row_blocks(bk, o.shape[0], o[0].size) if o.ndim > 1 else [...]
-        for rows in blocks:
-            self._block(bk, o[rows], y[rows], f[rows], df[rows])
+        w = scalar(bk, weight)
+        for rows in row_blocks(bk, o.shape[0], o[0].size) if o.ndim > 1 else [...]:
+            t = xp.empty_like(o[rows])
+            BERNOULLI(bk, o[rows], y[rows], w, t, df[rows])
+            t.sum(axis=-1, out=f[rows])
         return EmissionTerms(f, df)
 
-    @staticmethod
-    def _block(bk, o, y, f_out, df_out) -> None:
-        xp = bk.xp
-        log1p_e, s = log1p_exp_neg_abs(bk, o)
-        g = df_out
-        xp.subtract(1.0, xp.signbit(o), out=g)
-        g -= y                                   # H − y
-        t = o * g
-        t += log1p_e
-        t.sum(axis=-1, out=f_out)
-        xp.copysign(s, o, out=s)
-        g -= s                                   # σ(λ) − y
+
+# ----- hidden layers: bias, activation and its derivative ----------------------------------------
+def _bias_relu_numpy(xp, b, a, h):
+    a += b
+    xp.maximum(a, 0.0, out=h)
+
+
+def _relu_grad_numpy(xp, u, a, d):
+    xp.multiply(u, (a > 0).astype(a.dtype), out=d)
+
+
+def _bias_tanh_numpy(xp, b, a, h):
+    a += b
+    xp.tanh(a, out=h)
+
+
+def _tanh_grad_numpy(xp, u, a, d):
+    e = xp.exp(-2.0 * xp.abs(a))
+    xp.multiply(u, 4.0 * e / (1.0 + e) ** 2, out=d)
+
+
+_RELU_H = "h = (a > (T)0 || isnan(a)) ? a : (T)0;"   # NumPy's maximum(a, 0): NaN kept, −0 → +0
+BIAS_ACTIVATION = {
+    "relu": Elementwise("refvae_bias_relu", "T b", "T a, T h", "a = a + b; " + _RELU_H,
+                        _bias_relu_numpy),
+    "tanh": Elementwise("refvae_bias_tanh", "T b", "T a, T h", "a = a + b; h = tanh(a);",
+                        _bias_tanh_numpy),
+}
+ACTIVATION_GRAD = {
+    "relu": Elementwise("refvae_relu_grad", "T u, T a", "T d",
+                        "d = u * (a > (T)0 ? (T)1 : (T)0);", _relu_grad_numpy),
+    "tanh": Elementwise("refvae_tanh_grad", "T u, T a", "T d",
+                        "T e = exp((T)-2 * fabs(a)); T q = (T)1 + e; "
+                        "d = u * (((T)4 * e) / (q * q));",
+                        _tanh_grad_numpy),
+}
+
+
+def bias_activation(bk, activation, a, b):
+    """``a += b`` and ``h = φ(a)`` (returned), as :meth:`refvae.math.mlp.MLP.forward` computes
+    them: one kernel for relu and tanh, the activation's own function otherwise."""
+    kernel = BIAS_ACTIVATION.get(activation.name)
+    if kernel is None:
+        a += b
+        return activation.value(bk, a)
+    h = bk.xp.empty_like(a)
+    kernel(bk, b, a, h)
+    return h
+
+
+def activation_grad(bk, activation, u, a, h):
+    """``u ⊙ φ'(a)`` (the reverse pass's ``δ_l``): one kernel for relu and tanh."""
+    kernel = ACTIVATION_GRAD.get(activation.name)
+    if kernel is None:
+        return u * activation.d1(bk, a, h)
+    d = bk.xp.empty_like(u)
+    kernel(bk, u, a, d)
+    return d

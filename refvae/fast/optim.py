@@ -11,12 +11,14 @@ Here the same arithmetic, operation for operation, runs
 
 Every value gets the same operations on the same operands in the same order as in the plain rule,
 so the two are bit-identical (``tests/test_fast_optim.py`` checks it over hypothesis-drawn states).
+On a GPU Adam's update is one elementwise kernel (:data:`ADAM`, the same formula in CUDA C).
 """
 from __future__ import annotations
 
 import threading
 
 from ..optim.rules import SGD, Adagrad, Adam, FlatParams, Optimizer, resolve
+from .elementwise import Elementwise, scalar
 
 # Values per update pass on the CPU (0.5 MB per float32 buffer): few passes stay in cache, few calls.
 BLOCK = 131072
@@ -100,29 +102,66 @@ class FastSGD(_Blocked, SGD):
         p -= T
 
 
+# Adam's weight-decay modes: none, decoupled (AdamW: θ ← (1 − ηλ)θ), L2 (g ← g + λθ).
+_PLAIN, _DECOUPLED, _L2 = 0, 1, 2
+
+
+def _adam_numpy(xp, g, c1, b2, c2, scale, eps, decay, wd, mode, p, m, v, T=None) -> None:
+    """:data:`ADAM` in NumPy (``T``: a scratch buffer like ``p``, and for L2 a second one is
+    allocated): :meth:`Adam.update <refvae.optim.rules.Adam.update>` in place."""
+    if mode == _DECOUPLED:
+        p *= decay
+    elif mode == _L2:
+        G = xp.multiply(wd, p)
+        G += g
+        g = G
+    T = xp.empty_like(p) if T is None else T
+    xp.subtract(g, m, out=T)
+    T *= c1
+    m += T
+    v *= b2
+    xp.multiply(c2, g, out=T)
+    T *= g
+    v += T
+    xp.sqrt(v, out=T)
+    T += eps
+    xp.divide(m, T, out=T)
+    T *= scale
+    p -= T
+
+
+ADAM = Elementwise(
+    "refvae_adam", "T g, T c1, T b2, T c2, T scale, T eps, T decay, T wd, int32 mode",
+    "T p, T m, T v",
+    """
+    T G = g;
+    if (mode == 1) { p = p * decay; } else if (mode == 2) { G = wd * p + g; }
+    m = m + (G - m) * c1;
+    v = v * b2 + (c2 * G) * G;
+    p = p - (m / (sqrt(v) + eps)) * scale;
+    """, _adam_numpy)
+
+
 class FastAdam(_Blocked, Adam):
-    """:meth:`Adam.update <refvae.optim.rules.Adam.update>` in place."""
+    """:meth:`Adam.update <refvae.optim.rules.Adam.update>` in place (one kernel on a GPU)."""
 
     def _fused(self, p, g, lr, state):
         xp = self._bk.xp
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        scale, eps = self.step_sizes(lr)
+        if self._bk.name == "cupy":
+            mode = (_DECOUPLED if self.decoupled else _L2) if self.weight_decay else _PLAIN
+            c = [scalar(self._bk, x) for x in (1.0 - self.beta1, self.beta2, 1.0 - self.beta2,
+                                               scale, eps, 1.0 - lr * self.weight_decay,
+                                               self.weight_decay)]
+            ADAM(self._bk, g, *c, xp.int32(mode), p, m, v)
+            return
         if self.decoupled and self.weight_decay:
             p *= 1.0 - lr * self.weight_decay
         elif self.weight_decay:
             g = self._decayed_grad(p, g)
-        m, v, T = state["exp_avg"], state["exp_avg_sq"], self._tmp(1, p.size)
-        xp.subtract(g, m, out=T)
-        T *= 1.0 - self.beta1
-        m += T
-        v *= self.beta2
-        xp.multiply(1.0 - self.beta2, g, out=T)
-        T *= g
-        v += T
-        scale, eps = self.step_sizes(lr)
-        xp.sqrt(v, out=T)
-        T += eps
-        xp.divide(m, T, out=T)
-        T *= scale
-        p -= T
+        _adam_numpy(xp, g, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2, scale, eps, 1.0, 0.0,
+                    _PLAIN, p, m, v, self._tmp(1, p.size))
 
 
 class FastAdagrad(_Blocked, Adagrad):

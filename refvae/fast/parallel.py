@@ -22,6 +22,7 @@ from ..math.estimators import STATEFUL
 from ..util import gates
 from ..util.results import LossResult
 from ..util.checked import checked
+from .step import loss_and_grads_into
 from .threads import blas_thread_limit
 
 
@@ -74,11 +75,14 @@ class Workers:
 def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: str | None = None,
                    reduction: str = "mean", check: bool = True, temperature: float | None = None,
                    estimator_state: dict | None = None, detect_anomaly: bool = False,
-                   grads_out: dict | None = None) -> LossResult:
+                   grads_out: dict | None = None, grad_buffer=None) -> LossResult:
     """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of the whole batch, computed as
     row shards on ``workers``; the same arguments and result. ``grads_out`` (e.g.
     :attr:`FlatParams.grads <refvae.optim.rules.FlatParams.grads>`) receives the summed gradients in
-    place of freshly allocated arrays, and is then the result's ``grads``.
+    place of freshly allocated arrays, and is then the result's ``grads``. With ``grad_buffer``,
+    the flat vector behind ``grads_out`` (:attr:`FlatParams.grad
+    <refvae.optim.rules.FlatParams.grad>`), one shard writes its gradients there directly and
+    finiteness is checked once on it (:func:`refvae.fast.step.loss_and_grads_into`).
     """
     chosen = estimator or model.default_estimator
     if check:
@@ -88,6 +92,9 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     # On a GPU one shard already fills the device; shards would only add kernel launches.
     one_shard = chosen in STATEFUL or model.bk.name == "cupy"
     shards = [slice(0, n)] if one_shard else workers.split(n)
+    if len(shards) == 1 and grads_out is not None and grad_buffer is not None:
+        return loss_and_grads_into(model, params, y, noise, grads_out, grad_buffer, estimator,
+                                   reduction, temperature, estimator_state, detect_anomaly)
 
     def run(rows: slice) -> LossResult:
         return model.loss_and_grads(params, y[rows], noise[rows], estimator, reduction, check=False,
@@ -113,7 +120,12 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     grads = dict(zip(names, workers.map(add, names)))
     cat = (lambda arrays: arrays[0]) if len(parts) == 1 else xp.concatenate
     # Shards run on the host only, where checking the summed gradients costs no device sync.
-    finite = parts[0].grads_finite if len(parts) == 1 else all(bool(xp.isfinite(g).all()) for g in grads.values())
+    if len(parts) == 1:
+        finite = parts[0].grads_finite
+    elif grad_buffer is not None:
+        finite = bool(xp.isfinite(grad_buffer).all())
+    else:
+        finite = all(bool(xp.isfinite(g).all()) for g in grads.values())
     return LossResult(sum(p.loss for p in parts), sum(p.kl for p in parts),
                       sum(p.reconstruction for p in parts),
                       cat([p.kl_per_datum for p in parts]),

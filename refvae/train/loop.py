@@ -14,6 +14,10 @@ machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core 
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
 options and data: :mod:`refvae.train.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch,
 generator state; written atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
+
+``device_noise`` draws the base noise on the device (:class:`~refvae.backend.DeviceNoise`): no host
+draw and copy per step, but NumPy and CuPy runs of a seed then differ; by default the noise comes
+from the host stream, so that they agree.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from ..util import inputs
 from ..util import files as rio
 from . import rundir
 from ..fast import parallel
-from ..backend import NoiseSource
+from ..backend import DeviceNoise, NoiseSource
 from ..math.config import VAEConfig
 from ..data.load import BINARIZATIONS, apply_binarization, binarize
 from ..util.gates import check_params, check_support
@@ -71,6 +75,7 @@ class TrainOptions:
     detect_anomaly: bool = False
     threads: int = 1
     log_interval: int = 100
+    device_noise: bool = False
 
     def __post_init__(self):
         for name, rule in _OPTION_RULES.items():
@@ -260,6 +265,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     for epoch in range(start_epoch + 1, options.epochs + 1):
         t0 = time.perf_counter()
         order = noise.permutation(n)
+        order_dev = bk.xp.asarray(order)   # one copy per epoch; each batch gathers by a slice of it
+        # --device-noise: the base noise of this epoch's steps drawn on the device, from a stream
+        # seeded by (seed, epoch), so that a resumed run continues as an uninterrupted one.
+        draws = DeviceNoise(bk, [options.seed, epoch, 2]) if options.device_noise else noise
         if y_dev is None:
             y_epoch = bk.asarray(binarize(data.train, noise))
         else:
@@ -272,13 +281,14 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         with parallel.Workers(options.threads) as workers:
             for b in range(per_epoch):
                 idx = order[b * options.batch_size:(b + 1) * options.batch_size]
-                yb = y_epoch[bk.xp.asarray(idx)]
-                eps = model.draw_noise(noise, len(idx), options.samples)
+                yb = y_epoch[order_dev[b * options.batch_size:(b + 1) * options.batch_size]]
+                eps = model.draw_noise(draws, len(idx), options.samples)
                 try:
                     res = parallel.loss_and_grads(
                         model, workers, flat.params, yb, eps, estimator, check=False,
                         temperature=temperature(step) if temperature else None, estimator_state=estimator_state,
-                        detect_anomaly=options.detect_anomaly, grads_out=flat.grads)
+                        detect_anomaly=options.detect_anomaly, grads_out=flat.grads,
+                        grad_buffer=flat.grad)
                 except NonFiniteError as exc:
                     raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
                 bad = None if res.grads_finite else _first_nonfinite(bk, res.grads)

@@ -37,8 +37,13 @@ def pack(bk, rp, scale: float, order) -> LossResult:
     finite = bk.xp.stack([bk.xp.isfinite(g).all() for g in grads.values()]).all()
     host = bk.to_numpy(bk.xp.stack([(kl_sum + rec_sum) * scale, kl_sum * scale, rec_sum * scale,
                                     finite.astype(kl_sum.dtype)]))
+    return finish(host, fp.kl, rec_per, {k: grads[k] for k in order})
+
+
+def finish(host, kl_per_datum, rec_per_datum, grads: dict) -> LossResult:
+    """The :class:`LossResult` of the host copy ``[loss, kl, reconstruction, finite]``; a
+    non-finite loss is an error."""
     loss, kl, rec = (float(v) for v in host[:3])
     if not math.isfinite(loss):
         raise NonFiniteError(f"the loss is {loss} (KL {kl}, reconstruction {rec})")
-    ordered = {k: grads[k] for k in order}
-    return LossResult(loss, kl, rec, fp.kl, rec_per, ordered, bool(host[3]))
+    return LossResult(loss, kl, rec, kl_per_datum, rec_per_datum, grads, bool(host[3]))

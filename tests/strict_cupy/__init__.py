@@ -5,11 +5,12 @@ It behaves as CuPy does where CuPy differs from NumPy (see :mod:`strict_cupy.cor
 ``strict`` parameter of the ``bk`` fixture puts its modules in ``sys.modules`` under the names
 ``cupy`` and ``cupyx`` for one test, and ``refvae.backend.get_backend("cupy")`` then runs on it.
 
-:data:`STATE` counts device→host synchronisations (``syncs``) and, with ``ulps`` > 0 (or the
+:data:`STATE` counts device operations (``ops``: kernels and copies), device→host
+synchronisations (``syncs``) and, with ``ulps`` > 0 (or the
 environment variable ``REFVAE_STRICT_ULPS``), moves inexact results by up to that many units in
 the last place, to find tests that depend on NumPy's exact rounding.
 """
-from .api import MODULE, MODULES
+from .api import MODULE, MODULES, register
 from .core import STATE, ndarray
 
 # How far a GPU's result of one transcendental function (exp, log, tanh, ...) may be from NumPy's,
@@ -18,4 +19,4 @@ from .core import STATE, ndarray
 # exact values) per operation allow this much; the suite passes with REFVAE_STRICT_ULPS=3.
 DEVICE_ULPS = 3
 
-__all__ = ["DEVICE_ULPS", "MODULE", "MODULES", "STATE", "ndarray"]
+__all__ = ["DEVICE_ULPS", "MODULE", "MODULES", "STATE", "ndarray", "register"]

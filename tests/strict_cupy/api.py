@@ -20,7 +20,7 @@ import types
 import numpy as np
 import scipy.special as _sp
 
-from .core import STATE, call, host_args, ndarray, operand, wrap
+from .core import STATE, call, host_args, launch, ndarray, operand, wrap
 
 # Functions that do not take an array first (creation, dtype queries) or take a sequence of them.
 CREATION = ("zeros", "ones", "empty", "full", "eye", "identity", "arange", "linspace", "logspace",
@@ -89,10 +89,12 @@ def _device_values(obj):
 def asarray(a, dtype=None, order=None, *, blocking=False):
     if isinstance(a, ndarray):
         return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+    launch("asarray")
     return ndarray(np.array(_device_values(a), dtype=dtype, order=order or "K", copy=True))
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    launch("array")
     return ndarray(np.array(_device_values(obj), dtype=dtype, copy=True, order=order, ndmin=ndmin))
 
 
@@ -143,6 +145,7 @@ class Generator:
 
     def _draw(self, name, *args, size=None, dtype=np.float64, **kwargs):
         r = getattr(self._g, name)(*args, size=size, **kwargs)
+        launch(name)
         return ndarray(np.asarray(r).astype(dtype, copy=False))
 
     def random(self, size=None, dtype=np.float64, out=None):
@@ -161,6 +164,67 @@ class Generator:
         return self._draw("integers", low, high, size=size, dtype=dtype, endpoint=endpoint)
 
 
+# The Python equivalent of each elementwise kernel, by kernel name: ``(cuda_source, fn)`` with
+# ``fn(*inputs, *outputs)`` on NumPy values writing into the outputs (see :func:`register`).
+EQUIVALENTS: dict = {}
+
+
+def register(name: str, cuda_source: str, fn) -> None:
+    """Let :class:`ElementwiseKernel` run the kernel ``name`` whose body is ``cuda_source`` by
+    calling ``fn`` (the stand-in cannot compile CUDA C)."""
+    EQUIVALENTS[name] = (cuda_source, fn)
+
+
+class ElementwiseKernel:
+    """``cupy.ElementwiseKernel``: checks what CuPy checks of the arguments (their number, device
+    arrays only, one dtype per type placeholder, outputs of the broadcast shape, given explicitly
+    here) and runs the registered Python equivalent of the body as one device operation."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True,
+                 options=(), preamble="", loop_prep="", after_loop="", **kwargs):
+        self.params = [self._param(p, False) for p in in_params.split(",")]
+        self.params += [self._param(p, True) for p in out_params.split(",")]
+        self.operation, self.name, self.options = operation, name, tuple(options)
+
+    @staticmethod
+    def _param(text, out):
+        words = text.split()
+        if not 2 <= len(words) <= 3 or (len(words) == 3 and words[0] != "raw"):
+            raise ValueError(f"cupy.ElementwiseKernel: cannot parse parameter {text!r}")
+        return types.SimpleNamespace(type=words[-2], name=words[-1], out=out, raw=len(words) == 3)
+
+    def __call__(self, *args, **kwargs):
+        where = f"cupy.ElementwiseKernel {self.name!r}"
+        if len(args) != len(self.params):
+            raise TypeError(f"{where}: wrong number of arguments ({len(args)} for "
+                            f"{len(self.params)})")
+        source, fn = EQUIVALENTS.get(self.name, (None, None))
+        if source != self.operation:
+            raise NotImplementedError(f"{where}: the strict stand-in cannot compile CUDA C; "
+                                      "register its Python equivalent (strict_cupy.api.register)")
+        types_seen, values, arrays = {}, [], []
+        for p, a in zip(self.params, args):
+            if p.out and not isinstance(a, ndarray):
+                raise TypeError(f"{where}: output {p.name} must be a cupy.ndarray")
+            v = operand(a, where)
+            if isinstance(a, ndarray):
+                arrays.append((p, a))
+                if len(p.type) == 1 and types_seen.setdefault(p.type, a.dtype) != a.dtype:
+                    raise TypeError(f"{where}: type {p.type} is both {types_seen[p.type]} and "
+                                    f"{a.dtype}")
+            values.append(v)
+        shape = np.broadcast_shapes(*(a.shape for p, a in arrays if not p.raw))
+        for p, a in arrays:
+            if p.out and not p.raw and a.shape != shape:
+                raise ValueError(f"{where}: output {p.name} has shape {a.shape}, the arguments "
+                                 f"broadcast to {shape}")
+        launch(self.name)
+        with np.errstate(all="ignore"):
+            fn(*values)
+        outs = [a for p, a in zip(self.params, args) if p.out]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
 def _random_module():
     mod = types.ModuleType("cupy.random")
     state = {"rs": np.random.RandomState(np.random.MT19937(7))}
@@ -172,7 +236,7 @@ def _random_module():
     mod.seed = seed
     for name in ("rand", "randn", "random", "normal", "uniform", "standard_normal", "randint",
                  "permutation", "choice", "random_sample", "gumbel", "standard_exponential"):
-        mod.__dict__[name] = (lambda n: lambda *a, **k: wrap(np.asarray(
+        mod.__dict__[name] = (lambda n: lambda *a, **k: launch(n) or wrap(np.asarray(
             getattr(state["rs"], n)(*host_args(a, n), **host_args(k, n)))))(name)
     return mod
 
@@ -222,7 +286,8 @@ def _build() -> types.ModuleType:
     for name in META:
         setattr(mod, name, getattr(np, name))
     for name in CREATION:
-        setattr(mod, name, (lambda f: lambda *a, **k: ndarray(np.asarray(f(*a, **k))))(getattr(np, name)))
+        setattr(mod, name, (lambda f: lambda *a, **k: launch(f.__name__)
+                            or ndarray(np.asarray(f(*a, **k))))(getattr(np, name)))
     for name in ("zeros_like", "ones_like", "full_like", "copy", "broadcast_to", "where", "diag",
                  "diagonal", "tril", "triu", "trace", "unravel_index", "ravel_multi_index",
                  "reshape", "ravel", "transpose", "swapaxes", "moveaxis", "expand_dims",
@@ -247,6 +312,7 @@ def _build() -> types.ModuleType:
         setattr(mod, name, (lambda f: lambda *a, **k: wrap(f(*a, **k)))(getattr(np, name)))
     mod.asarray, mod.array, mod.asanyarray, mod.ascontiguousarray = asarray, array, asarray, asarray
     mod.asnumpy, mod.empty, mod.empty_like = asnumpy, empty, empty_like
+    mod.ElementwiseKernel = ElementwiseKernel
     mod.get_array_module = get_array_module
     mod.linalg = types.ModuleType("cupy.linalg")
     mod.linalg.solve = _linalg_solve

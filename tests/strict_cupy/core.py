@@ -23,11 +23,13 @@ from types import SimpleNamespace
 import numpy as np
 
 # syncs: device→host transfers (the numbers a GPU program waits for). waits: explicit
-# Device().synchronize() calls. ulps: when > 0, a GPU's different rounding is imitated:
+# Device().synchronize() calls. ops: device operations, each a kernel launch or copy on a GPU
+# (see :func:`launch`). ulps: when > 0, a GPU's different rounding is imitated:
 # transcendental results move by up to this many units in the last place (a fixed function of the
 # value, as a math library's error is; exact 0 and ±1 stay), and sums and matrix products add in
 # another order. REFVAE_STRICT_ULPS sets it for a whole run.
-STATE = SimpleNamespace(syncs=0, waits=0, ulps=int(os.environ.get("REFVAE_STRICT_ULPS", "0")))
+STATE = SimpleNamespace(syncs=0, waits=0, ops=0,
+                        ulps=int(os.environ.get("REFVAE_STRICT_ULPS", "0")))
 
 INEXACT = frozenset({
     "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "logaddexp", "logaddexp2", "power",
@@ -86,6 +88,20 @@ def sync() -> None:
     STATE.syncs += 1
 
 
+# Functions that return a view (or metadata) on CuPy: no kernel runs.
+VIEWS = frozenset({"broadcast_to", "reshape", "ravel", "transpose", "swapaxes", "moveaxis",
+                   "expand_dims", "squeeze", "diagonal", "shape", "ndim", "size", "atleast_1d",
+                   "atleast_2d", "atleast_3d", "broadcast_arrays"})
+
+
+def launch(name: str = "") -> None:
+    """Count one device operation (:data:`STATE`.ops): every ufunc, operator, in-place operator,
+    reduction, array function, elementwise kernel, copy, fill, gather, random draw and host→device
+    copy; views, ``empty`` and device→host copies (counted as syncs) are not operations."""
+    if name not in VIEWS:
+        STATE.ops += 1
+
+
 def wrap(r):
     """NumPy results -> device arrays (scalars become 0-d arrays); tuples element by element."""
     if isinstance(r, np.ndarray):
@@ -138,9 +154,17 @@ def index_value(key):
     return key
 
 
+def _gathers(key) -> bool:
+    """Whether ``x[key]`` gathers (an index array or a boolean mask: a kernel) rather than
+    slicing a view."""
+    keys = key if isinstance(key, tuple) else (key,)
+    return builtins.any(isinstance(k, (ndarray, np.ndarray, list)) for k in keys)
+
+
 def call(name: str, fn, *args, **kwargs):
     """``fn`` on NumPy values with floating-point warnings silenced (CuPy never emits them); the
-    result perturbed (when asked) and wrapped."""
+    result perturbed (when asked) and wrapped; one device operation unless it is a view."""
+    launch(name)
     with np.errstate(all="ignore"):
         r = reordered(name, fn)(*args, **kwargs)
     return wrap(perturb(name, r))
@@ -162,6 +186,7 @@ def _inplace(name: str):
 
     def op(self, other):
         b = operand(other, f"cupy.ndarray in-place {name}")
+        launch(name)
         with np.errstate(all="ignore"):
             ufunc(self._a, b, out=self._a)
         perturb(name, self._a)
@@ -183,6 +208,7 @@ def _reduction(name: str):
         if out is not None:
             if not isinstance(out, ndarray):
                 raise unsupported(out, f"cupy.ndarray.{name}(out=...)")
+            launch(name)
             with np.errstate(all="ignore"):
                 method(self._a, *args, out=out._a, **kwargs)
             perturb(name, out._a)
@@ -314,22 +340,29 @@ class ndarray:  # noqa: N801 - CuPy's name
 
     # ----- indexing -----------------------------------------------------------------------
     def __getitem__(self, key):
+        if _gathers(key):
+            launch("take")
         r = self._a[index_value(key)]
         return ndarray(r if isinstance(r, np.ndarray) else np.asarray(r))
 
     def __setitem__(self, key, value):
+        launch("setitem")
         if isinstance(value, ndarray):
             value = value._a
         self._a[index_value(key)] = value
 
     # ----- methods ------------------------------------------------------------------------
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if copy or np.dtype(dtype) != self._a.dtype:
+            launch("astype")
         return ndarray(self._a.astype(dtype, order=order, copy=copy))
 
     def copy(self, order="C"):
+        launch("copy")
         return ndarray(self._a.copy(order=order))
 
     def fill(self, value):
+        launch("fill")
         self._a.fill(operand(value, "cupy.ndarray.fill"))
 
     def view(self, dtype=None):
@@ -352,6 +385,7 @@ class ndarray:  # noqa: N801 - CuPy's name
     __hash__ = None
 
     def __pos__(self):
+        launch("copy")
         return ndarray(self._a.copy())
 
 
