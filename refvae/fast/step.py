@@ -92,8 +92,11 @@ LOSS_PACK = Elementwise(
 
 def fused(model, estimator: str, detect_anomaly: bool = False) -> bool:
     """Whether :func:`loss_and_grads_into` runs the fused pass for this model and estimator."""
+    c = model.config
+    plain_forms = (c.scale_head == "logvar" and not c.head_activations and c.kl == "analytic"
+                   and not c.condition_dim)
     return (type(model.encoder) is MLP and type(model.decoder) is MLP and not detect_anomaly
-            and model.latent.name == "gaussian" and estimator == "pathwise")
+            and model.latent.name == "gaussian" and estimator == "pathwise" and plain_forms)
 
 
 def loss_and_grads_into(model, params: dict, y, noise, grads: dict, grad_buffer,
