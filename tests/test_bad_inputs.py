@@ -17,7 +17,8 @@ import pytest
 from refvae import get_backend
 from refvae.cli.main import main
 from refvae.math.config import VAEConfig
-from refvae.data.load import load_dataset, read_idx
+from refvae.data.load import load_dataset
+from refvae.data.formats import read_idx
 from refvae.errors import (BackendError, CheckpointError, ConfigError, DataError, NonFiniteError,
                            RefvaeError, ShapeError)
 from refvae.oracle import compute, write_example

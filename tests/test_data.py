@@ -15,9 +15,8 @@ import scipy.io
 import refvae.data.load as rdata
 from refvae.backend import NoiseSource
 from refvae.util.gates import check_support
-from refvae.data.load import (CHECKSUMS, Dataset, apply_binarization, binarize,
-                              download, load_binarized_mnist_dir, load_dataset, load_frey_face,
-                              load_idx_dir, load_idx_images, load_npz_dataset, read_amat, read_idx)
+from refvae.data.load import CHECKSUMS, Dataset, apply_binarization, binarize, download, load_dataset
+from refvae.data.formats import load_binarized_mnist_dir, load_frey_face, load_idx_dir, load_idx_images, load_npz_dataset, read_amat, read_idx
 from refvae.errors import ConfigError, DataError, ShapeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

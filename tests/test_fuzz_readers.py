@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refvae import oracle
-from refvae.data.load import load_dataset, read_idx
+from refvae.data.load import load_dataset
+from refvae.data.formats import read_idx
 from refvae.errors import RefvaeError
 from refvae.util.files import atomic_write_npz, load_json, load_npz_checked
 from refvae.train.loop import load_run

@@ -37,10 +37,10 @@ class Dataset:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"unknown data kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        self.train = _as_rows(self.train, f"{self.name} train split")
-        self.test = _as_rows(self.test, f"{self.name} test split")
+        self.train = as_rows(self.train, f"{self.name} train split")
+        self.test = as_rows(self.test, f"{self.name} test split")
         if self.valid is not None:
-            self.valid = _as_rows(self.valid, f"{self.name} valid split")
+            self.valid = as_rows(self.valid, f"{self.name} valid split")
         for split, a in (("test", self.test), ("valid", self.valid)):
             if a is not None and a.shape[1] != self.train.shape[1]:
                 raise ShapeError(f"{self.name}: {split} split has {a.shape[1]} values per datum but "
@@ -69,7 +69,7 @@ class Dataset:
                 f"image_shape={self.image_shape}, kind={self.kind!r})")
 
 
-def _as_rows(a, what: str) -> np.ndarray:
+def as_rows(a, what: str) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 2:
         raise ShapeError(f"{what} has shape {a.shape}; give a 2-D array with one datum per row")
@@ -89,7 +89,7 @@ def infer_kind(*arrays) -> str:
     return "real"
 
 
-def _split_last(y: np.ndarray, test_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+def split_last(y: np.ndarray, test_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split: the last ``round(test_fraction·n)`` rows (at least one) are the test set."""
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test_fraction must lie in (0, 1), got {test_fraction}; e.g. 0.1")

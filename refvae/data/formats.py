@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..util import budget, inputs
-from .dataset import DEFAULT_TEST_FRACTION, Dataset, _split_last, infer_kind
+from .dataset import DEFAULT_TEST_FRACTION, Dataset, split_last, infer_kind
 from ..errors import CheckpointError, DataError
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -224,7 +224,7 @@ def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Datase
         raise DataError(f"{path}: 'ff' has shape {ff.shape}, expected (560, n) with one 28×20 image "
                         "per column; give frey_rawface.mat")
     y = ff.T.astype(np.float64) / 255.0
-    train, test = _split_last(y, test_fraction, str(path))
+    train, test = split_last(y, test_fraction, str(path))
     return Dataset("frey-face", train, test, FREY_SHAPE, "greyscale", source=str(path))
 
 
@@ -278,7 +278,7 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
             raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data "
                             "(real numbers: complex values are refused)")
     if test is None:
-        train, test = _split_last(train, test_fraction, f"{path}: train")
+        train, test = split_last(train, test_fraction, f"{path}: train")
     kind = infer_kind(*(np.asarray(a) for a in (train, valid, test) if a is not None)) \
         if all(np.isfinite(a).all() for a in (train, valid, test) if a is not None) else "real"
     return Dataset(path.stem, train, test, shape, kind, valid=valid, source=str(path))
@@ -338,7 +338,7 @@ FORMATS = {
 }
 
 
-def _find_named(key: str, data_dir) -> Path | None:
+def find_named(key: str, data_dir) -> Path | None:
     base, fmt = Path(data_dir), FORMATS[key]
     for d in [base / sub for sub in fmt.subdirs] + [base]:
         if _is_dir(d) and (found := fmt.in_folder(d)) is not None:
@@ -346,7 +346,7 @@ def _find_named(key: str, data_dir) -> Path | None:
     return None
 
 
-def _detect_path(path: Path, test_fraction: float) -> Dataset:
+def detect_path(path: Path, test_fraction: float) -> Dataset:
     folder = _is_dir(path)
     if not folder:
         inputs.check_regular(path, "data file", DataError)

@@ -31,12 +31,10 @@ import numpy as np
 
 from ..util import inputs
 from ..backend import NoiseSource, array_module
-from .dataset import DEFAULT_TEST_FRACTION, KINDS, Dataset, _as_rows, _split_last, infer_kind  # noqa: F401
+from .dataset import DEFAULT_TEST_FRACTION, Dataset
 from ..util.gates import check_support
 from ..errors import ConfigError, DataError, ShapeError
-from .formats import (FORMATS, FREY_SHAPE, IDX_FILES, _detect_path, _find_named,  # noqa: F401
-                      load_binarized_mnist_dir, load_frey_face, load_idx_dir, load_idx_images,
-                      load_npz_dataset, read_amat, read_idx)
+from .formats import FORMATS, IDX_FILES, detect_path, find_named
 
 BINARIZATIONS = ("none", "static", "dynamic")
 NAMED = ("digits", "mnist", "fashion-mnist", "binarized-mnist", "frey-face")
@@ -260,10 +258,10 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
     elif str(spec).lower() in NAMED:
         key = str(spec).lower()
         data_dir = data_dir if data_dir is not None else os.environ.get("REFVAE_DATA_DIR") or None
-        found = _find_named(key, data_dir) if data_dir is not None else None
+        found = find_named(key, data_dir) if data_dir is not None else None
         if found is None and key in CHECKSUMS:
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            found = _find_named(key, cache)
+            found = find_named(key, cache)
             if found is None and download:
                 found = _download(key, cache, base_url, progress=progress)
             if found is None:
@@ -283,7 +281,7 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
         if not inputs.exists(path, "data", DataError):
             raise DataError(f"unknown data set {str(spec)!r}: neither a built-in name "
                             f"({', '.join(NAMED)}) nor an existing path; check the spelling or the path")
-        ds = _detect_path(path, test_fraction)
+        ds = detect_path(path, test_fraction)
     for split, a in (("train", ds.train), ("test", ds.test), ("valid", ds.valid)):
         if a is not None:
             check_support(a, "gaussian", f"{ds.name} {split} split")

@@ -25,7 +25,7 @@ from . import conv as C
 from .activations import Activation
 
 
-def _uniform(noise, bk, shape, fan_in: int):
+def uniform_init(noise, bk, shape, fan_in: int):
     """PyTorch's default init for weights and biases: U(±1/√fan_in) (kaiming_uniform, a = √5)."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return bk.asarray(bound * (2.0 * noise.uniform(shape) - 1.0))
@@ -84,7 +84,7 @@ class Linear(Layer):
         return {**shapes, "bias": (self.out_features,)} if self.bias else shapes
 
     def init_params(self, noise, bk):
-        return {k: _uniform(noise, bk, s, self.in_shape[0]) for k, s in self.param_shapes().items()}
+        return {k: uniform_init(noise, bk, s, self.in_shape[0]) for k, s in self.param_shapes().items()}
 
     def forward(self, bk, p, x):
         y = x @ p["weight"].T
@@ -127,7 +127,7 @@ class Conv2d(Layer):
 
     def init_params(self, noise, bk):
         fan_in = self.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
-        return {k: _uniform(noise, bk, s, fan_in) for k, s in self.param_shapes().items()}
+        return {k: uniform_init(noise, bk, s, fan_in) for k, s in self.param_shapes().items()}
 
     def forward(self, bk, p, x):
         y = C.conv2d(bk, x, p["weight"], *self._geometry())
@@ -170,7 +170,7 @@ class ConvTranspose2d(Conv2d):
     def init_params(self, noise, bk):
         # PyTorch takes fan_in from the weight's second axis, here the output channels.
         fan_in = self.out_channels * self.kernel_size[0] * self.kernel_size[1]
-        return {k: _uniform(noise, bk, s, fan_in) for k, s in self.param_shapes().items()}
+        return {k: uniform_init(noise, bk, s, fan_in) for k, s in self.param_shapes().items()}
 
     def forward(self, bk, p, x):
         y = C.conv2d_adjoint(bk, x, p["weight"], self.out_shape[1:], *self._geometry())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, ShapeError
 from .layer_spec import parse_layer, shape_error
-from .layers import ActivationLayer, Layer, MaxPool2d, _uniform
+from .layers import ActivationLayer, Layer, MaxPool2d, uniform_init
 
 CURVATURE_FORMS = ("diag", "block2", "full")
 
@@ -124,9 +124,9 @@ class Sequential:
             params.update({f"{self.prefix}.{i}.{k}": v
                            for k, v in layer.init_params(noise, bk).items()})
         for name, (_, d) in zip(self.head_names, self.heads):
-            params[f"{name}.weight"] = _uniform(noise, bk, (d, self.body_shape[0]),
+            params[f"{name}.weight"] = uniform_init(noise, bk, (d, self.body_shape[0]),
                                                 self.body_shape[0])
-            params[f"{name}.bias"] = _uniform(noise, bk, (d,), self.body_shape[0])
+            params[f"{name}.bias"] = uniform_init(noise, bk, (d,), self.body_shape[0])
         return params
 
     def init_buffers(self, bk) -> dict:

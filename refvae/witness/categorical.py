@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import _torch, decoder_heads, mlp, surprisal
+from . import require_torch as _torch
+from .functional import decoder_heads, mlp, surprisal
 
 
 def _relaxed_log_prob(temperature, logits, value):
