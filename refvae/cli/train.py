@@ -17,11 +17,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..util import inputs
 from ..util import files as rio
 from ..train import rundir
-from ..math.config import VAEConfig
+from ..math.config import VAEConfig, check_fields_apply
 from ..errors import CheckpointError, ConfigError
 from ..util.checked import checked
 from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS,
@@ -53,7 +54,21 @@ def _model_config(args, data_dim: int) -> VAEConfig:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
     arch["data_dim"] = data_dim
+    model = SimpleNamespace(emission=arch.get("emission", "bernoulli"),
+                            latent=arch.get("latent", "gaussian"))
+    if isinstance(model.emission, str) and isinstance(model.latent, str):
+        check_fields_apply(model, [k for k in ARCH_FLAGS if getattr(args, k) is not None])
     return VAEConfig.from_dict(arch)
+
+
+def _check_flags_apply(args, config: VAEConfig, options) -> None:
+    """Every model or optimisation flag given must apply to the model and options chosen (one
+    table each: :data:`refvae.math.config.FIELD_APPLIES`, :data:`refvae.train.loop.OPTION_APPLIES`)."""
+    from ..train.loop import check_applicable  # noqa: PLC0415
+
+    check_fields_apply(config, [k for k in ARCH_FLAGS if getattr(args, k) is not None])
+    check_applicable(config, options, [k for k in OPTION_FLAGS if getattr(args, k) is not None],
+                     flags=True)
 
 
 def _resume_settings(args, out: Path):
@@ -147,6 +162,7 @@ def _cmd_train(args) -> int:
         if args.log_interval is not None:
             opts["log_interval"] = args.log_interval
         options = TrainOptions.from_dict(opts)
+        _check_flags_apply(args, config, options)
         if not args.quiet:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "

@@ -69,14 +69,13 @@ class VAEConfig:
         checked(self.alpha, "config field 'alpha'", minimum=0, open_min=True)
         if not isinstance(self.learn_alpha, bool):
             raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
-        if self.learn_alpha and self.emission != "gaussian":
-            raise ConfigError("config field 'learn_alpha' applies only to emission 'gaussian'")
+        for name, (applies, where) in FIELD_APPLIES.items():
+            if getattr(self, name) != _DEFAULTS[name] and not applies(self):
+                raise ConfigError(f"config field {name!r} applies only to {where}")
         if self.latent == "categorical":
             if self.categories is None:
                 raise ConfigError("latent 'categorical' needs the field 'categories' (classes per variable)")
             _positive_int("categories", self.categories, minimum=2)
-        elif self.categories is not None:
-            raise ConfigError("config field 'categories' applies only to latent 'categorical'")
         if self.categorical_kl not in CATEGORICAL_KL:
             raise ConfigError(f"config field 'categorical_kl' is {self.categorical_kl!r}; "
                               f"choose one of {', '.join(CATEGORICAL_KL)}")
@@ -87,8 +86,6 @@ class VAEConfig:
                 raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
             checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0, open_min=True)
         _positive_int("flow_length", self.flow_length, minimum=0)
-        if self.flow_length and self.latent != "gaussian":
-            raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
         if type(self.format) is not int or self.format != FORMAT:  # noqa: E721 - true is not 1
             raise ConfigError(f"config 'format' is {self.format!r}; this refvae reads format {FORMAT}")
         budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
@@ -145,6 +142,29 @@ class VAEConfig:
     def decoder_in(self) -> int:
         """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
         return self.latent_dim * (self.categories or 1)
+
+
+# The fields that apply to some models only: field -> (applies(config), where). A field that does
+# not apply is refused (by VAEConfig when it differs from its default; by the CLI when its flag is
+# given at all) instead of being silently ignored.
+FIELD_APPLIES = {
+    "alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),
+    "learn_alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),
+    "categories": (lambda c: c.latent == "categorical", "latent 'categorical'"),
+    "flow_length": (lambda c: c.latent == "gaussian", "latent 'gaussian'"),
+}
+_DEFAULTS = {"alpha": 1.0, "learn_alpha": False, "categories": None, "flow_length": 0}
+
+
+def check_fields_apply(config: "VAEConfig", given) -> None:
+    """Refuse a field in ``given`` (names the user set, e.g. by a CLI flag) that does not apply to
+    ``config`` (:data:`FIELD_APPLIES`), named as its flag."""
+    for name in given:
+        if name in FIELD_APPLIES and not FIELD_APPLIES[name][0](config):
+            raise ConfigError(f"--{name.replace('_', '-')} applies only to "
+                              f"{FIELD_APPLIES[name][1]}, not to this model (emission "
+                              f"{config.emission!r}, latent {config.latent!r}); drop it or change "
+                              "the model")
 
 
 def _positive_int(name, value, minimum: int = 1) -> int:
