@@ -77,3 +77,54 @@ def test_the_api_refuses_options_and_fields_that_do_not_apply(data):
     with pytest.raises(RefvaeError, match="option 'lr_gamma' applies only to"):
         train(cfg, TrainOptions(epochs=1, lr_gamma=0.5, progress=False), load_dataset(str(data)),
               data.parent / "run")
+
+
+# ----- 2. the budget of every latent, estimator and evaluation ----------------------------------
+def test_full_covariance_k_by_k_terms_are_budgeted(tmp_path, data, capsys):
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "run",
+                        "--latent", "gaussian_full", "--latent-dim", "1000", "--max-memory", "256M")
+    line = one_line(code, err)
+    assert "memory budget" in line and "K×K" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_price_hessians_per_sample_are_budgeted():
+    from refvae.errors import BudgetError
+    from refvae.math.config import VAEConfig
+    from refvae.util import budget
+
+    cfg = VAEConfig(data_dim=6, latent_dim=150, encoder_hidden=[4], decoder_hidden=[4],
+                    latent="gaussian_full", activation="tanh")
+    with budget.limited("256M"):
+        cfg.check_batch("batch_size × samples", 16, 64, "pathwise")
+        with pytest.raises(BudgetError, match="memory budget"):
+            cfg.check_batch("batch_size × samples", 16, 64, "price")
+
+
+def test_iwae_chunks_fit_the_budget():
+    from refvae.math.config import VAEConfig
+    from refvae.math.objectives import _budget_chunk, _budget_rows
+    from refvae.math.vae import VAE
+    from refvae.util import budget
+
+    vae = VAE(VAEConfig(data_dim=784, latent_dim=200, latent="gaussian_full"))
+    with budget.limited("64M"):
+        rows = _budget_rows(vae, 100)
+        chunk = _budget_chunk(vae, rows)
+        assert 0 < rows < 100 and 0 < chunk
+        assert vae.config.batch_bytes(rows, chunk) <= budget.limit()
+
+
+def test_text_amat_is_budgeted_by_its_parsed_size(tmp_path):
+    from refvae.data.formats import read_amat
+    from refvae.errors import BudgetError
+    from refvae.util import budget
+
+    path = tmp_path / "binarized_mnist_train.amat"
+    np.savetxt(path, (np.random.default_rng(0).random((300, 784)) < 0.5).astype(int), fmt="%d")
+    size = path.stat().st_size
+    with budget.limited(2 * size):  # the file passes the size gate, its parsed array would not
+        with pytest.raises(BudgetError, match="parsed as text"):
+            read_amat(path)
+    with budget.limited(6 * size):
+        assert read_amat(path).shape == (300, 784)

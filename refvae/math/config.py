@@ -129,14 +129,29 @@ class VAEConfig:
             n += sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         return n
 
-    def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
-        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
-        each whose activations and their caches would not fit the memory budget."""
+    def batch_bytes(self, rows: int, samples: int = 1, estimator=None) -> int:
+        """The bytes a pass over ``rows`` data with ``samples`` each takes at most: the networks'
+        activations and caches, and every term of the latent and the ``estimator`` that grows
+        faster than K — the full-covariance latent's per-datum K×K factor, its inverse and their
+        gradients, and Price's per-sample Hessians (float64 entries, twice for the temporaries)."""
         k = self.latent_dim * (self.categories or 1)
         per_sample = 2 * self.data_dim + 4 * k + sum(self.decoder_hidden) * 3
         per_row = 2 * self.data_dim + sum(self.encoder_hidden) * 3 + 4 * k
-        budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
-                     f"use a smaller {field.split()[0]}")
+        if self.latent == "gaussian_full":
+            per_row += 4 * k * k                 # L, its inverse, and their gradients
+            if estimator == "price":
+                per_sample += 2 * k * k          # each sample's K×K Hessian and its product
+        elif estimator == "price":
+            per_sample += 2 * k                  # the diagonal Hessian
+        return 8 * 2 * int(rows) * (per_row + int(samples) * per_sample)
+
+    def check_batch(self, field: str, rows: int, samples: int = 1, estimator=None) -> None:
+        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
+        each that would not fit the memory budget (:meth:`batch_bytes`)."""
+        budget.check(field, self.batch_bytes(rows, samples, estimator),
+                     f"use a smaller {field.split()[0]}"
+                     + (" or latent_dim (the full-covariance latent keeps K×K per datum)"
+                        if self.latent == "gaussian_full" else ""))
 
     @property
     def decoder_in(self) -> int:

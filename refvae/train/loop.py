@@ -248,12 +248,12 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
-    config.check_batch("batch_size × samples", options.batch_size, options.samples)
+    estimator = options.estimator or model.default_estimator
+    config.check_batch("batch_size × samples", options.batch_size, options.samples, estimator)
     if getattr(data, "test", None) is not None:
         config.check_batch("eval_samples over the test split", min(len(data.test), 500),
                            options.eval_samples)
     ckpt_path = out / CHECKPOINT
-    estimator = options.estimator or model.default_estimator
 
     check_applicable(config, options)
     temperature = options.temperature_schedule(model.latent)
