@@ -128,3 +128,69 @@ def test_text_amat_is_budgeted_by_its_parsed_size(tmp_path):
             read_amat(path)
     with budget.limited(6 * size):
         assert read_amat(path).shape == (300, 784)
+
+
+# ----- 3. mount points and read-only parents: written in place, each file atomically ------------
+def _busy(*args, **kwargs):
+    raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+
+def _config(run):
+    return json.loads((run / "config.json").read_text())
+
+
+@pytest.mark.parametrize("start", ["empty", "run"])
+def test_a_mount_point_out_is_written_in_place(tmp_path, data, capsys, monkeypatch, start):
+    out = tmp_path / "mnt"
+    out.mkdir()
+    extra = []
+    if start == "run":
+        assert main(["train", "--data", str(data), *SMALL, "--out", str(out)]) == 0
+        (out / "old-figure.png").write_bytes(b"old run's")  # part of the old run: replaced
+        extra = ["--overwrite"]
+    monkeypatch.setattr(rundir, "_move_dir", _busy)   # rename(2) of a mount point: EBUSY
+    monkeypatch.setattr(rundir, "_exchange", _busy)
+    args = [a for a in SMALL if a != "--quiet"]
+    code, err = run_cli(capsys, "train", "--data", data, *args, "--out", out, "--latent-dim", "3",
+                        "--epochs", "2", *extra)
+    assert code == 0, err
+    assert "written in place" in err and "Device or resource busy" not in err
+    assert rundir.classify(out) == "run" and _config(out)["latent_dim"] == 3
+    assert not (out / "old-figure.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main(["evaluate", "--quiet", str(out)]) == 0
+
+
+def test_a_read_only_parent_keeps_the_lock_and_staging_inside_out(tmp_path, data, capsys,
+                                                                 monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    real_open, real_mkdir = rundir._open_lock, rundir._mkdir
+
+    def no_write_in_parent(real):
+        def wrapped(path, *a):
+            if os.path.dirname(os.fspath(path)) == str(tmp_path):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *a)
+        return wrapped
+    monkeypatch.setattr(rundir, "_open_lock", no_write_in_parent(real_open))
+    monkeypatch.setattr(rundir, "_mkdir", no_write_in_parent(real_mkdir))
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", out)
+    assert code == 0, err
+    assert rundir.classify(out) == "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "run"]
+    assert not [n for n in os.listdir(out) if n.startswith(".refvae")]
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", out, "--overwrite",
+                        "--latent-dim", "3")
+    assert code == 0, err
+    assert _config(out)["latent_dim"] == 3
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet",
+                 "--no-figures"]) == 0
+
+
+def test_an_in_place_staging_folder_left_by_a_kill_is_removed_and_counts_as_empty(tmp_path):
+    out = tmp_path / "run"
+    (out / f"{rundir._NEW}123-deadbeef").mkdir(parents=True)
+    assert rundir.classify(out) == "empty"
+    with rundir.RunLock(out):
+        assert os.listdir(out) == [] or os.listdir(out) == [".refvae-lock"]

@@ -141,7 +141,7 @@ def _cmd_train(args) -> int:
         require_matplotlib()
     # `--out .` or a symlink: the lock and staging go beside the real folder
     out = Path(args.out).expanduser().resolve()
-    with rundir.RunLock(out):
+    with rundir.RunLock(out) as lock:
         rundir.check_target(out, args.resume, args.overwrite)
         before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
         if args.resume:
@@ -168,7 +168,10 @@ def _cmd_train(args) -> int:
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
-        staging = None if args.resume else rundir.make_staging(out)
+        staging = None if args.resume else rundir.make_staging(out, inside=lock.inside)
+        if rundir.in_place(staging, out) and not args.quiet:
+            print(rundir.IN_PLACE_NOTE.format(out=inputs.show(out), why="its folder is not "
+                                              "writable"), file=sys.stderr)
         after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
                                    before)
         try:
@@ -195,7 +198,8 @@ def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed, b
 
     def hook(current, record, params):
         if state["staging"] is not None:
-            current = rundir.publish(state["staging"], out, before)
+            current = rundir.publish(state["staging"], out, before, say=None if args.quiet
+                                     else lambda text: print(text, file=sys.stderr))
             state["staging"] = None
         every = args.figures_every
         if every and not args.no_figures and record["epoch"] % every == 0:
