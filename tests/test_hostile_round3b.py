@@ -71,8 +71,6 @@ def test_the_api_refuses_options_and_fields_that_do_not_apply(data):
     from refvae.math.config import VAEConfig
     from refvae.train.loop import TrainOptions, train
 
-    with pytest.raises(RefvaeError, match="config field 'alpha' applies only to emission"):
-        VAEConfig(data_dim=6, latent_dim=2, alpha=2.0)
     cfg = VAEConfig(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4])
     with pytest.raises(RefvaeError, match="option 'lr_gamma' applies only to"):
         train(cfg, TrainOptions(epochs=1, lr_gamma=0.5, progress=False), load_dataset(str(data)),
@@ -194,3 +192,142 @@ def test_an_in_place_staging_folder_left_by_a_kill_is_removed_and_counts_as_empt
     assert rundir.classify(out) == "empty"
     with rundir.RunLock(out):
         assert os.listdir(out) == [] or os.listdir(out) == [".refvae-lock"]
+
+
+# ----- 4. no tracebacks: odd sizes, shapes and API arguments ------------------------------------
+@pytest.fixture
+def run(tmp_path, data):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_sample_image_shape_must_hold_the_data_width(run, capsys, tmp_path):
+    code, err = run_cli(capsys, "sample", run, "--image-shape", "3", "3", "--out", tmp_path / "s")
+    assert "ROWS·COLS = 6" in one_line(code, err)
+
+
+@pytest.mark.parametrize("shape", [[np.nan, 3], [-2, -3], [2.5, 2.4], [np.inf, 1], [1e30, 1]])
+def test_a_data_files_image_shape_is_validated(tmp_path, capsys, shape):
+    path = tmp_path / "b.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, train=rng.random((32, 6)), test=rng.random((8, 6)), image_shape=np.array(shape))
+    code, err = run_cli(capsys, "train", "--data", path, *SMALL, "--out", tmp_path / "r")
+    assert "image_shape" in one_line(code, err)
+
+
+def test_zero_row_image_data_is_one_line(tmp_path, capsys):
+    path = tmp_path / "z.npz"
+    np.savez(path, train=np.zeros((0, 2, 3)))
+    code, err = run_cli(capsys, "train", "--data", path, *SMALL, "--out", tmp_path / "r")
+    assert "0 rows" in one_line(code, err)
+
+
+def test_an_overflowing_schedule_is_refused_before_training(tmp_path, data, capsys):
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "r",
+                        "--schedule", "exponential", "--lr-gamma", "1e300")
+    assert "overflows" in one_line(code, err) and not (tmp_path / "r").exists()
+    code, err = run_cli(capsys, "train", "--data", data, *SMALL, "--out", tmp_path / "t",
+                        "--latent", "categorical", "--categories", "3",
+                        "--temperature-rate", "1e308")
+    assert code == 0, err
+
+
+def test_gradcheck_sizes_are_budgeted(capsys):
+    code, err = run_cli(capsys, "gradcheck", "--hidden", "100000000", "--max-memory", "256M")
+    assert "memory budget" in one_line(code, err)
+
+
+def test_a_malformed_budget_variable_is_refused_by_every_command(capsys, monkeypatch, run):
+    from refvae.util import budget
+
+    monkeypatch.setenv("REFVAE_MAX_MEMORY", "bogus")
+    for argv in (["gradcheck"], ["evaluate", run]):
+        monkeypatch.setattr(budget, "_limit", None)
+        code, err = run_cli(capsys, *argv)
+        line = one_line(code, err)
+        assert "$REFVAE_MAX_MEMORY" in line and "config.json" not in line, line
+
+
+def _f(p):
+    return float((np.asarray(p["w"]) ** 2).sum())
+
+
+@pytest.mark.parametrize("args", [
+    (_f, [1, 2], {"w": np.ones(3)}), (_f, {"w": np.ones(3)}, None),
+    (_f, {"w": "abc"}, {"w": np.ones(3)}), (_f, {"w": np.ones(3)}, {"w": "abc"}),
+    (3, {"w": np.ones(3)}, {"w": 2 * np.ones(3)}), (lambda p: "x", {"w": np.ones(3)}, {"w": np.ones(3)}),
+])
+def test_gradcheck_api_odd_inputs_raise_refvae_errors(args):
+    from refvae.gradcheck import check_gradients
+
+    with pytest.raises(RefvaeError):
+        check_gradients(*args)
+
+
+@pytest.mark.parametrize("kw", [{"mode": "x"}, {"eps": -1}, {"eps": "a"},
+                                {"mode": "directions", "n_directions": "a"}])
+def test_gradcheck_api_odd_options_raise_refvae_errors(kw):
+    from refvae.gradcheck import check_gradients
+
+    with pytest.raises(RefvaeError):
+        check_gradients(_f, {"w": np.ones(3)}, {"w": 2 * np.ones(3)}, **kw)
+
+
+def test_a_wrong_gradient_under_a_name_params_lacks_fails():
+    from refvae import assert_gradients
+
+    with pytest.raises(RefvaeError, match="unexpected zz"):
+        assert_gradients(_f, {"w": np.ones(3)}, {"w": 2 * np.ones(3), "zz": np.ones(2)})
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "x", True, [1, -2]])
+def test_noise_source_refuses_a_bad_seed(seed):
+    from refvae.backend import NoiseSource
+
+    with pytest.raises(RefvaeError, match="seed"):
+        NoiseSource(seed)
+
+
+@pytest.mark.parametrize("n, samples", [(-1, 1), (2, 0), (2.5, 1), ("a", 1), (10**12, 10**6)])
+def test_draw_noise_refuses_bad_sizes(n, samples):
+    from refvae.backend import NoiseSource
+    from refvae.math.config import VAEConfig
+    from refvae.math.vae import VAE
+
+    with pytest.raises(RefvaeError):
+        VAE(VAEConfig(data_dim=4, latent_dim=2)).draw_noise(NoiseSource(0), n, samples)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+@pytest.mark.parametrize("odd", [None, 3, [1], 2.5])
+def test_oracle_check_refuses_odd_containers(which, odd):
+    from refvae import oracle
+
+    args = [{"data_dim": 4, "latent_dim": 2}, {}, {}, {}]
+    args[which] = odd
+    with pytest.raises(RefvaeError):
+        oracle.check(*args)
+
+
+# ----- 5. smaller ------------------------------------------------------------------------------
+def test_a_240_character_out_name_is_accepted(tmp_path, data):
+    out = tmp_path / ("x" * 240)
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(out)]) == 0
+    assert rundir.classify(out) == "run"
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(out), "--overwrite"]) == 0
+
+
+def test_an_empty_data_dir_is_refused(tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--data", "mnist", *SMALL, "--out", tmp_path / "r",
+                        "--data-dir", "")
+    assert "--data-dir is empty" in one_line(code, err)
+
+
+def test_oracle_paths_expand_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["oracle", "example", "--out", "~/ex"]) == 0
+    assert (tmp_path / "ex" / "config.json").exists() and not (tmp_path / "~").exists()
+    assert main(["oracle", "compare", "--config", "~/ex/config.json", "--params",
+                 "~/ex/params.npz", "--batch", "~/ex/batch.npz", "--grads", "~/ex/theirs.npz"]) == 0

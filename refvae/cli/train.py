@@ -118,13 +118,20 @@ def _effective_options(config: VAEConfig, recorded: dict) -> dict:
     return effective
 
 
+def _data_dir(text) -> Path:
+    if not str(text).strip():
+        raise ConfigError("--data-dir is empty (--data-dir ''); give the folder that holds the "
+                          "data, or leave the flag out")
+    return Path(text).expanduser()
+
+
 def _load_data(spec, args, quiet: bool):
     from ..data.load import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
 
     t0 = time.perf_counter()
     if not quiet:
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
-    data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser()
+    data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
     data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
                         progress=not quiet)
     if not quiet and time.perf_counter() - t0 > 1.0:
@@ -291,9 +298,15 @@ def _cmd_sample(args) -> int:
     if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from ..data.load import load_dataset  # noqa: PLC0415
 
-        shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
+        shape = load_dataset(info.get("data"), data_dir=None if args.data_dir is None
+                             else _data_dir(args.data_dir)).image_shape
     if shape is None:
         raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
+    shape = tuple(checked(s, "the image shape", integer=True, minimum=1) for s in shape)
+    if len(shape) != 2 or shape[0] * shape[1] != model.config.data_dim:
+        raise ConfigError(f"image shape {' x '.join(map(str, shape))} does not hold the model's "
+                          f"{model.config.data_dim} values per datum; give --image-shape ROWS COLS "
+                          f"with ROWS·COLS = {model.config.data_dim}")
     out = _png_path(args.out)
     model.config.check_batch("--n", args.n)
     sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))

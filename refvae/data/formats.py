@@ -235,7 +235,7 @@ def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Datase
 
 def _rows_and_shape(a: np.ndarray, what: str):
     if a.ndim == 3:
-        return a.reshape(a.shape[0], -1), (a.shape[1], a.shape[2])
+        return a.reshape(a.shape[0], a.shape[1] * a.shape[2]), (a.shape[1], a.shape[2])
     if a.ndim != 2:
         raise DataError(f"{what} has shape {a.shape}; give one datum per row, shape (n, D) or "
                         "(n, rows, cols)")
@@ -277,7 +277,7 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
     if valid is not None:
         valid, _ = _rows_and_shape(valid, f"{path}: valid")
     if "image_shape" in arrays:
-        shape = tuple(int(s) for s in np.ravel(arrays["image_shape"]))
+        shape = np.ravel(arrays["image_shape"])  # validated by Dataset
     for what, a in (("train", train), ("test", test), ("valid", valid)):
         if a is not None and a.dtype.kind not in "biuf":
             raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data "

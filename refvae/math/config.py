@@ -70,7 +70,8 @@ class VAEConfig:
         if not isinstance(self.learn_alpha, bool):
             raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
         for name, (applies, where) in FIELD_APPLIES.items():
-            if getattr(self, name) != _DEFAULTS[name] and not applies(self):
+            # alpha is kept (not refused) in a config: config.json always records it
+            if name != "alpha" and getattr(self, name) != _DEFAULTS[name] and not applies(self):
                 raise ConfigError(f"config field {name!r} applies only to {where}")
         if self.latent == "categorical":
             if self.categories is None:
@@ -160,8 +161,8 @@ class VAEConfig:
 
 
 # The fields that apply to some models only: field -> (applies(config), where). A field that does
-# not apply is refused (by VAEConfig when it differs from its default; by the CLI when its flag is
-# given at all) instead of being silently ignored.
+# not apply is refused (by VAEConfig when it differs from its default, except alpha, which every
+# config.json records; by the CLI when its flag is given at all) instead of being silently ignored.
 FIELD_APPLIES = {
     "alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),
     "learn_alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),

@@ -101,6 +101,15 @@ class VAE:
 
     def draw_noise(self, source: NoiseSource, n: int, samples: int = 1):
         """Base noise for ``n`` data and ``samples`` samples each, from the caller's generator."""
+        from ..util import budget  # noqa: PLC0415
+
+        if not isinstance(source, NoiseSource):
+            raise ConfigError(f"draw_noise needs a refvae NoiseSource, got "
+                              f"{type(source).__name__}; pass NoiseSource(seed)")
+        n = checked(n, "draw_noise n (data)", integer=True, minimum=0)
+        samples = checked(samples, "draw_noise samples", integer=True, minimum=1)
+        budget.check_array("the noise (n × samples × latent width)",
+                           (n, samples, self.config.decoder_in), 8, hint="draw fewer at once")
         return self.latent.draw_noise(source, n, samples, self.bk)
 
     # ----- forward ---------------------------------------------------------------------------

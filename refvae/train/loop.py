@@ -256,6 +256,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     ckpt_path = out / CHECKPOINT
 
     check_applicable(config, options)
+    schedule_end = max(1, options.epochs) * max(1, -(-len(data.train) // options.batch_size))
+    _schedule(options, schedule_end)(schedule_end)  # overflows refused before the first step
     temperature = options.temperature_schedule(model.latent)
     noise = NoiseSource(options.seed)
     params = model.init_params(noise)

@@ -28,6 +28,7 @@ Nothing destroys a run by accident:
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import errno
 import os
 import re
@@ -71,8 +72,18 @@ def _mine(name: str) -> bool:
     return bool(_INNER.fullmatch(name))
 
 
+def _base(out: Path) -> str:
+    """``out``'s name as its siblings carry it: a name too long to take refvae's suffixes within
+    the file system's 255 bytes is shortened and made unique by a hash."""
+    name = out.name
+    if len(os.fsencode(name)) <= 200:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return os.fsdecode(os.fsencode(name)[:160]).rstrip("\udcff") + "~" + digest
+
+
 def _sibling(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}{tag}"
+    return out.parent / f".{_base(out)}{tag}"
 
 
 def classify(out) -> str:
@@ -252,7 +263,7 @@ def _recover(out: Path) -> None:
 def _left_beside(out: Path, tag: str, tail: str) -> list:
     """The folders ``.NAME<tag><tail>`` beside ``out``, matched by name, not by a glob (a ``[``,
     ``*`` or ``?`` in NAME must not reach another run's staging folders)."""
-    prefix = f".{out.name}{tag}"
+    prefix = f".{_base(out)}{tag}"
     try:
         names = os.listdir(out.parent)
     except OSError:
@@ -415,7 +426,7 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def _keep_both(staging: Path, out: Path, gained) -> None:
-    kept = out.parent / f"{out.name}.refvae-run-{uuid.uuid4().hex[:8]}"
+    kept = out.parent / f"{_base(out)}.refvae-run-{uuid.uuid4().hex[:8]}"
     os.rename(staging, kept)
     names = ", ".join(sorted(inputs.show(n) for n in gained)[:3])
     names += ", …" if len(gained) > 3 else ""
