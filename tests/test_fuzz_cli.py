@@ -157,8 +157,9 @@ def test_cli_fuzz(base, data):
 
 
 # ----- the Python API: random odd arguments raise only refvae's own errors (issue 26.6) --------
-ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=4),
-                st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(),
+                st.text(max_size=4), st.lists(st.integers(-3, 3), max_size=3),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
 def _api_call(which: int, a, b):

@@ -256,7 +256,8 @@ def _f(p):
 @pytest.mark.parametrize("args", [
     (_f, [1, 2], {"w": np.ones(3)}), (_f, {"w": np.ones(3)}, None),
     (_f, {"w": "abc"}, {"w": np.ones(3)}), (_f, {"w": np.ones(3)}, {"w": "abc"}),
-    (3, {"w": np.ones(3)}, {"w": 2 * np.ones(3)}), (lambda p: "x", {"w": np.ones(3)}, {"w": np.ones(3)}),
+    (3, {"w": np.ones(3)}, {"w": 2 * np.ones(3)}),
+    (lambda p: "x", {"w": np.ones(3)}, {"w": np.ones(3)}),
 ])
 def test_gradcheck_api_odd_inputs_raise_refvae_errors(args):
     from refvae.gradcheck import check_gradients
