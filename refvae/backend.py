@@ -186,6 +186,12 @@ class NoiseSource:
     """
 
     def __init__(self, seed: int | None = 0):
+        from .util.checked import checked  # noqa: PLC0415 - keep the import of refvae light
+
+        if isinstance(seed, (list, tuple)):  # a sequence of entropy words (SeedSequence)
+            seed = [checked(s, "seed entry", integer=True, minimum=0) for s in seed]
+        else:
+            seed = checked(seed, "seed", integer=True, minimum=0, none=True)
         self._gen = np.random.Generator(np.random.PCG64(seed))
 
     def normal(self, shape, bk: Backend | None = None):

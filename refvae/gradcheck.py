@@ -23,7 +23,9 @@ from typing import Callable
 import numpy as np
 
 from .backend import array_module, to_host
-from .errors import GradcheckError, ShapeError
+from .errors import ConfigError, DataError, GradcheckError, ShapeError, name_mismatch
+from .util.budget import check as check_budget
+from .util.checked import checked
 
 # Default step and tolerances by the dtype of the analytic derivative. float64: the central
 # difference error is O(eps²·f''') + O(ulp·|f|/eps) ≈ 1e-10 relative at eps = 1e-6; float32
@@ -138,6 +140,58 @@ def _as_float64(params: dict) -> dict:
     return {k: array_module(v).array(v, dtype="float64") for k, v in params.items()}
 
 
+def _arrays(d, what: str) -> dict:
+    """``d`` (a dict of name → array of real numbers) with its values as arrays, or a one-line
+    refvae error naming ``what`` and the entry."""
+    if not isinstance(d, dict):
+        raise ShapeError(f"{what} must be a dict of name → array, got {type(d).__name__}; pass "
+                         "one")
+    out = {}
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ShapeError(f"{what} has a name {k!r} that is not a string; name every tensor")
+        try:
+            a = v if hasattr(v, "__array__") and hasattr(v, "dtype") else np.asarray(v)
+            kind = np.dtype(a.dtype).kind
+        except (TypeError, ValueError):
+            kind = "O"
+        if kind not in "biuf":
+            raise DataError(f"{what} {k!r} is not an array of real numbers; pass numbers")
+        out[k] = a
+    return out
+
+
+def _value(f: Callable, p: dict) -> float:
+    """``f(p)`` as a float, or a DataError saying what the function returned instead."""
+    try:
+        return float(f(p))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"the function checked must return a real scalar ({exc}); return one "
+                        "number") from None
+
+
+def _check_setup(f, params, analytic, mode, n_directions, eps, rtol, atol, seed):
+    if not callable(f):
+        raise ConfigError(f"the function checked must be callable, got {type(f).__name__}")
+    params, analytic = _arrays(params, "params"), _arrays(analytic, "analytic gradients")
+    missing = [k for k in params if k not in analytic]
+    extra = [k for k in analytic if k not in params]
+    if missing or extra:  # a wrong gradient under a name params lacks must not pass unseen
+        raise ShapeError(f"analytic gradients do not match params: {name_mismatch(missing, extra)}"
+                         "; give one gradient per parameter, under the same names")
+    if mode not in ("full", "directions"):
+        raise ConfigError(f"unknown gradcheck mode {mode!r}; choose 'full' or 'directions'")
+    checked(n_directions, "n_directions", integer=True, minimum=1)
+    checked(seed, "seed", integer=True, minimum=0)
+    checked(eps, "eps", minimum=0, open_min=True, none=True)
+    checked(rtol, "rtol", minimum=0, none=True)
+    checked(atol, "atol", minimum=0, none=True)
+    entries = sum(int(np.prod(np.shape(v))) for v in params.values())
+    check_budget("gradcheck's float64 copies of params", 8 * 4 * entries,
+                 "check fewer or smaller tensors")
+    return params, analytic
+
+
 def numerical_gradient(f: Callable, params: dict, eps: float = 1e-6, names=None) -> dict:
     """Central differences ``(f(p + eps e_i) − f(p − eps e_i)) / 2eps`` for every entry of the
     named tensors (all by default), in float64. Costs two evaluations per entry."""
@@ -150,9 +204,9 @@ def numerical_gradient(f: Callable, params: dict, eps: float = 1e-6, names=None)
         for i in range(flat.size):
             old = float(flat[i])
             flat[i] = old + eps
-            f_plus = float(f(base))
+            f_plus = _value(f, base)
             flat[i] = old - eps
-            f_minus = float(f(base))
+            f_minus = _value(f, base)
             flat[i] = old
             gflat[i] = (f_plus - f_minus) / (2.0 * eps)
         out[name] = grad
@@ -168,9 +222,9 @@ def check_gradients(f: Callable, params: dict, analytic: dict, *, mode: str = "f
     derivatives along ``n_directions`` random unit directions spanning all tensors at once
     (two evaluations per direction: the choice for large models).
     """
-    missing = [k for k in params if k not in analytic]
-    if missing:
-        raise ShapeError(f"analytic gradients missing for: {', '.join(missing)}")
+    params, analytic = _check_setup(f, params, analytic, mode, n_directions, eps, rtol, atol, seed)
+    if not analytic:
+        return GradcheckReport([], 0.0, 0.0, 0.0)  # a check of nothing fails (passed is False)
     first = next(iter(analytic.values()))
     tol = tolerances_for(first.dtype)
     eps = tol["eps"] if eps is None else eps
@@ -180,8 +234,6 @@ def check_gradients(f: Callable, params: dict, analytic: dict, *, mode: str = "f
         numeric = numerical_gradient(f, params, eps)
         checks = [compare_arrays(k, analytic[k], numeric[k], rtol, atol) for k in params]
         return GradcheckReport(checks, rtol, atol, eps)
-    if mode != "directions":
-        raise ValueError(f"unknown gradcheck mode {mode!r}; choose 'full' or 'directions'")
     base = _as_float64(params)
     xp = array_module(first)
     rng = xp.random.default_rng(seed) if hasattr(xp.random, "default_rng") else xp.random
@@ -191,7 +243,7 @@ def check_gradients(f: Callable, params: dict, analytic: dict, *, mode: str = "f
         norm = float(sum(float((v * v).sum()) for v in dirs.values())) ** 0.5
         plus = {k: base[k] + eps * dirs[k] / norm for k in base}
         minus = {k: base[k] - eps * dirs[k] / norm for k in base}
-        numeric = (float(f(plus)) - float(f(minus))) / (2.0 * eps)
+        numeric = (_value(f, plus) - _value(f, minus)) / (2.0 * eps)
         exact = sum(float((xp.asarray(analytic[k], dtype=float) * dirs[k]).sum()) for k in base) / norm
         checks.append(compare_arrays(f"direction {d}", xp.asarray([exact]), xp.asarray([numeric]),
                                      rtol, atol))

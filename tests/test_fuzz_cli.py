@@ -154,3 +154,39 @@ def test_cli_fuzz(base, data):
             assert len(lines) == 1 and re.match(r"refvae( [a-z]+)*: error: ", lines[0]), where
             assert "out of memory" not in lines[0], where
         assert "Traceback" not in r["stderr"], where
+
+
+# ----- the Python API: random odd arguments raise only refvae's own errors (issue 26.6) --------
+ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(),
+                st.text(max_size=4), st.lists(st.integers(-3, 3), max_size=3),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _api_call(which: int, a, b):
+    from refvae.backend import NoiseSource
+    from refvae.gradcheck import check_gradients
+    from refvae.math.vae import VAE
+    from refvae import oracle
+
+    if which == 0:
+        return NoiseSource(a)
+    if which == 1:
+        return VAE(VAEConfig.from_dict(CFG)).draw_noise(NoiseSource(0), a, b)
+    if which == 2:
+        return check_gradients(lambda p: 0.0, a, b)
+    if which == 3:
+        return oracle.check(CFG, a, b, {})
+    return VAEConfig.from_dict({**CFG, "latent_dim": a, "alpha": b})
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(which=st.integers(0, 4), a=ODD, b=ODD)
+def test_api_fuzz_raises_only_refvae_errors(which, a, b):
+    from refvae.errors import RefvaeError
+    from refvae.util import budget
+
+    with budget.limited("256M"):
+        try:
+            _api_call(which, a, b)
+        except RefvaeError:
+            pass

@@ -113,8 +113,10 @@ LR_FORMULAS = {
 
 
 def _lr_follows(run, schedule):
-    recs = run.train("--schedule", schedule, "--lr", str(LR), "--lr-gamma", str(GAMMA),
-                     "--lr-step-size", str(STEP_SIZE), "--batch-size", str(BATCH))
+    # each schedule's own flags only: one that does not apply is refused
+    own = {"step": ("--lr-gamma", str(GAMMA), "--lr-step-size", str(STEP_SIZE)),
+           "exponential": ("--lr-gamma", str(GAMMA))}.get(schedule, ())
+    recs = run.train("--schedule", schedule, "--lr", str(LR), *own, "--batch-size", str(BATCH))
     total = 2 * N_TRAIN // BATCH
     formula = LR_FORMULAS[schedule]
     assert [r["step"] for r in recs] == [total // 2, total]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..backend import NoiseSource, get_backend
 from ..gradcheck import check_gradients, check_hessian
 from ..math.mlp import MLP
+from ..util import budget
 from ..util.checked import cli_int
 
 
@@ -14,6 +15,12 @@ def gradcheck_demo(activation="tanh", hidden=(16, 8), seed=0, backend="numpy", o
     bk = get_backend(backend, "float64")
     noise = NoiseSource(seed)
     k, d = 3, 5
+    sizes = (k, *hidden, d)
+    n_params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    # the parameters, their gradients and the float64 copies the differences perturb, and each
+    # layer's activations for the (4, 2) batch
+    budget.check("--hidden (the MLP's parameters and their copies)",
+                 8 * (6 * n_params + 16 * sum(sizes)), "use smaller --hidden widths")
     mlp = MLP.build("decoder", k, hidden, [("out", d)], activation)
     params = mlp.init_params(noise, bk)
     x = noise.normal((4, 2, k), bk)

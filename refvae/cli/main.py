@@ -118,6 +118,7 @@ def main(argv=None) -> int:
             return 2
         with warnings.catch_warnings(record=True) as caught, \
                 budget.limited(getattr(args, "max_memory", None)):
+            budget.limit()  # a malformed $REFVAE_MAX_MEMORY is refused by every command alike
             warnings.simplefilter("default")  # once per place: a long run cannot pile them up
             code = int(args.func(args) or 0)
         for w in caught:  # the command succeeded: its warnings are shown after all

@@ -16,6 +16,18 @@ from ..util.checked import cli_float, cli_int
 from ..math.vae import REDUCTIONS
 
 
+_PATHS = ("config", "params", "batch", "grads", "draws", "out", "map_file")
+
+
+def _expand(args):
+    """``~`` expanded in every path of an oracle command, as in train's and evaluate's."""
+    for name in _PATHS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+    return args
+
+
 def _name_map(args) -> dict:
     return oracle.parse_name_map(args.map or (), args.map_file)
 
@@ -35,6 +47,7 @@ def _emit(text) -> None:
 
 
 def _cmd_compute(args) -> int:
+    _expand(args)
     result = oracle.compute(args.config, args.params, args.batch, estimator=args.estimator,
                             reduction=args.reduction, temperature=args.temperature,
                             backend=args.backend, **_layout(args))
@@ -51,6 +64,7 @@ def _cmd_compute(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    _expand(args)
     report = oracle.check(args.config, args.params, args.batch, args.grads, estimator=args.estimator,
                           reduction=args.reduction, temperature=args.temperature, rtol=args.rtol,
                           atol=args.atol, backend=args.backend, **_layout(args))
@@ -59,6 +73,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_unbiased(args) -> int:
+    _expand(args)
     report = oracle.check_unbiased(args.config, args.params, args.batch, args.draws, estimator=args.estimator,
                                    level=args.level, reduction=args.reduction, seed=args.seed,
                                    reference_replicates=args.reference_replicates, **_layout(args))
@@ -67,6 +82,7 @@ def _cmd_unbiased(args) -> int:
 
 
 def _cmd_example(args) -> int:
+    _expand(args)
     paths = oracle.write_example(args.out, latent=args.latent, emission=args.emission,
                                  learn_alpha=args.learn_alpha, categories=args.categories,
                                  estimator=args.estimator, reduction=args.reduction,

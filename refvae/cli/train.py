@@ -17,11 +17,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..util import inputs
 from ..util import files as rio
 from ..train import rundir
-from ..math.config import VAEConfig
+from ..math.config import VAEConfig, check_fields_apply
 from ..errors import CheckpointError, ConfigError
 from ..util.checked import checked
 from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS,
@@ -58,7 +59,21 @@ def _model_config(args, data_dim: int) -> VAEConfig:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
     arch["data_dim"] = data_dim
+    model = SimpleNamespace(emission=arch.get("emission", "bernoulli"),
+                            latent=arch.get("latent", "gaussian"))
+    if isinstance(model.emission, str) and isinstance(model.latent, str):
+        check_fields_apply(model, [k for k in ARCH_FLAGS if getattr(args, k) is not None])
     return VAEConfig.from_dict(arch)
+
+
+def _check_flags_apply(args, config: VAEConfig, options) -> None:
+    """Every model or optimisation flag given must apply to the model and options chosen (one
+    table each: :data:`refvae.math.config.FIELD_APPLIES`, :data:`refvae.train.loop.OPTION_APPLIES`)."""
+    from ..train.loop import check_applicable  # noqa: PLC0415
+
+    check_fields_apply(config, [k for k in ARCH_FLAGS if getattr(args, k) is not None])
+    check_applicable(config, options, [k for k in OPTION_FLAGS if getattr(args, k) is not None],
+                     flags=True)
 
 
 def _resume_settings(args, out: Path):
@@ -108,13 +123,20 @@ def _effective_options(config: VAEConfig, recorded: dict) -> dict:
     return effective
 
 
+def _data_dir(text) -> Path:
+    if not str(text).strip():
+        raise ConfigError("--data-dir is empty (--data-dir ''); give the folder that holds the "
+                          "data, or leave the flag out")
+    return Path(text).expanduser()
+
+
 def _load_data(spec, args, quiet: bool):
     from ..data.load import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
 
     t0 = time.perf_counter()
     if not quiet:
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
-    data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser()
+    data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
     data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
                         progress=not quiet)
     if not quiet and time.perf_counter() - t0 > 1.0:
@@ -131,7 +153,7 @@ def _cmd_train(args) -> int:
         require_matplotlib()
     # `--out .` or a symlink: the lock and staging go beside the real folder
     out = Path(args.out).expanduser().resolve()
-    with rundir.RunLock(out):
+    with rundir.RunLock(out) as lock:
         rundir.check_target(out, args.resume, args.overwrite)
         before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
         if args.resume:
@@ -152,12 +174,16 @@ def _cmd_train(args) -> int:
         if args.log_interval is not None:
             opts["log_interval"] = args.log_interval
         options = TrainOptions.from_dict(opts)
+        _check_flags_apply(args, config, options)
         if not args.quiet:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
-        staging = None if args.resume else rundir.make_staging(out)
+        staging = None if args.resume else rundir.make_staging(out, inside=lock.inside)
+        if rundir.in_place(staging, out) and not args.quiet:
+            print(rundir.IN_PLACE_NOTE.format(out=inputs.show(out), why="its folder is not "
+                                              "writable"), file=sys.stderr)
         after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
                                    before)
         try:
@@ -184,7 +210,8 @@ def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed, b
 
     def hook(current, record, params):
         if state["staging"] is not None:
-            current = rundir.publish(state["staging"], out, before)
+            current = rundir.publish(state["staging"], out, before, say=None if args.quiet
+                                     else lambda text: print(text, file=sys.stderr))
             state["staging"] = None
         every = args.figures_every
         if every and not args.no_figures and record["epoch"] % every == 0:
@@ -276,9 +303,15 @@ def _cmd_sample(args) -> int:
     if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from ..data.load import load_dataset  # noqa: PLC0415
 
-        shape = load_dataset(info.get("data"), data_dir=args.data_dir).image_shape
+        shape = load_dataset(info.get("data"), data_dir=None if args.data_dir is None
+                             else _data_dir(args.data_dir)).image_shape
     if shape is None:
         raise ConfigError("the run's data are not images; pass --image-shape ROWS COLS")
+    shape = tuple(checked(s, "the image shape", integer=True, minimum=1) for s in shape)
+    if len(shape) != 2 or shape[0] * shape[1] != model.config.data_dim:
+        raise ConfigError(f"image shape {' x '.join(map(str, shape))} does not hold the model's "
+                          f"{model.config.data_dim} values per datum; give --image-shape ROWS COLS "
+                          f"with ROWS·COLS = {model.config.data_dim}")
     out = _png_path(args.out)
     model.config.check_batch("--n", args.n)
     sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))

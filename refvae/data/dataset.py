@@ -46,7 +46,13 @@ class Dataset:
                 raise ShapeError(f"{self.name}: {split} split has {a.shape[1]} values per datum but "
                                  f"train has {self.train.shape[1]}; give splits of the same width")
         if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)
+            shape = np.asarray(self.image_shape).ravel()
+            if shape.dtype.kind not in "biuf" or not np.isfinite(shape).all() \
+                    or (shape != np.round(shape)).any() or (shape < 1).any() \
+                    or (shape > 2**31).any():
+                raise DataError(f"{self.name}: image_shape {shape.tolist()} is not (rows, cols) of "
+                                f"positive integers; give rows·cols = {self.dim}, or no image_shape")
+            self.image_shape = tuple(int(s) for s in shape)
             if len(self.image_shape) != 2 or math.prod(self.image_shape) != self.dim:
                 raise ShapeError(f"{self.name}: image_shape {self.image_shape} does not hold "
                                  f"{self.dim} values; give (rows, cols) with rows·cols = {self.dim}")

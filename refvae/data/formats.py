@@ -179,17 +179,22 @@ def read_amat(path) -> np.ndarray:
         head = f.read(4096)
     # MATLAB 5 files start with a text header "MATLAB 5.0 MAT-file"; version 4 files are binary.
     if head and not head.startswith(b"MATLAB") and b"\x00" not in head:
-        text = inputs.read_text(path, "data file", DataError)
+        # Parsed, every number of at least two bytes ("0 ") becomes eight: the array and the
+        # parser's chunk take up to 5× the file, which is what the budget is asked for.
+        size = inputs.check_regular(path, "data file", DataError).st_size
+        budget.check(f"{inputs.show(path)} parsed as text (5 × its {size} bytes)", 5 * size,
+                     "give a smaller file or the MATLAB (.mat) version")
         try:
-            X = np.loadtxt(text.splitlines(), dtype=np.float64, ndmin=2)
-        except ValueError as exc:
+            with inputs.open_input(path, "data file", DataError) as f:
+                X = np.loadtxt(f, dtype=np.float64, ndmin=2)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{path} is a malformed text .amat file ({str(exc).splitlines()[0]}); "
                             "download it again") from exc
     else:
         X = _mat_variable(path, "X", "the binarized MNIST file")
     if X.ndim != 2 or X.size == 0:
         raise DataError(f"{path} holds an array of shape {X.shape}; expected (n, 784), one image per row")
-    return X.astype(np.float64)
+    return np.asarray(X, dtype=np.float64)
 
 
 def load_binarized_mnist_dir(directory) -> Dataset:
@@ -230,7 +235,7 @@ def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Datase
 
 def _rows_and_shape(a: np.ndarray, what: str):
     if a.ndim == 3:
-        return a.reshape(a.shape[0], -1), (a.shape[1], a.shape[2])
+        return a.reshape(a.shape[0], a.shape[1] * a.shape[2]), (a.shape[1], a.shape[2])
     if a.ndim != 2:
         raise DataError(f"{what} has shape {a.shape}; give one datum per row, shape (n, D) or "
                         "(n, rows, cols)")
@@ -272,7 +277,7 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
     if valid is not None:
         valid, _ = _rows_and_shape(valid, f"{path}: valid")
     if "image_shape" in arrays:
-        shape = tuple(int(s) for s in np.ravel(arrays["image_shape"]))
+        shape = np.ravel(arrays["image_shape"])  # validated by Dataset
     for what, a in (("train", train), ("test", test), ("valid", valid)):
         if a is not None and a.dtype.kind not in "biuf":
             raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data "

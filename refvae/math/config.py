@@ -95,14 +95,14 @@ class VAEConfig:
         checked(self.alpha, "config field 'alpha'", minimum=0, open_min=True)
         if not isinstance(self.learn_alpha, bool):
             raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
-        if self.learn_alpha and self.emission != "gaussian":
-            raise ConfigError("config field 'learn_alpha' applies only to emission 'gaussian'")
+        for name, (applies, where) in FIELD_APPLIES.items():
+            # alpha is kept (not refused) in a config: config.json always records it
+            if name != "alpha" and getattr(self, name) != _DEFAULTS[name] and not applies(self):
+                raise ConfigError(f"config field {name!r} applies only to {where}")
         if self.latent == "categorical":
             if self.categories is None:
                 raise ConfigError("latent 'categorical' needs the field 'categories' (classes per variable)")
             _positive_int("categories", self.categories, minimum=2)
-        elif self.categories is not None:
-            raise ConfigError("config field 'categories' applies only to latent 'categorical'")
         if self.categorical_kl not in CATEGORICAL_KL:
             raise ConfigError(f"config field 'categorical_kl' is {self.categorical_kl!r}; "
                               f"choose one of {', '.join(CATEGORICAL_KL)}")
@@ -113,8 +113,6 @@ class VAEConfig:
                 raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
             checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0, open_min=True)
         _positive_int("flow_length", self.flow_length, minimum=0)
-        if self.flow_length and self.latent != "gaussian":
-            raise ConfigError("config field 'flow_length' applies only to latent 'gaussian'")
         self._check_forms()
         networks.normalise(self)
         if self.format == 2:
@@ -227,20 +225,59 @@ class VAEConfig:
         enc, dec = networks.check_networks(self, self._encoder_width(), self._emission_heads())
         return networks.activation_sizes(enc), networks.activation_sizes(dec)
 
-    def check_batch(self, field: str, rows: int, samples: int = 1) -> None:
-        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
-        each whose activations and their caches would not fit the memory budget."""
+    def batch_bytes(self, rows: int, samples: int = 1, estimator=None) -> int:
+        """The bytes a pass over ``rows`` data with ``samples`` each takes at most: the networks'
+        activations and caches (:meth:`activation_sizes`), and every term of the latent and the
+        ``estimator`` that grows faster than K — the full-covariance latent's per-datum K×K
+        factor, its inverse and their gradients, and Price's per-sample Hessians (float64
+        entries, twice for the temporaries)."""
         k = self.latent_dim * (self.categories or 1)
         enc, dec = self.activation_sizes()
         per_sample = 2 * self.data_dim + 4 * k + sum(dec) * 3
         per_row = 2 * self.data_dim + self.condition_dim + sum(enc) * 3 + 4 * k
-        budget.check(field, 8 * 2 * int(rows) * (per_row + int(samples) * per_sample),
-                     f"use a smaller {field.split()[0]}")
+        if self.latent == "gaussian_full":
+            per_row += 4 * k * k                 # L, its inverse, and their gradients
+            if estimator == "price":
+                per_sample += 2 * k * k          # each sample's K×K Hessian and its product
+        elif estimator == "price":
+            per_sample += 2 * k                  # the diagonal Hessian
+        return 8 * 2 * int(rows) * (per_row + int(samples) * per_sample)
+
+    def check_batch(self, field: str, rows: int, samples: int = 1, estimator=None) -> None:
+        """Refuse (:class:`~refvae.errors.BudgetError`) a pass over ``rows`` data with ``samples``
+        each that would not fit the memory budget (:meth:`batch_bytes`)."""
+        budget.check(field, self.batch_bytes(rows, samples, estimator),
+                     f"use a smaller {field.split()[0]}"
+                     + (" or latent_dim (the full-covariance latent keeps K×K per datum)"
+                        if self.latent == "gaussian_full" else ""))
 
     @property
     def decoder_in(self) -> int:
         """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
         return self.latent_dim * (self.categories or 1)
+
+
+# The fields that apply to some models only: field -> (applies(config), where). A field that does
+# not apply is refused (by VAEConfig when it differs from its default, except alpha, which every
+# config.json records; by the CLI when its flag is given at all) instead of being silently ignored.
+FIELD_APPLIES = {
+    "alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),
+    "learn_alpha": (lambda c: c.emission == "gaussian", "emission 'gaussian'"),
+    "categories": (lambda c: c.latent == "categorical", "latent 'categorical'"),
+    "flow_length": (lambda c: c.latent == "gaussian", "latent 'gaussian'"),
+}
+_DEFAULTS = {"alpha": 1.0, "learn_alpha": False, "categories": None, "flow_length": 0}
+
+
+def check_fields_apply(config: "VAEConfig", given) -> None:
+    """Refuse a field in ``given`` (names the user set, e.g. by a CLI flag) that does not apply to
+    ``config`` (:data:`FIELD_APPLIES`), named as its flag."""
+    for name in given:
+        if name in FIELD_APPLIES and not FIELD_APPLIES[name][0](config):
+            raise ConfigError(f"--{name.replace('_', '-')} applies only to "
+                              f"{FIELD_APPLIES[name][1]}, not to this model (emission "
+                              f"{config.emission!r}, latent {config.latent!r}); drop it or change "
+                              "the model")
 
 
 def _positive_int(name, value, minimum: int = 1) -> int:

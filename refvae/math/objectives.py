@@ -17,6 +17,22 @@ from ..backend import NoiseSource
 _ELEMENTS_PER_CHUNK = 20_000_000
 
 
+def _budget_chunk(vae, n: int) -> int:
+    """The most samples per datum of ``n`` data that one chunk may hold within the memory budget."""
+    from ..util import budget  # noqa: PLC0415
+
+    fixed = vae.config.batch_bytes(n, 0)
+    each = max(1, vae.config.batch_bytes(n, 1) - fixed)
+    return (budget.limit() - fixed) // each
+
+
+def _budget_rows(vae, rows: int) -> int:
+    """At most ``rows``, and no more data than fit the memory budget with one sample each."""
+    from ..util import budget  # noqa: PLC0415
+
+    return max(1, min(int(rows), budget.limit() // max(1, vae.config.batch_bytes(1, 1))))
+
+
 def _widest(vae) -> int:
     c = vae.config
     enc, dec = c.activation_sizes()
@@ -58,10 +74,11 @@ def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: in
         raise ValueError(f"k must be ≥ 1, got {k}")
     bk, xp = vae.bk, vae.bk.xp
     out = []
+    batch_size = _budget_rows(vae, batch_size)
     for sl in _batches(y.shape[0], batch_size):
         yb = bk.asarray(y[sl])
         n = yb.shape[0]
-        chunk = max(1, min(k, _ELEMENTS_PER_CHUNK // (n * _widest(vae))))
+        chunk = max(1, min(k, _ELEMENTS_PER_CHUNK // (n * _widest(vae)), _budget_chunk(vae, n)))
         acc = None
         for start in range(0, k, chunk):
             m = min(chunk, k - start)

@@ -104,7 +104,9 @@ class VAE:
         return params
 
     def draw_noise(self, source: NoiseSource, n: int, samples: int = 1):
-        """Base noise for ``n`` data and ``samples`` samples each, from the caller's generator."""
+        """Base noise for ``n`` data and ``samples`` samples each, from the caller's generator
+        (its arguments checked by :func:`refvae.util.gates.check_draw`)."""
+        n, samples = gates.check_draw(self, source, n, samples)
         return self.latent.draw_noise(source, n, samples, self.bk)
 
     # ----- forward ---------------------------------------------------------------------------

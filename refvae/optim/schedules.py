@@ -55,6 +55,18 @@ class ConstantLR(Schedule):
         return self.base_lr
 
 
+def _decayed(base_lr: float, gamma: float, power: int, name: str) -> float:
+    """``base_lr · gamma^power``, or a ConfigError when it overflows or leaves the finite numbers."""
+    try:
+        lr = base_lr * gamma ** power
+    except OverflowError:
+        lr = math.inf
+    if not math.isfinite(lr):
+        raise ConfigError(f"{name} schedule: the learning rate {base_lr:g} · {gamma:g}^{power} "
+                          "overflows; use a gamma ≤ 1 (a decay) or fewer steps")
+    return lr
+
+
 class StepLR(Schedule):
     """Step decay: ``η_t = η · γ^⌊t / step_size⌋`` (as ``torch.optim.lr_scheduler.StepLR``)."""
 
@@ -63,7 +75,7 @@ class StepLR(Schedule):
         self.base_lr, self.step_size, self.gamma = float(base_lr), int(step_size), float(gamma)
 
     def __call__(self, step):
-        return self.base_lr * self.gamma ** (_step_arg(step) // self.step_size)
+        return _decayed(self.base_lr, self.gamma, _step_arg(step) // self.step_size, "step")
 
 
 class ExponentialLR(Schedule):
@@ -74,7 +86,7 @@ class ExponentialLR(Schedule):
         self.base_lr, self.gamma = float(base_lr), float(gamma)
 
     def __call__(self, step):
-        return self.base_lr * self.gamma ** _step_arg(step)
+        return _decayed(self.base_lr, self.gamma, _step_arg(step), "exponential")
 
 
 class CosineLR(Schedule):

@@ -53,13 +53,24 @@ def load_json_input(path, what: str):
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def input_path(source, what: str, accepts: str = "a dict of arrays"):
+    """``source`` as a path with ``~`` expanded, or a ConfigError when it is neither a path nor
+    what the caller also accepts (a None, a number, a list: one line naming the argument)."""
+    if isinstance(source, bytes):
+        source = os.fsdecode(source)
+    if not isinstance(source, (str, os.PathLike)):
+        shown = repr(source) if len(repr(source)) <= 40 else type(source).__name__
+        raise ConfigError(f"{what} must be a path or {accepts}, got {shown}; pass one of those")
+    return os.path.expanduser(os.fspath(source))
+
+
 def load_config(config) -> VAEConfig:
     """A :class:`VAEConfig` from a path to ``config.json``, a dict, or a VAEConfig."""
     if isinstance(config, VAEConfig):
         return config
     where = "config"
     if not isinstance(config, dict):
-        where = os.fspath(config)
+        where = input_path(config, "config", "a dict of config fields")
         config = load_json_input(where, "config")
     try:
         return VAEConfig.from_dict(config)
@@ -73,7 +84,7 @@ def arrays_of(source, what: str, tree=flatten) -> dict:
     """Host arrays from a (possibly nested) dict or an ``.npz`` path."""
     if hasattr(source, "items") and not isinstance(source, (str, bytes, os.PathLike)):
         return {str(k): host(v, f"{what} array {k!r}") for k, v in tree(dict(source.items()), what).items()}
-    return load_npz(source, what)
+    return load_npz(input_path(source, what), what)
 
 
 def label(source, default: str) -> str:

@@ -116,6 +116,50 @@ _OPTION_RULES = {
 }
 
 
+def _relaxed(config, options) -> bool:
+    return config.latent == "categorical"
+
+
+_CATEGORICAL = (_relaxed, "categorical latents (--latent categorical)", "latent {latent!r}")
+# Each option that applies to some models or settings only: option -> (applies(config, options),
+# where it applies, what this run has instead). An option that does not apply is refused in one
+# line (by the CLI when its flag is given; by train() when it differs from its default) rather than
+# silently ignored.
+OPTION_APPLIES = {
+    "temperature": _CATEGORICAL,
+    "temperature_rate": _CATEGORICAL,
+    "temperature_min": _CATEGORICAL,
+    "temperature_every": _CATEGORICAL,
+    "lr_gamma": (lambda c, o: o.schedule in ("step", "exponential"),
+                 "--schedule step or exponential", "schedule {schedule!r}"),
+    "lr_step_size": (lambda c, o: o.schedule == "step", "--schedule step", "schedule {schedule!r}"),
+    "binarize": (lambda c, o: c.emission == "bernoulli" or o.binarize == "none",
+                 "the bernoulli emission", "emission {emission!r}"),
+}
+
+
+def check_applicable(config: VAEConfig, options: "TrainOptions", given=None, flags=False) -> None:
+    """Refuse an option that does not apply to ``config`` with ``options`` (:data:`OPTION_APPLIES`).
+
+    ``given``: the option names the user set (the CLI's flags); None: those that differ from their
+    defaults. ``flags``: name them as ``--flag`` rather than as options."""
+    defaults = TrainOptions.__dataclass_fields__
+    if given is None:
+        given = [k for k in OPTION_APPLIES if getattr(options, k) != defaults[k].default]
+    for name in given:
+        if name not in OPTION_APPLIES:
+            continue
+        applies, where, instead = OPTION_APPLIES[name]
+        if applies(config, options):
+            continue
+        shown = f"--{name.replace('_', '-')}" if flags else f"option {name!r}"
+        have = instead.format(latent=config.latent, schedule=options.schedule,
+                              emission=config.emission)
+        raise ConfigError(f"{shown} applies only to {where}, not to {have}; drop it"
+                          + (" or change the model" if "latent" in instead or "emission" in instead
+                             else " or choose such a schedule"))
+
+
 class TrainingDiverged(NonFiniteError):
     """The loss or a gradient became NaN/inf; the message names the step and the tensor."""
 
@@ -213,16 +257,17 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options)
-    config.check_batch("batch_size × samples", options.batch_size, options.samples)
+    estimator = options.estimator or model.default_estimator
+    config.check_batch("batch_size × samples", options.batch_size, options.samples, estimator)
     if getattr(data, "test", None) is not None:
         config.check_batch("eval_samples over the test split", min(len(data.test), 500),
                            options.eval_samples)
     ckpt_path = out / CHECKPOINT
-    estimator = options.estimator or model.default_estimator
 
+    check_applicable(config, options)
+    schedule_end = max(1, options.epochs) * max(1, -(-len(data.train) // options.batch_size))
+    _schedule(options, schedule_end)(schedule_end)  # overflows refused before the first step
     temperature = options.temperature_schedule(model.latent)
-    if options.temperature is not None and temperature is None:
-        raise ConfigError(f"a temperature applies only to categorical latents, not to {config.latent!r}")
     noise = NoiseSource(options.seed)
     params = model.init_params(noise)
     _preflight(model, params, data, options, estimator, temperature)
@@ -352,8 +397,6 @@ def _check_data(model, data, options):
         if arr.ndim != 2 or arr.shape[1] != model.config.data_dim:
             raise ConfigError(f"the {split} data have shape {arr.shape}, but the model's data_dim is "
                               f"{model.config.data_dim}; set data_dim to {arr.shape[-1]}")
-    if options.binarize != "none" and model.config.emission != "bernoulli":
-        raise ConfigError("binarization applies only to the bernoulli emission")
 
 
 def _test_metrics(model, params, data, options, epoch) -> dict:

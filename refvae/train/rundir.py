@@ -17,10 +17,18 @@ Nothing destroys a run by accident:
   between them). A kill at any moment leaves the old run or the new one, whole. Only what the
   directory held when training began is replaced; a file saved there since stops the move, and the
   new run is kept beside it (``NAME.refvae-run-XXXXXXXX``).
+* where the directory cannot be swapped whole — ``--out`` is a mount point (rename fails with
+  "Device or resource busy"), or its parent folder is not writable (no lock or staging folder can
+  be made beside it) — the lock and the staging folder live inside it (``.refvae-lock``,
+  ``.refvae-new-…``, which count as empty) and the first checkpoint's files are moved in one by
+  one, each atomically (``os.replace``; copied first across file systems), the checkpoint last.
+  A kill during that move can leave a new ``config.json`` beside the old checkpoint, which
+  ``--resume`` then refuses in one line; the CLI says in one line when it writes in place.
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import errno
 import os
 import re
@@ -40,10 +48,42 @@ except ImportError:  # pragma: no cover - Windows
 RUN_MARKERS = ("config.json", "checkpoint.npz")
 _NEW, _OLD, _LOCK = ".refvae-new-", ".refvae-old-", ".refvae-lock"
 _NEW_TAIL, _OLD_TAIL = r"[0-9]+-[0-9a-f]{8}", r"[0-9a-f]{8}"  # what make_staging, publish add
+# refvae's own names inside a run directory written in place (lock, staging, a file being copied)
+_INNER = re.compile(r"\.refvae-lock|\.refvae-new-[0-9]+-[0-9a-f]{8}|\..+\.refvae-tmp-[0-9a-f]{8}")
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _open_lock(path, flags: int, mode: int) -> int:
+    """``os.open`` of the lock file (one place, so that a test can make the parent unwritable)."""
+    return os.open(path, flags, mode)
+
+
+def _mkdir(path: Path) -> None:
+    """Make the staging folder (one place, so that a test can make the parent unwritable)."""
+    path.mkdir()
+
+
+def _move_dir(src: Path, dst: Path) -> None:
+    """Rename a folder onto an empty one (fails with EBUSY when ``dst`` is a mount point)."""
+    os.rename(src, dst)
+
+
+def _mine(name: str) -> bool:
+    return bool(_INNER.fullmatch(name))
+
+
+def _base(out: Path) -> str:
+    """``out``'s name as its siblings carry it: a name too long to take refvae's suffixes within
+    the file system's 255 bytes is shortened and made unique by a hash."""
+    name = out.name
+    if len(os.fsencode(name)) <= 200:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return os.fsdecode(os.fsencode(name)[:160]).rstrip("\udcff") + "~" + digest
 
 
 def _sibling(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}{tag}"
+    return out.parent / f".{_base(out)}{tag}"
 
 
 def classify(out) -> str:
@@ -55,7 +95,7 @@ def classify(out) -> str:
         return "other"
     if all((out / m).is_file() for m in RUN_MARKERS):
         return "run"
-    return "other" if any(out.iterdir()) else "empty"
+    return "other" if any(not _mine(p.name) for p in out.iterdir()) else "empty"
 
 
 def check_target(out, resume: bool, overwrite: bool) -> str:
@@ -84,6 +124,7 @@ class RunLock:
         self.out = Path(out)
         self.path = _sibling(self.out, _LOCK)
         self.fd = None
+        self.inside = False  # the lock lives in out itself (its parent is not writable)
         self.created = []  # the folders above out that this lock made (removed if left empty)
 
     def __enter__(self) -> "RunLock":
@@ -97,7 +138,11 @@ class RunLock:
             raise CheckpointError(f"cannot create {self.out.parent}: {exc.strerror or exc}; "
                                   "choose a writable --out") from exc
         while self.fd is None:
-            fd = self._open()
+            try:
+                fd = self._open()
+            except _ParentReadOnly:
+                self.inside, self.path = True, self.out / _LOCK
+                continue
             if fcntl is not None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -124,7 +169,7 @@ class RunLock:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             if fcntl is not None:
-                fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+                fd = _open_lock(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
             else:  # pragma: no cover - Windows
                 fd = _open_exclusive(self.path)
         except FileExistsError:  # pragma: no cover - Windows: a live holder
@@ -133,6 +178,9 @@ class RunLock:
             if os.path.lexists(self.path) and not os.path.isfile(self.path) \
                     or os.path.islink(self.path):
                 self._foreign("is not a regular file")
+            if exc.errno in _READ_ONLY and not self.inside and os.path.isdir(self.out) \
+                    and not os.path.islink(self.out):
+                raise _ParentReadOnly() from exc  # an existing --out: the lock goes inside it
             raise CheckpointError(f"cannot create the lock file {inputs.show(self.path)}: "
                                   f"{exc.strerror or exc}; choose a writable --out") from exc
         st = os.fstat(fd)
@@ -178,6 +226,10 @@ class RunLock:
                     break
 
 
+class _ParentReadOnly(Exception):
+    """The lock file cannot be made beside ``out``; it is made inside it instead."""
+
+
 def _open_exclusive(path: Path) -> int:  # pragma: no cover - Windows
     """Create ``path`` exclusively; a lock left by a dead process is removed first."""
     try:
@@ -199,12 +251,19 @@ def _recover(out: Path) -> None:
         os.rename(old.pop(), out)
     for stale in old + new:
         shutil.rmtree(stale, ignore_errors=True)
+    for name in entries(out):  # a killed in-place run's staging folder and half-copied files
+        if _mine(name) and name != _LOCK:
+            stale = out / name
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def _left_beside(out: Path, tag: str, tail: str) -> list:
     """The folders ``.NAME<tag><tail>`` beside ``out``, matched by name, not by a glob (a ``[``,
     ``*`` or ``?`` in NAME must not reach another run's staging folders)."""
-    prefix = f".{out.name}{tag}"
+    prefix = f".{_base(out)}{tag}"
     try:
         names = os.listdir(out.parent)
     except OSError:
@@ -213,12 +272,27 @@ def _left_beside(out: Path, tag: str, tail: str) -> list:
                   if n.startswith(prefix) and re.fullmatch(tail, n[len(prefix):]))
 
 
-def make_staging(out) -> Path:
-    """A fresh empty directory beside ``out`` (mode from the umask) for a new run."""
+def make_staging(out, inside: bool = False) -> Path:
+    """A fresh empty directory for a new run (mode from the umask): beside ``out``, or inside it
+    when ``inside`` or when the parent folder is not writable (see :func:`in_place`)."""
     out = Path(out)
-    staging = _sibling(out, _NEW + f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
+    name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not inside:
+        staging = _sibling(out, _NEW + name)
+        try:
+            _mkdir(staging)
+            return staging
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY or not out.is_dir():
+                raise
+    staging = out / (_NEW + name)
+    _mkdir(staging)
     return staging
+
+
+def in_place(staging, out) -> bool:
+    """Whether the run is written into ``out`` file by file (its staging folder is inside it)."""
+    return staging is not None and Path(staging).parent == Path(out)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -245,7 +319,11 @@ def entries(out) -> frozenset:
         return frozenset()
 
 
-def publish(staging, out, before=frozenset()) -> Path:
+IN_PLACE_NOTE = ("refvae: {out} cannot be replaced as a whole ({why}); the run is written in "
+                 "place instead, each file atomically")
+
+
+def publish(staging, out, before=frozenset(), say=None) -> Path:
     """Move the new run in ``staging`` to ``out``, replacing what is there; returns ``out``.
 
     ``before`` are the names ``out`` held when training began (:func:`entries`): those are
@@ -253,17 +331,29 @@ def publish(staging, out, before=frozenset()) -> Path:
     the first epoch) nothing in it is touched: the new run is kept in a visible sibling folder and
     a ConfigError says where."""
     staging, out = Path(staging), Path(out)
-    if classify(out) in ("absent", "empty"):
+    if in_place(staging, out):
+        return _publish_in_place(staging, out, before)
+    if classify(out) == "absent" or classify(out) == "empty" and not entries(out):
         try:  # rename(2) replaces an empty folder atomically and refuses one that gained a file
-            os.rename(staging, out)
+            _move_dir(staging, out)
             return out
         except OSError as exc:
+            if exc.errno == errno.EBUSY:  # a mount point: cannot be renamed
+                _note(say, out, "a mount point")
+                return _publish_in_place(staging, out, before)
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
     gained = entries(out) - before
     if gained:
         _keep_both(staging, out, gained)
-    if _exchange(staging, out):
+    try:
+        swapped = _exchange(staging, out)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        _note(say, out, "a mount point")
+        return _publish_in_place(staging, out, before)
+    if swapped:
         gained = entries(staging) - before  # staging now holds what was in out
         if gained:  # a file saved between the check and the exchange: swap back
             _exchange(staging, out)
@@ -277,8 +367,66 @@ def publish(staging, out, before=frozenset()) -> Path:
     return out
 
 
+def _note(say, out, why: str) -> None:
+    if say is not None:
+        say(IN_PLACE_NOTE.format(out=inputs.show(out), why=why))
+
+
+def _publish_in_place(staging: Path, out: Path, before) -> Path:
+    """Move the new run's files from ``staging`` into ``out`` one by one, each atomically (copied
+    to a temporary name in ``out`` first when ``staging`` is on another file system), the
+    checkpoint last; then remove what the old run held that the new one does not."""
+    gained = {n for n in entries(out) - before if not _mine(n)}
+    if gained:
+        if in_place(staging, out):
+            kept = out / f"refvae-run-{uuid.uuid4().hex[:8]}"
+            os.rename(staging, kept)
+            raise ConfigError(f"{inputs.show(out)} gained files while the first epoch trained "
+                              f"({', '.join(sorted(inputs.show(n) for n in gained)[:3])}); the "
+                              f"new run is kept in {inputs.show(kept)}: continue it there with "
+                              "--resume, or move your files and train again")
+        _keep_both(staging, out, gained)
+    new = sorted(os.listdir(staging), key=lambda n: (n in RUN_MARKERS, n == "checkpoint.npz", n))
+    for name in new:
+        _place(staging / name, out / name)
+    for name in before - set(new):
+        if not _mine(name):
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _place(src: Path, dst: Path) -> None:
+    """``src`` to ``dst`` atomically: a rename where it can, else a copy under a temporary name in
+    ``dst``'s folder, then a rename."""
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = dst.parent / f".{dst.name}.refvae-tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copy2(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+
+
 def _keep_both(staging: Path, out: Path, gained) -> None:
-    kept = out.parent / f"{out.name}.refvae-run-{uuid.uuid4().hex[:8]}"
+    kept = out.parent / f"{_base(out)}.refvae-run-{uuid.uuid4().hex[:8]}"
     os.rename(staging, kept)
     names = ", ".join(sorted(inputs.show(n) for n in gained)[:3])
     names += ", …" if len(gained) > 3 else ""

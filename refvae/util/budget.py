@@ -51,7 +51,10 @@ def limit() -> int:
     global _limit
     if _limit is None:
         env = os.environ.get(ENV)
-        _limit = parse_size(env) if env else int(0.8 * available_bytes())
+        try:
+            _limit = parse_size(env) if env else int(0.8 * available_bytes())
+        except ConfigError as exc:
+            raise ConfigError(f"${ENV}: {exc}; or unset it") from None
     return _limit
 
 

@@ -6,7 +6,9 @@ first unless its caller has already checked.
 """
 from __future__ import annotations
 
-from ..backend import array_module
+from ..backend import DeviceNoise, NoiseSource, array_module
+from . import budget
+from .checked import checked
 from ..errors import (ConfigError, DataError, NonFiniteError, ShapeError, name_mismatch,
                       shape_mismatch)
 
@@ -20,6 +22,19 @@ def numeric(bk, a, what: str):
         return bk.asarray(a)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} is not numeric ({exc}); pass an array of numbers") from None
+
+
+def check_draw(model, source, n, samples) -> tuple[int, int]:
+    """The arguments of :meth:`VAE.draw_noise <refvae.math.vae.VAE.draw_noise>`: a refvae noise
+    source, ``n ≥ 0`` data and ``samples ≥ 1``, within the memory budget; returns ``(n, samples)``."""
+    if not isinstance(source, (NoiseSource, DeviceNoise)):
+        raise ConfigError(f"draw_noise needs a refvae NoiseSource, got "
+                          f"{type(source).__name__}; pass NoiseSource(seed)")
+    n = checked(n, "draw_noise n (data)", integer=True, minimum=0)
+    samples = checked(samples, "draw_noise samples", integer=True, minimum=1)
+    budget.check_array("the noise (n × samples × latent width)",
+                       (n, samples, model.config.decoder_in), 8, hint="draw fewer at once")
+    return n, samples
 
 
 def check_params(model, params: dict) -> dict:
