@@ -57,6 +57,10 @@ from typing import Callable
 from ..errors import ConfigError
 
 
+# The estimators that are the latent's pathwise gradient (its sampling transform's chain rule):
+# the model calls latent.pathwise (and latent.price) directly; the registry names them.
+PATHWISE = ("pathwise", "gumbel-softmax", "straight-through")
+
 # Estimators whose state couples steps through a statistic of the whole batch (the running mean of
 # the batch-mean f): a batch split into shards (refvae.fast.parallel) must reach them in one piece.
 STATEFUL = frozenset({"score-running"})

@@ -19,7 +19,7 @@ from ..util.results import LossResult, pack
 from .activations import get_activation
 from .config import VAEConfig
 from .emission import make_emission
-from .estimators import CONTROL_VARIATES, DecoderSignals, get_estimator
+from .estimators import CONTROL_VARIATES, PATHWISE, DecoderSignals, get_estimator
 from .latent import make_latent
 from .networks import decoder_network, encoder_network
 
@@ -193,10 +193,16 @@ class VAE:
         kl_in_score = self.config.kl == "monte_carlo" and estimator in CONTROL_VARIATES
         f = fp.f + self.latent.log_q(bk, fp.state) - self.latent.log_prior(bk, fp.state) \
             if kl_in_score else fp.f
-        signals = DecoderSignals(dec_back.d_input[..., :k], f, w, hessian,
-                                 {} if estimator_state is None else estimator_state)
-        estimate = get_estimator(self.latent.name, estimator)
-        estimator_grads = estimate(bk, self.latent, fp.state, signals)
+        g = dec_back.d_input[..., :k]
+        if estimator == "price":                       # Bonnet and Price, Eqs. 8.16–8.17
+            estimator_grads = self.latent.price(bk, fp.state, g, hessian)
+        elif estimator in PATHWISE:                    # Eq. 8.24 (relaxed: Eq. 8.29)
+            estimator_grads = self.latent.pathwise(bk, fp.state, g)
+        else:                                          # score function, §8.2.1
+            signals = DecoderSignals(g, f, w, hessian,
+                                     {} if estimator_state is None else estimator_state)
+            estimate = get_estimator(self.latent.name, estimator)
+            estimator_grads = estimate(bk, self.latent, fp.state, signals)
         kl_g = self.latent.kl_grads(bk, fp.state)
         if kl_in_score:
             kl_g = {h: bk.xp.zeros_like(v) for h, v in kl_g.items()}
