@@ -22,7 +22,9 @@ from .errors import RefvaeError
 
 
 # Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
-COMMAND_MODULES = ("refvae.demo", "refvae.train_cli", "refvae.data_cli", "refvae.oracle_cli", "refvae.bench")
+# The order of `refvae --help`: the main job first (train, evaluate, sample).
+COMMAND_MODULES = ("refvae.train_cli", "refvae.data_cli", "refvae.demo", "refvae.oracle_cli",
+                   "refvae.bench")
 
 
 class OneLineParser(argparse.ArgumentParser):

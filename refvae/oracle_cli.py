@@ -162,7 +162,9 @@ def register(sub) -> None:
     u.set_defaults(func=_cmd_unbiased)
 
     e = osub.add_parser("example", help="write a complete, valid set of oracle files for a small model")
-    e.add_argument("--out", required=True, help="folder to write config.json, params.npz, batch.npz, theirs.npz")
+    e.add_argument("--out", default="oracle-example", metavar="DIR",
+                   help="folder to write config.json, params.npz, batch.npz, theirs.npz "
+                        "(default oracle-example)")
     e.add_argument("--latent", choices=LATENTS, default="gaussian", help="latent family (default gaussian)")
     e.add_argument("--emission", choices=EMISSIONS, default="bernoulli", help="emission (default bernoulli)")
     e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")

@@ -77,6 +77,7 @@ def _resume_settings(args, out: Path):
                           "drop those flags, or start a new run with another --out")
     opts = dict(recorded)
     if args.epochs is not None and args.epochs != recorded.get("epochs"):
+        _check_epochs_reached(out, args.epochs)
         if recorded.get("schedule") == "cosine":
             raise ConfigError(f"--epochs {args.epochs}: the run's cosine schedule anneals over its "
                               f"{recorded.get('epochs')} planned epochs and cannot be extended; start a "
@@ -84,8 +85,21 @@ def _resume_settings(args, out: Path):
         opts["epochs"] = args.epochs
     if args.threads is not None:
         opts["threads"] = args.threads
-    spec = args.data if args.data is not None else rundir.data_source(info)
+    spec = args.data if args.data is not None else rundir.data_source(info, args.data_dir)
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
+
+
+def _check_epochs_reached(out: Path, epochs: int) -> None:
+    """Refuse ``--resume --epochs N`` below the epochs already trained, before any data load."""
+    from .train import CHECKPOINT  # noqa: PLC0415
+
+    ckpt = out / CHECKPOINT
+    if not inputs.is_file(ckpt, "checkpoint"):
+        return  # train() says that there is no checkpoint
+    done = rio.load_npz_checked(ckpt)[1].get("epoch")
+    if isinstance(done, int) and epochs < done:
+        raise ConfigError(f"--epochs {epochs}: the run in {inputs.show(out)} has already trained "
+                          f"{done} epochs; pass --epochs {done} or more")
 
 
 def _load_data(spec, args, quiet: bool):
@@ -95,7 +109,7 @@ def _load_data(spec, args, quiet: bool):
     if not quiet:
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
     data = load_dataset(spec, data_dir=args.data_dir, download=getattr(args, "download", False),
-                        progress=not quiet)
+                        progress=not quiet, hints="cli")
     if not quiet and time.perf_counter() - t0 > 1.0:
         print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return data
@@ -129,11 +143,16 @@ def _cmd_train(args) -> int:
         if args.log_interval is not None:
             opts["log_interval"] = args.log_interval
         options = TrainOptions.from_dict(opts)
+        estimator = options.estimator or ("gumbel-softmax" if config.latent == "categorical"
+                                          else "pathwise")
         if not args.quiet:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
+                  f"estimator {estimator}, {options.samples} sample(s) per datum; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
+        if args.resume and not args.quiet:
+            _say_if_finished(out, options.epochs, not args.no_figures)
         staging = None if args.resume else rundir.make_staging(out)
         after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed)
         try:
@@ -148,9 +167,26 @@ def _cmd_train(args) -> int:
             written = make_figures(model, params, data, out, history, seed=options.seed)
             if not args.quiet:
                 print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
+                if getattr(data, "image_shape", None) is None:
+                    print(f"figures: the data {data.name!r} have no image shape, so there are no "
+                          "sample or reconstruction images (use `refvae sample --image-shape ROWS "
+                          "COLS` or --out FILE.npy for the arrays)", file=sys.stderr)
     last = history[-1] if history else {}
     print(json.dumps({k: v for k, v in last.items() if k != "seconds"}))
     return 0
+
+
+def _say_if_finished(out: Path, epochs: int, figures: bool) -> None:
+    """One line when ``--resume`` finds the run already at its total: nothing is trained."""
+    from .train import CHECKPOINT  # noqa: PLC0415
+
+    if not inputs.is_file(out / CHECKPOINT, "checkpoint"):
+        return  # train() says that there is no checkpoint
+    done = rio.load_npz_checked(out / CHECKPOINT)[1].get("epoch")
+    if done == epochs:
+        print(f"refvae train: the run in {inputs.show(out)} has already trained its {epochs} "
+              "epochs; nothing to train (pass --epochs N, a larger total, to continue)"
+              + ("; redrawing its figures" if figures else ""), file=sys.stderr)
 
 
 def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed):
@@ -180,8 +216,10 @@ def _cmd_evaluate(args) -> int:
     from .progress import Meter  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
-    data = _load_data(args.data or rundir.data_source(info), args, args.quiet or args.json)
+    backend, dtype = run_engine(args)
+    model, params, info = load_run(args.run, backend, dtype)
+    data = _load_data(args.data or rundir.data_source(info, args.data_dir), args,
+                      args.quiet or args.json)
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
@@ -190,6 +228,8 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
                           f"model has data_dim {model.config.data_dim}; give the run's data")
     model.config.check_batch("--samples", min(len(y), 500), args.samples)
+    if args.iwae >= LARGE_K and not args.quiet:
+        _say_iwae_estimate(model, params, y, args)
     meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
                   unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
@@ -204,17 +244,47 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+LARGE_K = 500  # evaluate --iwae K from here on measures a few rows first and prints an estimate
+
+
+def _say_iwae_estimate(model, params, y, args) -> None:
+    """Time the bound on a few rows and print how long all of them will take, before starting."""
+    from .backend import NoiseSource  # noqa: PLC0415
+    from .objectives import iwae_bound  # noqa: PLC0415
+    from .progress import clock  # noqa: PLC0415
+
+    rows = max(1, min(len(y), 20_000 // args.iwae))
+    t0 = time.perf_counter()
+    iwae_bound(model, params, y[:rows], NoiseSource(args.seed), args.iwae, rows)
+    total = (time.perf_counter() - t0) / rows * len(y)
+    print(f"refvae evaluate: --iwae {args.iwae} over {len(y)} rows will take about {clock(total)} "
+          f"here (measured on {rows} row(s)); a smaller K is faster (the bound is looser)",
+          file=sys.stderr, flush=True)
+
+
 def info_backend(run) -> str:
     """The backend a run trained on (numpy when it does not say)."""
     path = Path(run) / "train.json"
     return (rio.load_json(path).get("backend") if path.is_file() else None) or "numpy"
 
 
+def run_engine(args) -> tuple[str, str]:
+    """``(backend, dtype)`` for evaluate and sample: the flags, else what the run recorded."""
+    path = Path(args.run) / "train.json"
+    info = rio.load_json(path) if inputs.is_file(path, "run file") else {}
+    info = info if isinstance(info, dict) else {}
+    return (args.backend or info.get("backend") or "numpy",
+            args.dtype or info.get("dtype") or "float64")
+
+
 def _cmd_sample(args) -> int:
     from .figures import sample_grid  # noqa: PLC0415
     from .train import load_run  # noqa: PLC0415
 
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run), args.dtype or "float64")
+    backend, dtype = run_engine(args)
+    model, params, info = load_run(args.run, backend, dtype)
+    if Path(args.out).suffix.lower() == ".npy":
+        return _write_sample_array(model, params, args)
     shape = args.image_shape or rundir.image_shape(info)
     if shape is None and not isinstance(info.get("data"), dict):  # a run of an older refvae
         from .data import load_dataset  # noqa: PLC0415
@@ -229,9 +299,25 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _write_sample_array(model, params, args) -> int:
+    """``sample --out FILE.npy``: the decoded means of ``--n`` prior draws, ``(n, data_dim)``."""
+    import numpy as np  # noqa: PLC0415 - host side
+
+    from .backend import NoiseSource  # noqa: PLC0415
+    from .figures import decoded_means, prior_inputs  # noqa: PLC0415
+
+    out = _png_path(args.out)
+    model.config.check_batch("--n", args.n)
+    means = decoded_means(model, params, prior_inputs(model, NoiseSource(args.seed), args.n),
+                          clip=False)
+    rio.atomic_write(out, lambda f: np.save(f, means, allow_pickle=False), "samples")
+    print(f"wrote {out} ({args.n} × {means.shape[1]} decoded means)", file=sys.stderr)
+    return 0
+
+
 def _png_path(out) -> Path:
-    """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
-    matplotlib does), in a folder that exists, and not a folder itself."""
+    """``--out`` of ``sample``: the PNG (or ``.npy``) file written (``.png`` added when it has no
+    suffix, as matplotlib does), in a folder that exists, and not a folder itself."""
     out = Path(out)
     if not out.suffix:
         out = out.with_name(out.name + ".png")

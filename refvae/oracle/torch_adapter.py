@@ -17,11 +17,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..backend import get_backend
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..latent.categorical import gumbel_from_uniform
 from ..vae import VAE
 from .core import OracleMismatch, check
-from .inputs import host, load_config
+from .inputs import API_MAP_HINT, CLI_MAP_HINT, host, load_config
 from .layouts import Layout, rename, split_sizes
 
 NORMAL, UNIFORM = ("randn", "randn_like"), ("rand", "rand_like")
@@ -183,14 +183,26 @@ def check_torch(model, loss_fn, y, config, *, name_map=None, reduction: str = "m
     model(y); return loss_function(recon, y, mu, logvar)``). Returns the
     :class:`~refvae.oracle.OracleReport`; ``y`` may have any shape ``(N, ...)`` (it is flattened to
     ``(N, D)`` for refvae)."""
+    try:
+        import torch  # noqa: F401, PLC0415 - the user's model is a PyTorch module
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "check_torch needs PyTorch, which is not installed: pip install torch (the CPU build "
+            "is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu), or "
+            "pip install 'refvae[torch]'", name="torch") from exc
     cfg = load_config(config)
     vae = VAE(cfg)
     lay = Layout.make(name_map, layout, split)
     params, noise, theirs = run_torch(model, loss_fn, y, vae, lay)
     y_host = host(y, "y").reshape(y.shape[0], -1)
     batch = {"y": y_host, vae.latent.noise_name: noise}
-    return check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction, temperature=temperature,
-                 rtol=rtol, atol=atol, backend=backend, layout=lay)
+    try:
+        return check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
+                     temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay)
+    except ShapeError as exc:  # the advice in Python's words, not the CLI's
+        if CLI_MAP_HINT not in str(exc):
+            raise
+        raise ShapeError(str(exc).replace(CLI_MAP_HINT, API_MAP_HINT)) from None
 
 
 def assert_torch_matches(model, loss_fn, y, config, **kwargs):
