@@ -24,7 +24,7 @@ from .errors import RefvaeError
 # Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
 # The order of `refvae --help`: the main job first (train, evaluate, sample).
 COMMAND_MODULES = ("refvae.train_cli", "refvae.data_cli", "refvae.demo", "refvae.oracle_cli",
-                   "refvae.bench")
+                   "refvae.bench", "refvae.docs_cli")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -119,7 +119,7 @@ def _run_options(p) -> None:
 def register(sub) -> None:
     """``refvae oracle compute | compare | unbiased | example``."""
     p = sub.add_parser("oracle", help="check another implementation's VAE loss and gradients "
-                                      "against refvae's (ORACLE.md)")
+                                      "against refvae's (ORACLE.md: `refvae docs` shows where)")
     osub = p.add_subparsers(dest="oracle_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: p.print_help() or 2)
 

@@ -68,7 +68,8 @@ def register_train(sub, func) -> None:
                                    "[--epochs N]` continues a run with no other flag.")
     m = p.add_argument_group("model")
     m.add_argument("--config", default=None, metavar="JSON",
-                   help="model config (docs/ORACLE.md format); the flags below override it")
+                   help="model config (docs/ORACLE.md format: `refvae docs` shows where); the flags "
+                        "below override it")
     m.add_argument("--latent-dim", type=int, default=None, help="latent dimension K (default 2)")
     m.add_argument("--encoder-hidden", type=int, nargs="*", default=None, metavar="WIDTH",
                    help="encoder hidden widths (default 128)")

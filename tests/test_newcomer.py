@@ -282,3 +282,32 @@ def test_oracle_example_has_a_default_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["oracle", "example"]) == 0
     assert (tmp_path / "oracle-example" / "theirs.npz").is_file()
+
+
+# ----- item 3: the documentation is found wherever refvae is installed ----------------------
+def test_docs_command_prints_the_folder_of_the_cited_files(capsys):
+    assert main(["docs"]) == 0
+    captured = capsys.readouterr()
+    folder = Path(captured.out.strip())
+    assert (folder / "ORACLE.md").is_file() and (folder / "DERIVATIONS.md").is_file()
+    assert "ORACLE.md: the oracle" in captured.err
+    assert main(["docs", "--quiet"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_the_build_copies_docs_into_the_package(tmp_path, monkeypatch):
+    """setup.py's build step (what a wheel holds: refvae/docs/*.md), run on its own."""
+    import importlib.util
+
+    from setuptools.dist import Distribution
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("refvae_setup", root / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr("setuptools.setup", lambda **kwargs: None)
+    spec.loader.exec_module(module)
+    command = module.BuildPyWithDocs(Distribution({"packages": []}))
+    command.build_lib = str(tmp_path)
+    monkeypatch.setattr(module.build_py, "run", lambda self: None)
+    command.run()
+    assert sorted(p.name for p in (tmp_path / "refvae" / "docs").iterdir()) == sorted(
+        p.name for p in (root / "docs").glob("*.md"))
