@@ -244,7 +244,7 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-LARGE_K = 500  # evaluate --iwae K from here on measures a few rows first and prints an estimate
+LARGE_K = 100  # evaluate --iwae K from here on measures a few rows first and prints an estimate
 
 
 def _say_iwae_estimate(model, params, y, args) -> None:

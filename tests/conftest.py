@@ -19,6 +19,40 @@ from refvae.errors import BackendError
 BACKEND_PARAMS = ["numpy", "strict", "cupy"]
 
 
+# ----- the fast default selection and a short summary of the skips --------------------------
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="run the whole suite: also the tests marked slow (CI runs it so)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without ``--full`` (or an explicit ``-m``), the tests marked ``slow`` are deselected."""
+    if config.getoption("--full") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config._refvae_slow = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """One line per reason for the skips (``-rs`` lists every test), and the way to the slow ones."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith("CuPy backend unavailable"):
+            reason = "CuPy backend unavailable (no CuPy or no GPU here)"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"skipped {count}: {reason}")
+    slow = getattr(config, "_refvae_slow", 0)
+    if slow:
+        terminalreporter.write_line(f"deselected {slow} slow test(s); run the whole suite with "
+                                    "--full (as CI does)")
+
+
 def _cupy_or_skip(dtype: str = "float64"):
     try:
         return get_backend("cupy", dtype)
