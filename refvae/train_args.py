@@ -68,8 +68,8 @@ def register_train(sub, func) -> None:
                                    "[--epochs N]` continues a run with no other flag.")
     m = p.add_argument_group("model")
     m.add_argument("--config", default=None, metavar="JSON",
-                   help="model config (docs/ORACLE.md format: `refvae docs` shows where); the flags "
-                        "below override it")
+                   help="model config (docs/ORACLE.md format: `refvae docs` shows where); "
+                        "the flags below override it")
     m.add_argument("--latent-dim", type=int, default=None, help="latent dimension K (default 2)")
     m.add_argument("--encoder-hidden", type=int, nargs="*", default=None, metavar="WIDTH",
                    help="encoder hidden widths (default 128)")
@@ -147,7 +147,8 @@ def register_evaluate(sub, func) -> None:
     engine_options(p, run_dir=True)
     p.add_argument("--data", default=None, metavar="NAME|PATH", help="data set (default: the one the run trained on)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="where --data NAME looks for its files (alone: the run's data set, moved here)")
+                   help="where --data NAME looks for its files (alone: the run's data set, "
+                        "moved here)")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
     p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
     p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")

@@ -25,8 +25,17 @@ def pytest_addoption(parser):
                      help="run the whole suite: also the tests marked slow (CI runs it so)")
 
 
+# Whole modules that are slow: end-to-end training in processes, kill loops, fuzzing.
+SLOW_MODULES = {"test_kill_during_training", "test_fuzz_cli", "test_fuzz_readers",
+                "test_on_strict_cupy", "test_mutations"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without ``--full`` (or an explicit ``-m``), the tests marked ``slow`` are deselected."""
+    """Without ``--full`` (or an explicit ``-m``), the tests marked ``slow`` (and those of
+    :data:`SLOW_MODULES`) are deselected."""
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--full") or config.getoption("markexpr"):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
@@ -37,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """One line per reason for the skips (``-rs`` lists every test), and the way to the slow ones."""
+    """One line per reason for the skips (``-rs`` lists every test), and the way to the slow
+    ones."""
     reasons: dict[str, int] = {}
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
