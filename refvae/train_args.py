@@ -151,7 +151,9 @@ def register_evaluate(sub, func) -> None:
                         "moved here)")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
     p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
-    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K",
+                   help="also the importance-weighted bound with K samples (K decoder passes per "
+                        "datum; from K = 100 on, a time estimate is printed before it starts)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=func)
