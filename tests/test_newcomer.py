@@ -311,3 +311,29 @@ def test_the_build_copies_docs_into_the_package(tmp_path, monkeypatch):
     command.run()
     assert sorted(p.name for p in (tmp_path / "refvae" / "docs").iterdir()) == sorted(
         p.name for p in (root / "docs").glob("*.md"))
+
+
+# ----- item 1: the quick start's lines are what a fresh Linux machine needs -------------------
+def test_quick_start_fetches_cpu_torch_and_names_extras_that_exist():
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    quick = readme[readme.index("## Quick start"):readme.index("## Using it")]
+    lines = re.findall(r"```bash\n(.*?)```", quick, re.S)
+    assert len(lines) == 2 and all(line.count("\n") == 1 for line in lines)  # one line each
+    main_job, tests = (line.strip() for line in lines)
+    assert "torch" not in main_job and main_job.endswith("refvae train")
+    torch_step = next(step for step in tests.split(" && ") if "install torch" in step)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_step
+    assert tests.index("install torch") < tests.index("install -e")
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    named = re.findall(r"-e '\.\[([\w,-]+)\]'", main_job + tests)
+    assert named and all(e in extras for name in named for e in name.split(","))
+    assert "test" not in extras  # the suite is not in the wheel: `dev` says it is for a checkout
+    ci = (root / ".ci" / "run").read_text()
+    assert "-e '.[dev]'" in ci and "pytest -q --full" in ci and "trap 'rm -rf" in ci
+    assert ci.rstrip().splitlines()[-1].startswith("python -m pytest")  # its summary line last
+    assert re.search(r"about \d+ minutes? on two cores", quick)
