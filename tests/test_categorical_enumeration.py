@@ -112,10 +112,10 @@ def test_gumbel_softmax_bias_shrinks_as_temperature_falls(model, capsys):
             _, est = replicate(vae, params, y, estimator, s, samples=1, seed=2)
             noise = float(np.sqrt((est.var(0, ddof=1) / len(est)).sum()))
             table[estimator, s] = (float(np.linalg.norm(est.mean(0) - exact)), noise)
-    with capsys.disabled():
-        print(f"\nexact gradient norm {np.linalg.norm(exact):.4f}; bias ± noise by temperature:")
-        for (estimator, s), (bias, noise) in table.items():
-            print(f"  {estimator:16s} s={s:<5} bias {bias:.4f} ± {noise:.4f}")
+    # The table is captured (pytest shows it when the test fails, or with -s).
+    print(f"\nexact gradient norm {np.linalg.norm(exact):.4f}; bias ± noise by temperature:")
+    for (estimator, s), (bias, noise) in table.items():
+        print(f"  {estimator:16s} s={s:<5} bias {bias:.4f} ± {noise:.4f}")
     bias_1, noise_1 = table["gumbel-softmax", 1.0]
     bias_01, noise_01 = table["gumbel-softmax", 0.1]
     assert bias_01 + 4 * noise_01 < bias_1 - 4 * noise_1

@@ -68,7 +68,7 @@ def md_references(text: str) -> list[tuple[str, str | None]]:
 
 def repository_files(root: Path) -> list[Path]:
     """Files of the working tree, without hidden folders and caches."""
-    skip = {"__pycache__", "node_modules"}
+    skip = {"__pycache__", "node_modules", "build", "dist"}  # build/: a wheel build's copies
     return [p for p in root.rglob("*")
             if p.is_file() and not any(part.startswith(".") or part in skip
                                        for part in p.relative_to(root).parts[:-1])]

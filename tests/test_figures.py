@@ -58,7 +58,7 @@ def test_every_figure_has_its_pixel_size(tmp_path, closed):
         "samples.png": (71 * 12 + 20, 71 * 12 + 50),            # 8 × 8 tiles of 8 px, 1 px gaps
         "reconstructions.png": (143 * 6 + 130, 17 * 6 + 50),     # 16 inputs above 16 reconstructions
         "latent.png": (600, 600),
-        "manifold.png": (134 * 6 + 20, 134 * 6 + 50),            # 15 × 15 tiles
+        "manifold.png": (134 * 6 + 130, 134 * 6 + 150),          # 15 × 15 tiles, axes
     }
     loss = closed[0]
     total, parts = loss.axes

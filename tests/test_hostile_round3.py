@@ -365,6 +365,6 @@ def test_a_long_iwae_run_is_announced_with_its_estimate(trained, capsys, monkeyp
     import refvae.cli.train
 
     monkeypatch.setattr(refvae.cli.train, "IWAE_NOTICE_SECONDS", 0.0)
-    code, err = run_cli(capsys, "evaluate", trained, "--iwae", 300, "--json")
+    code, err = run_cli(capsys, "evaluate", trained, "--iwae", 30, "--json")
     assert code == 0, err
-    assert "refvae: iwae k=300 over 8 rows will take about" in err
+    assert "refvae evaluate: --iwae 30 over 8 rows will take about" in err

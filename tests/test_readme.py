@@ -54,10 +54,11 @@ def scaled_down(argv: list[str]) -> list[str] | None:
 
 @pytest.mark.slow
 def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
-    """Every command line of "## Using it", in order, scaled down, in a fresh working directory
-    beside a ``shared/data`` folder (as a checkout beside the project's data): a small MNIST in IDX
-    files, and the download cache filled from the real files where this machine has them (else the
-    download line is skipped). Then the run is evaluated from another directory."""
+    """Every command line of "## Using it", in order, scaled down, in a fresh working directory:
+    ``--data mnist --download`` finds a small MNIST (IDX files) already in the download cache, so
+    nothing is fetched; ``refvae data download mnist`` runs on a second cache filled from the real
+    files where this machine has them (checksummed; else that line is skipped). Then the run is
+    evaluated from another directory."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     from refvae.cli.main import main
@@ -65,14 +66,14 @@ def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
 
     work = tmp_path / "checkout"
     work.mkdir()
-    _mnist_dir(tmp_path / "shared" / "data" / "mnist", n_train=40, n_test=10)
+    _mnist_dir(tmp_path / "cache" / "mnist", n_train=40, n_test=10)
     (work / "my_config.json").write_text(json.dumps(
         {"format": 1, "latent_dim": 2, "encoder_hidden": [8], "decoder_hidden": [8], "activation": "tanh",
          "latent": "gaussian", "emission": "bernoulli"}))
     real_mnist = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     monkeypatch.setenv("REFVAE_CACHE_DIR", str(tmp_path / "cache"))
     if real_mnist.is_dir():
-        shutil.copytree(real_mnist, tmp_path / "cache" / "mnist")
+        shutil.copytree(real_mnist, tmp_path / "real-cache" / "mnist")
     monkeypatch.chdir(work)
     ran = []
     for line in readme_commands():
@@ -81,7 +82,10 @@ def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
         args = scaled_down(argv[1:])
         if args is None or (args[:2] == ["data", "download"] and not real_mnist.is_dir()):
             continue
-        assert main(args) == 0, (line, capsys.readouterr().err)
+        with monkeypatch.context() as m:
+            if args[:2] == ["data", "download"]:
+                m.setenv("REFVAE_CACHE_DIR", str(tmp_path / "real-cache"))
+            assert main(args) == 0, (line, capsys.readouterr().err)
         ran.append(args[0])
     assert ran.count("train") == 6 and {"evaluate", "sample", "gradcheck", "bench"} <= set(ran)
     assert (work / "samples.png").is_file()

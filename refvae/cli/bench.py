@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import math
+import os
 import statistics
 import sys
 import time
@@ -244,6 +245,21 @@ def few_steps_warning(steps: int, warmup: int) -> str | None:
             f"{STABLE_WARMUP} or more for numbers to compare")
 
 
+def load_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """The warning printed when other work keeps the cores busy: the 1-minute load average
+    ``load`` (default ``os.getloadavg()``) leaves fewer than ``threads`` of ``cores`` idle."""
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except (AttributeError, OSError):  # no load average on this system
+        return None
+    cores = cores or os.cpu_count() or 1
+    if cores - load >= threads - 0.5:
+        return None
+    return (f"refvae bench: warning: the machine is busy (load average {load:.1f} on {cores} "
+            f"core(s), {threads} thread(s) wanted); other processes share the cores, so the times "
+            "are slower and noisier than on an idle machine")
+
+
 def _cmd_bench(args) -> int:
     for arch in args.arch:
         for batch in args.batch:
@@ -253,8 +269,11 @@ def _cmd_bench(args) -> int:
     if args.peer and inputs.exists(args.peer, "peer file", ConfigError):
         inputs.check_regular(args.peer, "peer file", ConfigError)
     threads = args.threads or default_threads()
-    warning = few_steps_warning(args.steps, args.warmup)
-    if warning:
+    # Unstable ratios matter only where there is a ratio (a peer to compare with).
+    peer_found = not isinstance(load_peer(args.peer), str)
+    warnings = [few_steps_warning(args.steps, args.warmup) if peer_found else None,
+                load_warning(threads)]
+    for warning in filter(None, warnings):
         print(warning, file=sys.stderr)
     print(f"refvae bench: backend {args.backend}, {threads} thread(s) for each engine, {args.steps} timed "
           f"steps after {args.warmup} warm-up; ratio = refvae step time / peer step time (lower is better)")
@@ -262,8 +281,6 @@ def _cmd_bench(args) -> int:
               "cuda" if args.backend == "cupy" else "cpu", threads)
     if args.estimators:
         run_estimators(backend=args.backend, steps=max(3, args.steps // 2))
-    if warning:
-        print(warning, file=sys.stderr)
     return 0
 
 

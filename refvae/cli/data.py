@@ -11,7 +11,9 @@ def _cmd_download(args) -> int:
     target = download(args.name, cache_dir=args.cache_dir, progress=not args.quiet)
     print(target)
     if not args.quiet:
-        print(f"refvae: {args.name} is in {target}; train with --data {args.name}", file=sys.stderr)
+        where = "" if args.cache_dir is None else f" --data-dir {args.cache_dir}"
+        print(f"refvae: {args.name} is in {target}; train with --data {args.name}{where}",
+              file=sys.stderr)
     return 0
 
 

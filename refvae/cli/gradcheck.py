@@ -1,11 +1,13 @@
 """A self-contained demonstration that the MLP's derivatives are right (``refvae gradcheck``)."""
 from __future__ import annotations
 
-from ..backend import NoiseSource, get_backend
+from ..backend import BACKENDS, NoiseSource, get_backend
 from ..gradcheck import check_gradients, check_hessian
+from ..math.activations import ACTIVATIONS
 from ..math.mlp import MLP
 from ..util import budget
 from ..util.checked import cli_int
+from .train_args import one_of
 
 
 def gradcheck_demo(activation="tanh", hidden=(16, 8), seed=0, backend="numpy", out=None) -> bool:
@@ -59,9 +61,11 @@ def register(sub) -> None:
     """``refvae gradcheck``."""
     p = sub.add_parser("gradcheck", help="check the MLP's hand-derived gradients and input Hessian "
                                          "against central finite differences")
-    p.add_argument("--activation", default="tanh", help="hidden activation (default: tanh)")
+    p.add_argument("--activation", default="tanh", metavar=one_of(ACTIVATIONS),
+                   help="hidden activation (default: tanh)")
     p.add_argument("--hidden", type=cli_int(1), nargs="*", default=[16, 8],
                    help="hidden layer widths (default: 16 8)")
     p.add_argument("--seed", type=cli_int(0), default=0, help="random seed (default: 0)")
-    p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
+    p.add_argument("--backend", default="numpy", metavar=one_of(BACKENDS),
+                   help="array library (default: numpy)")
     p.set_defaults(func=_cmd_gradcheck)

@@ -24,7 +24,9 @@ from ..errors import RefvaeError
 
 
 # Each module names its subcommands in ``register(subparsers)``; add a line here to add a group.
-COMMAND_MODULES = ("refvae.cli.gradcheck", "refvae.cli.train", "refvae.cli.data", "refvae.cli.oracle", "refvae.cli.bench")
+# The order of `refvae --help`: the main job first (train, evaluate, sample).
+COMMAND_MODULES = ("refvae.cli.train", "refvae.cli.data", "refvae.cli.gradcheck",
+                   "refvae.cli.oracle", "refvae.cli.bench", "refvae.cli.docs")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -135,7 +135,7 @@ def _run_options(p) -> None:
 def register(sub) -> None:
     """``refvae oracle compute | compare | unbiased | example``."""
     p = sub.add_parser("oracle", help="check another implementation's VAE loss and gradients "
-                                      "against refvae's (ORACLE.md)")
+                                      "against refvae's (ORACLE.md: `refvae docs` shows where)")
     osub = p.add_subparsers(dest="oracle_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -178,7 +178,9 @@ def register(sub) -> None:
     u.set_defaults(func=_cmd_unbiased)
 
     e = osub.add_parser("example", help="write a complete, valid set of oracle files for a small model")
-    e.add_argument("--out", required=True, help="folder to write config.json, params.npz, batch.npz, theirs.npz")
+    e.add_argument("--out", default="oracle-example", metavar="DIR",
+                   help="folder to write config.json, params.npz, batch.npz, theirs.npz "
+                        "(default oracle-example)")
     e.add_argument("--latent", choices=LATENTS, default="gaussian", help="latent family (default gaussian)")
     e.add_argument("--emission", choices=EMISSIONS, default="bernoulli", help="emission (default bernoulli)")
     e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")

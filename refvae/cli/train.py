@@ -96,6 +96,7 @@ def _resume_settings(args, out: Path):
                           "drop those flags, or start a new run with another --out")
     opts = dict(recorded)
     if args.epochs is not None and args.epochs != recorded.get("epochs"):
+        _check_epochs_reached(out, args.epochs)
         if recorded.get("schedule") == "cosine":
             raise ConfigError(f"--epochs {args.epochs}: the run's cosine schedule anneals over its "
                               f"{recorded.get('epochs')} planned epochs and cannot be extended; start a "
@@ -103,7 +104,8 @@ def _resume_settings(args, out: Path):
         opts["epochs"] = args.epochs
     if args.threads is not None:
         opts["threads"] = args.threads
-    spec = args.data if args.data is not None else rundir.data_source(info)
+    data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
+    spec = args.data if args.data is not None else rundir.data_source(info, data_dir)
     if spec is None:
         raise rundir.no_data_record(out)
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
@@ -130,6 +132,19 @@ def _data_dir(text) -> Path:
     return Path(text).expanduser()
 
 
+def _check_epochs_reached(out: Path, epochs: int) -> None:
+    """Refuse ``--resume --epochs N`` below the epochs already trained, before any data load."""
+    from ..train.loop import CHECKPOINT  # noqa: PLC0415
+
+    ckpt = out / CHECKPOINT
+    if not inputs.is_file(ckpt, "checkpoint"):
+        return  # train() says that there is no checkpoint
+    done = rio.load_npz_checked(ckpt)[1].get("epoch")
+    if isinstance(done, int) and epochs < done:
+        raise ConfigError(f"--epochs {epochs}: the run in {inputs.show(out)} has already trained "
+                          f"{done} epochs; pass --epochs {done} or more")
+
+
 def _load_data(spec, args, quiet: bool):
     from ..data.load import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
 
@@ -138,7 +153,7 @@ def _load_data(spec, args, quiet: bool):
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
     data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
     data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
-                        progress=not quiet)
+                        progress=not quiet, hints="cli")
     if not quiet and time.perf_counter() - t0 > 1.0:
         print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return data
@@ -175,11 +190,16 @@ def _cmd_train(args) -> int:
             opts["log_interval"] = args.log_interval
         options = TrainOptions.from_dict(opts)
         _check_flags_apply(args, config, options)
+        estimator = options.estimator or ("gumbel-softmax" if config.latent == "categorical"
+                                          else "pathwise")
         if not args.quiet:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
+                  f"estimator {estimator}, {options.samples} sample(s) per datum; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
+        if args.resume and not args.quiet:
+            _say_if_finished(out, options.epochs, not args.no_figures)
         staging = None if args.resume else rundir.make_staging(out, inside=lock.inside)
         if rundir.in_place(staging, out) and not args.quiet:
             print(rundir.IN_PLACE_NOTE.format(out=inputs.show(out), why="its folder is not "
@@ -198,9 +218,26 @@ def _cmd_train(args) -> int:
             written = make_figures(model, params, data, out, history, seed=options.seed)
             if not args.quiet:
                 print("figures: " + ", ".join(p.name for p in written), file=sys.stderr)
+                if getattr(data, "image_shape", None) is None:
+                    print(f"figures: the data {data.name!r} have no image shape, so there are no "
+                          "sample or reconstruction images (use `refvae sample --image-shape ROWS "
+                          "COLS` or --out FILE.npy for the arrays)", file=sys.stderr)
     last = history[-1] if history else {}
     print(json.dumps({k: v for k, v in last.items() if k != "seconds"}))
     return 0
+
+
+def _say_if_finished(out: Path, epochs: int, figures: bool) -> None:
+    """One line when ``--resume`` finds the run already at its total: nothing is trained."""
+    from ..train.loop import CHECKPOINT  # noqa: PLC0415
+
+    if not inputs.is_file(out / CHECKPOINT, "checkpoint"):
+        return  # train() says that there is no checkpoint
+    done = rio.load_npz_checked(out / CHECKPOINT)[1].get("epoch")
+    if done == epochs:
+        print(f"refvae train: the run in {inputs.show(out)} has already trained its {epochs} "
+              "epochs; nothing to train (pass --epochs N, a larger total, to continue)"
+              + ("; redrawing its figures" if figures else ""), file=sys.stderr)
 
 
 def _after_epoch(args, out: Path, staging, config, backend, dtype, data, seed, before=frozenset()):
@@ -232,9 +269,10 @@ def _cmd_evaluate(args) -> int:
     from ..train.loop import load_run  # noqa: PLC0415
 
     args.run = Path(args.run).expanduser()
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
-                                   args.dtype or "float64")
-    spec = args.data if args.data is not None else rundir.data_source(info)
+    backend, dtype = run_engine(args)
+    model, params, info = load_run(args.run, backend, dtype)
+    data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
+    spec = args.data if args.data is not None else rundir.data_source(info, data_dir)
     if spec is None:
         raise rundir.no_data_record(args.run)
     data = _load_data(spec, args, args.quiet or args.json)
@@ -267,12 +305,13 @@ def _cmd_evaluate(args) -> int:
 
 
 IWAE_NOTICE_SECONDS = 30.0  # an --iwae run estimated to take longer is announced with its estimate
+LARGE_K = 100  # from this K on, the estimate is printed whatever it is
 
 
 def _iwae_estimate(model, params, y, k: int) -> float:
     """Time a small pilot of the importance-weighted bound (its own noise: the results are
-    unchanged), extrapolate to ``k`` samples of every row, and print the estimate when it is long.
-    Returns the estimate in seconds."""
+    unchanged), extrapolate to ``k`` samples of every row, and print the estimate before starting
+    when ``k ≥`` :data:`LARGE_K` or the run is long. Returns the estimate in seconds."""
     from ..backend import NoiseSource  # noqa: PLC0415
     from ..math.objectives import iwae_bound  # noqa: PLC0415
     from ..util.progress import clock  # noqa: PLC0415
@@ -281,9 +320,10 @@ def _iwae_estimate(model, params, y, k: int) -> float:
     t0 = time.perf_counter()
     iwae_bound(model, params, y[:rows], NoiseSource(0), pilot_k, rows)
     seconds = (time.perf_counter() - t0) * (len(y) / rows) * (k / pilot_k)
-    if seconds > IWAE_NOTICE_SECONDS:
-        print(f"refvae: iwae k={k} over {len(y)} rows will take about {clock(seconds)} (estimated "
-              "from a pilot); Ctrl-C stops it, a smaller --iwae is faster", file=sys.stderr)
+    if seconds > IWAE_NOTICE_SECONDS or k >= LARGE_K:
+        print(f"refvae evaluate: --iwae {k} over {len(y)} rows will take about {clock(seconds)} "
+              f"here (estimated from a pilot of {rows} row(s)); Ctrl-C stops it, a smaller K is "
+              "faster (the bound is looser)", file=sys.stderr, flush=True)
     return seconds
 
 
@@ -292,13 +332,24 @@ def info_backend(run) -> str:
     return rundir.read_train_json(run).get("backend") or "numpy"
 
 
+def run_engine(args) -> tuple[str, str]:
+    """``(backend, dtype)`` for evaluate and sample: the flags, else what the run recorded."""
+    path = Path(args.run) / "train.json"
+    info = rio.load_json(path) if inputs.is_file(path, "run file") else {}
+    info = info if isinstance(info, dict) else {}
+    return (args.backend or info.get("backend") or "numpy",
+            args.dtype or info.get("dtype") or "float64")
+
+
 def _cmd_sample(args) -> int:
     from ..train.figures import sample_grid  # noqa: PLC0415
     from ..train.loop import load_run  # noqa: PLC0415
 
     args.run = Path(args.run).expanduser()
-    model, params, info = load_run(args.run, args.backend or info_backend(args.run),
-                                   args.dtype or "float64")
+    backend, dtype = run_engine(args)
+    model, params, info = load_run(args.run, backend, dtype)
+    if Path(args.out).suffix.lower() == ".npy":
+        return _write_sample_array(model, params, args)
     shape = args.image_shape or rundir.image_shape(info)
     if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from ..data.load import load_dataset  # noqa: PLC0415
@@ -319,9 +370,25 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _write_sample_array(model, params, args) -> int:
+    """``sample --out FILE.npy``: the decoded means of ``--n`` prior draws, ``(n, data_dim)``."""
+    import numpy as np  # noqa: PLC0415 - host side
+
+    from ..backend import NoiseSource  # noqa: PLC0415
+    from ..train.figures import decoded_means, prior_inputs  # noqa: PLC0415
+
+    out = _png_path(args.out)
+    model.config.check_batch("--n", args.n)
+    means = decoded_means(model, params, prior_inputs(model, NoiseSource(args.seed), args.n),
+                          clip=False)
+    rio.atomic_write(out, lambda f: np.save(f, means, allow_pickle=False), "samples")
+    print(f"wrote {out} ({args.n} × {means.shape[1]} decoded means)", file=sys.stderr)
+    return 0
+
+
 def _png_path(out) -> Path:
-    """``--out`` of ``sample``: the PNG file written (``.png`` added when it has no suffix, as
-    matplotlib does), in a folder that exists, and not a folder itself."""
+    """``--out`` of ``sample``: the PNG (or ``.npy``) file written (``.png`` added when it has no
+    suffix, as matplotlib does), in a folder that exists, and not a folder itself."""
     out = Path(out).expanduser()
     if not out.suffix:
         out = out.with_name(out.name + ".png")

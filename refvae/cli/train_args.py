@@ -48,13 +48,18 @@ def threads_value(text: str):
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (an integer or auto)") from None
 
 
-def engine_options(g, run_dir: bool) -> None:
+def engine_options(g, run_dir: bool, seed_of: str = "the evaluation noise") -> None:
+    """``--backend`` and ``--dtype`` (train: defaults, or the resumed run's; ``run_dir``: evaluate
+    and sample, the run's), and for those two ``--seed`` of ``seed_of``."""
+    given = "the run's" if run_dir else "numpy; a resumed run: the run's"
     g.add_argument("--backend", default=None, metavar=one_of(BACKENDS),
-                   help="array library (default numpy; a resumed run: the run's)")
+                   help=f"array library (default {given})")
+    given = "the run's" if run_dir else "float64; a resumed run: the run's"
     g.add_argument("--dtype", default=None, metavar=one_of(DTYPES),
-                   help="floating-point type (default float64; a resumed run: the run's)")
+                   help=f"floating-point type (default {given})")
     if run_dir:
-        g.add_argument("--seed", type=cli_int(0), default=0, help="random seed of the evaluation noise (default 0)")
+        g.add_argument("--seed", type=cli_int(0), default=0,
+                       help=f"random seed of {seed_of} (default 0)")
 
 
 def register_train(sub, func) -> None:
@@ -64,7 +69,8 @@ def register_train(sub, func) -> None:
                                    "[--epochs N]` continues a run with no other flag.")
     m = p.add_argument_group("model")
     m.add_argument("--config", default=None, metavar="JSON",
-                   help="model config (docs/ORACLE.md format); the flags below override it")
+                   help="model config (docs/ORACLE.md format: `refvae docs` shows where); "
+                        "the flags below override it")
     m.add_argument("--latent-dim", type=int, default=None, help="latent dimension K (default 2)")
     m.add_argument("--encoder-hidden", type=int, nargs="*", default=None, metavar="WIDTH",
                    help="encoder hidden widths (default 128)")
@@ -83,7 +89,8 @@ def register_train(sub, func) -> None:
     d.add_argument("--data", default=None, metavar="NAME|PATH",
                    help=f"{one_of(DATA_NAMES)} (default digits, built in), or a path to IDX/.mat/.npz files")
     d.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="where --data NAME looks for its files (then in the download cache)")
+                   help="where --data NAME looks for its files (then in the download cache); with "
+                        "--resume alone: the run's data set, moved here")
     d.add_argument("--download", action="store_true",
                    help="fetch MNIST or Fashion-MNIST into the download cache if missing (checksummed)")
     d.add_argument("--binarize", choices=["none", "static", "dynamic"], default=None,
@@ -143,21 +150,27 @@ def register_evaluate(sub, func) -> None:
     p.add_argument("run", metavar="DIR", help="a run directory written by `refvae train --out DIR`")
     engine_options(p, run_dir=True)
     p.add_argument("--data", default=None, metavar="NAME|PATH", help="data set (default: the one the run trained on)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="where --data NAME looks for its files")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where --data NAME looks for its files (alone: the run's data set, "
+                        "moved here)")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split (default test)")
     p.add_argument("--samples", type=cli_int(1), default=1, help="samples per datum for the ELBO (default 1)")
-    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--iwae", type=cli_int(0), default=0, metavar="K",
+                   help="also the importance-weighted bound with K samples (K decoder passes per "
+                        "datum; from K = 100 on, a time estimate is printed before it starts)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=func)
 
 
 def register_sample(sub, func) -> None:
-    p = sub.add_parser("sample", help="a PNG grid of samples from the prior")
+    p = sub.add_parser("sample", help="a PNG grid of samples from the prior (or their arrays)")
     p.add_argument("run", metavar="DIR", help="a run directory written by `refvae train --out DIR`")
-    engine_options(p, run_dir=True)
+    engine_options(p, run_dir=True, seed_of="the prior draws")
     p.add_argument("--n", type=cli_int(1), default=64, help="number of samples (default 64)")
-    p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    p.add_argument("--out", default="samples.png", metavar="FILE",
+                   help="output: a PNG grid (default samples.png), or FILE.npy for the decoded "
+                        "means as an (n, data_dim) array")
     p.add_argument("--image-shape", type=cli_int(1), nargs=2, default=None, metavar=("ROWS", "COLS"),
                    help="image shape (default: the one the run recorded)")
     p.add_argument("--data-dir", default=None, metavar="DIR",

@@ -240,7 +240,8 @@ _download = download  # load_dataset's ``download`` flag shadows the function's 
 # ---------------------------------------------------------------------------------------------
 def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binarization: str = "none",
                  seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION, download: bool = False,
-                 cache_dir=None, base_url: str | None = None, progress: bool = False) -> Dataset:
+                 cache_dir=None, base_url: str | None = None, progress: bool = False,
+                 hints: str = "api") -> Dataset:
     """Load a data set by name or path, then apply ``binarization`` (see :func:`apply_binarization`).
 
     ``spec``: None or ``"digits"`` — the built-in digits; ``"mnist"``, ``"fashion-mnist"``,
@@ -249,10 +250,14 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
     download cache (``cache_dir``, default :func:`default_cache_dir`), fetched there first when
     ``download=True`` (with a progress display when ``progress``); anything else — a path to a
     data directory or file, whose format is detected.
+
+    ``hints="cli"`` words the advice of an error as command-line flags (``--download``,
+    ``--data-dir``) instead of this function's arguments.
     """
     if spec is not None and not str(spec).strip():
         raise DataError("the data set name or path is empty (--data ''); give a name such as "
                         "digits or mnist, or a path to the data")
+    cli = hints == "cli"
     if spec is None or str(spec).lower() == "digits":
         ds = load_digits_dataset()
     elif str(spec).lower() in NAMED:
@@ -266,13 +271,14 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
                 found = _download(key, cache, base_url, progress=progress)
             if found is None:
                 where = f"{Path(data_dir) / FORMATS[key].subdirs[0]} or {cache / key}" if data_dir else str(cache / key)
-                raise DataError(f"{key} not found in {where}; pass download=True (CLI: --download) "
-                                f"to fetch it, or place {', '.join(IDX_FILES)} in {cache / key}")
+                raise DataError(f"{key} not found in {where}; pass "
+                                f"{'--download' if cli else 'download=True'} to fetch it, or "
+                                f"place {', '.join(IDX_FILES)} in {cache / key}")
         if found is None:
             sub = FORMATS[key].subdirs[0]
             where = Path(data_dir) / sub if data_dir else f"<data_dir>/{sub}"
             raise DataError(f"{key} not found; place {FORMATS[key].files} in {where} and pass "
-                            "data_dir (or set REFVAE_DATA_DIR)")
+                            f"{'--data-dir' if cli else 'data_dir'} (or set REFVAE_DATA_DIR)")
         ds = FORMATS[key].read(found, key, test_fraction)
     else:
         path = Path(spec).expanduser()

@@ -136,6 +136,11 @@ def _temperature(value, what: str):
     return first
 
 
+# The advice on renamed modules; check_torch (Python) replaces it by API_MAP_HINT.
+CLI_MAP_HINT = "map them with --map theirs=ours"
+API_MAP_HINT = "map them with name_map={'theirs': 'ours', ...}"
+
+
 def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
     """Every problem of the parameters in one message: names, shapes, non-finite values."""
     shapes = vae.param_shapes()
@@ -150,7 +155,7 @@ def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
         return
     hint = ""
     if missing and extra:
-        hint = "; if your modules are named differently, map them with --map theirs=ours"
+        hint = f"; if your modules are named differently, {CLI_MAP_HINT}"
     kind = ShapeError if missing or extra or any("has shape" in p for p in problems) else DataError
     raise kind(f"{p_label}: parameters do not match the config: {'; '.join(problems)}{hint}")
 

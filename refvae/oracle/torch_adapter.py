@@ -17,11 +17,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..backend import get_backend
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..math.latent.categorical import gumbel_from_uniform
 from ..math.vae import VAE
 from .core import OracleMismatch, check
-from .inputs import host, load_config
+from .inputs import API_MAP_HINT, CLI_MAP_HINT, host, load_config
 from .layouts import Layout, rename, split_sizes
 from .torch_modules import config_from_modules, decoder_ends
 
@@ -189,6 +189,13 @@ def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str
     encoder and decoder and its Gaussian heads (:mod:`refvae.oracle.torch_modules`; ``modules``
     passes that reader's options: ``encoder``, ``decoder``, ``emission``, ``alpha``,
     ``data_shape``)."""
+    try:
+        import torch  # noqa: F401, PLC0415 - the user's model is a PyTorch module
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "check_torch needs PyTorch, which is not installed: pip install torch (the CPU build "
+            "is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu), or "
+            "pip install 'refvae[torch]'", name="torch") from exc
     if config is None:
         config, name_map = config_from_modules(model, y, name_map, **(modules or {}))
     cfg = load_config(config)
@@ -197,8 +204,13 @@ def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str
     params, noise, theirs = run_torch(model, loss_fn, y, vae, lay)
     y_host = host(y, "y").reshape(y.shape[0], -1)
     batch = {"y": y_host, vae.latent.noise_name: noise}
-    return check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction, temperature=temperature,
-                 rtol=rtol, atol=atol, backend=backend, layout=lay)
+    try:
+        return check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
+                     temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay)
+    except ShapeError as exc:  # the advice in Python's words, not the CLI's
+        if CLI_MAP_HINT not in str(exc):
+            raise
+        raise ShapeError(str(exc).replace(CLI_MAP_HINT, API_MAP_HINT)) from None
 
 
 def assert_torch_matches(model, loss_fn, y, config=None, **kwargs):

@@ -19,6 +19,7 @@ MATPLOTLIB_MISSING = ("figures need matplotlib, which is not installed: pip inst
 TARGET_WIDTH = 800  # image mosaics are enlarged by a whole factor to at least this many pixels
 MARGIN = {"left": 10, "right": 10, "top": 40, "bottom": 10}  # pixels around a mosaic
 LABEL_WIDTH = 110  # more on the left for row labels
+AXES_MARGIN = {"left": 110, "bottom": 100}  # more for the tick labels and titles of manifold.png
 DPI = 100
 
 
@@ -99,10 +100,12 @@ def _save(plt, fig, path) -> None:
         plt.close(fig)
 
 
-def decoded_means(model, params, x) -> np.ndarray:
-    """E[y|x] for latent inputs ``x`` ``(n, K_in)``, on the host, clipped to [0, 1] for display."""
+def decoded_means(model, params, x, clip: bool = True) -> np.ndarray:
+    """E[y|x] for latent inputs ``x`` ``(n, K_in)``, on the host, clipped to [0, 1] for display
+    (``clip=False``: as they are)."""
     o, _ = model.decode(params, model.bk.asarray(x))
-    return np.clip(model.bk.to_numpy(model.emission.mean(model.bk, o)), 0.0, 1.0)
+    mean = model.bk.to_numpy(model.emission.mean(model.bk, o))
+    return np.clip(mean, 0.0, 1.0) if clip else mean
 
 
 def prior_inputs(model, noise: NoiseSource, n: int):
@@ -176,11 +179,31 @@ def latent_means(model, params, y, path, labels=None):
 
 
 def manifold(model, params, path, image_shape, steps: int = 15):
-    """Decoded means on a grid of the inverse normal CDF over (0, 1)² (Kingma & Welling, Fig. 4)."""
+    """Decoded means on a grid of the inverse normal CDF over (0, 1)² (Kingma & Welling, Fig. 4),
+    with axes in latent coordinates, as latent.png's: each tile is labelled with the value of its
+    latent point (the grid is even in probability, so the ticks are not evenly spaced)."""
+    plt = _plt()
     u = norm.ppf(np.linspace(0.5 / steps, 1 - 0.5 / steps, steps))
     grid = np.array([[a, b] for b in u[::-1] for a in u])
-    _save_image(_tile(decoded_means(model, params, grid), image_shape, steps), path,
-                "learned manifold")
+    canvas = _tile(decoded_means(model, params, grid), image_shape, steps)
+    rows_img, cols_img = image_shape
+    width, height = mosaic_pixels(canvas.shape)  # the mosaic as the others, with room for axes
+    width, height = width + AXES_MARGIN["left"], height + AXES_MARGIN["bottom"]
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    left, bottom = MARGIN["left"] + AXES_MARGIN["left"], MARGIN["bottom"] + AXES_MARGIN["bottom"]
+    ax = fig.add_axes([left / width, bottom / height, 1 - (left + MARGIN["right"]) / width,
+                       1 - (bottom + MARGIN["top"]) / height])
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    every = range(0, steps, 2)
+    ax.set_xticks([i * (cols_img + 1) + (cols_img - 1) / 2 for i in every],
+                  [f"{u[i]:.2f}" for i in every], rotation=90)
+    ax.set_yticks([i * (rows_img + 1) + (rows_img - 1) / 2 for i in every],
+                  [f"{u[::-1][i]:.2f}" for i in every])
+    ax.set_xlabel("z₁ (latent coordinate: the ν₁ axis of latent.png)")
+    ax.set_ylabel("z₂ (the ν₂ axis of latent.png)")
+    fig.suptitle("learned manifold: decoded means at Φ⁻¹ of an even grid in (0, 1)²",
+                 y=1 - 8 / height, va="top")
+    _save(plt, fig, path)
 
 
 def _eval_split(data):

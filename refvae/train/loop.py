@@ -256,7 +256,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     out = rio.ensure_writable_dir(out_dir)
     model = fast_vae(config, backend, dtype)
     bk = model.bk
-    _check_data(model, data, options)
+    _check_data(model, data, options, resume)
     estimator = options.estimator or model.default_estimator
     config.check_batch("batch_size × samples", options.batch_size, options.samples, estimator)
     if getattr(data, "test", None) is not None:
@@ -388,15 +388,18 @@ def _preflight(model, params, data, options, estimator, temperature):
                          temperature=temperature(0) if temperature else None)
 
 
-def _check_data(model, data, options):
+def _check_data(model, data, options, resume: bool = False):
     for split in ("train", "test"):
         arr = getattr(data, split, None)
         if arr is None:
             continue
         check_support(arr, model.config.emission)
         if arr.ndim != 2 or arr.shape[1] != model.config.data_dim:
+            advice = (f"resume on the run's data ({model.config.data_dim} values per datum: "
+                      "--data/--data-dir), or train a new run with another --out" if resume
+                      else f"set data_dim to {arr.shape[-1]}")
             raise ConfigError(f"the {split} data have shape {arr.shape}, but the model's data_dim is "
-                              f"{model.config.data_dim}; set data_dim to {arr.shape[-1]}")
+                              f"{model.config.data_dim}; {advice}")
 
 
 def _test_metrics(model, params, data, options, epoch) -> dict:

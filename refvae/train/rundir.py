@@ -457,11 +457,24 @@ def data_record(data) -> dict:
             "n_test": 0 if getattr(data, "test", None) is None else int(len(data.test))}
 
 
-def data_source(info: dict):
+def data_source(info: dict, data_dir=None):
     """The ``load_dataset`` spec of a run's data (from :func:`read_train_json`; train.json of any
-    version); None when train.json records none (removed, null, or an old refvae's file)."""
+    version); None when train.json records none (removed, null, or an old refvae's file).
+
+    With ``data_dir`` (``--data-dir`` alone: data that moved) a built-in data set is given by its
+    recorded name, to be looked for in ``data_dir``; a path that no longer exists by its last
+    part, relative to ``data_dir``."""
+    from ..data.load import NAMED  # noqa: PLC0415 - data/load.py imports numpy and the readers
+
     data = info.get("data")
-    return data.get("source") if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        return data
+    name, source = data.get("name"), data.get("source")
+    if data_dir is not None and isinstance(name, str) and name.lower() in NAMED:
+        return name
+    if data_dir is not None and isinstance(source, str) and not Path(source).exists():
+        return Path(source).name
+    return source
 
 
 def image_shape(info: dict):
