@@ -125,6 +125,18 @@ def _temperature(value, what: str):
     return first
 
 
+def with_samples_axis(noise: np.ndarray, vae: VAE) -> np.ndarray:
+    """Noise drawn as users draw it, one sample per datum: ``(N, K)`` (Gaussian latents) or
+    ``(N, K, C)`` (categorical; ``(N, C)`` when K = 1) is read as ``L = 1``; other shapes pass
+    unchanged to the batch check."""
+    per = tuple(vae.latent.noise_shape(1, 1)[2:])
+    kept = noise.ndim - 1
+    if 1 <= kept <= len(per) and noise.shape[1:] == per[len(per) - kept:] \
+            and all(d == 1 for d in per[:len(per) - kept]):
+        return noise.reshape((noise.shape[0], 1) + per)
+    return noise
+
+
 def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
     """Every problem of the parameters in one message: names, shapes, non-finite values."""
     shapes = vae.param_shapes()
@@ -172,6 +184,7 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     if extra:
         raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; latent "
                          f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally 'temperature'")
+    data[noise_name] = with_samples_axis(data[noise_name], vae)
     try:
         eps = data[noise_name]
         vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,
