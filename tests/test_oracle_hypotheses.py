@@ -226,3 +226,60 @@ def matrix() -> str:
 
 if __name__ == "__main__":
     print(matrix())
+
+
+# ----- categorical latents ------------------------------------------------------------------------
+KC, C, TAU = 2, 3, 0.5
+CATEGORICAL = {"format": 1, "data_dim": D, "latent_dim": KC, "categories": C, "encoder_hidden": [H],
+               "decoder_hidden": [H], "activation": "tanh", "latent": "categorical", "emission": "bernoulli"}
+CAT_NAMES = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0", "out": "decoder.out"}
+
+
+class CatVAE(torch.nn.Module):
+    """A Gumbel-softmax VAE as tutorials write it; ``mode`` injects a bug in the sample."""
+
+    def __init__(self, mode="relaxed", tau=TAU):
+        super().__init__()
+        self.enc, self.logits = torch.nn.Linear(D, H), torch.nn.Linear(H, KC * C)
+        self.dec, self.out = torch.nn.Linear(KC * C, H), torch.nn.Linear(H, D)
+        self.mode, self.tau = mode, tau
+
+    def forward(self, y):
+        eta = self.logits(torch.tanh(self.enc(y))).view(-1, KC, C)
+        g = -torch.log(-torch.log(torch.rand_like(eta)))
+        tau = 1.0 if self.mode == "no-temperature" else self.tau
+        soft = torch.softmax((eta + g) / tau, dim=-1)
+        if self.mode == "straight-through":
+            hard = torch.nn.functional.one_hot(soft.argmax(-1), C).to(soft.dtype)
+            soft = hard - soft.detach() + soft
+        return self.out(torch.tanh(self.dec(soft.reshape(-1, KC * C)))), eta
+
+
+def cat_loss(log_c=True):
+    def loss_fn(model, y):
+        logits, eta = model(y)
+        rec = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+        log_pi = torch.log_softmax(eta, dim=-1)
+        return rec + (log_pi.exp() * (log_pi + (math.log(C) if log_c else 0.0))).sum()
+    return loss_fn
+
+
+CAT_BUGS = {  # bug: (model mode, loss, estimator told to refvae)
+    "temperature:missing": ("no-temperature", cat_loss(), None),
+    "straight-through:relaxed-forward": ("relaxed", cat_loss(), "straight-through"),
+    "gumbel-softmax:hard-forward": ("straight-through", cat_loss(), None),
+    "kl:-KlogC": ("relaxed", cat_loss(log_c=False), None),
+}
+
+
+@pytest.mark.parametrize("bug", list(CAT_BUGS))
+def test_categorical_bugs_are_named_through_check_torch(bug):
+    mode, loss_fn, estimator = CAT_BUGS[bug]
+    torch.manual_seed(1)
+    model = CatVAE(mode).double()
+    y = (torch.rand(N, D) < 0.5).double()
+    report = oracle.check_torch(model, loss_fn, y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
+                                temperature=TAU, estimator=estimator)
+    named = [h.split("[hypothesis ")[1].split(" ")[0] for h in report.hints if "[hypothesis " in h]
+    assert named == [bug], str(report)
+    assert not any("exp(ℓ/2)" in h or "ν +" in h for h in report.hints), str(report)
