@@ -283,3 +283,57 @@ def test_categorical_bugs_are_named_through_check_torch(bug):
     named = [h.split("[hypothesis ")[1].split(" ")[0] for h in report.hints if "[hypothesis " in h]
     assert named == [bug], str(report)
     assert not any("exp(ℓ/2)" in h or "ν +" in h for h in report.hints), str(report)
+
+
+# ----- the noise as users draw it (check_torch) ---------------------------------------------------
+GEN = torch.Generator().manual_seed(5)
+DRAWS = {
+    "Normal.rsample": lambda mu, std: torch.distributions.Normal(mu, std).rsample(),
+    "MultivariateNormal.rsample": lambda mu, std: torch.distributions.MultivariateNormal(
+        mu, scale_tril=torch.diag_embed(std)).rsample(),
+    "Tensor.normal_": lambda mu, std: mu + torch.empty_like(mu).normal_() * std,
+    "torch.normal": lambda mu, std: mu + torch.normal(0.0, 1.0, mu.shape, dtype=mu.dtype) * std,
+    "generator": lambda mu, std: mu + torch.randn(mu.shape, generator=GEN, dtype=mu.dtype) * std,
+}
+
+
+@pytest.mark.parametrize("how", list(DRAWS))
+def test_noise_drawn_through_distributions_and_generators_is_recorded(how):
+    cls = type("Drawn", (UserVAE,), {"reparameterize": lambda self, mu, lv: DRAWS[how](mu, torch.exp(0.5 * lv))})
+    torch.manual_seed(0)
+    model, y = cls().double(), (torch.rand(N, D) < 0.4).double()
+    state = GEN.get_state()
+    report = oracle.check_torch(model, loss()[1], y, BERNOULLI, name_map=NAMES, reduction="sum")
+    assert report.passed, str(report)
+    assert torch.equal(GEN.get_state(), state)   # the user's generator is left as found
+
+
+@pytest.mark.parametrize("how", ["RelaxedOneHotCategorical", "Gumbel"])
+def test_categorical_noise_from_torch_distributions(how):
+    class Dist(CatVAE):
+        def forward(self, y):
+            eta = self.logits(torch.tanh(self.enc(y))).view(-1, KC, C)
+            if how == "Gumbel":
+                g = torch.distributions.Gumbel(torch.zeros_like(eta), torch.ones_like(eta)).rsample()
+                soft = torch.softmax((eta + g) / TAU, dim=-1)
+            else:
+                soft = torch.distributions.RelaxedOneHotCategorical(torch.tensor(TAU, dtype=eta.dtype),
+                                                                    logits=eta).rsample()
+            return self.out(torch.tanh(self.dec(soft.reshape(-1, KC * C)))), eta
+    torch.manual_seed(2)
+    model, y = Dist().double(), (torch.rand(N, D) < 0.5).double()
+    report = oracle.check_torch(model, cat_loss(), y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
+                                temperature=TAU)
+    assert report.passed, str(report)
+
+
+def test_float32_noise_in_a_float64_model_is_named():
+    class Single(UserVAE):
+        def reparameterize(self, mu, logvar):   # torch.randn's default dtype, float32
+            return mu + torch.randn(mu.shape) * torch.exp(0.5 * logvar).float()
+    torch.manual_seed(0)
+    model, y = Single().double(), (torch.rand(N, D) < 0.4).double()
+    report = oracle.check_torch(model, loss()[1], y, BERNOULLI, name_map=NAMES, reduction="sum")
+    assert not report.passed
+    assert report.hints[0].startswith("your noise was drawn in float32 inside a float64 model (the likely "
+                                      "cause"), str(report)
