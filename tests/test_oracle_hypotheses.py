@@ -337,3 +337,57 @@ def test_float32_noise_in_a_float64_model_is_named():
     assert not report.passed
     assert report.hints[0].startswith("your noise was drawn in float32 inside a float64 model (the likely "
                                       "cause"), str(report)
+
+
+# ----- parameters as users hold them --------------------------------------------------------------
+def _stax(model, bias_row=False):
+    """The model's parameters as stax holds them: a list of (W, b) with W (in, out); () for the
+    activation layers; a (1, n) bias where ``bias_row``."""
+    def pair(lin):
+        b = lin.bias.detach().numpy()
+        return lin.weight.detach().numpy().T, (b[None] if bias_row else b)
+    return [pair(model.fc1), (), pair(model.fc21), pair(model.fc22), pair(model.fc3), (), pair(model.fc4)]
+
+
+STAX = {"0": "encoder.0", "2": "encoder.mean", "3": "encoder.logvar", "4": "decoder.0", "6": "decoder.out"}
+
+
+@pytest.mark.parametrize("form", ["stax", "stax (1, n) biases", "HIPS dicts W/b", "equinox objects"])
+def test_parameters_in_every_container(form):
+    torch.manual_seed(0)
+    model, y = UserVAE().double(), (torch.rand(N, D) < 0.4).double()
+    _, _, noise, theirs = export(BERNOULLI, UserVAE, loss()[1], "grads")
+    ref = oracle.compute(BERNOULLI, model.state_dict(), {"y": y, "eps": noise}, name_map=NAMES, reduction="sum")
+    if form.startswith("stax"):
+        params, names = _stax(model, "(1, n)" in form), STAX
+    elif form.startswith("HIPS"):
+        params = {m: {"W": w, "b": b} for m, (w, b) in zip(NAMES, [p for p in _stax(model) if p])}
+        names = NAMES
+    else:
+        class Linear:   # an Equinox-style module: arrays as attributes, other attributes ignored
+            def __init__(self, w, b):
+                self.weight, self.bias, self.in_features, self.activation = w.T, b, w.shape[0], np.tanh
+        params = type("Model", (), {})()
+        for m, (w, b) in zip(NAMES, [p for p in _stax(model) if p]):
+            setattr(params, m, Linear(w, b))
+        names = NAMES
+    ours = oracle.compute(BERNOULLI, params, {"y": y, "eps": noise}, name_map=names, reduction="sum",
+                          layout=None if form.startswith("equinox") else "in_out")
+    assert ours.loss == pytest.approx(ref.loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, words", [([1, 2], "unexpected 0, 1"), (3, "got int"),
+                                        ([("a",)], "leaf '0.0'"), ({"fc1": {"W": np.zeros((2, 2))}},
+                                                                    "named 'kernel' or 'W' (fc1.W)")])
+def test_every_container_error_is_one_line_naming_the_leaf(bad, words):
+    with pytest.raises(oracle.RefvaeError if hasattr(oracle, "RefvaeError") else Exception) as err:
+        oracle.compute(BERNOULLI, bad, {"y": np.zeros((N, D)), "eps": np.zeros((N, K))})
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not isinstance(err.value, TypeError)
+
+
+def test_check_torch_errors_speak_python():
+    model = UserVAE().double()
+    with pytest.raises(Exception, match=r"name_map=\{'theirs': 'ours'\}") as err:
+        oracle.check_torch(model, loss()[1], (torch.rand(N, D) < 0.4).double(), BERNOULLI, reduction="sum")
+    assert "--map" not in str(err.value)

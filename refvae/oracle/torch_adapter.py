@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..backend import get_backend
-from ..errors import ConfigError
+from ..errors import ConfigError, RefvaeError
 from ..math.latent.categorical import gumbel_from_uniform
 from ..math.vae import VAE
 from .core import TOLERANCES, OracleMismatch, check
@@ -261,8 +261,11 @@ def check_torch(model, loss_fn, y, config, *, name_map=None, reduction: str = "m
     params, noise, theirs, dtypes = run_torch(model, loss_fn, y, vae, lay)
     y_host = host(y, "y").reshape(y.shape[0], -1)
     batch = {"y": y_host, vae.latent.noise_name: noise}
-    report = check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
-                   temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay)
+    try:
+        report = check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
+                       temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay)
+    except RefvaeError as exc:   # speak Python here: name_map={...}, not the CLI's --map
+        raise type(exc)(str(exc).replace("--map theirs=ours", "name_map={'theirs': 'ours'}")) from None
     model_dtype = {str(p.dtype).replace("torch.", "") for p in params.values()}
     if not report.passed and "float64" in model_dtype and dtypes - {"float64"} and rtol is None:
         loose = check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
