@@ -391,3 +391,22 @@ def test_check_torch_errors_speak_python():
     with pytest.raises(Exception, match=r"name_map=\{'theirs': 'ours'\}") as err:
         oracle.check_torch(model, loss()[1], (torch.rand(N, D) < 0.4).double(), BERNOULLI, reduction="sum")
     assert "--map" not in str(err.value)
+
+
+def test_check_torch_takes_extra_exports_from_loss_fn():
+    """The documented hook: loss_fn returns a dict with the loss and per-datum terms; a KL
+    without its ½ is then seen in kl_per_datum as well."""
+    def loss_fn(model, y):
+        mu, logvar = model.encode(y)
+        rec = F.binary_cross_entropy(model.decode(model.reparameterize(mu, logvar)), y, reduction="none")
+        kl = -torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)   # the ½ is missing
+        return {"loss": rec.sum() + kl.sum(), "kl_per_datum": kl, "reconstruction_per_datum": rec.sum(1)}
+    torch.manual_seed(0)
+    model, y = UserVAE().double(), (torch.rand(N, D) < 0.4).double()
+    report = oracle.check_torch(model, loss_fn, y, BERNOULLI, name_map=NAMES, reduction="sum")
+    names = [c.name for c in report.checks]
+    assert "kl_per_datum" in names and "kl_per_datum" in [c.name for c in report.failures()]
+    assert any("[hypothesis kl:2 " in h for h in report.hints), str(report)
+    with pytest.raises(Exception, match="unknown: kll"):
+        oracle.check_torch(model, lambda m, x: {"loss": loss_fn(m, x)["loss"], "kll": 1}, y, BERNOULLI,
+                           name_map=NAMES, reduction="sum")

@@ -200,6 +200,24 @@ def _intermediates(record: dict, torch) -> dict:
     return out
 
 
+EXTRAS = ("kl", "reconstruction", "kl_per_datum", "reconstruction_per_datum", "x", "decoder_out")
+
+
+def split_extras(returned) -> tuple:
+    """The hook for more exports: ``loss_fn`` may return ``{"loss": loss, "kl_per_datum": ...,
+    "heads/mean": ..., "x": ...}`` (any of :data:`EXTRAS` and ``heads/<name>``, detached here; they
+    replace what the forward hooks recorded) instead of the loss alone."""
+    if not isinstance(returned, dict):
+        return returned, {}
+    unknown = [k for k in returned if k != "loss" and k not in EXTRAS and not str(k).startswith("heads/")]
+    if unknown or "loss" not in returned:
+        raise ConfigError("check_torch: loss_fn returned a dict; it must hold 'loss' and optionally "
+                          f"{', '.join(EXTRAS)} or heads/<name>"
+                          + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
+    return returned["loss"], {k: v.detach() if hasattr(v, "detach") else v
+                              for k, v in returned.items() if k != "loss"}
+
+
 def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
     """Run the user's forward and backward: ``(params, noise, theirs)`` as host arrays or tensors;
     the model's ``.grad`` fields, the RNG state and the autograd mode are restored afterwards."""
@@ -222,6 +240,7 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
             loss = loss_fn(model, y)
         for h in handles:
             h.remove()
+        loss, extras = split_extras(loss)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
             raise ConfigError("check_torch: loss_fn(model, y) must return the scalar loss tensor your training "
                               f"code calls .backward() on, got {type(loss).__name__}"
@@ -233,7 +252,7 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
             raise ConfigError(f"check_torch: parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                               "got no gradient (.grad is None after backward): it does not reach the loss "
                               "(a layer computed but unused, a wrong head, a detach) or has requires_grad=False")
-        theirs = {"loss": loss.detach().reshape(()), **_intermediates(record, torch),
+        theirs = {"loss": loss.detach().reshape(()), **_intermediates(record, torch), **extras,
                   **{f"grad/{k}": p.grad.detach().clone() for k, p in params.items()}}
         values = {k: p.detach() for k, p in params.items()}
         n = y.shape[0]
