@@ -157,8 +157,8 @@ def test_broken_files_give_one_line_and_exit_2(case, tmp_path, capsys):
     def missing(a):
         a.pop(next(k for k in reversed(list(a)) if k.startswith("grad/")))
 
-    def unsampled(a):
-        a[noise_name] = a[noise_name][:, 0]
+    def unsampled(a):   # (N, K) is read as L = 1 (issue 25); a latent axis too short is not
+        a[noise_name] = a[noise_name][:, :, :-1]
 
     for role, change, words in [("params", transposed, ["encoder.0.weight", "transposed"]),
                                 ("grads", missing, ["missing grad/"]),

@@ -77,9 +77,11 @@ class OracleResult:
         return out
 
     def rerun(self, **changes) -> "OracleResult":
-        """refvae's result for the same inputs with ``noise``, ``estimator`` or ``reduction``
-        changed (the diagnosis tests its hypotheses this way)."""
-        inp = replace(self.inputs, noise=changes.pop("noise", self.inputs.noise))
+        """refvae's result for the same inputs with ``noise``, ``params``, ``temperature``, ``vae``
+        (a model with a mistaken part), ``estimator`` or ``reduction`` changed (the diagnosis tests
+        its hypotheses this way)."""
+        inp = replace(self.inputs, **{k: changes.pop(k) for k in ("noise", "params", "temperature", "vae")
+                                      if k in changes})
         return compute_inputs(inp, changes.get("estimator", self.estimator),
                               changes.get("reduction", self.reduction))
 
@@ -181,7 +183,12 @@ def conform(arr: np.ndarray, shape) -> np.ndarray:
 
 def _validate_theirs(theirs: dict, expected: dict, label_: str) -> dict:
     problems, extra = [], []
-    missing = [n for n in expected if n.startswith(GRAD) and n not in theirs]
+    # gradients: all or none (a loss-only or forward-only export is checked as far as it goes)
+    some = any(n.startswith(GRAD) for n in theirs)
+    missing = [n for n in expected if n.startswith(GRAD) and n not in theirs and some]
+    if not theirs:
+        raise ShapeError(f"{label_} holds nothing to compare: export the loss, grad/<name> for every "
+                         "parameter, or the intermediates (ORACLE.md)")
     out = {}
     for name, arr in theirs.items():
         if name not in expected:
@@ -250,8 +257,11 @@ def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: floa
     grad_dtypes = [v.dtype for k, v in theirs_.items() if k.startswith(GRAD) and v.dtype.kind == "f"]
     dtype = min(grad_dtypes, key=lambda d: d.itemsize).name if grad_dtypes else "float64"
     worst = TOLERANCES["float32" if "float32" in {dtype_class(v) for v in theirs_.values()} else "float64"]
+    notes = _tolerance_notes(theirs_, rtol, atol)
+    if not any(k.startswith(GRAD) for k in theirs_):
+        notes.append("no gradients were exported: only " + ", ".join(theirs_) + " compared")
     report = OracleReport(checks, worst["rtol"] if rtol is None else rtol, worst["atol"] if atol is None else atol,
-                          dtype, _tolerance_notes(theirs_, rtol, atol),
+                          dtype, notes,
                           aliases={k: v[len(GRAD):] if v.startswith(GRAD) else v
                                    for k, v in origin.items() if v != k},
                           tolerances=tolerances)

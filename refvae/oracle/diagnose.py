@@ -1,18 +1,11 @@
-"""The oracle's diagnosis: from a failing comparison to the first quantity that differs and a
-likely cause (ORACLE.md, "Reading a failing report").
-
-With intermediates (``heads/<name>``, ``x``, ``decoder_out``, the per-datum KL and reconstruction)
-the forward pass is walked in order and the first quantity that differs is named. Without them the
-pattern of the failures is read: a constant offset of the loss, a factor (N, D, N·D, L) on every
-failing tensor or on the decoder's gradients alone, decoder gradients right and encoder gradients
-wrong. Each hypothesis is tested by recomputing refvae's numbers under it (through the VAE's own
-functions) and comparing with the user's tensor at that tensor's tolerance; only hypotheses that
-fit are reported.
+"""The oracle's diagnosis: from a failing comparison to the named hypotheses that explain the
+user's numbers (:mod:`refvae.oracle.hypotheses`) or, when none does, to the first exported quantity
+that differs and what the forward pass and the pattern of the failures say about it (ORACLE.md,
+"Reading a failing report"). A quantity the user did not export is never said to agree.
 
 Host-side by design, hence NumPy: every array here is a host copy from the comparison report (the
-user's tensors and refvae's), and the NumPy expressions are the candidate *mistakes* (exp(ℓ) as
-the scale, swapped heads, …) checked against the user's values. refvae's own numbers come from
-the VAE on its backend and reach this module through ``bk.to_numpy`` (:func:`kl_gradients`).
+user's tensors and refvae's), and the NumPy expressions are the candidate *mistakes* checked
+against the user's values. refvae's own numbers come from the VAE on its backend.
 """
 from __future__ import annotations
 
@@ -20,29 +13,58 @@ import math
 
 import numpy as np
 
-GRAD, HEADS = "grad/", "heads/"
-SAMPLER = "Eq. 8.24: x = ν + exp(ℓ/2)·ε"
+from . import hypotheses
+from .hypotheses import GRAD, HEADS, SAMPLER, kl_gradients  # noqa: F401  (kl_gradients: API)
+
+RELAXED = "Y = softmax((η + G)/s) (Eq. 8.29)"
+ORDER = ("x", "decoder_out", "kl_per_datum", "reconstruction_per_datum", "kl", "reconstruction", "loss")
 
 
 def diagnose(theirs: dict, mine: dict, report, ours, agrees) -> list:
     """Hints for a failing report: ``theirs``/``mine`` are the compared arrays under refvae's names,
-    ``agrees(name, candidate)`` tells whether a hypothetical value of ``name`` would pass."""
+    ``agrees(name, candidate)`` tells whether a hypothetical value of ``name`` would pass.
+
+    First the named hypotheses (:mod:`refvae.oracle.hypotheses`): those that explain every quantity
+    the user exported are reported; when none does, the first exported quantity that differs is
+    named, with what the forward pass and the pattern of the failures say about it."""
     failed = {c.name for c in report.failures()}
     hints = []
+    if ours.inputs is not None:
+        found, tested = hypotheses.explaining(theirs, ours, agrees, report.label)
+        if found:
+            hints += [f"{h.text} [hypothesis {h.key} explains every quantity you exported]" for h in found]
+            if len(found) > 1:
+                hints.append(f"these {len(found)} hypotheses fit what you exported equally well: export "
+                             "more (the loss, the gradients, heads, x, decoder_out, kl_per_datum) to "
+                             "tell them apart")
+            return hints + saturation(theirs, ours, failed)
     walked = forward_walk(theirs, mine, failed, ours, agrees, report.label)
     if walked:
         hints.append(walked)
+    if ours.inputs is not None:
+        first = first_difference(mine, failed)
+        hints.append(f"none of the {tested} tested hypotheses explains your numbers; the first exported "
+                     f"quantity that differs is {report.label(first)}")
     if not walked or walked.startswith("the loss"):
         hints += patterns(theirs, mine, failed, ours, agrees, report.label)
     hints += saturation(theirs, ours, failed)
-    return hints or ["no pattern recognised: compare the worst entries below, and export the "
-                     "intermediates (heads/<name>, x, decoder_out, kl_per_datum, reconstruction_per_datum) "
-                     "to find the first quantity that differs"]
+    if len(hints) <= 1:
+        hints.append("export the intermediates (heads/<name>, x, decoder_out, kl_per_datum, "
+                     "reconstruction_per_datum) to find the first quantity that differs")
+    return hints
+
+
+def first_difference(mine: dict, failed: set) -> str:
+    """The first failing quantity in the order of the forward pass (heads, x, decoder output, KL
+    and reconstruction per datum, their totals, the loss, the gradients)."""
+    order = [k for k in mine if k.startswith(HEADS)] + list(ORDER) + [k for k in mine if k.startswith(GRAD)]
+    return next((k for k in order if k in failed), sorted(failed)[0])
 
 
 # ----- walking the forward pass -----------------------------------------------------------------
 def forward_walk(theirs, mine, failed, ours, agrees, label) -> str | None:
-    """The first exported intermediate that differs, with what it points at."""
+    """The first exported intermediate that differs, with what it points at; a quantity that was
+    not exported is never said to agree."""
     heads = [k for k in mine if k.startswith(HEADS)]
     for h in heads:
         if h in failed:
@@ -52,17 +74,25 @@ def forward_walk(theirs, mine, failed, ours, agrees, label) -> str | None:
                         "heads the other way round (a wrong head)")
             return (f"the encoder head {label(h)} is the first quantity that differs: with the same "
                     "parameters and input this is the encoder's forward pass (its layers, activation, "
-                    "or which of your layers feeds this head: check the name map)")
+                    "or which of your layers feeds this head: check name_map)")
     if "x" in failed:
         return sampler_hint(theirs, mine, ours, agrees, any(h in theirs for h in heads))
     if "decoder_out" in failed:
-        return ("the decoder output is the first quantity that differs while its input x agrees: look at "
-                "the decoder's layers and activation (and the name map of its modules)")
+        if "x" in theirs:
+            return ("the decoder output is the first quantity that differs while its input x agrees: look "
+                    "at the decoder's layers and activation (and the name map of its modules)")
+        upstream = "the encoder heads agree but " if any(h in theirs for h in heads) else ""
+        return (f"the decoder output is the first exported quantity that differs; {upstream}x, the "
+                "decoder's input, was not exported, so the mistake is in the sampler or in the decoder: "
+                "export x to tell them apart (JAX/Flax: call your model's sampler again with the same "
+                "key; PyTorch: check_torch records it)")
     if "kl_per_datum" in failed:
         return kl_hint(theirs, mine, ours, agrees, per_datum=True)
     if "reconstruction_per_datum" in failed:
-        return ("the reconstruction per datum differs while the KL (and the decoder output, where "
-                "exported) agrees: look at the emission's log-likelihood (its sum over the D dimensions, "
+        known = "decoder output" if "decoder_out" in theirs else ""
+        return ("the reconstruction per datum differs while the KL"
+                + (f" and the {known} agree" if known else " agrees")
+                + ": look at the emission's log-likelihood (its sum over the D dimensions, "
                 "the mean over the L samples, a missing constant)")
     return None
 
@@ -72,6 +102,8 @@ def sampler_hint(theirs, mine, ours, agrees, heads_known: bool) -> str:
     base = "the latent sample x differs while the encoder heads agree" if heads_known \
         else "the latent sample x is the first exported quantity that differs"
     nu, lv = mine.get(HEADS + "mean"), mine.get(HEADS + "logvar")
+    if ours.inputs.vae.config.latent == "categorical":
+        return f"{base}: look at your relaxed sample, {RELAXED}, or the one-hot argmax (Eq. 8.28)"
     if nu is None or lv is None:
         return f"{base}: look at your sampling transform"
     eps = ours.inputs.noise
@@ -99,7 +131,9 @@ def kl_hint(theirs, mine, ours, agrees, per_datum: bool) -> str:
     diff = float(np.median(theirs[name] - mine[name]))
     if agrees(name, mine[name] + diff):
         return f"the KL per datum is off by the constant {diff:.6g}{constant_name(diff, ours)}"
-    return f"the KL per datum is the first quantity that differs (KL = ½ Σ_k (σ_k² + μ_k² − 1 − log σ_k²), K = {k})"
+    formula = ("Σ_k Σ_c π log(C π) to the uniform prior" if ours.inputs.vae.config.latent == "categorical"
+               else "½ Σ_k (σ_k² + μ_k² − 1 − log σ_k²)")
+    return f"the KL per datum is the first quantity that differs (KL = {formula}, K = {k})"
 
 
 def constant_name(per_datum: float, ours) -> str:
@@ -116,47 +150,19 @@ def constant_name(per_datum: float, ours) -> str:
 
 
 # ----- patterns of loss and gradients -----------------------------------------------------------
-def factors(ours) -> list:
-    inp = ours.inputs
-    n, samples, d = inp.y.shape[0], inp.noise.shape[1], inp.y.shape[1]
-    base = [(n, "N"), (d, "D"), (n * d, "(N·D)"), (samples, "L")]
-    out = []
-    for value, name in base:
-        if value > 1:
-            out += [(float(value), name), (1.0 / value, f"1/{name}")]
-    return out
-
-
 def patterns(theirs, mine, failed, ours, agrees, label) -> list:
-    """Hints read from the loss and the gradients alone."""
+    """Hints read from the loss and the gradients when no hypothesis explains everything (two
+    mistakes at once, or one the catalogue does not know)."""
     grads = [k for k in mine if k.startswith(GRAD)]
     bad_grads = [k for k in grads if k in failed]
-    enc = [k for k in grads if k.startswith(GRAD + "encoder.")]
     dec = [k for k in grads if not k.startswith(GRAD + "encoder.")]
-    n = ours.inputs.y.shape[0]
-    per = n if ours.reduction == "sum" else 1
-    fits = factors(ours)
-
-    def scaled(names):
-        return next(((f, w) for f, w in fits if names and all(agrees(k, mine[k] * f) for k in names)), None)
-
+    per = ours.inputs.y.shape[0] if ours.reduction == "sum" else 1
     if not bad_grads and "loss" in failed:
         c = float(theirs["loss"]) - ours.loss
         return [f"the loss differs from refvae's by the constant {c:.6g} ({c / per:.6g} per datum) while every "
                 f"gradient agrees: a term that does not depend on the parameters is missing or extra"
                 f"{constant_name(c / per, ours)}"]
     hints = []
-    both = scaled([k for k in failed if k in mine])
-    if both:
-        f, what = both
-        hints.append(f"every failing tensor is {what} times refvae's{reduction_advice(what, ours)}")
-        return hints
-    dec_factor = scaled(dec) if any(k in failed for k in dec) else None
-    if dec_factor:
-        f, what = dec_factor
-        hints.append(f"your reconstruction term is {what} times refvae's (every decoder gradient is)"
-                     f"{reconstruction_advice(what)}")
-        return hints
     if "loss" in theirs and "loss" in failed:
         if agrees("loss", ours.reconstruction - ours.kl):
             hints.append("your loss is reconstruction − KL: the KL term has the wrong sign (§8.2.2)")
@@ -165,69 +171,19 @@ def patterns(theirs, mine, failed, ours, agrees, label) -> list:
         elif agrees("loss", ours.kl):
             hints.append("your loss is the KL alone: the reconstruction term is missing")
     if bad_grads and not any(k in failed for k in dec):
-        hints += encoder_hints(theirs, mine, failed, ours, agrees, enc, label)
+        hints.append(encoder_hint(ours))
     if "kl" in theirs and "reconstruction" in failed and "kl" not in failed:
         hints.append("the KL agrees and the reconstruction differs: look at the emission and the decoder")
     return hints
 
 
-def encoder_hints(theirs, mine, failed, ours, agrees, enc, label) -> list:
-    """Decoder gradients right, encoder gradients wrong: the KL, or the way back through x."""
-    kl = kl_gradients(ours)
-    if all(agrees(k, mine[k] - 2 * kl[k]) for k in enc):
-        return ["the encoder's gradients are those of a loss whose KL has the wrong sign (decoder gradients agree)"]
-    if all(agrees(k, mine[k] - kl[k]) for k in enc):
-        return ["the encoder's gradients lack the KL's: the KL term is missing or detached"]
-    logvar = [k for k in enc if k.startswith(GRAD + "encoder.logvar.")]
-    if logvar and any(k in failed for k in logvar):
-        zero = ours.rerun(noise=np.zeros_like(ours.inputs.noise)).grads
-        if all(agrees(k, zero[k[len(GRAD):]]) for k in logvar):
-            heads = ", ".join(label(k) for k in logvar)
-            return [f"the log-variance head's gradients ({heads}) are the KL's alone: no gradient flows "
-                    "through the standard deviation exp(ℓ/2) of your sample (a .detach(), .data or "
-                    f"no_grad in the sampler; {SAMPLER})"]
-    return ["decoder gradients agree and encoder gradients differ: the mistake is between the encoder "
-            f"heads and the sample or in the KL: look at the KL (§8.2.2) and the sampler ({SAMPLER}), "
-            "and at whether the sample's gradient reaches the encoder"]
-
-
-def kl_gradients(ours) -> dict:
-    """The KL term's share of every encoder gradient, ``grad/<name>``: the latent's closed-form
-    KL gradient taken back through the encoder (refvae's own reverse pass)."""
-    inp = ours.inputs
-    vae, bk = inp.vae, inp.vae.bk
-    params = {k: bk.asarray(v) for k, v in inp.params.items()}
-    fp = vae.forward(params, bk.asarray(inp.y), bk.asarray(inp.noise), ours.estimator, inp.temperature)
-    scale = 1.0 / inp.y.shape[0] if ours.reduction == "mean" else 1.0
-    kl_g = vae.latent.kl_grads(bk, fp.state)
-    d_heads = bk.xp.concatenate([scale * kl_g[h] for h, _ in vae.latent.heads()], axis=-1)
-    back = vae.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False)
-    return {GRAD + k: np.asarray(bk.to_numpy(v)) for k, v in back.grads.items()}
-
-
-def reduction_advice(what: str, ours) -> str:
-    if what == "N":
-        return ": your loss sums over the batch; use --reduction sum (reduction='sum')"
-    if what == "1/N":
-        return ": your loss averages over the batch; use --reduction mean (reduction='mean')"
-    if what in ("1/D", "1/(N·D)"):
-        return (": your loss averages over the data dimensions too; refvae sums the log-likelihood over "
-                "the D dimensions of each datum")
-    if what in ("L", "1/L"):
-        return ": your loss sums over the L samples where refvae averages them, or the other way round"
-    return ""
-
-
-def reconstruction_advice(what: str) -> str:
-    if what in ("1/(N·D)", "1/D"):
-        return (": it averages over the data dimensions (binary_cross_entropy or mse_loss with "
-                "reduction='mean' averages over all N·D entries); the negative ELBO sums the "
-                "log-likelihood over the D dimensions of a datum: use reduction='sum'")
-    if what in ("N", "1/N"):
-        return ": the reconstruction and the KL are reduced over the batch differently (one summed, one averaged)"
-    if what in ("L", "1/L"):
-        return ": the reconstruction is summed over the L samples where refvae averages it, or the other way round"
-    return ""
+def encoder_hint(ours) -> str:
+    """Decoder gradients right, encoder gradients wrong, no hypothesis fits: where to look."""
+    categorical = ours.inputs.vae.config.latent == "categorical"
+    sample = RELAXED if categorical else SAMPLER
+    return ("decoder gradients agree and encoder gradients differ: the mistake is between the encoder "
+            f"heads and the sample or in the KL: look at the KL (§8.2.2) and the sample ({sample}), "
+            "and at whether the sample's gradient reaches the encoder")
 
 
 def saturation(theirs, ours, failed) -> list:

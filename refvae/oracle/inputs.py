@@ -15,7 +15,7 @@ from ..errors import (CheckpointError, ConfigError, DataError, RefvaeError, Shap
 from ..util import gates
 from ..util.files import load_json, load_npz_checked
 from ..math.vae import VAE
-from .layouts import Layout, flatten, translate, unused_entries
+from .layouts import Layout, children, flatten, translate, unused_entries
 
 FORMAT = 1
 
@@ -82,9 +82,15 @@ def load_config(config) -> VAEConfig:
 
 def arrays_of(source, what: str, tree=flatten) -> dict:
     """Host arrays from a (possibly nested) dict or an ``.npz`` path."""
-    if hasattr(source, "items") and not isinstance(source, (str, bytes, os.PathLike)):
-        return {str(k): host(v, f"{what} array {k!r}") for k, v in tree(dict(source.items()), what).items()}
-    return load_npz(input_path(source, what), what)
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return load_npz(input_path(source, what), what)
+    if children(source) is None:
+        raise DataError(f"{what} must be a dict, list, tuple or tree of arrays, or an .npz path; "
+                        f"got {type(source).__name__}")
+    if not hasattr(source, "items"):   # a list, tuple or object: its members are the tree
+        return {k: host(v, f"{what} leaf {k!r}") for k, v in flatten(source, what).items()}
+    return {str(k): host(v, f"{what} leaf {k!r}")
+            for k, v in tree(dict(source.items()), what).items()}
 
 
 def label(source, default: str) -> str:
@@ -141,6 +147,18 @@ CLI_MAP_HINT = "map them with --map theirs=ours"
 API_MAP_HINT = "map them with name_map={'theirs': 'ours', ...}"
 
 
+def with_samples_axis(noise: np.ndarray, vae: VAE) -> np.ndarray:
+    """Noise drawn as users draw it, one sample per datum: ``(N, K)`` (Gaussian latents) or
+    ``(N, K, C)`` (categorical; ``(N, C)`` when K = 1) is read as ``L = 1``; other shapes pass
+    unchanged to the batch check."""
+    per = tuple(vae.latent.noise_shape(1, 1)[2:])
+    kept = noise.ndim - 1
+    if 1 <= kept <= len(per) and noise.shape[1:] == per[len(per) - kept:] \
+            and all(d == 1 for d in per[:len(per) - kept]):
+        return noise.reshape((noise.shape[0], 1) + per)
+    return noise
+
+
 def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
     """Every problem of the parameters in one message: names, shapes, non-finite values."""
     shapes = vae.param_shapes()
@@ -167,9 +185,11 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     lay = layout if isinstance(layout, Layout) else Layout.make(name_map, layout, split)
     p_label, b_label = label(params, "params"), label(batch, "batch")
     raw = arrays_of(params, "params")
-    if lay.layout != "in_out" and any(k.endswith(".kernel") for k in raw):
-        raise ShapeError(f"{p_label}: parameters named 'kernel' are (in, out) kernels (JAX, Flax, Keras): "
-                         "pass layout='in_out' (--layout in-out)")
+    kernels = [k for k in raw if k.rpartition(".")[2] in ("kernel", "W") and raw[k].ndim == 2]
+    if lay.layout != "in_out" and kernels:
+        raise ShapeError(f"{p_label}: parameters named 'kernel' or 'W' ({kernels[0]}) are (in, out) "
+                         "kernels (JAX, Flax, Keras, stax, HIPS autograd): pass layout='in_out' "
+                         "(--layout in-out)")
     unused = unused_entries(raw, lay)
     if unused:
         raise ConfigError(f"{p_label}: name map or split entr{'y' if len(unused) == 1 else 'ies'} "
@@ -188,6 +208,7 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     if extra:
         raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; latent "
                          f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally 'temperature'")
+    data[noise_name] = with_samples_axis(data[noise_name], vae)
     try:
         eps = data[noise_name]
         vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,

@@ -18,18 +18,46 @@ LAYOUTS = ("out_in", "in_out")
 TREE_PREFIXES = ("grad", "heads")   # top-level groups of theirs.npz whose members are joined by "/"
 
 
+WEIGHT_LEAVES = ("weight", "kernel", "W", "w")   # (out, in) weight or, under in_out, (in, out) kernel
+BIAS_LEAVES = ("bias", "b")
+
+
+def _array_like(value) -> bool:
+    return hasattr(value, "shape") or isinstance(value, (int, float))
+
+
+def children(value):
+    """A container's members as ``{name: member}``, or None for a leaf: dicts and other mappings
+    (Flax's FrozenDict), lists and tuples (stax, HIPS autograd: positions ``0``, ``1``, …; a pair
+    ``(W, b)`` of a 2-D and a 1-D array is ``weight``, ``bias``) and objects holding arrays as
+    attributes (Equinox modules, dataclasses; other attributes are ignored)."""
+    if isinstance(value, dict) or (hasattr(value, "items") and not hasattr(value, "shape")):
+        return dict(value.items())
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and all(hasattr(v, "shape") for v in value) and len(value[0].shape) == 2 \
+                and (len(value[1].shape) == 1 or tuple(value[1].shape[:1]) == (1,)):
+            return {"weight": value[0], "bias": value[1]}
+        return {str(i): v for i, v in enumerate(value) if v is not None and not callable(v)}
+    if not _array_like(value) and not isinstance(value, (str, bytes)) and hasattr(value, "__dict__"):
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")
+                and (hasattr(v, "shape") or children(v) is not None and not callable(v))}
+    return None
+
+
 def flatten(tree, what: str = "", prefix: str = "") -> dict:
-    """``{dotted name: leaf}`` from nested dicts; a tree whose only key is ``params`` (Flax's
-    variable collection) is read as its contents."""
-    if isinstance(tree, dict) and list(tree) == ["params"] and not prefix and isinstance(tree["params"], dict):
-        tree = tree["params"]
+    """``{dotted name: leaf}`` from nested containers (:func:`children`); a tree whose only key is
+    ``params`` (Flax's variable collection) is read as its contents."""
+    members = children(tree)
+    if members is None:
+        return {prefix.rstrip(".") or "value": tree}
+    if list(members) == ["params"] and not prefix and children(members["params"]) is not None:
+        members = children(members["params"])
     out = {}
-    for key, value in tree.items():
+    for key, value in members.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        sub = children(value)
+        if sub is not None and not hasattr(value, "shape"):
             out.update(flatten(value, what, name + "."))
-        elif hasattr(value, "items") and not hasattr(value, "shape"):  # FrozenDict and other mappings
-            out.update(flatten(dict(value.items()), what, name + "."))
         else:
             out[name] = value
     return out
@@ -72,12 +100,16 @@ class Layout:
         return cls(dict(name_map or {}), layout, split)
 
     def native(self, name: str, arr):
-        """``(name, array)`` in PyTorch's convention: ``kernel`` → ``weight``, transposed, under
-        ``in_out``."""
+        """``(name, array)`` in PyTorch's convention: ``b`` → ``bias`` (a ``(1, n)`` bias flattened);
+        under ``in_out`` ``kernel``, ``W``, ``w`` → ``weight``, transposed."""
+        module, dot, leaf = name.rpartition(".")
+        if leaf in BIAS_LEAVES:
+            name = f"{module}{dot}bias"
+            if getattr(arr, "ndim", 0) == 2 and arr.shape[0] == 1:   # a (1, n) bias
+                arr = arr.reshape(-1)
         if self.layout != "in_out":
             return name, arr
-        module, dot, leaf = name.rpartition(".")
-        if leaf in ("kernel", "weight"):
+        if leaf in WEIGHT_LEAVES:
             name = f"{module}{dot}weight"
             if getattr(arr, "ndim", 0) == 2:
                 arr = arr.T
