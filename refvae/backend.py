@@ -4,10 +4,10 @@ Computation modules never import NumPy, CuPy or SciPy: they receive a :class:`Ba
 ``bk.xp`` (the array module) and the few special functions listed on it. Host/device copies happen
 here (:meth:`Backend.asarray`, :meth:`Backend.to_numpy`) and nowhere else.
 
-Random numbers are drawn on the host by :class:`NoiseSource` (a NumPy ``Generator``) and moved to the
-device, so a seed gives bit-identical base noise on every backend and its state can be saved in a
-checkpoint without pickle. :class:`DeviceNoise` draws the base noise on the device instead (no copy
-per step; ``refvae train --device-noise``), at the price of another stream on each backend.
+Random numbers are drawn on the host by :class:`NoiseSource` (a NumPy ``Generator``) and moved to
+the device, so a seed gives bit-identical base noise on every backend and its state can be saved in
+a checkpoint without pickle. :class:`DeviceNoise` draws the base noise on the device instead (no
+copy per step; ``refvae train --device-noise``), at the price of another stream on each backend.
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ class Backend:
 
 
 def _numpy_special():
-    return SimpleNamespace(expit=_sp.expit, logsumexp=_sp.logsumexp, gammaln=_sp.gammaln, ndtr=_sp.ndtr)
+    return SimpleNamespace(expit=_sp.expit, logsumexp=_sp.logsumexp, gammaln=_sp.gammaln,
+                           ndtr=_sp.ndtr)
 
 
 def _cupy_modules():
@@ -88,7 +89,8 @@ def _cupy_modules():
         raise BackendError(f"backend 'cupy' was requested but no usable GPU was found ({exc}); "
                            "use --backend numpy") from exc
     if n < 1:
-        raise BackendError("backend 'cupy' was requested but no GPU is visible; use --backend numpy")
+        raise BackendError("backend 'cupy' was requested but no GPU is visible; use --backend "
+                           "numpy")
     special = SimpleNamespace(expit=cusp.expit, logsumexp=cusp.logsumexp, gammaln=cusp.gammaln,
                               ndtr=cusp.ndtr)
     try:
@@ -198,7 +200,8 @@ class NoiseSource:
         return self._out(self._gen.standard_normal(shape), bk)
 
     def uniform(self, shape, bk: Backend | None = None):
-        """Uniform on (0, 1), never exactly 0 (NumPy draws [0, 1); 0 is mapped to the next float up)."""
+        """Uniform on (0, 1), never exactly 0 (NumPy draws [0, 1); 0 is mapped to the next float
+        up)."""
         u = self._gen.random(shape)
         u[u == 0.0] = np.nextafter(0.0, 1.0)
         return self._out(u, bk)

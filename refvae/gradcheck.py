@@ -87,7 +87,8 @@ class GradcheckReport(CheckList):
     title: str = "gradient check"
 
     def __str__(self) -> str:
-        head = (f"{self.title}: {'PASS' if self.passed else 'FAIL'} (central differences, eps={self.eps:g}; "
+        head = (f"{self.title}: {'PASS' if self.passed else 'FAIL'} (central differences, "
+                f"eps={self.eps:g}; "
                 f"pass when |a−n| ≤ {self.atol:g} + {self.rtol:g}·|n|)"
                 + ("; nothing was checked (no entries)" if not self.checked else ""))
         return "\n".join([head] + table_lines(self.checks, ("analytic", "numeric")))
@@ -244,7 +245,8 @@ def check_gradients(f: Callable, params: dict, analytic: dict, *, mode: str = "f
         plus = {k: base[k] + eps * dirs[k] / norm for k in base}
         minus = {k: base[k] - eps * dirs[k] / norm for k in base}
         numeric = (_value(f, plus) - _value(f, minus)) / (2.0 * eps)
-        exact = sum(float((xp.asarray(analytic[k], dtype=float) * dirs[k]).sum()) for k in base) / norm
+        exact = sum(float((xp.asarray(analytic[k], dtype=float) * dirs[k]).sum()) for k
+                    in base) / norm
         checks.append(compare_arrays(f"direction {d}", xp.asarray([exact]), xp.asarray([numeric]),
                                      rtol, atol))
     return GradcheckReport(checks, rtol, atol, eps, title="directional gradient check")

@@ -121,7 +121,8 @@ def use_strict_cupy(monkeypatch):
     strict_cupy.register(_backend.PROBE_NAME, _backend.PROBE_CUDA, lambda x, y: np.add(x, x, out=y))
     for name, module in strict_cupy.MODULES.items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(_backend, "_CACHE", {k: v for k, v in _backend._CACHE.items() if k[0] != "cupy"})
+    monkeypatch.setattr(_backend, "_CACHE",
+                        {k: v for k, v in _backend._CACHE.items() if k[0] != "cupy"})
 
 
 def backend_for(request, monkeypatch, dtype: str = "float64"):

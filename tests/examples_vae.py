@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 CONFIG = {"format": 1, "data_dim": 784, "latent_dim": 20, "encoder_hidden": [400],
-          "decoder_hidden": [400], "activation": "relu", "latent": "gaussian", "emission": "bernoulli"}
+          "decoder_hidden": [400], "activation": "relu", "latent": "gaussian",
+          "emission": "bernoulli"}
 NAMES = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
          "fc4": "decoder.out"}
 
@@ -100,10 +101,12 @@ def with_loss(loss):
 
 # name: (model class, loss_fn, words the diagnosis must contain)
 BROKEN = {
-    "sampler exp(logvar) as std": (VarianceAsStd, loss_fn, ["exp(logvar), the variance, as the standard deviation"]),
+    "sampler exp(logvar) as std": (VarianceAsStd, loss_fn, ["exp(logvar), the variance, as the "
+                                                            "standard deviation"]),
     "KL sign": (VAE, with_loss(kl_sign), ["KL term has the wrong sign"]),
     "KL constant": (VAE, with_loss(kl_without_one), ["K/2: the 1 in KL"]),
-    "reduction factor": (VAE, with_loss(bce_mean), ["reconstruction term is 1/(N·D) times", "reduction='mean'"]),
+    "reduction factor": (VAE, with_loss(bce_mean),
+                         ["reconstruction term is 1/(N·D) times", "reduction='mean'"]),
     "detached std": (DetachedStd, loss_fn, ["no gradient flows through the standard deviation",
                                             "encoder.logvar.weight (fc22.weight)"]),
     "wrong head": (SwappedHeads, loss_fn, ["heads are swapped (a wrong head)"]),

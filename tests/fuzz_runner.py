@@ -1,6 +1,6 @@
-"""Child process of tests/test_fuzz_cli.py: runs ``refvae.cli.main.main`` on each argv read from stdin
-(one JSON list per line) under the limits given on the command line, and prints one JSON result
-per case: the exit code (or ``"traceback"``/``"timeout"``), stderr, and the seconds it took.
+"""Child process of tests/test_fuzz_cli.py: runs ``refvae.cli.main.main`` on each argv read from
+stdin (one JSON list per line) under the limits given on the command line, and prints one JSON
+result per case: the exit code (or ``"traceback"``/``"timeout"``), stderr, and the seconds it took.
 
 Limits: ``resource.setrlimit`` caps the address space (``RLIMIT_AS``) and CPU seconds of the
 whole child; ``signal.alarm`` caps each case's wall time.

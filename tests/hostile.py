@@ -23,7 +23,8 @@ def config_file(root: Path, name: str, text) -> Path:
 def npy_header_bytes(shape, dtype="<f8") -> bytes:
     """A ``.npy`` file whose header declares ``shape`` but which holds no data."""
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(buf,
+                                         {"descr": dtype, "fortran_order": False, "shape": shape})
     return buf.getvalue()
 
 

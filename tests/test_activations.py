@@ -200,9 +200,9 @@ def _central_difference_check(bk, name, a):
 
     Error budget per entry: 1e-6·|exact| (truncation is h²·|φ'''/φ'|/6 ≈ 1e-10 relative for these
     functions, including their exponential tails) + 8ε·max|f(a ± h)| / (2h) (rounding of the two
-    evaluations) + 1e-300 (subnormal results). Points within 1e-3 of a root of the derivative being checked (silu) are left to
-    the closed-form tests: near a root only absolute accuracy is possible. relu is not checked
-    within 2h of its kink.
+    evaluations) + 1e-300 (subnormal results). Points within 1e-3 of a root of the derivative being
+    checked (silu) are left to the closed-form tests: near a root only absolute accuracy is
+    possible. relu is not checked within 2h of its kink.
     """
     a = np.asarray(a, dtype=np.float64)
     keep = np.ones(a.shape, bool)
@@ -218,7 +218,8 @@ def _central_difference_check(bk, name, a):
                                              ("d2", d20, d1p, d1m, ROOTS.get(name, [])[1:])):
         with np.errstate(invalid="ignore", over="ignore"):
             numeric = (plus - minus) / two_h
-            budget = (1e-6 * np.abs(exact) + 8 * eps * np.maximum(np.abs(plus), np.abs(minus)) / two_h
+            budget = (1e-6 * np.abs(exact) + 8 * eps * np.maximum(np.abs(plus), np.abs(minus))
+                      / two_h
                       + 1e-300)  # results in the subnormal range (e.g. σ(−710)) have no digits
         ok = keep.copy()
         for r in roots:

@@ -95,7 +95,8 @@ def _fake_cupy(monkeypatch, count):
         return count
 
     cupy = types.ModuleType("cupy")
-    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    cupy.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
     cupyx = types.ModuleType("cupyx")
     cupyx_scipy = types.ModuleType("cupyx.scipy")
     special = types.ModuleType("cupyx.scipy.special")
@@ -316,7 +317,8 @@ def test_float32_backend_stays_float32(bk32, act):
     assert all(v.dtype == f32 for v in params.values())
     assert x.dtype == f32 and o.dtype == f32
     assert all(a.dtype == f32 for a in cache["a"]) and all(h.dtype == f32 for h in cache["h"])
-    assert all(g.dtype == f32 for g in back.grads.values()), {k: g.dtype for k, g in back.grads.items()}
+    assert all(g.dtype == f32 for g in back.grads.values()), {k: g.dtype for k,
+                                                              g in back.grads.items()}
     assert back.d_input.dtype == f32
     assert all(u.dtype == f32 for u in back.upstream)
     assert all(j.dtype == f32 for j in jac)

@@ -27,8 +27,8 @@ NODES = {1: 50, 2: 40, 3: 24}
 
 
 class SmallMLP:
-    """``f = ½||MLP(x) − c||²``, tanh, widths K-5-4-2; ``f'`` from the reverse pass, ``f''`` from the
-    exact input Hessian (docs/DERIVATIONS.md#mlp-input-hessians)."""
+    """``f = ½||MLP(x) − c||²``, tanh, widths K-5-4-2; ``f'`` from the reverse pass, ``f''`` from
+    the exact input Hessian (docs/DERIVATIONS.md#mlp-input-hessians)."""
 
     def __init__(self, k, rng, bk):
         self.bk = bk
@@ -72,8 +72,8 @@ def test_bonnet_and_price_under_quadrature(np_bk, k, family):
     fn = {"quadratic": lambda: Quadratic(k, rng), "cosine": lambda: Cosine(k, rng),
           "mlp": lambda: SmallMLP(k, rng, np_bk)}[family]()
     d_nu, d_ups = fn.exact(nu, ups)
-    np.testing.assert_allclose(expect(fn, nu, ups, 1), d_nu, rtol=1e-8, atol=1e-10)           # Bonnet
-    np.testing.assert_allclose(0.5 * expect(fn, nu, ups, 2), d_ups, rtol=1e-8, atol=1e-10)    # Price
+    np.testing.assert_allclose(expect(fn, nu, ups, 1), d_nu, rtol=1e-8, atol=1e-10)  # Bonnet
+    np.testing.assert_allclose(0.5 * expect(fn, nu, ups, 2), d_ups, rtol=1e-8, atol=1e-10)  # Price
 
 
 @pytest.mark.parametrize("latent_cls", [DiagonalGaussian, FullCovarianceGaussian])
@@ -108,7 +108,8 @@ def test_price_and_pathwise_estimators_give_the_exact_head_gradient(np_bk, laten
             col[0, i] = (value(plus) - value(minus)) / (2 * h)
         exact[name] = col
     price = latent.price(np_bk, state, g_w,
-                         lambda full=False: hess_w if full else np.diagonal(hess_w, axis1=-2, axis2=-1))
+                         lambda full=False: hess_w if full
+                         else np.diagonal(hess_w, axis1=-2, axis2=-1))
     pathwise = latent.pathwise(np_bk, state, g_w)
     for name in heads:
         np.testing.assert_allclose(pathwise[name], exact[name], rtol=1e-8, atol=1e-10, err_msg=name)

@@ -32,7 +32,8 @@ def random_case(seed, estimator):
                categories=int(rng.integers(2, 5)),
                encoder_hidden=[int(w) for w in rng.integers(1, 6, size=rng.integers(0, 3))],
                decoder_hidden=[int(w) for w in rng.integers(1, 6, size=rng.integers(0, 3))],
-               activation=ACTIVATIONS[seed % len(ACTIVATIONS)], latent="categorical", emission=emission,
+               activation=ACTIVATIONS[seed % len(ACTIVATIONS)], latent="categorical",
+               emission=emission,
                alpha=float(rng.uniform(0.3, 2.0)) if emission == "gaussian" else 1.0,
                learn_alpha=bool(emission == "gaussian" and seed % 2))
     n, samples = int(rng.integers(1, 5)), int(rng.integers(2 if estimator == "score" else 1, 4))
@@ -114,7 +115,8 @@ def test_hard_log_q_and_log_prior(np_bk):
     log_pi = logits.reshape(2, 3) - np.log(np.exp(logits.reshape(2, 3)).sum(-1, keepdims=True))
     expected = log_pi[0, c[0, :, 0]] + log_pi[1, c[0, :, 1]]
     np.testing.assert_allclose(lat.log_q(np_bk, st)[0], expected, rtol=1e-14)
-    np.testing.assert_allclose(lat.log_prior(np_bk, st), np.full((1, 4), -2 * np.log(3.0)), rtol=1e-15)
+    np.testing.assert_allclose(lat.log_prior(np_bk, st), np.full((1, 4), -2 * np.log(3.0)),
+                               rtol=1e-15)
 
 
 @pytest.mark.parametrize("bad", [None, 0.0, -1.0, float("nan"), float("inf"), True, "1"])
@@ -124,7 +126,8 @@ def test_temperature_errors(bad, estimator):
                    decoder_hidden=[]))
     g0 = vae.draw_noise(NoiseSource(0), 1, 2)
     with pytest.raises(ConfigError, match="temperature"):
-        vae.loss_and_grads(vae.init_params(0), np.ones((1, 2)), g0, estimator=estimator, temperature=bad)
+        vae.loss_and_grads(vae.init_params(0), np.ones((1, 2)), g0, estimator=estimator,
+                           temperature=bad)
 
 
 def test_other_errors():
@@ -141,7 +144,8 @@ def test_other_errors():
         Categorical(2, 3, kl="exact")
     vae.latent = Categorical(1, 3, kl="relaxed")
     with pytest.raises(ConfigError, match="relaxed samples"):
-        vae.loss_and_grads(params, y, vae.draw_noise(NoiseSource(0), 1, 2), estimator="straight-through",
+        vae.loss_and_grads(params, y, vae.draw_noise(NoiseSource(0), 1, 2),
+                           estimator="straight-through",
                            temperature=1.0)
 
 
@@ -165,7 +169,8 @@ def test_whole_model_matches_torch(seed, estimator):
 def test_relaxed_kl_model_matches_torch(seed):
     cfg, vae, params, y, g0, s = random_case(seed, "gumbel-softmax")
     prior_s = [None, 0.5, 1.0, 2.0][seed]
-    relaxed = {"categorical_kl": "relaxed", **({} if prior_s is None else {"prior_temperature": prior_s})}
+    relaxed = {"categorical_kl": "relaxed",
+               **({} if prior_s is None else {"prior_temperature": prior_s})}
     vae = VAE({**cfg, **relaxed})   # the config fields reach the latent
     assert (vae.latent.kl_kind, vae.latent.prior_temperature) == ("relaxed", prior_s)
     assert VAEConfig.from_dict(vae.config.to_dict()) == vae.config
@@ -178,7 +183,8 @@ def test_relaxed_kl_model_matches_torch(seed):
     ({"categorical_kl": "relaxed", "prior_temperature": 0.0}, "positive finite"),
     ({"categorical_kl": "relaxed", "prior_temperature": True}, "positive finite"),
     ({"prior_temperature": 0.5}, "applies only to categorical_kl 'relaxed'"),
-    ({"latent": "gaussian", "categories": None, "categorical_kl": "relaxed"}, "applies only to latent 'categorical'"),
+    ({"latent": "gaussian", "categories": None, "categorical_kl": "relaxed"},
+     "applies only to latent 'categorical'"),
 ])
 def test_categorical_kl_config_fields_are_checked(fields, words):
     base = {"data_dim": 4, "latent_dim": 2, "latent": "categorical", "categories": 3}
@@ -187,7 +193,8 @@ def test_categorical_kl_config_fields_are_checked(fields, words):
 
 
 def test_default_categorical_kl_is_not_written():
-    d = VAEConfig.from_dict({"data_dim": 4, "latent_dim": 2, "latent": "categorical", "categories": 3}).to_dict()
+    d = VAEConfig.from_dict({"data_dim": 4, "latent_dim": 2, "latent": "categorical",
+                             "categories": 3}).to_dict()
     assert "categorical_kl" not in d and "prior_temperature" not in d
 
 
@@ -224,7 +231,8 @@ def test_relaxed_state_densities_are_concrete_and_tie_to_the_relaxed_kl(np_bk):
     g0 = NoiseSource(9).gumbel((3, 4, 2, 4))
     relaxed = Categorical(2, 4, kl="relaxed", prior_temperature=0.9)
     st = relaxed.sample(np_bk, heads, g0, "gumbel-softmax", 0.6)
-    expected_q = concrete_log_density(np_bk, st.log_y, heads["logits"].reshape(3, 1, 2, 4), 0.6).sum(-1)
+    expected_q = concrete_log_density(np_bk, st.log_y, heads["logits"].reshape(3, 1, 2, 4),
+                                      0.6).sum(-1)
     expected_p = concrete_log_density(np_bk, st.log_y, np.zeros(4), 0.9).sum(-1)
     np.testing.assert_allclose(relaxed.log_q(np_bk, st), expected_q, rtol=1e-14)
     np.testing.assert_allclose(relaxed.log_prior(np_bk, st), expected_p, rtol=1e-14)
@@ -232,4 +240,5 @@ def test_relaxed_state_densities_are_concrete_and_tie_to_the_relaxed_kl(np_bk):
     analytic = Categorical(2, 4)
     st_a = analytic.sample(np_bk, heads, g0, "gumbel-softmax", 0.6)
     pi = np.exp(st_a.log_pi)
-    np.testing.assert_allclose(analytic.kl(np_bk, st_a), (pi * np.log(4 * pi)).sum((-1, -2)), rtol=1e-13)
+    np.testing.assert_allclose(analytic.kl(np_bk, st_a), (pi * np.log(4 * pi)).sum((-1, -2)),
+                               rtol=1e-13)

@@ -19,7 +19,8 @@ pytest.importorskip("sklearn")  # the built-in digits
 
 K, C = 4, 5
 CONFIG = {"format": 1, "latent_dim": K, "categories": C, "latent": "categorical",
-          "encoder_hidden": [32], "decoder_hidden": [32], "activation": "tanh", "emission": "bernoulli"}
+          "encoder_hidden": [32], "decoder_hidden": [32], "activation": "tanh",
+          "emission": "bernoulli"}
 N_TRAIN, BATCH = 1500, 100        # the digits' training split; 15 steps in the epoch
 S0, RATE, S_MIN = 2.0, 0.01, 0.5
 
@@ -52,21 +53,25 @@ def test_train_anneals_the_temperature_and_draws_figures(tmp_path, config_path, 
     assert math.isfinite(last["test_neg_elbo"]) and math.isfinite(last["train_loss"])
 
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["latent"], saved["categories"], saved["latent_dim"], saved["data_dim"]) == ("categorical", C, K, 64)
+    assert (saved["latent"], saved["categories"], saved["latent_dim"],
+            saved["data_dim"]) == ("categorical", C, K, 64)
     options = json.loads((out / "train.json").read_text())["options"]
-    assert (options["temperature"], options["temperature_rate"], options["temperature_min"]) == (S0, RATE, S_MIN)
+    assert ((options["temperature"], options["temperature_rate"], options["temperature_min"])
+            == (S0, RATE, S_MIN))
     for name in ("samples.png", "reconstructions.png", "loss.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     assert main(["evaluate", str(out), "--json", "--samples", "4"]) == 0
     result = json.loads(capsys.readouterr().out)
-    # The hard-sample KL against the uniform prior lies in [0, K log C] (log C per variable at most).
+    # The hard-sample KL against the uniform prior lies in [0, K log C] (log C per variable at
+    # most).
     assert 0.0 <= result["kl"] <= K * math.log(C) + 1e-12
     assert result["neg_elbo"] == pytest.approx(result["kl"] + result["reconstruction"], rel=1e-12)
 
 
 def test_the_temperature_reaches_the_loss(tmp_path, config_path, capsys):
-    """Same seed: the same temperature gives identical numbers, another temperature different ones."""
+    """Same seed: the same temperature gives identical numbers, another temperature different
+    ones."""
     runs = {}
     for name, s0 in (("a", "1.0"), ("b", "1.0"), ("c", "0.3")):
         assert _train(config_path, tmp_path / name, "--temperature", s0, "--no-figures") == 0
@@ -80,7 +85,8 @@ def test_the_temperature_reaches_the_loss(tmp_path, config_path, capsys):
 @pytest.mark.parametrize("estimator", ["straight-through", "score"])
 def test_other_estimators_train_from_the_command_line(tmp_path, config_path, capsys, estimator):
     out = tmp_path / estimator
-    assert _train(config_path, out, "--estimator", estimator, "--samples", "2", "--temperature", "0.7",
+    assert _train(config_path, out, "--estimator", estimator, "--samples", "2", "--temperature",
+                  "0.7",
                   "--no-figures") == 0
     record = _metrics(out)[-1]
     capsys.readouterr()

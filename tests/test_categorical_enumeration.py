@@ -44,7 +44,8 @@ def flat(grads, names):
 
 
 def replicate(vae, params, y, estimator, temperature, samples, seed):
-    """``REPLICATES`` independent estimates of (loss, flattened gradient) of the 3-datum mean loss."""
+    """``REPLICATES`` independent estimates of (loss, flattened gradient) of the 3-datum mean
+    loss."""
     source, batch = NoiseSource(seed), np.tile(y, (COPIES, 1))
     losses, grads = [], []
     for _ in range(REPLICATES):
@@ -122,15 +123,17 @@ def test_gumbel_softmax_bias_shrinks_as_temperature_falls(model, capsys):
 
 
 def test_true_elbo_and_importance_weighted_bound_with_categorical_proposal(model):
-    """refvae.math.objectives with the latent's evaluation mode (hard samples): the Monte Carlo negative
-    ELBO is unbiased for the exact one; the bound with k = 1 is the ELBO, with k = 50 it is tighter
-    and still below the exact ``log p(y)`` (4 standard errors over independent replicates)."""
+    """refvae.math.objectives with the latent's evaluation mode (hard samples): the Monte Carlo
+    negative ELBO is unbiased for the exact one; the bound with k = 1 is the ELBO, with k = 50 it is
+    tighter and still below the exact ``log p(y)`` (4 standard errors over independent
+    replicates)."""
     vae, params, y, _, _, log_p = model
     fp, log_q, _ = enumerate_configurations(vae, params, y)
     elbo = -(fp.kl + (np.exp(log_q) * fp.f).sum(1))
     kl, rec = neg_elbo_terms(vae, params, y, NoiseSource(3), samples=4000)
     np.testing.assert_allclose(kl, -elbo - (np.exp(log_q) * fp.f).sum(1), rtol=1e-13)
-    rec_se = np.sqrt((np.exp(log_q) * (fp.f - (np.exp(log_q) * fp.f).sum(1, keepdims=True)) ** 2).sum(1) / 4000)
+    rec_se = np.sqrt((np.exp(log_q)
+                      * (fp.f - (np.exp(log_q) * fp.f).sum(1, keepdims=True)) ** 2).sum(1) / 4000)
     assert (np.abs(kl + rec + elbo) <= 4 * rec_se).all()
     b1 = np.array([iwae_bound(vae, params, y, NoiseSource(100 + r), k=1) for r in range(2000)])
     b50 = np.array([iwae_bound(vae, params, y, NoiseSource(5000 + r), k=50) for r in range(400)])
@@ -139,7 +142,7 @@ def test_true_elbo_and_importance_weighted_bound_with_categorical_proposal(model
     assert (b50.mean(0) <= log_p + 4 * se50).all()
     assert (b50.mean(0) - 4 * se50 > elbo).all()                             # tighter than the ELBO
     gap = log_p - b50.mean(0)
-    assert (gap < 0.25 * (log_p - elbo)).all(), gap          # most of the gap closed (measured: 4–10 %)
+    assert (gap < 0.25 * (log_p - elbo)).all(), gap  # most of the gap closed (measured: 4–10 %)
 
 
 def test_log_q_cross_matches_log_q_on_hard_samples(model):

@@ -33,8 +33,10 @@ def test_stepping_and_state_round_trip():
 
 
 @pytest.mark.parametrize("kwargs", [dict(initial=0.0), dict(initial=-1.0), dict(minimum=0.0),
-                                    dict(minimum=float("nan")), dict(rate=-1e-5), dict(rate=float("inf")),
-                                    dict(every=0), dict(every=2.5), dict(step=-1), dict(initial=True)])
+                                    dict(minimum=float("nan")), dict(rate=-1e-5),
+                                    dict(rate=float("inf")),
+                                    dict(every=0), dict(every=2.5), dict(step=-1),
+                                    dict(initial=True)])
 def test_bad_hyperparameters_are_config_errors(kwargs):
     with pytest.raises(ConfigError, match="temperature schedule"):
         TemperatureSchedule(**kwargs)

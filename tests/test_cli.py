@@ -48,6 +48,7 @@ def test_every_option_has_help_and_train_help_is_grouped(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    positions = [text.index(f"\n{group}:\n") for group in ("model", "data", "optimisation", "output")]
+    positions = [text.index(f"\n{group}:\n") for group
+                 in ("model", "data", "optimisation", "output")]
     assert positions == sorted(positions)
     assert "--activation {tanh,sigmoid,softplus,relu,identity,silu}" in text

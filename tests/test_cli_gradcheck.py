@@ -103,7 +103,8 @@ def test_parser_documents_options():
 
 def test_real_process_unknown_activation_has_no_traceback():
     """The same through a real interpreter (exit status and stderr as a user sees them)."""
-    proc = subprocess.run([sys.executable, "-m", "refvae.cli.main", "gradcheck", "--activation", "bogus"],
+    proc = subprocess.run([sys.executable, "-m", "refvae.cli.main", "gradcheck", "--activation",
+                           "bogus"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0

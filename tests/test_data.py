@@ -15,8 +15,10 @@ import scipy.io
 import refvae.data.load as rdata
 from refvae.backend import NoiseSource
 from refvae.util.gates import check_support
-from refvae.data.load import CHECKSUMS, Dataset, apply_binarization, binarize, download, load_dataset
-from refvae.data.formats import load_binarized_mnist_dir, load_frey_face, load_idx_dir, load_idx_images, load_npz_dataset, read_amat, read_idx
+from refvae.data.load import (CHECKSUMS, Dataset, apply_binarization, binarize, download,
+                              load_dataset)
+from refvae.data.formats import (load_binarized_mnist_dir, load_frey_face, load_idx_dir,
+                                 load_idx_images, load_npz_dataset, read_amat, read_idx)
 from refvae.errors import ConfigError, DataError, ShapeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,7 +32,8 @@ def _one_line(e):
 def _idx_bytes(a, code=0x08):
     a = np.asarray(a)
     dt = {0x08: ">u1", 0x0D: ">f4", 0x0C: ">i4"}[code]
-    return bytes([0, 0, code, a.ndim]) + struct.pack(">" + "I" * a.ndim, *a.shape) + a.astype(dt).tobytes()
+    return bytes([0, 0, code, a.ndim]) + struct.pack(">" + "I" * a.ndim,
+                                                     *a.shape) + a.astype(dt).tobytes()
 
 
 def _write_idx(path, a, gz=True, code=0x08):
@@ -76,7 +79,8 @@ def test_load_idx_dir(tmp_path, gz):
     np.testing.assert_array_equal(ds.test[2].reshape(4, 3), te[2] / 255.0)
     # Path detection: the directory or any of its IDX files; by name from data_dir/<name>.
     assert load_dataset(tmp_path / "m").n_train == 5
-    assert load_dataset(tmp_path / "m" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))).n_test == 3
+    assert load_dataset(tmp_path / "m"
+                        / ("train-images-idx3-ubyte" + (".gz" if gz else ""))).n_test == 3
     (tmp_path / "m").rename(tmp_path / "mnist")
     ds2 = load_dataset("mnist", data_dir=tmp_path, cache_dir=tmp_path / "cache")
     assert ds2.name == "mnist" and ds2.n_train == 5
@@ -259,7 +263,8 @@ def test_npz_variants(tmp_path):
     ({"train": np.zeros((3, 2)), "y": np.zeros((3, 2))}, "expected 'train'"),
     ({"train": np.zeros(5)}, "one datum per row"),
     ({"train": np.zeros((3, 2)), "test": np.zeros((2, 3))}, None),
-    ({"train": np.array([[0.0, np.nan]] * 3), "test": np.zeros((1, 2))}, "3 non-finite values .*row 0, column 1"),
+    ({"train": np.array([[0.0, np.nan]] * 3), "test": np.zeros((1, 2))},
+     "3 non-finite values .*row 0, column 1"),
     ({"train": np.zeros((1, 2))}, "too few to split"),
     ({"train": np.array([["a", "b"]] * 2)}, "give numeric data"),
 ])
@@ -331,7 +336,8 @@ def test_check_support():
     check_support(y * 100, "gaussian_diag")
     bad = y.copy()
     bad[1, 3], bad[2, 0], bad[3, 4] = 1.5, -0.1, 7.0
-    with pytest.raises(DataError, match=r"3 values lie outside, first at row 1, column 3 \(value 1.5\)") as e:
+    with pytest.raises(DataError, match=r"3 values lie outside, first at row 1, column 3 \(value "
+                                        r"1.5\)") as e:
         check_support(bad, "bernoulli", "train split")
     assert "train split" in _one_line(e)
     check_support(bad, "gaussian")
@@ -351,7 +357,8 @@ def test_check_support():
 
 
 def test_binarize():
-    rng = np.random.default_rng(1234)  # not a NoiseSource seed below (same stream would give u == p)
+    # not a NoiseSource seed below (same stream would give u == p)
+    rng = np.random.default_rng(1234)
     p = rng.random((400, 100))
     p[0, :5] = 0.0
     p[1, :5] = 1.0
@@ -473,7 +480,8 @@ def test_download_checksum_mismatch(http_root, tmp_path):
     with pytest.raises(DataError, match="checksum mismatch") as e:
         download("mnist", cache, base_url=url, timeout=5, checksums=table)
     msg = _one_line(e)
-    assert f"place them in {cache / 'mnist'}" in msg and "download t10k-labels-idx1-ubyte.gz by hand" in msg
+    assert f"place them in {cache / 'mnist'}" in msg and ("download t10k-labels-idx1-ubyte.gz by "
+                                                          "hand") in msg
     assert not (cache / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
     assert not list((cache / "mnist").glob(".*"))  # temp files removed
 

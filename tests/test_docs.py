@@ -45,7 +45,8 @@ def slug(heading: str) -> str:
 
 
 def anchors(markdown: str) -> set[str]:
-    """Every heading's slug, outside code fences; a repeated slug gets ``-1``, ``-2``, … as on GitHub."""
+    """Every heading's slug, outside code fences; a repeated slug gets ``-1``, ``-2``, … as on
+    GitHub."""
     seen: dict[str, int] = {}
     out, fenced = set(), False
     for line in markdown.splitlines():
@@ -74,7 +75,8 @@ def repository_files(root: Path) -> list[Path]:
                                        for part in p.relative_to(root).parts[:-1])]
 
 
-def resolve(ref: str, anchor: str | None, citing: Path, root: Path, files: list[Path]) -> str | None:
+def resolve(ref: str, anchor: str | None, citing: Path, root: Path,
+            files: list[Path]) -> str | None:
     """None when ``ref#anchor`` cited from ``citing`` resolves, else what is wrong (one line)."""
     candidates = [c for c in (root / ref, citing.parent / ref) if c.is_file()]
     if not candidates and "/" not in ref:
@@ -190,7 +192,8 @@ def _field(name: str) -> list[str]:
 
 
 def _index_rows() -> list[list[str]]:
-    rows = [line.strip().strip("|").split(" | ") for line in _sections()["Equation index"].splitlines()
+    rows = [line.strip().strip("|").split(" | ") for line
+            in _sections()["Equation index"].splitlines()
             if line.startswith("| ") and not line.startswith("| ---")]
     return rows[1:]
 
@@ -274,7 +277,8 @@ def test_every_test_and_claim_named_exists():
         file = ROOT / path
         if not file.is_file():
             problems.append(f"{ref}: no such file")
-        elif func and not re.search(rf"^\s*def {re.escape(func)}\(", file.read_text(encoding="utf-8"),
+        elif func and not re.search(rf"^\s*def {re.escape(func)}\(",
+                                    file.read_text(encoding="utf-8"),
                                     flags=re.M):
             problems.append(f"{ref}: {path} defines no {func}")
     claims = {int(n) for row in _index_rows() for n in re.findall(r"(?<![E\w])(\d+)", row[5])}

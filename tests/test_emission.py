@@ -1,4 +1,5 @@
-"""Emission surprisals, their gradients and curvatures (docs/DERIVATIONS.md#emissions; errata E2, E6)."""
+"""Emission surprisals, their gradients and curvatures (docs/DERIVATIONS.md#emissions; errata E2,
+E6)."""
 import math
 
 import numpy as np
@@ -34,7 +35,8 @@ def _torch_surprisal(name, o, y, log_alpha=None):
         return (torch.nn.functional.softplus(o) - y * o).sum()
     if name == "gaussian":
         d = o.shape[-1]
-        return ((y - o) ** 2).sum() / (2 * log_alpha.exp()) + 0.5 * d * (math.log(2 * math.pi) + log_alpha)
+        return (((y - o) ** 2).sum() / (2 * log_alpha.exp()) + 0.5 * d
+                * (math.log(2 * math.pi) + log_alpha))
     mu, s = o[: o.shape[0] // 2], o[o.shape[0] // 2:]
     return 0.5 * (((y - mu) ** 2) * (-s).exp() + s + math.log(2 * math.pi)).sum()
 
@@ -42,7 +44,8 @@ def _torch_surprisal(name, o, y, log_alpha=None):
 @pytest.mark.parametrize("name", ["bernoulli", "gaussian", "gaussian_diag"])
 def test_gradient_and_curvature_match_pytorch(name):
     """∂f/∂o and ∂²f/∂o∂oᵀ against torch.autograd in float64. For gaussian_diag this pins the sign
-    of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where our earlier notes printed −(y − μ)e^{−s}."""
+    of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where our earlier notes printed −(y −
+    μ)e^{−s}."""
     torch = pytest.importorskip("torch")
     em = make_emission(name, alpha=0.8)
     d = 3
@@ -77,7 +80,8 @@ def test_learned_alpha_gradient():
     y, mu = RNG.normal(size=(2, 5)), RNG.normal(size=(2, 5))
     la, h = 0.3, 1e-6
     g = em.terms(BK, mu, y, np.float64(la)).df_dlog_alpha
-    fd = (em.terms(BK, mu, y, np.float64(la + h)).f - em.terms(BK, mu, y, np.float64(la - h)).f) / (2 * h)
+    fd = (em.terms(BK, mu, y, np.float64(la + h)).f
+          - em.terms(BK, mu, y, np.float64(la - h)).f) / (2 * h)
     np.testing.assert_allclose(g, fd, rtol=1e-8)
 
 
@@ -105,7 +109,8 @@ def test_bernoulli_in_many_row_blocks_matches_direct_formulas(dtype, fast):
     o = (RNG.normal(size=(n, samples, d)) * 20).clip(-60, 60)
     y = RNG.random((n, 1, d))
     y[: n // 2] = y[: n // 2] < 0.5
-    t = (FastBernoulli() if fast else make_emission("bernoulli")).terms(bk, bk.asarray(o), bk.asarray(y))
+    t = (FastBernoulli() if fast else make_emission("bernoulli")).terms(
+        bk, bk.asarray(o), bk.asarray(y))
     assert t.f.dtype == t.df_do.dtype == np.dtype(dtype) and t.f.shape == (n, samples)
     rtol = 1e-13 if dtype == "float64" else 2e-6
     f = (np.logaddexp(0.0, o) - y * o).sum(-1)

@@ -2,10 +2,11 @@
 
 Evidence: PyTorch float64 on the same parameters and noise. For ``price`` the test takes the exact
 Hessian of the surprisal from ``torch.autograd.functional.hessian`` and plugs it into Eqs. 8.16–8.17
-as printed (``⟨g⟩ + ν``, ``G = ½(⟨H⟩ − Υ⁻¹ + I)``, ``∂F/∂ℓ_k = G_kk υ_k²`` or ``∂F/∂R = tril(2GR)``),
-then backpropagates those head gradients through the encoder with autograd. For the score
-estimators the test takes the score from autograd of ``torch.distributions`` log-densities and
-forms each control variate by its definition, sample by sample. Agreement is ≤ 1e-10 relative.
+as printed (``⟨g⟩ + ν``, ``G = ½(⟨H⟩ − Υ⁻¹ + I)``, ``∂F/∂ℓ_k = G_kk υ_k²`` or
+``∂F/∂R = tril(2GR)``), then backpropagates those head gradients through the encoder with autograd.
+For the score estimators the test takes the score from autograd of ``torch.distributions``
+log-densities and forms each control variate by its definition, sample by sample. Agreement is ≤
+1e-10 relative.
 """
 import json
 
@@ -28,7 +29,8 @@ SCORE_NAMES = ["score", "score-loo", "score-running", "score-optimal"]
 
 
 def _model(bk, latent, extra, n=3, samples=4, k=3, seed=0):
-    cfg = dict(data_dim=4, latent_dim=k, encoder_hidden=[5], decoder_hidden=[6], latent=latent, **extra)
+    cfg = dict(data_dim=4, latent_dim=k, encoder_hidden=[5], decoder_hidden=[6], latent=latent,
+               **extra)
     vae = VAE(cfg, backend=bk)
     src = NoiseSource(seed)
     params = vae.init_params(src)
@@ -40,9 +42,10 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
     """Gradients of every parameter when the encoder heads receive ``head_grads(ctx)`` (the full
     ∂(batch loss)/∂head, KL included) and the decoder is backpropagated as usual (Eq. 8.19).
 
-    ``ctx`` offers, per datum n and sample l (torch float64): ``f``, ``g = ∂f/∂x``, ``H = ∂²f/∂x∂xᵀ``
-    (autograd.functional.hessian; only with ``hessian=True``), ``score[head]`` (autograd of the log-density at fixed x), the
-    heads and the KL gradient of each head (autograd of the twin's closed-form KL)."""
+    ``ctx`` offers, per datum n and sample l (torch float64): ``f``, ``g = ∂f/∂x``,
+    ``H = ∂²f/∂x∂xᵀ`` (autograd.functional.hessian; only with ``hessian=True``), ``score[head]``
+    (autograd of the log-density at fixed x), the heads and the KL gradient of each head (autograd
+    of the twin's closed-form KL)."""
     torch = pytest.importorskip("torch")
     full = cfg["latent"] == "gaussian_full"
     head_names = ["mean", "scale_tril"] if full else ["mean", "logvar"]
@@ -54,7 +57,8 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
 
     def dist(h):
         if full:
-            return torch.distributions.MultivariateNormal(h["mean"], scale_tril=twin.scale_tril(h["scale_tril"], k))
+            return torch.distributions.MultivariateNormal(
+                h["mean"], scale_tril=twin.scale_tril(h["scale_tril"], k))
         return torch.distributions.Normal(h["mean"], (0.5 * h["logvar"]).exp())
 
     def log_q(h, x):
@@ -66,15 +70,18 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
     prior = torch.distributions.Normal(torch.zeros(k, dtype=torch.float64), 1.0)
     kl = torch.distributions.kl_divergence(dist(leaf), prior).sum() if not full else \
         torch.distributions.kl_divergence(dist(leaf), torch.distributions.MultivariateNormal(
-            torch.zeros(k, dtype=torch.float64), scale_tril=torch.eye(k, dtype=torch.float64))).sum()
+            torch.zeros(k, dtype=torch.float64),
+            scale_tril=torch.eye(k, dtype=torch.float64))).sum()
     kl_grad = dict(zip(head_names, torch.autograd.grad(kl, [leaf[h] for h in head_names])))
     q = dist(heads)
-    x = (heads["mean"][:, None, :] + torch.einsum("nij,nlj->nli", q.scale_tril, eps_t)) if full else \
+    x = (heads["mean"][:, None, :]
+         + torch.einsum("nij,nlj->nli", q.scale_tril, eps_t)) if full else \
         heads["mean"][:, None, :] + q.scale[:, None, :] * eps_t
     dec_p = {name: v.detach() for name, v in p.items()}
 
     def surprisal(xx, yy, pp=dec_p):
-        dec = twin.mlp(pp, "decoder", len(cfg["decoder_hidden"]), twin.decoder_heads(cfg), cfg["activation"], xx)
+        dec = twin.mlp(pp, "decoder", len(cfg["decoder_hidden"]), twin.decoder_heads(cfg),
+                       cfg["activation"], xx)
         return twin.surprisal(cfg, dec, yy, pp)
 
     f = surprisal(x, y_t[:, None, :])
@@ -86,9 +93,11 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
             xx = x[i, j].clone().requires_grad_()
             g[i, j] = torch.autograd.grad(surprisal(xx, y_t[i]), xx)[0]
             if hessian:
-                hess[i, j] = torch.autograd.functional.hessian(lambda v: surprisal(v, y_t[i]), x[i, j])
+                hess[i, j] = torch.autograd.functional.hessian(lambda v: surprisal(v, y_t[i]),
+                                                               x[i, j])
             one = {h: heads[h][i].clone().requires_grad_() for h in head_names}
-            grads = torch.autograd.grad(log_q({h: v[None] for h, v in one.items()}, x[i, j][None]).sum(),
+            grads = torch.autograd.grad(log_q({h: v[None] for h, v in one.items()},
+                                              x[i, j][None]).sum(),
                                         [one[h] for h in head_names])
             for h, gh in zip(head_names, grads):
                 score[h][i, j] = gh
@@ -100,7 +109,8 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
     rec = surprisal(x, y_t[:, None, :], p).mean(1).sum() * scale   # decoder gradients, Eq. 8.19
     dec_names = [name for name in p if not name.startswith("encoder.")]
     dec_grads = torch.autograd.grad(rec, [p[name] for name in dec_names])
-    out = {name: gr.numpy() for name, gr in zip([nm for nm in p if nm.startswith("encoder.")], enc_grads)}
+    out = {name: gr.numpy() for name,
+           gr in zip([nm for nm in p if nm.startswith("encoder.")], enc_grads)}
     out.update({name: gr.numpy() for name, gr in zip(dec_names, dec_grads)})
     return out
 
@@ -126,7 +136,8 @@ def _price_heads(ctx):
 def _assert_grads_equal(bk, res, expected):
     assert set(res.grads) == set(expected)
     for name, g in expected.items():
-        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("latent", ["gaussian", "gaussian_full"])
@@ -135,14 +146,16 @@ def test_price_equals_eq_8_17_with_torch_hessian(bk, latent, extra):
     cfg, vae, params, y, eps = _model(bk, latent, extra)
     res = vae.loss_and_grads(params, y, eps, estimator="price")
     host = {k: bk.to_numpy(v) for k, v in params.items()}
-    _assert_grads_equal(bk, res, _reference(cfg, host, bk.to_numpy(y), bk.to_numpy(eps), "mean", _price_heads,
+    _assert_grads_equal(bk, res, _reference(cfg, host, bk.to_numpy(y), bk.to_numpy(eps), "mean",
+                                            _price_heads,
                                              hessian=True))
 
 
 def test_price_with_sum_reduction(np_bk):
     cfg, vae, params, y, eps = _model(np_bk, "gaussian_full", EMISSIONS[2])
     res = vae.loss_and_grads(params, y, eps, estimator="price", reduction="sum")
-    _assert_grads_equal(np_bk, res, _reference(cfg, params, y, eps, "sum", _price_heads, hessian=True))
+    _assert_grads_equal(np_bk, res,
+                        _reference(cfg, params, y, eps, "sum", _price_heads, hessian=True))
 
 
 def _score_heads(name):
@@ -185,7 +198,8 @@ def test_running_mean_baseline_is_carried_across_steps_as_plain_floats(np_bk):
     state = {"score_running_decay": 0.5}
     first = vae.loss_and_grads(params, y, eps, estimator="score-running", estimator_state=state)
     f1 = first.reconstruction_per_datum.mean()
-    assert state["score_running_steps"] == 1 and state["score_running_mean"] == pytest.approx(f1, rel=1e-14)
+    assert (state["score_running_steps"] == 1 and state["score_running_mean"]
+            == pytest.approx(f1, rel=1e-14))
     eps2 = vae.draw_noise(NoiseSource(9), y.shape[0], eps.shape[1])
     second = vae.loss_and_grads(params, y, eps2, estimator="score-running", estimator_state=state)
     f2 = second.reconstruction_per_datum.mean()
@@ -203,7 +217,8 @@ def test_running_mean_baseline_is_carried_across_steps_as_plain_floats(np_bk):
 @pytest.mark.parametrize("name", ["score-loo", "score-optimal"])
 def test_baselines_needing_two_samples_say_so(np_bk, name):
     _, vae, params, y, eps = _model(np_bk, "gaussian", EMISSIONS[0], samples=1)
-    with pytest.raises(ConfigError, match=rf"'{name}' needs at least 2 samples per datum \(L ≥ 2\), got L = 1"):
+    with pytest.raises(ConfigError, match=rf"'{name}' needs at least 2 samples per datum \(L ≥ "
+                                          r"2\), got L = 1"):
         vae.loss_and_grads(params, y, eps, estimator=name)
 
 
@@ -223,7 +238,8 @@ def test_price_covariance_gradient_does_not_use_g_times_z(np_bk):
                                              form=vae.emission.curvature_form, full=full)
 
         price = estimators.get_estimator(latent, "price")
-        good = price(np_bk, vae.latent, fp.state, estimators.DecoderSignals(back.d_input, fp.f, w, hessian))
+        good = price(np_bk, vae.latent, fp.state,
+                     estimators.DecoderSignals(back.d_input, fp.f, w, hessian))
         nan_g = np.full_like(back.d_input, np.nan)
         bad = price(np_bk, vae.latent, fp.state, estimators.DecoderSignals(nan_g, fp.f, w, hessian))
         np.testing.assert_array_equal(bad[cov], good[cov])
@@ -235,7 +251,8 @@ def test_registry_names_and_unknown_estimator_message():
     assert sorted(estimators.estimators_for("gaussian")) == sorted(names)
     assert sorted(estimators.estimators_for("gaussian_full")) == sorted(names)
     assert estimators.estimators_for("planar_flow") == ["pathwise"]
-    with pytest.raises(ConfigError, match="unknown estimator 'reinforce' for latent 'gaussian'; choose one of"):
+    with pytest.raises(ConfigError, match="unknown estimator 'reinforce' for latent 'gaussian'; "
+                                          "choose one of"):
         estimators.get_estimator("gaussian", "reinforce")
     with pytest.raises(ConfigError, match="unknown estimator 'price' for latent 'planar_flow'"):
         estimators.get_estimator("planar_flow", "price")

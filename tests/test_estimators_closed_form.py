@@ -42,7 +42,8 @@ def _covariance(latent, p, y):
     """Encoder heads -> (ν, Υ) for a linear encoder."""
     nu = y @ p["encoder.mean.weight"].T + p["encoder.mean.bias"]
     if latent == "gaussian":
-        ups = np.stack([np.diag(np.exp(v)) for v in y @ p["encoder.logvar.weight"].T + p["encoder.logvar.bias"]])
+        ups = np.stack([np.diag(np.exp(v)) for v in y @ p["encoder.logvar.weight"].T
+                        + p["encoder.logvar.bias"]])
     else:
         raw = y @ p["encoder.scale_tril.weight"].T + p["encoder.scale_tril.bias"]
         r = np.zeros((N, K, K))
@@ -81,7 +82,8 @@ def _mc_gradients(latent, estimator):
 
 
 def _exact(vae, params, y, e3_misprint=False):
-    g = numerical_gradient(lambda p: expected_loss(vae.config.latent, p, y, e3_misprint), params, eps=1e-5)
+    g = numerical_gradient(lambda p: expected_loss(vae.config.latent, p, y, e3_misprint), params,
+                           eps=1e-5)
     return np.concatenate([g[k].ravel() for k in vae.param_shapes()])
 
 
@@ -103,7 +105,8 @@ def test_estimator_mean_matches_exact_gradient(latent, estimator):
     err = np.abs(mean - _exact(vae, params, y))
     worst = int(np.argmax(err - 4 * se))
     assert (err <= 4 * se + TARGET_ATOL).all(), \
-        f"{estimator}/{latent}: entry {worst} is {err[worst]:.3g} from the exact gradient, se {se[worst]:.3g}"
+        (f"{estimator}/{latent}: entry {worst} is {err[worst]:.3g} from the exact gradient, "
+         f"se {se[worst]:.3g}")
 
 
 @pytest.mark.parametrize("latent", ["gaussian", "gaussian_full"])

@@ -1,6 +1,6 @@
-"""Every kernel of refvae/fast/kernels.py equals the plain function of refvae/math/ it replaces, to a
-few ulps, over hypothesis-drawn inputs that include ±50, ±700, signed zeros and the extremes of each
-dtype (docs/DERIVATIONS.md#fast-kernels).
+"""Every kernel of refvae/fast/kernels.py equals the plain function of refvae/math/ it replaces, to
+a few ulps, over hypothesis-drawn inputs that include ±50, ±700, signed zeros and the extremes of
+each dtype (docs/DERIVATIONS.md#fast-kernels).
 
 An ulp here is ``numpy.spacing`` of a *scale* at which both formulas are exact to rounding:
 
@@ -40,7 +40,8 @@ DTYPES = ["float64", "float32"]
 def _special(dtype):
     info = np.finfo(dtype)
     return [0.0, -0.0, 50.0, -50.0, 700.0, -700.0, 1.0, -1.0, float(info.max), -float(info.max),
-            float(info.tiny), -float(info.tiny), float(info.smallest_subnormal), 36.7, -36.7, 88.7, -88.7]
+            float(info.tiny), -float(info.tiny), float(info.smallest_subnormal), 36.7, -36.7, 88.7,
+            -88.7]
 
 
 def logits(dtype, shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=7)):
@@ -80,7 +81,8 @@ def test_log1p_exp_neg_abs_and_softplus_equal_the_plain_functions(dtype, data):
 
 
 def _targets(dtype, shape):
-    values = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1, width=64 if dtype == "float64" else 32))
+    values = st.one_of(st.sampled_from([0.0, 1.0]),
+                       st.floats(0, 1, width=64 if dtype == "float64" else 32))
     return hnp.arrays(np.dtype(dtype), shape, elements=values)
 
 
@@ -109,7 +111,8 @@ def test_fast_bernoulli_equals_the_plain_emission(dtype, data):
 def test_the_training_model_runs_the_fast_kernels_and_agrees_with_the_plain_model(activation):
     """``fast_vae`` swaps exactly the Bernoulli emission and the softplus activation; its loss and
     gradients equal the plain model's to rounding."""
-    cfg = dict(data_dim=6, latent_dim=2, encoder_hidden=[5], decoder_hidden=[4], activation=activation)
+    cfg = dict(data_dim=6, latent_dim=2, encoder_hidden=[5], decoder_hidden=[4],
+               activation=activation)
     plain, fast = VAE(cfg), fast_vae(cfg)
     assert type(plain.emission) is Bernoulli and type(fast.emission) is FastBernoulli
     assert (fast.decoder.activation.value is softplus) == (activation == "softplus")
@@ -119,7 +122,8 @@ def test_the_training_model_runs_the_fast_kernels_and_agrees_with_the_plain_mode
     a, b = plain.loss_and_grads(params, y, eps), fast.loss_and_grads(params, y, eps)
     assert a.loss == pytest.approx(b.loss, rel=1e-14)
     for name in a.grads:
-        np.testing.assert_allclose(b.grads[name], a.grads[name], rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(b.grads[name], a.grads[name], rtol=1e-12, atol=1e-15,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

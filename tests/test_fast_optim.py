@@ -1,6 +1,6 @@
-"""The optimizers' fast path (refvae.fast.optim) against the plain update rules (refvae.optim.rules):
-bit-identical over hypothesis-drawn parameters, gradients, states, step counts and hyperparameters,
-in one block or many, on one thread or several."""
+"""The optimizers' fast path (refvae.fast.optim) against the plain update rules
+(refvae.optim.rules): bit-identical over hypothesis-drawn parameters, gradients, states, step counts
+and hyperparameters, in one block or many, on one thread or several."""
 from unittest import mock
 
 import pytest
@@ -21,14 +21,16 @@ EXTREMES = [0.0, -0.0, 50.0, -50.0, 1e-300, -1e-300, 1e300, -1e300, 5e-324]
 values = st.one_of(st.floats(-50, 50), st.sampled_from(EXTREMES))
 rates = st.floats(0, 1, exclude_max=True)
 OPTIONS = {
-    "sgd": st.fixed_dictionaries({"lr": st.floats(0, 10), "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "sgd": st.fixed_dictionaries({"lr": st.floats(0, 10),
+                                  "momentum": st.sampled_from([0.0, 0.5, 0.9]),
                                   "dampening": st.sampled_from([0.0, 0.3]),
                                   "weight_decay": st.sampled_from([0.0, 0.01, 3.0])}),
     "adam": st.fixed_dictionaries({"lr": st.floats(0, 10), "betas": st.tuples(rates, rates),
                                    "eps": st.sampled_from([0.0, 1e-8, 1.0]),
                                    "weight_decay": st.sampled_from([0.0, 0.01, 3.0]),
                                    "decoupled": st.booleans()}),
-    "adagrad": st.fixed_dictionaries({"lr": st.floats(0, 10), "eps": st.sampled_from([0.0, 1e-10, 1.0]),
+    "adagrad": st.fixed_dictionaries({"lr": st.floats(0, 10),
+                                      "eps": st.sampled_from([0.0, 1e-10, 1.0]),
                                       "initial_accumulator": st.sampled_from([0.0, 0.1]),
                                       "weight_decay": st.sampled_from([0.0, 0.01, 3.0]),
                                       "lr_decay": st.sampled_from([0.0, 0.05])}),
@@ -43,23 +45,28 @@ def cases(draw):
         kw["nesterov"] = draw(st.booleans())
     n = draw(st.integers(1, 300))
     arrays = st.lists(values, min_size=n, max_size=n).map(np.array)
-    return name, kw, draw(st.integers(0, 20)), draw(arrays), draw(arrays), draw(arrays), draw(arrays)
+    return name, kw, draw(st.integers(0,
+                                      20)), draw(arrays), draw(arrays), draw(arrays), draw(arrays)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow at the extremes, in both paths alike
+# overflow at the extremes, in both paths alike
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @settings(max_examples=150, deadline=None)
-@given(case=cases(), block=st.sampled_from([7, 64, fast_optim.BLOCK]), threads=st.sampled_from([1, 3]))
+@given(case=cases(), block=st.sampled_from([7, 64, fast_optim.BLOCK]),
+       threads=st.sampled_from([1, 3]))
 def test_fast_step_is_bit_identical_to_the_plain_rule(case, block, threads):
     name, kw, t, theta, g, a, b = case
     runs = []
     for fast in (False, True):
         opt = (make_fast_optimizer if fast else make_optimizer)(name, BK, theta.size, **kw)
         state = {k: v for k, v in opt.state_dict().items() if not isinstance(v, np.ndarray)}
-        buffers = dict(zip(opt._active_buffers(), (np.abs(a), np.abs(b)) if name != "sgd" else (a,)))
+        buffers = dict(zip(opt._active_buffers(),
+                           (np.abs(a), np.abs(b)) if name != "sgd" else (a,)))
         opt.load_state_dict({**state, "step": t, **(buffers if t else {})})
         flat = FlatParams(BK, {"w": theta.shape})
         flat.data[...], flat.grad[...] = theta, g
-        with np.errstate(all="ignore"), mock.patch.object(fast_optim, "BLOCK", block), Workers(threads) as w:
+        with np.errstate(all="ignore"), mock.patch.object(fast_optim, "BLOCK",
+                                                          block), Workers(threads) as w:
             opt.step(flat, workers=w if threads > 1 else None)
         runs.append((flat.data.copy(), opt.state_dict()))
     (plain, plain_state), (fused, fused_state) = runs

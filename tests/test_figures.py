@@ -56,25 +56,29 @@ def test_every_figure_has_its_pixel_size(tmp_path, closed):
     assert {p.name: png_size(p) for p in written} == {
         "loss.png": (1100, 400),
         "samples.png": (71 * 12 + 20, 71 * 12 + 50),            # 8 × 8 tiles of 8 px, 1 px gaps
-        "reconstructions.png": (143 * 6 + 130, 17 * 6 + 50),     # 16 inputs above 16 reconstructions
+        "reconstructions.png": (143 * 6 + 130, 17 * 6 + 50),  # 16 inputs above 16 reconstructions
         "latent.png": (600, 600),
         "manifold.png": (134 * 6 + 130, 134 * 6 + 150),          # 15 × 15 tiles, axes
     }
     loss = closed[0]
     total, parts = loss.axes
     assert [line.get_marker() for line in total.lines] == ["o", "s"]  # one epoch is still visible
-    assert [line.get_label() for line in parts.lines] == ["KL (train)", "KL (test)", "reconstruction (train)",
+    assert [line.get_label() for line in parts.lines] == ["KL (train)", "KL (test)",
+                                                          "reconstruction (train)",
                                                           "reconstruction (test)"]
     recon = closed[2].axes[0]
     assert [t.get_text() for t in recon.get_yticklabels()] == ["input", "reconstruction"]
     legend = closed[3].axes[0].get_legend()
-    assert legend.get_title().get_text() == "class" and [t.get_text() for t in legend.get_texts()] == ["0", "1", "2"]
+    assert legend.get_title().get_text() == "class" and [t.get_text() for t
+                                                         in legend.get_texts()] == ["0", "1", "2"]
 
 
 def test_mnist_sized_reconstructions_are_legible(tmp_path):
     model, params = model_for(784)
-    figures.reconstructions(model, params, image_data((28, 28)).test, tmp_path / "r.png", image_shape=(28, 28))
-    assert png_size(tmp_path / "r.png") == (463 * 2 + 130, 57 * 2 + 50)  # 28 px tiles shown at 56 px
+    figures.reconstructions(model, params, image_data((28, 28)).test, tmp_path / "r.png",
+                            image_shape=(28, 28))
+    # 28 px tiles shown at 56 px
+    assert png_size(tmp_path / "r.png") == (463 * 2 + 130, 57 * 2 + 50)
 
 
 def test_latent_without_labels_has_no_legend(tmp_path, closed):
@@ -86,19 +90,24 @@ def test_latent_without_labels_has_no_legend(tmp_path, closed):
 def test_labels_are_loaded(tmp_path):
     pytest.importorskip("sklearn")
     digits = load_dataset("digits")
-    assert digits.test_labels.shape == (digits.n_test,) and set(digits.train_labels) == set(range(10))
+    assert digits.test_labels.shape == (digits.n_test,
+                                        ) and set(digits.train_labels) == set(range(10))
     _mnist_dir(tmp_path / "m", n_train=5, n_test=3)
     mnist = load_dataset(tmp_path / "m")
-    assert mnist.train_labels.tolist() == [0, 1, 2, 3, 4] and mnist.test_labels.tolist() == [0, 1, 2]
+    assert (mnist.train_labels.tolist() == [0, 1, 2, 3, 4] and mnist.test_labels.tolist()
+            == [0, 1, 2])
 
 
 def test_figures_every_writes_snapshots(tmp_path):
     path = tmp_path / "d.npz"
     data = image_data((3, 4))
     np.savez(path, train=data.train, test=data.test, image_shape=np.array([3, 4]))
-    assert main(["train", "--data", str(path), "--epochs", "3", "--batch-size", "20", "--latent-dim", "2",
-                 "--encoder-hidden", "4", "--decoder-hidden", "4", "--quiet", "--figures-every", "2",
+    assert main(["train", "--data", str(path), "--epochs", "3", "--batch-size", "20",
+                 "--latent-dim", "2",
+                 "--encoder-hidden", "4", "--decoder-hidden", "4", "--quiet", "--figures-every",
+                 "2",
                  "--out", str(tmp_path / "run")]) == 0
     snaps = sorted(p.name for p in (tmp_path / "run" / "epochs").iterdir())
     assert snaps == ["epoch-0002-reconstructions.png", "epoch-0002-samples.png"]
-    assert png_size(tmp_path / "run" / "epochs" / snaps[0]) == png_size(tmp_path / "run" / "reconstructions.png")
+    assert (png_size(tmp_path / "run" / "epochs" / snaps[0])
+            == png_size(tmp_path / "run" / "reconstructions.png"))

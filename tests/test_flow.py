@@ -33,7 +33,8 @@ def test_heads_and_parameter_names_from_the_config(np_bk):
     vae = VAE(dict(data_dim=5, latent_dim=K, encoder_hidden=[4], decoder_hidden=[4], flow_length=T))
     assert vae.latent.name == "planar_flow"
     shapes = vae.param_shapes()
-    assert shapes["encoder.flow_u.weight"] == (T * K, 4) and shapes["encoder.flow_w.bias"] == (T * K,)
+    assert shapes["encoder.flow_u.weight"] == (T * K,
+                                               4) and shapes["encoder.flow_w.bias"] == (T * K,)
     assert shapes["encoder.flow_b.weight"] == (T, 4)
     with pytest.raises(ConfigError, match="flow_length"):
         VAE(dict(data_dim=5, latent_dim=K, latent="gaussian_full", flow_length=2))
@@ -53,7 +54,8 @@ def test_constraint_gives_w_dot_uhat_m_and_a_finite_log_det(u, w, b):
     np.testing.assert_allclose((w.reshape(2, 2, K) * uhat).sum(-1), sp - 1.0, rtol=1e-9,
                                atol=1e-12 * (1 + np.abs(alpha).max()))
     latent = PlanarFlowGaussian(K, 2)
-    heads = {"mean": np.zeros((2, K)), "logvar": np.zeros((2, K)), "flow_u": u, "flow_w": w, "flow_b": b}
+    heads = {"mean": np.zeros((2, K)), "logvar": np.zeros((2, K)), "flow_u": u, "flow_w": w,
+             "flow_b": b}
     state = latent.sample(bk, heads, np.zeros((2, 1, K)))
     assert np.isfinite(state.log_det).all() and np.isfinite(state.x).all()
 
@@ -77,7 +79,8 @@ def test_log_det_is_the_log_jacobian_determinant_of_the_flow_map(np_bk):
     u, w, b = (torch.tensor(heads[h]) for h in ("flow_u", "flow_w", "flow_b"))
     for n in range(2):
         def flow_map(z0, n=n):
-            x, _ = twin.planar_flows(z0[None, None], u[n:n + 1].reshape(1, T, K), w[n:n + 1].reshape(1, T, K),
+            x, _ = twin.planar_flows(z0[None, None], u[n:n + 1].reshape(1, T, K),
+                                     w[n:n + 1].reshape(1, T, K),
                                      b[n:n + 1])
             return x[0, 0]
 
@@ -85,8 +88,9 @@ def test_log_det_is_the_log_jacobian_determinant_of_the_flow_map(np_bk):
             jac = torch.autograd.functional.jacobian(flow_map, torch.tensor(state.zs[0][n, m]))
             _, logabsdet = torch.linalg.slogdet(jac)
             assert state.log_det[n, m] == pytest.approx(float(logabsdet), rel=1e-12, abs=1e-13)
-    np.testing.assert_allclose(state.x, twin.planar_flows(torch.tensor(state.zs[0]), u.reshape(2, T, K),
-                                                          w.reshape(2, T, K), b)[0].numpy(), rtol=1e-13)
+    np.testing.assert_allclose(state.x,
+                               twin.planar_flows(torch.tensor(state.zs[0]), u.reshape(2, T, K),
+                                                 w.reshape(2, T, K), b)[0].numpy(), rtol=1e-13)
 
 
 @pytest.mark.parametrize("gamma,with_upstream", [(1.0, False), (0.0, True), (-0.3, True)])
@@ -101,7 +105,8 @@ def test_flow_reverse_pass_matches_finite_differences(np_bk, gamma, with_upstrea
         s = latent.sample(np_bk, h, eps)
         return float((g_x * s.x).sum() + gamma * s.log_det.sum())
 
-    assert_gradients(objective, heads, latent.backward(np_bk, latent.sample(np_bk, heads, eps), g_x, gamma))
+    assert_gradients(objective, heads,
+                     latent.backward(np_bk, latent.sample(np_bk, heads, eps), g_x, gamma))
 
 
 def test_monte_carlo_kl_gradient_matches_finite_differences(np_bk):
@@ -122,7 +127,8 @@ def test_log_q_is_base_density_minus_log_det(np_bk):
     state = latent.sample(np_bk, heads, eps)
     std = np.exp(0.5 * heads["logvar"])[:, None, :]
     z0 = state.zs[0]
-    log_q0 = (-0.5 * ((z0 - heads["mean"][:, None, :]) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_q0 = (-0.5 * ((z0 - heads["mean"][:, None, :]) / std) ** 2 - np.log(std) - 0.5
+              * np.log(2 * np.pi)).sum(-1)
     np.testing.assert_allclose(latent.log_q(np_bk, state), log_q0 - state.log_det, rtol=1e-13)
     kl = (latent.log_q(np_bk, state) - latent.log_prior(np_bk, state)).mean(1)
     np.testing.assert_allclose(latent.kl(np_bk, state), kl, rtol=1e-13)
@@ -136,7 +142,8 @@ def test_log_q_is_base_density_minus_log_det(np_bk):
                          ids=lambda c: c["emission"])
 def test_loss_and_grads_match_torch_twin(bk, extra):
     pytest.importorskip("torch")
-    cfg = dict(data_dim=5, latent_dim=K, encoder_hidden=[6], decoder_hidden=[7], flow_length=T, **extra)
+    cfg = dict(data_dim=5, latent_dim=K, encoder_hidden=[6], decoder_hidden=[7], flow_length=T,
+               **extra)
     vae = VAE(cfg, backend=bk)
     src = NoiseSource(11)
     params = vae.init_params(src)
@@ -144,7 +151,8 @@ def test_loss_and_grads_match_torch_twin(bk, extra):
     eps = vae.draw_noise(src, 4, 3)
     res = vae.loss_and_grads(params, y, eps)
     host = {k: bk.to_numpy(v) for k, v in params.items()}
-    twin.assert_matches(bk, res, twin.latent_grads(cfg, host, bk.to_numpy(y), bk.to_numpy(eps)), kl_rtol=1e-11)
+    twin.assert_matches(bk, res, twin.latent_grads(cfg, host, bk.to_numpy(y), bk.to_numpy(eps)),
+                        kl_rtol=1e-11)
 
 
 def test_mean_is_the_flow_image_of_the_base_mean_and_ignores_the_noise(np_bk):

@@ -29,26 +29,35 @@ from refvae.train.loop import TrainOptions, train
 EXAMPLES, BATCH = 12, 8
 LIMITS = (3 * 2**30, 240, 45)  # address space (bytes), CPU seconds, seconds per call
 CFG = dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4], activation="tanh")
-SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--activation", "tanh"]
+SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--activation",
+         "tanh"]
 
-HOSTILE_TEXT = st.sampled_from(["", " ", "-", "nan", "NaN", "inf", "-inf", "1e3", "0x10", "1_000", "１",
-                                "2.5", "-0", "+3", "9" * 40, "1e309", "true", "None", "\x00", "\udcff"])
+HOSTILE_TEXT = st.sampled_from(["", " ", "-", "nan", "NaN", "inf", "-inf", "1e3", "0x10", "1_000",
+                                "１",
+                                "2.5", "-0", "+3", "9" * 40, "1e309", "true", "None", "\x00",
+                                "\udcff"])
 COUNT = st.one_of(st.integers(-10**6, 3).map(str), HOSTILE_TEXT)               # time grows with it
-SIZE = st.one_of(st.integers(-10**3, 3).map(str), st.sampled_from([str(10**k) for k in (6, 8, 12, 19, 25)]),
-                 HOSTILE_TEXT)                                                   # memory grows with it
+SIZE = st.one_of(st.integers(-10**3, 3).map(str),
+                 st.sampled_from([str(10**k) for k in (6, 8, 12, 19, 25)]),
+                 HOSTILE_TEXT)  # memory grows with it
 REAL = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), HOSTILE_TEXT,
                  st.sampled_from(["1e-300", "1e300", "0", "-1", "0.5"]))
 TRAIN_OPTIONS = {"--epochs": COUNT, "--batch-size": SIZE, "--samples": SIZE, "--eval-samples": SIZE,
                  "--seed": SIZE, "--lr": REAL, "--weight-decay": REAL, "--lr-gamma": REAL,
-                 "--lr-step-size": COUNT, "--alpha": REAL, "--latent-dim": SIZE, "--flow-length": COUNT,
+                 "--lr-step-size": COUNT, "--alpha": REAL, "--latent-dim": SIZE,
+                 "--flow-length": COUNT,
                  "--encoder-hidden": SIZE, "--threads": st.sampled_from(["0", "-1", "1", "2", "x"]),
                  "--max-memory": st.sampled_from(["0", "1", "1K", "-5", "4X", "64M", "1T"])}
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats()
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
-CONFIG = st.fixed_dictionaries({}, optional={k: JSON for k in ("data_dim", "latent_dim", "encoder_hidden",
-                                                                "activation", "latent", "alpha", "format")})
+CONFIG = st.fixed_dictionaries({}, optional={k: JSON for k in ("data_dim", "latent_dim",
+                                                               "encoder_hidden",
+                                                                "activation", "latent", "alpha",
+                                                               "format")})
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +65,8 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzzcli")
     rng = np.random.default_rng(0)
     np.savez(root / "d.npz", train=rng.random((40, 6)), test=rng.random((8, 6)))
-    train(VAEConfig.from_dict(CFG), TrainOptions(epochs=1, progress=False), load_dataset(str(root / "d.npz")),
+    train(VAEConfig.from_dict(CFG), TrainOptions(epochs=1, progress=False),
+          load_dataset(str(root / "d.npz")),
           root / "run")
     write_example(root / "oracle")
     return root
@@ -76,24 +86,32 @@ def calls(draw, root: Path):
     case = draw(st.integers(0, 10**9))
     work = root / f"case{case}"
     work.mkdir(exist_ok=True)
-    kind = draw(st.sampled_from(["train-options", "train-data", "train-config", "run-file", "evaluate",
+    kind = draw(st.sampled_from(["train-options", "train-data", "train-config", "run-file",
+                                 "evaluate",
                                  "sample", "gradcheck", "oracle-file", "bench"]))
-    train_base = ["train", "--data", str(root / "d.npz"), "--epochs", "1", "--quiet", "--no-figures",
+    train_base = ["train", "--data", str(root / "d.npz"), "--epochs", "1", "--quiet",
+                  "--no-figures",
                   "--out", str(work / "run"), *SMALL]
     if kind == "train-options":
-        chosen = draw(st.lists(st.sampled_from(sorted(TRAIN_OPTIONS)), min_size=1, max_size=3, unique=True))
+        chosen = draw(st.lists(st.sampled_from(sorted(TRAIN_OPTIONS)), min_size=1, max_size=3,
+                               unique=True))
         return train_base + [x for k in chosen for x in (k, draw(TRAIN_OPTIONS[k]))]
     if kind in ("train-data", "run-file", "oracle-file", "train-config"):
-        target = {"train-data": "data" + draw(st.sampled_from([".npz", ".npy", ".mat", ".amat", ""])),
-                  "train-config": "config.json", "oracle-file": draw(st.sampled_from(["config.json", "params.npz",
-                                                                                         "batch.npz", "theirs.npz"])),
-                  "run-file": draw(st.sampled_from(["config.json", "checkpoint.npz", "train.json", "metrics.jsonl"]))}[kind]
-        source = {"train-data": root / "d.npz", "train-config": None, "oracle-file": root / "oracle" / target,
+        target = {"train-data": "data"
+                  + draw(st.sampled_from([".npz", ".npy", ".mat", ".amat", ""])),
+                  "train-config": "config.json",
+                  "oracle-file": draw(st.sampled_from(["config.json", "params.npz",
+                                                          "batch.npz", "theirs.npz"])),
+                  "run-file": draw(st.sampled_from(["config.json", "checkpoint.npz", "train.json",
+                                                    "metrics.jsonl"]))}[kind]
+        source = {"train-data": root / "d.npz", "train-config": None,
+                  "oracle-file": root / "oracle" / target,
                   "run-file": root / "run" / target}[kind]
         content = draw(st.one_of(
             st.binary(max_size=300),
             st.builds(_mangled, st.just(source.read_bytes() if source else b"{}"),
-                      st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4)),
+                      st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
+                               max_size=4)),
             st.builds(lambda c: json.dumps(c).encode(), CONFIG)))
         if kind == "run-file":
             run = work / "run"
@@ -106,17 +124,21 @@ def calls(draw, root: Path):
                 train_base[:-len(SMALL) - 1] + [str(run), *SMALL, "--resume", "--epochs", "2"]
         (work / target).write_bytes(content)
         if kind == "train-data":
-            return train_base[:2] + [str(work / target)] + train_base[3:] + ["--emission", "gaussian"]
+            return (train_base[:2] + [str(work / target)] + train_base[3:]
+                    + ["--emission", "gaussian"])
         if kind == "train-config":
             return train_base + ["--config", str(work / target)]
-        o = {n: str(root / "oracle" / n) for n in ("config.json", "params.npz", "batch.npz", "theirs.npz")}
+        o = {n: str(root / "oracle" / n) for n
+             in ("config.json", "params.npz", "batch.npz", "theirs.npz")}
         o[target] = str(work / target)
         return ["oracle", "compare", "--config", o["config.json"], "--params", o["params.npz"],
                 "--batch", o["batch.npz"], "--grads", o["theirs.npz"]]
     if kind == "evaluate":
-        return ["evaluate", "--quiet", str(root / "run"), "--samples", draw(SIZE), "--iwae", draw(COUNT), "--seed", draw(SIZE)]
+        return ["evaluate", "--quiet", str(root / "run"), "--samples", draw(SIZE), "--iwae",
+                draw(COUNT), "--seed", draw(SIZE)]
     if kind == "sample":
-        return ["sample", str(root / "run"), "--n", draw(SIZE), "--image-shape", draw(SIZE), draw(SIZE),
+        return ["sample", str(root / "run"), "--n", draw(SIZE), "--image-shape", draw(SIZE),
+                draw(SIZE),
                 "--out", str(work / draw(st.sampled_from(["s.png", "s", "missing/s.png", "."])))]
     if kind == "gradcheck":
         return ["gradcheck", "--hidden", *draw(st.lists(COUNT, max_size=2)), "--seed", draw(SIZE)]
@@ -126,10 +148,14 @@ def calls(draw, root: Path):
 
 
 def run_batch(argvs) -> list[dict]:
-    env = {**os.environ, "REFVAE_MAX_MEMORY": "256M", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_runner.py")), *map(str, LIMITS)],
-                          input="".join(json.dumps(a) + "\n" for a in argvs), capture_output=True, text=True,
+    env = {**os.environ, "REFVAE_MAX_MEMORY": "256M", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_runner.py")),
+                           *map(str, LIMITS)],
+                          input="".join(json.dumps(a) + "\n" for a in argvs), capture_output=True,
+                          text=True,
                           env=env, timeout=LIMITS[1] + 60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]

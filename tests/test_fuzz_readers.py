@@ -17,7 +17,8 @@ from refvae.errors import RefvaeError
 from refvae.util.files import atomic_write_npz, load_json, load_npz_checked
 from refvae.train.loop import load_run
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _valid_npz_bytes(arrays: dict) -> bytes:
@@ -92,7 +93,8 @@ ARRAYS = st.one_of(
 
 
 @FUZZ
-@given(arrays=st.dictionaries(st.sampled_from(["train", "test", "y", "eps", "gumbel", "temperature", "x"]),
+@given(arrays=st.dictionaries(st.sampled_from(["train", "test", "y", "eps", "gumbel", "temperature",
+                                               "x"]),
                               ARRAYS, min_size=1, max_size=3))
 def test_malformed_arrays_in_data_and_oracle_files(tmp_path, arrays):
     path = tmp_path / "weird.npz"
@@ -103,7 +105,8 @@ def test_malformed_arrays_in_data_and_oracle_files(tmp_path, arrays):
             zf.writestr(f"{name}.npy", buf.getvalue())
     _only_refvae_errors(READERS["data set"], path)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"data_dim": 3, "latent_dim": 2, "encoder_hidden": [], "decoder_hidden": []}))
+    cfg.write_text(json.dumps({"data_dim": 3, "latent_dim": 2, "encoder_hidden": [],
+                               "decoder_hidden": []}))
     from refvae.math.vae import VAE
 
     params = tmp_path / "params.npz"

@@ -17,7 +17,8 @@ from refvae.witness import functional as twin
 
 
 def _heads(rng, n, k, scale=0.5):
-    return {"mean": rng.normal(size=(n, k)), "scale_tril": scale * rng.normal(size=(n, k * (k + 1) // 2))}
+    return {"mean": rng.normal(size=(n, k)),
+            "scale_tril": scale * rng.normal(size=(n, k * (k + 1) // 2))}
 
 
 def test_scale_tril_layout_is_numpy_tril_indices_with_exp_diagonal(bk):
@@ -64,7 +65,8 @@ def test_kl_log_q_and_log_q_cross_match_torch_distributions(np_bk):
     np.testing.assert_allclose(latent.kl(np_bk, st), kl_t, rtol=1e-12)
     x_t = torch.tensor(st.x).transpose(0, 1)                    # (L, N, K): batch over data
     np.testing.assert_allclose(latent.log_q(np_bk, st), q.log_prob(x_t).T.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(latent.log_prior(np_bk, st), prior.log_prob(x_t).T.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(latent.log_prior(np_bk, st), prior.log_prob(x_t).T.numpy(),
+                               rtol=1e-12)
     pts = st.x.reshape(-1, k)
     cross = latent.log_q_cross(np_bk, heads, pts)                # (M, N)
     expected = q.log_prob(torch.tensor(pts)[:, None, :]).numpy()
@@ -99,8 +101,10 @@ def test_score_matches_torch_autograd_of_log_q_at_fixed_x(np_bk):
             raw = torch.tensor(heads["scale_tril"][nn:nn + 1], requires_grad=True)
             q = torch.distributions.MultivariateNormal(mean, scale_tril=twin.scale_tril(raw, k))
             q.log_prob(x[nn, ll][None]).sum().backward()
-            np.testing.assert_allclose(s["mean"][nn, ll], mean.grad.numpy()[0], rtol=1e-11, atol=1e-13)
-            np.testing.assert_allclose(s["scale_tril"][nn, ll], raw.grad.numpy()[0], rtol=1e-11, atol=1e-13)
+            np.testing.assert_allclose(s["mean"][nn, ll], mean.grad.numpy()[0], rtol=1e-11,
+                                       atol=1e-13)
+            np.testing.assert_allclose(s["scale_tril"][nn, ll], raw.grad.numpy()[0], rtol=1e-11,
+                                       atol=1e-13)
 
 
 CONFIGS = [
@@ -112,7 +116,8 @@ CONFIGS = [
 
 
 def _model(bk, extra, k=3, seed=0):
-    cfg = dict(data_dim=5, latent_dim=k, encoder_hidden=[6], decoder_hidden=[7], latent="gaussian_full",
+    cfg = dict(data_dim=5, latent_dim=k, encoder_hidden=[6], decoder_hidden=[7],
+               latent="gaussian_full",
                **extra)
     vae = VAE(cfg, backend=bk)
     src = NoiseSource(seed)
@@ -128,7 +133,8 @@ def test_pathwise_matches_torch_twin(bk, extra, reduction):
     cfg, vae, params, y, eps = _model(bk, extra)
     res = vae.loss_and_grads(params, y, eps, estimator="pathwise", reduction=reduction)
     host = {k: bk.to_numpy(v) for k, v in params.items()}
-    twin.assert_matches(bk, res, twin.latent_grads(cfg, host, bk.to_numpy(y), bk.to_numpy(eps), reduction))
+    twin.assert_matches(bk, res,
+                        twin.latent_grads(cfg, host, bk.to_numpy(y), bk.to_numpy(eps), reduction))
 
 
 def test_noise_of_the_wrong_shape_is_a_shape_error(np_bk):

@@ -31,7 +31,8 @@ from refvae.math.latent.categorical import (categorical_kl_uniform, categorical_
                                             log_softmax, relaxed_kl_sample, relaxed_kl_sample_grad,
                                             relaxed_sample, relaxed_sample_vjp)
 
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=40, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=7)
 
 
@@ -60,7 +61,8 @@ def test_gumbel_from_uniform_rejects_outside_open_interval(bk, bad):
 
 
 def test_gumbel_from_uniform_is_standard_gumbel(np_bk):
-    """Kolmogorov–Smirnov against scipy's Gumbel CDF, fixed seed, 1e-3 level; a shifted copy fails."""
+    """Kolmogorov–Smirnov against scipy's Gumbel CDF, fixed seed, 1e-3 level; a shifted copy
+    fails."""
     g = gumbel_from_uniform(np_bk, NoiseSource(11).uniform(20000))
     assert stats.kstest(g, stats.gumbel_r.cdf).pvalue > 1e-3
     assert stats.kstest(g + 0.05, stats.gumbel_r.cdf).pvalue < 1e-3
@@ -113,7 +115,8 @@ def test_relaxed_sample_tends_to_one_hot_and_log_space_survives(bk):
     y = host(bk, relaxed_sample(bk, eta, g0, 1e-3))
     np.testing.assert_allclose(y, hard, atol=1e-300)
     log_y = host(bk, log_relaxed_sample(bk, eta, g0, 1e-4))
-    np.testing.assert_allclose(log_y, [[-1e4, 0.0, -1.8e4]], rtol=1e-12)   # Y underflows, log Y exact
+    # Y underflows, log Y exact
+    np.testing.assert_allclose(log_y, [[-1e4, 0.0, -1.8e4]], rtol=1e-12)
 
 
 def _misprinted_vjp(g, upstream, s):
@@ -124,7 +127,8 @@ def _misprinted_vjp(g, upstream, s):
 
 
 def log_softmax_np(z):
-    return z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+    return (z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - z.max(-1, keepdims=True))
 
 
 @pytest.mark.parametrize("s", [0.3, 1.0, 2.5])
@@ -160,9 +164,9 @@ def test_vjp_matches_torch(bk):
 
 # ----- the concrete density (Maddison et al. 2017) -----------------------------------------------
 def _logit_plane_log_pdf(eta, s, t):
-    """Log-density of ``t = (log Y_k − log Y_C)_{k<C}`` on R^{C−1}, ``t`` ``(..., C−1)``: the concrete
-    log-density plus ``Σ_k log Y_k`` (the Jacobian of the first C−1 coordinates of softmax([t, 0]) is
-    ``Π_{k≤C} Y_k``)."""
+    """Log-density of ``t = (log Y_k − log Y_C)_{k<C}`` on R^{C−1}, ``t`` ``(..., C−1)``: the
+    concrete log-density plus ``Σ_k log Y_k`` (the Jacobian of the first C−1 coordinates of
+    softmax([t, 0]) is ``Π_{k≤C} Y_k``)."""
     from refvae.backend import get_backend
     bk = get_backend("numpy")
     z = np.concatenate([t, np.zeros(t.shape[:-1] + (1,))], -1)
@@ -186,7 +190,8 @@ def _c3_region_masses(eta, s):
     a, b = np.meshgrid(e, e, indexing="ij")
     weights = np.outer(w, w)
     pts = {1: np.stack([a, a - b], -1), 2: np.stack([a - b, a], -1), 3: np.stack([-a, -b], -1)}
-    return np.array([(np.exp(_logit_plane_log_pdf(eta, s, pts[k])) * weights).sum() for k in (1, 2, 3)])
+    return np.array([(np.exp(_logit_plane_log_pdf(eta, s, pts[k])) * weights).sum() for k
+                     in (1, 2, 3)])
 
 
 @pytest.mark.parametrize("s", [0.2, 0.5, 1.0, 2.0, 5.0])
@@ -206,7 +211,8 @@ def test_concrete_c2_closed_form_normalization_and_argmax_mass(np_bk, s, eta):
     total = integrate.quad(pdf, -np.inf, np.inf, epsabs=1e-12, epsrel=1e-12)[0]
     assert total == pytest.approx(1.0, abs=1e-9)
     pi1 = 1.0 / (1.0 + math.exp(-d))
-    assert integrate.quad(pdf, 0.0, np.inf, epsabs=1e-12, epsrel=1e-12)[0] == pytest.approx(pi1, abs=1e-9)
+    assert (integrate.quad(pdf, 0.0, np.inf, epsabs=1e-12, epsrel=1e-12)[0]
+            == pytest.approx(pi1, abs=1e-9))
 
 
 @pytest.mark.parametrize("s, eta", [(0.2, [0.8, -0.4, 0.1]), (1.0, [0.8, -0.4, 0.1]),
@@ -240,7 +246,8 @@ def test_concrete_matches_torch_relaxed_one_hot(bk, c, s):
     eta = rng.standard_normal((5, c)) * 2
     log_y = host(bk, log_relaxed_sample(bk, bk.asarray(eta), NoiseSource(c).gumbel((5, c), bk), s))
     dist = torch.distributions.RelaxedOneHotCategorical(torch.tensor(s, dtype=torch.float64),
-                                                        logits=torch.tensor(eta), validate_args=False)
+                                                        logits=torch.tensor(eta),
+                                                        validate_args=False)
     expected = dist.log_prob(torch.tensor(np.exp(log_y))).numpy()
     mine = host(bk, concrete_log_density(bk, bk.asarray(log_y), bk.asarray(eta), s))
     np.testing.assert_allclose(mine, expected, rtol=1e-12)
@@ -272,11 +279,13 @@ def test_categorical_kl_direct_sum_nonnegative_and_gradient(np_bk, eta):
 
 def test_categorical_kl_gradient_finite_differences(np_bk):
     eta = np.random.default_rng(4).standard_normal((3, 5)) * 2
-    numeric = numerical_gradient(lambda p: categorical_kl_uniform(np_bk, log_softmax(np_bk, p["e"])).sum(),
+    numeric = numerical_gradient(lambda p: categorical_kl_uniform(np_bk,
+                                                                  log_softmax(np_bk, p["e"])).sum(),
                                  {"e": eta})["e"]
     np.testing.assert_allclose(categorical_kl_uniform_grad(np_bk, log_softmax(np_bk, eta)), numeric,
                                rtol=1e-7, atol=1e-9)
-    assert float(categorical_kl_uniform(np_bk, log_softmax(np_bk, np.zeros(4)))) == pytest.approx(0, abs=1e-15)
+    assert (float(categorical_kl_uniform(np_bk, log_softmax(np_bk, np.zeros(4))))
+            == pytest.approx(0, abs=1e-15))
 
 
 @pytest.mark.parametrize("s, s_p", [(0.5, 0.5), (0.7, 1.3), (2.0, 0.4)])
@@ -285,7 +294,8 @@ def test_relaxed_kl_pathwise_gradient_finite_differences(np_bk, s, s_p):
     eta, g0 = rng.standard_normal((3, 4)), NoiseSource(6).gumbel((3, 4))
 
     def kl(p):
-        return relaxed_kl_sample(np_bk, log_relaxed_sample(np_bk, p["e"], g0, s), p["e"], s, s_p).sum()
+        return relaxed_kl_sample(np_bk, log_relaxed_sample(np_bk, p["e"], g0, s), p["e"], s,
+                                 s_p).sum()
 
     numeric = numerical_gradient(kl, {"e": eta})["e"]
     analytic = relaxed_kl_sample_grad(np_bk, log_relaxed_sample(np_bk, eta, g0, s), eta, s, s_p)
@@ -295,7 +305,8 @@ def test_relaxed_kl_pathwise_gradient_finite_differences(np_bk, s, s_p):
 def test_relaxed_kl_zero_when_posterior_is_prior_and_positive_on_average(np_bk):
     g0 = NoiseSource(7).gumbel((20000, 3))
     log_y = log_relaxed_sample(np_bk, np.zeros(3), g0, 0.6)
-    np.testing.assert_allclose(relaxed_kl_sample(np_bk, log_y, np.zeros(3), 0.6, 0.6), 0.0, atol=1e-12)
+    np.testing.assert_allclose(relaxed_kl_sample(np_bk, log_y, np.zeros(3), 0.6, 0.6), 0.0,
+                               atol=1e-12)
     eta = np.array([2.0, -1.0, 0.0])
     per = relaxed_kl_sample(np_bk, log_relaxed_sample(np_bk, eta, g0, 0.6), eta, 0.6, 0.6)
     assert per.min() < 0 < per.mean() - 4 * per.std() / math.sqrt(per.size)

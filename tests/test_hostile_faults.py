@@ -16,12 +16,14 @@ from refvae.cli.main import main
 from refvae.errors import BudgetError, CheckpointError, ConfigError, DataError
 from refvae.util.files import atomic_write_text
 
-SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--batch-size", "32",
+SMALL = ["--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4", "--batch-size",
+         "32",
          "--quiet", "--no-figures"]
 
 
 def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "refvae.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "refvae.cli.main", *args], capture_output=True,
+                          text=True,
                           timeout=120, **kw)
 
 
@@ -29,7 +31,8 @@ def cli(*args, **kw):
 def test_sigterm_prints_one_line_and_leaves_a_resumable_run(tmp_path):
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((32, 6)))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"), "--epochs",
+    cmd = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"),
+           "--epochs",
            "100000", *SMALL, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -39,7 +42,8 @@ def test_sigterm_prints_one_line_and_leaves_a_resumable_run(tmp_path):
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 143, err
-    assert err.strip().splitlines() == ["refvae: terminated (SIGTERM); a training run keeps its last "
+    assert err.strip().splitlines() == ["refvae: terminated (SIGTERM); a training run keeps its "
+                                        "last "
                                         "checkpoint, continue it with --resume"], err
     assert not list(out.glob(".*.tmp"))
     from refvae.util.files import load_npz_checked
@@ -93,10 +97,13 @@ def test_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch, cap
         return real_stat(path, *a, **kw)
 
     monkeypatch.setattr(os, "stat", stat)
-    for argv in (["train", "--quiet", "--data", str(locked / "d.npz"), "--out", str(tmp_path / "run")],
-                 ["train", "--quiet", "--out", str(locked / "run"), "--data", str(locked / "d.npz")],
+    for argv in (["train", "--quiet", "--data", str(locked / "d.npz"), "--out",
+                  str(tmp_path / "run")],
+                 ["train", "--quiet", "--out", str(locked / "run"), "--data",
+                  str(locked / "d.npz")],
                  ["evaluate", "--quiet", str(locked / "run")],
-                 ["oracle", "compute", "--config", str(locked / "c.json"), "--params", str(locked / "p.npz"),
+                 ["oracle", "compute", "--config", str(locked / "c.json"), "--params",
+                  str(locked / "p.npz"),
                   "--batch", str(locked / "b.npz"), "--out", str(tmp_path / "r.npz")]):
         line = one_line(main(argv), capsys.readouterr().err)
         assert "Permission denied" in line and "locked" in line, line
@@ -106,8 +113,10 @@ def test_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch, cap
 def test_an_out_name_that_is_not_utf8(tmp_path):
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((40, 6)))
     out = os.fsdecode(bytes(tmp_path) + b"/run-\xff")
-    result = subprocess.run([sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"),
-                             "--epochs", "1", "--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden",
+    result = subprocess.run([sys.executable, "-m", "refvae.cli.main", "train", "--data",
+                             str(tmp_path / "d.npz"),
+                             "--epochs", "1", "--latent-dim", "2", "--encoder-hidden", "4",
+                             "--decoder-hidden",
                              "4", "--out", out, "--no-figures"], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert b"Traceback" not in result.stderr and b"run-\\udcff" in result.stderr
@@ -123,7 +132,8 @@ def test_budget_sizes_and_refusals():
     with budget.limited("1K"):
         assert budget.limit() == 1024
         budget.check("x", 1024)
-        with pytest.raises(BudgetError, match=r"x would take 1.0 KiB \(1025 bytes\).*budget of 1.0 KiB"):
+        with pytest.raises(BudgetError, match=r"x would take 1.0 KiB \(1025 bytes\).*budget of 1.0 "
+                                              r"KiB"):
             budget.check("x", 1025)
         with pytest.raises(BudgetError, match="memory budget"):
             inputs.read_input(Path(__file__), "file", DataError)
@@ -138,8 +148,10 @@ def test_a_full_disk_while_a_figure_is_written_keeps_the_old_file(tmp_path, monk
     from refvae.train.loop import TrainOptions, train
 
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((40, 6)))
-    train(VAEConfig.from_dict(dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4])),
-          TrainOptions(epochs=1, progress=False), load_dataset(str(tmp_path / "d.npz")), tmp_path / "run")
+    train(VAEConfig.from_dict(dict(data_dim=6, latent_dim=2, encoder_hidden=[4],
+                                   decoder_hidden=[4])),
+          TrainOptions(epochs=1, progress=False), load_dataset(str(tmp_path / "d.npz")),
+          tmp_path / "run")
     out = tmp_path / "s.png"
     out.write_bytes(b"old")
 

@@ -232,7 +232,8 @@ def test_failed_rename_keeps_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(rio.os, "replace", boom)
-    with pytest.raises(CheckpointError, match="No space left on device; the previous file is unchanged") as e:
+    with pytest.raises(CheckpointError, match="No space left on device; the previous file is "
+                                              "unchanged") as e:
         atomic_write_npz(p, {"w": np.zeros(5)}, {"epoch": 2})
     assert str(p) in _one_line(e)
     monkeypatch.undo()

@@ -19,8 +19,10 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path):
     # during saves as well as between them.
     np.savez(tmp_path / "d.npz", train=rng.random((32, 6)), test=rng.random((4, 6)))
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"), "--epochs", "100000",
-            "--batch-size", "32", "--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden", "4",
+    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(tmp_path / "d.npz"),
+            "--epochs", "100000",
+            "--batch-size", "32", "--latent-dim", "2", "--encoder-hidden", "4", "--decoder-hidden",
+            "4",
             "--quiet", "--no-figures", "--out", str(out)]
     epochs_seen = []
     for attempt in range(6):

@@ -5,6 +5,7 @@ and those below it (so there is no cycle), one import path per module (no shims 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,3 +99,14 @@ def test_every_module_imports_by_one_path():
         assert sys.modules[name].__file__ is not None
     assert len(names) == len([p for p in FILES if p.stem != "__main__"])
 
+
+
+def test_lines_are_at_most_100_characters():
+    tracked = subprocess.run(["git", "ls-files", "refvae", "tests", "validation"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    long = [f"{name}:{i}" for name in tracked if name.endswith(".py")
+            for i, line in enumerate((ROOT / name).read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > 100]
+    assert not long, f"{len(long)} lines over 100 characters, first: {long[:5]}"

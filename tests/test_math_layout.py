@@ -34,13 +34,15 @@ def _imports(path: Path):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            base = package.split(".")[: len(package.split(".")) - node.level
+                                      + 1] if node.level else []
             yield ".".join([*base, node.module] if node.module else base)
 
 
 def test_the_math_folder_has_files():
     names = {p.relative_to(MATH).as_posix() for p in FILES}
-    assert {"activations.py", "mlp.py", "emission.py", "latent/gaussian.py", "estimators.py", "vae.py",
+    assert {"activations.py", "mlp.py", "emission.py", "latent/gaussian.py", "estimators.py",
+            "vae.py",
             "objectives.py", "protocols.py"} <= names
 
 
@@ -59,8 +61,10 @@ def test_math_modules_import_only_the_backend_errors_config_and_each_other(path)
                          ids=lambda p: p.relative_to(MATH).as_posix())
 def test_math_modules_do_not_probe_with_getattr(path):
     calls = [node for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in {"getattr", "hasattr"}]
-    assert not calls, f"{path.name} line {calls[0].lineno}: state the capability in refvae/math/protocols.py"
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None)
+             in {"getattr", "hasattr"}]
+    assert not calls, (f"{path.name} line {calls[0].lineno}: state the capability in "
+                       "refvae/math/protocols.py")
 
 
 def test_the_import_check_can_fail(tmp_path):
@@ -73,7 +77,8 @@ def test_the_import_check_can_fail(tmp_path):
 
 
 def _members(protocol) -> set[str]:
-    return {name for name in vars(protocol) if not name.startswith("_")} | set(protocol.__annotations__)
+    return {name for name in vars(protocol)
+            if not name.startswith("_")} | set(protocol.__annotations__)
 
 
 def _configs():
@@ -90,7 +95,8 @@ def test_every_recognition_model_follows_the_protocol(config):
     assert not missing
     assert latent.estimators == estimators_for(latent.name) and latent.estimators
     assert latent.default_estimator in latent.estimators
-    params = [list(inspect.signature(getattr(latent, m)).parameters)[:2] for m in ("mean", "kl", "score")]
+    params = [list(inspect.signature(getattr(latent, m)).parameters)[:2] for m
+              in ("mean", "kl", "score")]
     assert params == [["bk", "state"]] * 3
 
 
@@ -104,5 +110,6 @@ def test_every_emission_follows_the_protocol(emission):
 def test_every_estimator_has_the_one_signature():
     for latent, table in REGISTRY.items():
         for name, estimate in table.items():
-            assert list(inspect.signature(estimate).parameters) == ["bk", "latent", "state", "signals"], \
+            assert list(inspect.signature(estimate).parameters) == ["bk", "latent", "state",
+                                                                    "signals"], \
                 (latent, name)

@@ -362,7 +362,8 @@ def test_gradients_against_torch(bk, depth, act, batch, n_heads):
 
 
 @pytest.mark.torch
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(depth=st.integers(0, 3), act=st.sampled_from(ACTS), n_heads=st.sampled_from([1, 2]),
        widths=st.lists(st.integers(1, 6), min_size=3, max_size=3),
        in_dim=st.integers(1, 4), n=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))

@@ -213,7 +213,8 @@ def test_hessian_against_torch(bk, depth, act, form):
 # Real surprisals: gaussian (scalar 1/α), bernoulli (diag), gaussian_diag (block2)
 # ----------------------------------------------------------------------------------------------
 class Surprisal:
-    """The emissions of docs/DERIVATIONS.md#emissions with gradient and curvature derived here by hand.
+    """The emissions of docs/DERIVATIONS.md#emissions with gradient and curvature derived here by
+    hand.
 
     gaussian_diag over (μ_d, s_d), e = ½[(y−μ)² e^{−s} + s + log 2π]:
     ∂e/∂μ = −(y−μ)e^{−s}, ∂e/∂s = ½(1 − (y−μ)² e^{−s}),
@@ -347,7 +348,8 @@ def test_scalar_curvature_equals_explicit_forms(np_bk, act):
 
 
 def test_block2_cross_term_matters(np_bk):
-    """Zeroing the off-diagonal of the 2×2 blocks changes the Hessian (so the cross term is used)."""
+    """Zeroing the off-diagonal of the 2×2 blocks changes the Hessian (so the cross term is
+    used)."""
     mlp, params, x, e = problem(np_bk, 1, "tanh", "block2", (3,), seed=2)
     o, cache = mlp.forward(np_bk, params, x)
     back = mlp.backward(np_bk, params, cache, e.grad_o(o))

@@ -390,6 +390,7 @@ def test_refvae_train_refuses_a_conditional_vae_in_one_line(tmp_path):
     from refvae.train.loop import train
 
     cfg = VAEConfig(data_dim=4, latent_dim=2, condition_dim=2)
-    with pytest.raises(ConfigError, match="conditional VAE .* not supported by refvae train") as info:
+    with pytest.raises(ConfigError, match="conditional VAE .* not supported by refvae "
+                                          "train") as info:
         train(cfg, None, None, tmp_path / "run")
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()

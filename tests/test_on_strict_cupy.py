@@ -28,7 +28,8 @@ from refvae.math.vae import VAE
 RTOL = 1e-9
 BASE = dict(data_dim=6, latent_dim=3, encoder_hidden=(5,), decoder_hidden=(5,), activation="tanh",
             emission="gaussian", learn_alpha=True)
-LATENTS = {"gaussian": {}, "flows": {"flow_length": 2}, "gaussian_full": {"latent": "gaussian_full"},
+LATENTS = {"gaussian": {}, "flows": {"flow_length": 2},
+           "gaussian_full": {"latent": "gaussian_full"},
            "categorical": {"latent": "categorical", "latent_dim": 2, "categories": 3}}
 
 
@@ -45,7 +46,8 @@ def tiny_data(n=64, d=6):
 
 
 def cases():
-    VAE(VAEConfig(data_dim=2, latent_dim=1, latent="categorical", categories=2))  # registers its estimators
+    # registers its estimators
+    VAE(VAEConfig(data_dim=2, latent_dim=1, latent="categorical", categories=2))
     for latent, extra in LATENTS.items():
         kind = extra.get("latent", "gaussian")
         for estimator in estimators_for(kind):
@@ -70,14 +72,16 @@ def test_every_estimator_matches_numpy(strict_cupy_bk, latent, estimator):
     res = dev.loss_and_grads({k: dev.bk.asarray(v) for k, v in params.items()}, dev.bk.asarray(y),
                              dev.bk.asarray(eps), estimator, temperature=temperature)
     assert isinstance(res.loss, float) and res.grads_finite is True
-    assert_close([res.loss, res.kl, res.reconstruction], [ref.loss, ref.kl, ref.reconstruction], "loss")
+    assert_close([res.loss, res.kl, res.reconstruction], [ref.loss, ref.kl, ref.reconstruction],
+                 "loss")
     assert list(res.grads) == list(ref.grads)
     for name, g in res.grads.items():
         assert type(g).__module__ == "cupy", name
         assert_close(dev.bk.to_numpy(g), ref.grads[name], name)
 
 
-def test_training_makes_one_device_sync_per_step_and_matches_numpy(strict_cupy_bk, tmp_path, monkeypatch):
+def test_training_makes_one_device_sync_per_step_and_matches_numpy(strict_cupy_bk, tmp_path,
+                                                                   monkeypatch):
     """Per step the host reads one array (the loss, its parts and the gradients' finiteness);
     before this was measured there were 13 (three loss floats and ten per-tensor checks)."""
     marks = []
@@ -91,7 +95,8 @@ def test_training_makes_one_device_sync_per_step_and_matches_numpy(strict_cupy_b
     assert len(steps) == 7 and (np.delete(steps, 3) == 1).all(), steps  # index 3: the epoch's end
     host_hist = train(cfg, opts, tiny_data(), tmp_path / "host")
     for a, b in zip(dev_hist, host_hist):
-        assert_close([a[k] for k in a if k != "seconds"], [b[k] for k in a if k != "seconds"], "history")
+        assert_close([a[k] for k in a if k != "seconds"], [b[k] for k in a if k != "seconds"],
+                     "history")
     dev_ckpt, dev_meta = load_npz_checked(tmp_path / "dev" / "checkpoint.npz")
     host_ckpt, host_meta = load_npz_checked(tmp_path / "host" / "checkpoint.npz")
     assert set(dev_ckpt) == set(host_ckpt) and dev_meta["step"] == host_meta["step"] == 8
@@ -102,7 +107,8 @@ def test_training_makes_one_device_sync_per_step_and_matches_numpy(strict_cupy_b
                     tiny_data(), tmp_path / "dev", backend="cupy", resume=True)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     model, params, _ = load_run(tmp_path / "dev", "cupy")
-    assert model.bk.xp is strict_cupy.MODULE and type(params["decoder.out.bias"]).__module__ == "cupy"
+    assert (model.bk.xp is strict_cupy.MODULE and type(params["decoder.out.bias"]).__module__
+            == "cupy")
 
 
 def test_divergence_is_caught_and_named_on_the_device(strict_cupy_bk, tmp_path):
@@ -120,7 +126,8 @@ def test_cli_train_evaluate_iwae_and_sample_on_the_device(strict_cupy_bk, tmp_pa
     for backend in ("cupy", "numpy"):
         out = tmp_path / backend
         assert cli.main(["train", "--data", str(data), "--epochs", "2", "--latent-dim", "2",
-                         "--encoder-hidden", "8", "--decoder-hidden", "8", "--out", str(out), "--quiet",
+                         "--encoder-hidden", "8", "--decoder-hidden", "8", "--out", str(out),
+                         "--quiet",
                          "--no-figures", "--backend", backend]) == 0
         capsys.readouterr()
         assert cli.main(["evaluate", str(out), "--iwae", "5", "--json", "--backend", backend]) == 0
@@ -129,7 +136,8 @@ def test_cli_train_evaluate_iwae_and_sample_on_the_device(strict_cupy_bk, tmp_pa
     for k, v in results["numpy"].items():
         assert_close(results["cupy"][k], v, k)
     png = tmp_path / "s.png"
-    assert cli.main(["sample", str(tmp_path / "cupy"), "--n", "4", "--image-shape", "3", "4", "--out",
+    assert cli.main(["sample", str(tmp_path / "cupy"), "--n", "4", "--image-shape", "3", "4",
+                     "--out",
                      str(png), "--backend", "cupy"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -142,27 +150,34 @@ def test_figures_from_a_device_model(strict_cupy_bk, tmp_path):
     model = VAE(cfg, "cupy")
     params = model.init_params(NoiseSource(0))
     history = [{"epoch": e, **{f"{split}_{k}": v / e for split in ("train", "test")
-                               for k, v in (("loss", 5.0), ("neg_elbo", 5.0), ("kl", 1.0), ("reconstruction", 4.0))}}
+                               for k, v in (("loss", 5.0), ("neg_elbo", 5.0), ("kl", 1.0),
+                                            ("reconstruction", 4.0))}}
                for e in (1, 2)]
     written = make_figures(model, params, tiny_data(), tmp_path, history)
-    assert {p.name for p in written} == {"loss.png", "samples.png", "reconstructions.png", "latent.png",
+    assert {p.name for p in written} == {"loss.png", "samples.png", "reconstructions.png",
+                                         "latent.png",
                                          "manifold.png"}
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
 
 
 def test_oracle_cli_backend_cupy_matches_numpy(strict_cupy_bk, tmp_path, capsys):
-    ex = oracle.write_example(tmp_path / "ex", latent="gaussian_full", emission="gaussian", learn_alpha=True)
+    ex = oracle.write_example(tmp_path / "ex", latent="gaussian_full", emission="gaussian",
+                              learn_alpha=True)
     outs = {}
     for backend in ("cupy", "numpy"):
         outs[backend] = tmp_path / f"{backend}.npz"
-        assert cli.main(["oracle", "compute", "--config", str(ex["config"]), "--params", str(ex["params"]),
-                         "--batch", str(ex["batch"]), "--out", str(outs[backend]), "--backend", backend]) == 0
+        assert cli.main(["oracle", "compute", "--config", str(ex["config"]), "--params",
+                         str(ex["params"]),
+                         "--batch", str(ex["batch"]), "--out", str(outs[backend]), "--backend",
+                         backend]) == 0
     dev, host = oracle.load_npz(outs["cupy"]), oracle.load_npz(outs["numpy"])
     assert set(dev) == set(host)
     for k in host:
         assert_close(dev[k], host[k], k)
-    assert cli.main(["oracle", "compare", "--config", str(ex["config"]), "--params", str(ex["params"]),
-                     "--batch", str(ex["batch"]), "--grads", str(outs["cupy"]), "--backend", "cupy"]) == 0
+    assert cli.main(["oracle", "compare", "--config", str(ex["config"]), "--params",
+                     str(ex["params"]),
+                     "--batch", str(ex["batch"]), "--grads", str(outs["cupy"]), "--backend",
+                     "cupy"]) == 0
     capsys.readouterr()
 
 
@@ -181,6 +196,7 @@ def test_oracle_python_api_takes_device_arrays(strict_cupy_bk, tmp_path):
 @pytest.mark.parametrize("act", ["tanh", "softplus", "silu"])
 def test_gradcheck_cli_on_the_device(strict_cupy_bk, capsys, act):
     """`refvae gradcheck --backend cupy` crashed before (cupy.unravel_index given a Python int)."""
-    assert cli.main(["gradcheck", "--backend", "cupy", "--activation", act, "--hidden", "4", "3"]) == 0
+    assert cli.main(["gradcheck", "--backend", "cupy", "--activation", act, "--hidden", "4",
+                     "3"]) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1].endswith("PASS") and "FAIL" not in out

@@ -1,5 +1,6 @@
 """Flat parameter buffer, optimizers (the plain rules and the fast path, against torch.optim in
-float64) and learning-rate schedules (refvae.optim.schedules, also importable from refvae.optim.rules)."""
+float64) and learning-rate schedules (refvae.optim.schedules, also importable from
+refvae.optim.rules)."""
 import math
 import tracemalloc
 
@@ -78,7 +79,8 @@ def test_flat_params_errors(np_bk):
         flat.load({k: v for k, v in p.items() if k != "decoder.log_alpha"})
     with pytest.raises(ShapeError, match="unexpected extra"):
         flat.set_grads({**p, "extra": np.zeros(1)})
-    with pytest.raises(ShapeError, match=r"'encoder.0.weight' has shape \(3, 4\), expected \(4, 3\)"):
+    with pytest.raises(ShapeError, match=r"'encoder.0.weight' has shape \(3, 4\), expected \(4, "
+                                         r"3\)"):
         flat.load({**p, "encoder.0.weight": np.zeros((3, 4))})
     with pytest.raises(ShapeError, match="negative"):
         FlatParams(np_bk, {"w": (2, -1)})
@@ -107,7 +109,8 @@ CASES = [
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name,kw,tname,tkw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name,kw,tname,tkw", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 @pytest.mark.parametrize("with_schedule", [False, True])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 def test_matches_torch_optim(np_bk, name, kw, tname, tkw, with_schedule, fast):
@@ -159,7 +162,8 @@ ROUND_TRIP = [("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}), ("sgd", {
               ("adagrad", {"lr": 0.1, "initial_accumulator": 0.5})]
 
 
-@pytest.mark.parametrize("name,kw", ROUND_TRIP, ids=[c[0] + str(i) for i, c in enumerate(ROUND_TRIP)])
+@pytest.mark.parametrize("name,kw", ROUND_TRIP,
+                         ids=[c[0] + str(i) for i, c in enumerate(ROUND_TRIP)])
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_state_dict_round_trip_is_bit_identical(bk, tmp_path, name, kw, lazy):
     grads = _grads(8, seed=3)
@@ -178,7 +182,8 @@ def test_state_dict_round_trip_is_bit_identical(bk, tmp_path, name, kw, lazy):
         loaded = {k: z[k] for k in z.files}
     snapshot = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in sd.items()}
     # A fresh optimizer with other settings: the hyperparameters come from the state.
-    opt2 = make_fast_optimizer(name, None, None, lr=1.0) if lazy else make_fast_optimizer(name, bk, flat.size, lr=1.0)
+    opt2 = (make_fast_optimizer(name, None, None, lr=1.0) if lazy
+            else make_fast_optimizer(name, bk, flat.size, lr=1.0))
     opt2.load_state_dict(loaded)
     flat2 = FlatParams.from_dict(bk, params)
     for g in grads[4:]:

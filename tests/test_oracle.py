@@ -89,7 +89,8 @@ def test_compute_cli_writes_the_result_file(ex, tmp_path, capsys):
                         *(f"grad/{k}" for k in params)}
     assert summary["loss"] == float(res["loss"]) and summary["reduction"] == "sum"
     n = len(res["kl_per_datum"])
-    assert float(res["loss"]) == pytest.approx(float(res["kl_per_datum"].sum() + res["reconstruction_per_datum"].sum()),
+    assert float(res["loss"]) == pytest.approx(float(res["kl_per_datum"].sum()
+                                                     + res["reconstruction_per_datum"].sum()),
                                                rel=1e-14)
     mean = oracle.compute(ex["config"], ex["params"], ex["batch"])
     assert float(res["loss"]) == pytest.approx(n * mean.loss, rel=1e-14)
@@ -176,7 +177,8 @@ def test_one_wrong_entry_fails_and_is_named(ex, tmp_path, capsys):
     rc, text, err = run(capsys, *files(ex, theirs=edited(ex, "theirs", tmp_path, bump)))
     assert rc == 1 and err == ""
     assert text.startswith("oracle comparison: FAIL")
-    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:] if line.startswith(("grad/", "loss"))}
+    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:]
+            if line.startswith(("grad/", "loss"))}
     assert rows["grad/decoder.out.weight"] == "FAIL"
     assert [k for k, v in rows.items() if v == "FAIL"] == ["grad/decoder.out.weight"]
     assert "worst entries of grad/decoder.out.weight (index: theirs vs ours):" in text
@@ -208,17 +210,20 @@ def test_summed_gradients_get_a_reduction_hint(ex, tmp_path, capsys):
 
 
 def test_only_gradients_are_required(ex, tmp_path, capsys):
-    grads_only = edited(ex, "theirs", tmp_path, lambda a: [a.pop(k) for k in list(a) if not k.startswith("grad/")])
+    grads_only = edited(ex, "theirs", tmp_path,
+                        lambda a: [a.pop(k) for k in list(a) if not k.startswith("grad/")])
     rc, text, _ = run(capsys, *files(ex, theirs=grads_only))
     assert rc == 0 and "\nloss " not in text
 
 
 # ----- float32 gradients: dtype-aware tolerances and a note --------------------------------------
 def test_float32_gradients_get_float32_tolerances_and_a_note(ex, tmp_path, capsys):
-    f32 = edited(ex, "theirs", tmp_path, lambda a: a.update({k: v.astype(np.float32) for k, v in a.items()}))
+    f32 = edited(ex, "theirs", tmp_path,
+                 lambda a: a.update({k: v.astype(np.float32) for k, v in a.items()}))
     rc, text, _ = run(capsys, *files(ex, theirs=f32))
     assert rc == 0
-    assert "note: your gradients are float32: using the float32 defaults rtol=0.0001, atol=1e-05" in text
+    assert ("note: your gradients are float32: using the float32 defaults rtol=0.0001, "
+            "atol=1e-05") in text
     # explicit tolerances replace the defaults (and the note); float32 rounding (up to 6e-8
     # relative) cannot pass 1e-9
     rc, text, _ = run(capsys, *files(ex, theirs=f32), "--rtol", "1e-9", "--atol", "1e-12")
@@ -253,28 +258,35 @@ DIAGNOSES = {
                             ["grad/decoder.0.weight", "transposed"]),
     "missing gradient": ("theirs", lambda a: _pop(a, "grad/decoder.out.bias"),
                          ["missing grad/decoder.out.bias"]),
-    "missing parameter": ("params", lambda a: _pop(a, "decoder.log_alpha"), ["missing decoder.log_alpha"]),
+    "missing parameter": ("params", lambda a: _pop(a, "decoder.log_alpha"),
+                          ["missing decoder.log_alpha"]),
     "extra tensor": ("theirs", lambda a: a.update({"grad/decoder.scale": np.ones(2)}),
                      ["unexpected grad/decoder.scale"]),
-    "unprefixed gradient": ("theirs", lambda a: a.update({"encoder.0.bias": a.pop("grad/encoder.0.bias")}),
-                            ["missing grad/encoder.0.bias", "gradients are named grad/encoder.0.bias"]),
+    "unprefixed gradient": ("theirs",
+                            lambda a: a.update({"encoder.0.bias": a.pop("grad/encoder.0.bias")}),
+                            ["missing grad/encoder.0.bias", "gradients are named "
+                                                            "grad/encoder.0.bias"]),
     "wrong-shaped loss": ("theirs", lambda a: a.update({"loss": a["loss"].reshape(1)}),
                           ["loss has shape (1,), expected ()"]),
-    "wrong-shaped per-datum": ("theirs", lambda a: a.update({"kl_per_datum": a["kl_per_datum"][:2]}),
+    "wrong-shaped per-datum": ("theirs",
+                               lambda a: a.update({"kl_per_datum": a["kl_per_datum"][:2]}),
                                ["kl_per_datum has shape (2,)"]),
     "noise with a short latent axis": ("batch", lambda a: a.update({"eps": a["eps"][:, :, :1]}),
                                        ["noise 'eps' has shape (4, 2, 1), expected (N, L, 2)"]),
-    "noise for another N": ("batch", lambda a: a.update({"eps": a["eps"][:3]}), ["noise 'eps' has shape (3,"]),
+    "noise for another N": ("batch", lambda a: a.update({"eps": a["eps"][:3]}),
+                            ["noise 'eps' has shape (3,"]),
     "missing noise": ("batch", lambda a: _pop(a, "eps"), ["no array 'eps'"]),
     "noise of another latent": ("batch", lambda a: a.update({"gumbel": np.zeros((4, 1, 2, 3))}),
                                 ["unexpected array(s) 'gumbel'"]),
     "wrong data width": ("batch", lambda a: a.update({"y": a["y"][:, :5]}), ["y has shape (4, 5)"]),
     "NaN parameter": ("params", lambda a: a["decoder.0.bias"].__setitem__(0, np.nan),
                       ["decoder.0.bias contains NaN"]),
-    "NaN noise": ("batch", lambda a: a["eps"].__setitem__((0, 0, 0), np.inf), ["eps", "NaN or inf"]),
+    "NaN noise": ("batch", lambda a: a["eps"].__setitem__((0, 0, 0), np.inf),
+                  ["eps", "NaN or inf"]),
     "string array": ("params", lambda a: a.update({"decoder.0.bias": np.array(["a", "b"])}),
                      ["dtype <U1; expected real numbers"]),
-    "bad temperature": ("batch", lambda a: a.update({"temperature": np.array(-1.0)}), ["temperature"]),
+    "bad temperature": ("batch", lambda a: a.update({"temperature": np.array(-1.0)}),
+                        ["temperature"]),
 }
 
 
@@ -297,19 +309,24 @@ def _write(tmp_path, name, content):
 
 def test_unreadable_files_are_one_line_and_exit_2(ex, tmp_path, capsys):
     pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, **{**oracle.load_npz(ex["params"]), "obj": np.array([{"a": 1}], dtype=object)})
+    np.savez(pickled,
+             **{**oracle.load_npz(ex["params"]), "obj": np.array([{"a": 1}], dtype=object)})
     single = tmp_path / "single.npy"
     np.save(single, np.zeros(3))
     cases = [
         (files(ex, params=str(tmp_path / "nope.npz")), "does not exist"),
         (files(ex, params=str(pickled)), "pickled object array 'obj'"),
         (files(ex, params=str(single)), "single .npy array"),
-        (files(ex, batch=_write(tmp_path, "junk.npz", b"PK\x03\x04 not really a zip")), "not an .npz (zip) archive"),
+        (files(ex, batch=_write(tmp_path, "junk.npz", b"PK\x03\x04 not really a zip")),
+         "not an .npz (zip) archive"),
         (files(ex, theirs=str(tmp_path)), "is a directory"),
-        (["compare", "--config", _write(tmp_path, "c.json", "{"), *files(ex)[3:]], "malformed at line 1"),
-        (["compare", "--config", _write(tmp_path, "c2.json", '{"data_dim": 6, "latent_dim": 2, "widht": 3}'),
+        (["compare", "--config", _write(tmp_path, "c.json", "{"), *files(ex)[3:]],
+         "malformed at line 1"),
+        (["compare", "--config", _write(tmp_path, "c2.json", '{"data_dim": 6, "latent_dim": 2, '
+                                                             '"widht": 3}'),
           *files(ex)[3:]], "unknown config field(s) 'widht'"),
-        (["compare", "--config", _write(tmp_path, "c3.json", '{"data_dim": 6, "latent_dim": 2, "format": 2}'),
+        (["compare", "--config", _write(tmp_path, "c3.json", '{"data_dim": 6, "latent_dim": 2, '
+                                                             '"format": 2}'),
           *files(ex)[3:]], "format"),
         ([*files(ex), "--estimator", "magic"], "unknown estimator 'magic'"),
         ([*files(ex), "--map", "fc1"], "not of the form theirs=ours"),
@@ -329,7 +346,8 @@ def test_cannot_write_result_is_one_line(ex, tmp_path, capsys):
 
 
 def test_temperature_in_the_batch_and_the_option_must_agree(tmp_path, capsys):
-    cat = oracle.write_example(tmp_path / "cat", latent="categorical", categories=3, temperature=0.5)
+    cat = oracle.write_example(tmp_path / "cat", latent="categorical", categories=3,
+                               temperature=0.5)
     assert run(capsys, *files(cat), "--temperature", "0.5")[0] == 0
     rc, _, err = run(capsys, *files(cat), "--temperature", "0.7")
     assert rc == 2 and "give one of them" in err
@@ -379,7 +397,8 @@ def test_name_map_renames_params_and_gradients(how, ex, tmp_path, capsys):
     if how == "flags":
         extra = [x for ours, theirs_ in RENAMES.items() for x in ("--map", f"{theirs_}={ours}")]
     else:
-        extra = ["--map-file", _write(tmp_path, "map.json", json.dumps({v: k for k, v in RENAMES.items()}))]
+        extra = ["--map-file",
+                 _write(tmp_path, "map.json", json.dumps({v: k for k, v in RENAMES.items()}))]
     rc, text, err = run(capsys, *files(ex, params=params, theirs=theirs), *extra)
     assert rc == 0, err
     assert "grad/encoder.0.weight" in text  # the table speaks refvae's names
@@ -387,7 +406,8 @@ def test_name_map_renames_params_and_gradients(how, ex, tmp_path, capsys):
 
 def test_name_map_collision_is_an_error(ex, tmp_path, capsys):
     params = edited(ex, "params", tmp_path, lambda a: _theirs_names(a, {"encoder.0": "fc1"}))
-    rc, _, err = run(capsys, *files(ex, params=params), "--map", "fc1=encoder.0", "--map", "decoder.0=encoder.0")
+    rc, _, err = run(capsys, *files(ex, params=params), "--map", "fc1=encoder.0", "--map",
+                     "decoder.0=encoder.0")
     assert rc == 2 and "sends both" in err
 
 
@@ -402,7 +422,8 @@ def test_assert_matches_passes_with_objects_and_paths(ex):
 
 
 def test_assert_matches_raises_an_assertion_error_with_the_cli_table(ex, tmp_path, capsys):
-    wrong = edited(ex, "theirs", tmp_path, lambda a: a["grad/encoder.logvar.weight"].__setitem__((1, 2), 7.0))
+    wrong = edited(ex, "theirs", tmp_path,
+                   lambda a: a["grad/encoder.logvar.weight"].__setitem__((1, 2), 7.0))
     with pytest.raises(AssertionError) as info:
         oracle.assert_matches(ex["config"], ex["params"], ex["batch"], wrong)
     assert isinstance(info.value, oracle.OracleMismatch) and isinstance(info.value, GradcheckError)

@@ -1,6 +1,7 @@
-"""``check_torch`` on a live model written in the style of pytorch/examples' VAE (tests/examples_vae.py),
-unchanged: float32 and float64, before and after Adam steps; every injected bug is named by the
-diagnosis; the model, its gradients, the RNG state and the autograd mode are left as found."""
+"""``check_torch`` on a live model written in the style of pytorch/examples' VAE
+(tests/examples_vae.py), unchanged: float32 and float64, before and after Adam steps; every injected
+bug is named by the diagnosis; the model, its gradients, the RNG state and the autograd mode are
+left as found."""
 import numpy as np
 import pytest
 
@@ -39,7 +40,8 @@ def test_examples_vae_passes_unchanged(dtype, steps):
     if dtype == torch.float64:
         assert report.tolerances["grad/decoder.out.weight"] == (1e-7, 1e-9)
         # the margin: both tolerances 100 times tighter still pass
-        tight = oracle.check_torch(model, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum",
+        tight = oracle.check_torch(model, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES,
+                                   reduction="sum",
                                    rtol=1e-9, atol=1e-11)
         assert tight.passed, str(tight)
 
@@ -47,11 +49,14 @@ def test_examples_vae_passes_unchanged(dtype, steps):
 def test_examples_vae_one_wrong_gradient_fails_and_names_their_tensor():
     model, y = model_and_batch(torch.float64)
 
-    def loss_fn(m, x):   # an extra term in fc22's bias only: its gradient is off by 1e-3 in one entry
+    # an extra term in fc22's bias only: its gradient is off by 1e-3 in one entry
+    def loss_fn(m, x):
         return ex.loss_fn(m, x) + 1e-3 * m.fc22.bias[3]
     report = oracle.check_torch(model, loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
-    assert [c.name for c in report.failures()] == ["grad/encoder.logvar.bias"]  # the loss moves by 1e-7 relative
-    assert "worst entries of grad/encoder.logvar.bias (fc22.bias) (index: theirs vs ours):\n  (3,): " in str(report)
+    # the loss moves by 1e-7 relative
+    assert [c.name for c in report.failures()] == ["grad/encoder.logvar.bias"]
+    assert ("worst entries of grad/encoder.logvar.bias (fc22.bias) (index: theirs vs ours):\n  "
+            "(3,): ") in str(report)
 
 
 def test_state_is_left_as_found():
@@ -80,7 +85,8 @@ def test_injected_bug_is_named(bug):
     for w in words:
         assert w in text, str(report)
     with pytest.raises(oracle.OracleMismatch, match="diagnosis: "):
-        oracle.assert_torch_matches(model, loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
+        oracle.assert_torch_matches(model, loss_fn, y, ex.CONFIG, name_map=ex.NAMES,
+                                    reduction="sum")
 
 
 def test_a_head_without_gradient_is_an_error_naming_it():
@@ -99,7 +105,8 @@ def test_noise_not_drawn_by_torch_is_a_clear_error():
             return mu + fixed * torch.exp(0.5 * logvar)
     model2 = Fixed().to(torch.float64)
     model2.load_state_dict(model.state_dict())
-    with pytest.raises(Exception, match=r"drew nothing; expected standard normal noise of shape \(N, 20\)"):
+    with pytest.raises(Exception, match=r"drew nothing; expected standard normal noise of shape "
+                                        r"\(N, 20\)"):
         oracle.check_torch(model2, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
 
 
@@ -146,7 +153,8 @@ def test_injected_bug_is_named_from_loss_and_gradients_alone(bug):
     torch.manual_seed(7)
     eps = torch.randn(16, 20, dtype=torch.float64)   # reseeding: the draw of randn_like again
     theirs = {"loss": loss, **{f"grad/{k}": p.grad for k, p in model.named_parameters()}}
-    report = oracle.check(ex.CONFIG, model.state_dict(), {"y": y.reshape(16, -1), "eps": eps[:, None]},
+    report = oracle.check(ex.CONFIG, model.state_dict(),
+                          {"y": y.reshape(16, -1), "eps": eps[:, None]},
                           theirs, reduction="sum", name_map=ex.NAMES)
     assert not report.passed
     text = "\n".join(report.hints)
@@ -159,7 +167,8 @@ def test_categorical_gumbel_noise_is_captured_from_rand_like():
     become refvae's Gumbel noise and the gradients match refvae's gumbel-softmax estimator."""
     k, c, d = 3, 4, 12
     config = {"format": 1, "data_dim": d, "latent_dim": k, "categories": c, "encoder_hidden": [8],
-              "decoder_hidden": [8], "activation": "tanh", "latent": "categorical", "emission": "bernoulli"}
+              "decoder_hidden": [8], "activation": "tanh", "latent": "categorical",
+              "emission": "bernoulli"}
 
     class CatVAE(torch.nn.Module):
         def __init__(self):
@@ -183,11 +192,14 @@ def test_categorical_gumbel_noise_is_captured_from_rand_like():
     torch.manual_seed(0)
     model = CatVAE().double()
     y = (torch.rand(5, d) < 0.5).double()
-    names = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0", "out": "decoder.out"}
-    report = oracle.check_torch(model, loss_fn, y, config, name_map=names, reduction="sum", temperature=0.7)
+    names = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0",
+             "out": "decoder.out"}
+    report = oracle.check_torch(model, loss_fn, y, config, name_map=names, reduction="sum",
+                                temperature=0.7)
     assert report.passed, str(report)
     assert [c.name for c in report.checks][:3] == ["heads/logits", "x", "decoder_out"]
-    wrong = oracle.check_torch(model, loss_fn, y, config, name_map=names, reduction="sum", temperature=0.5)
+    wrong = oracle.check_torch(model, loss_fn, y, config, name_map=names, reduction="sum",
+                               temperature=0.5)
     assert not wrong.passed and "x" in [c.name for c in wrong.failures()]
 
 
@@ -199,7 +211,8 @@ class TanhDecoder(ex.VAE):
 def test_a_different_decoder_is_the_first_quantity_that_differs():
     model, y = model_and_batch(torch.float64, cls=TanhDecoder)
     report = oracle.check_torch(model, ex.loss_fn, y, ex.CONFIG, name_map=ex.NAMES, reduction="sum")
-    assert report.hints[0].startswith("the decoder output is the first quantity that differs while its "
+    assert report.hints[0].startswith("the decoder output is the first quantity that differs while "
+                                      "its "
                                       "input x agrees"), str(report)
 
 
@@ -215,7 +228,9 @@ def test_kl_right_and_reconstruction_wrong_is_named():
     eps = torch.randn(16, 20, dtype=torch.float64)
     theirs = {"loss": rec + kl, "kl": kl, "reconstruction": rec,
               **{f"grad/{k}": p.grad for k, p in model.named_parameters()}}
-    report = oracle.check(ex.CONFIG, model.state_dict(), {"y": y.reshape(16, -1), "eps": eps[:, None]},
+    report = oracle.check(ex.CONFIG, model.state_dict(),
+                          {"y": y.reshape(16, -1), "eps": eps[:, None]},
                           theirs, reduction="sum", name_map=ex.NAMES)
     assert "kl" not in [c.name for c in report.failures()]
-    assert "the KL agrees and the reconstruction differs: look at the emission and the decoder" in report.hints
+    assert ("the KL agrees and the reconstruction differs: look at the emission and the "
+            "decoder") in report.hints

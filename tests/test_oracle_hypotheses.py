@@ -23,7 +23,8 @@ from refvae.math.vae import VAE as RefVAE  # noqa: E402
 N, D, H, K = 5, 12, 10, 3
 NAMES = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
          "fc4": "decoder.out"}
-BERNOULLI = {"format": 1, "data_dim": D, "latent_dim": K, "encoder_hidden": [H], "decoder_hidden": [H],
+BERNOULLI = {"format": 1, "data_dim": D, "latent_dim": K, "encoder_hidden": [H],
+             "decoder_hidden": [H],
              "activation": "relu", "latent": "gaussian", "emission": "bernoulli"}
 GAUSSIAN = {**BERNOULLI, "emission": "gaussian"}
 LEVELS = {"loss": ("loss",), "grads": ("loss", "grad"), "heads": ("loss", "grad", "heads"),
@@ -36,7 +37,8 @@ class UserVAE(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.fc1, self.fc21, self.fc22 = torch.nn.Linear(D, H), torch.nn.Linear(H, K), torch.nn.Linear(H, K)
+        self.fc1, self.fc21, self.fc22 = (torch.nn.Linear(D, H), torch.nn.Linear(H, K),
+                                          torch.nn.Linear(H, K))
         self.fc3, self.fc4 = torch.nn.Linear(K, H), torch.nn.Linear(H, D)
         self.seen = {"x": [], "decoder_out": []}
 
@@ -101,10 +103,13 @@ class Swapped(UserVAE):
 
 # bug: (key, config, (model class, loss_fn), reduction told to refvae, samples L)
 BUGS = {
-    "sampler:exp": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + torch.randn_like(lv) * lv.exp())), 1),
-    "sampler:logvar": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + torch.randn_like(lv) * lv)), 1),
+    "sampler:exp": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + torch.randn_like(lv) * lv.exp())),
+                    1),
+    "sampler:logvar": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + torch.randn_like(lv) * lv)),
+                       1),
     "sampler:unscaled": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + torch.randn_like(lv))), 1),
-    "sampler:no-noise": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + 0 * torch.randn_like(lv))), 1),
+    "sampler:no-noise": (BERNOULLI, loss(cls=sampler(lambda m, lv: m + 0 * torch.randn_like(lv))),
+                         1),
     "sampler:detached": (BERNOULLI, loss(cls=sampler(
         lambda m, lv: m + torch.randn_like(lv) * torch.exp(0.5 * lv).detach())), 1),
     "heads:swapped": (BERNOULLI, loss(cls=Swapped), 1),
@@ -112,13 +117,16 @@ BUGS = {
     "kl:-1": (BERNOULLI, loss(kl=lambda m, lv: -kld(m, lv)), 1),
     "kl:0": (BERNOULLI, loss(kl=lambda m, lv: 0 * m.sum()), 1),
     "kl:+K/2": (BERNOULLI, loss(kl=lambda m, lv: -0.5 * torch.sum(lv - m.pow(2) - lv.exp())), 1),
-    "kl:1/(N·K)": (BERNOULLI, loss(kl=lambda m, lv: -0.5 * torch.mean(1 + lv - m.pow(2) - lv.exp())), 1),
+    "kl:1/(N·K)": (BERNOULLI,
+                   loss(kl=lambda m, lv: -0.5 * torch.mean(1 + lv - m.pow(2) - lv.exp())), 1),
     "kl:detached": (BERNOULLI, loss(kl=lambda m, lv: kld(m, lv).detach() + 0 * m.sum()), 1),
     "reconstruction:1/(N·D)": (BERNOULLI, loss(rec=lambda r, y: F.binary_cross_entropy(r, y)), 1),
     "reconstruction:L": (BERNOULLI, loss(samples=2), 2),
     "reduction:N": (BERNOULLI, loss(), 1),   # refvae is told reduction="mean"
-    "emission:-normaliser": (GAUSSIAN, loss(rec=lambda r, y: 0.5 * ((r - y) ** 2).sum(), cls=GaussianUserVAE), 1),
-    "emission:mse": (GAUSSIAN, loss(rec=lambda r, y: F.mse_loss(r, y, reduction="sum"), cls=GaussianUserVAE), 1),
+    "emission:-normaliser": (GAUSSIAN, loss(rec=lambda r, y: 0.5 * ((r - y) ** 2).sum(),
+                                            cls=GaussianUserVAE), 1),
+    "emission:mse": (GAUSSIAN, loss(rec=lambda r, y: F.mse_loss(r, y, reduction="sum"),
+                                    cls=GaussianUserVAE), 1),
 }
 # hypotheses that the exported numbers cannot tell from the injected bug (they predict the same)
 SAME: dict = {}
@@ -130,7 +138,8 @@ INVISIBLE = {"sampler:detached": {"loss", "heads", "x", "decoder_out"},
 def export(cfg, cls, loss_fn, level, seed=0):
     torch.manual_seed(seed)
     model = cls().double()
-    y = (torch.rand(N, D) < 0.4).double() if cfg["emission"] == "bernoulli" else torch.rand(N, D).double()
+    y = ((torch.rand(N, D) < 0.4).double() if cfg["emission"] == "bernoulli"
+         else torch.rand(N, D).double())
     with record_draws(torch) as draws:
         value = loss_fn(model, y)
     value.backward()
@@ -183,12 +192,14 @@ def test_no_hypothesis_names_the_first_differing_quantity():
     hypothesis explains them; the report says so and names the first exported quantity that
     differs, without claiming that the unexported x agreed."""
     cls = type("Tanh", (UserVAE,), {"out": lambda self, z: self.fc4(torch.tanh(self.fc3(z)))})
-    model, y, noise, theirs = export(BERNOULLI, cls, loss(kl=lambda m, lv: -kld(m, lv))[1], "logits")
+    model, y, noise, theirs = export(BERNOULLI, cls, loss(kl=lambda m, lv: -kld(m, lv))[1],
+                                     "logits")
     report = oracle.check(BERNOULLI, model.state_dict(), {"y": y, "eps": noise},
                           theirs,
                           reduction="sum", name_map=NAMES)
     text = "\n".join(report.hints)
-    assert "none of the" in text and "the first exported quantity that differs is decoder_out" in text, text
+    assert "none of the" in text and ("the first exported quantity that differs is "
+                                      "decoder_out") in text, text
     assert "x agrees" not in text and "[hypothesis" not in text, text
 
 
@@ -197,7 +208,8 @@ def test_the_catalogue_is_hand_derived_and_covers_every_named_bug():
     goes through refvae's own passes (its predictions are finite arrays of refvae's shapes)."""
     cfg = BERNOULLI
     model, y, noise, theirs = export(cfg, UserVAE, loss()[1], "all")
-    ours = oracle.compute(cfg, model.state_dict(), {"y": y, "eps": noise}, reduction="sum", name_map=NAMES)
+    ours = oracle.compute(cfg, model.state_dict(), {"y": y, "eps": noise}, reduction="sum",
+                          name_map=NAMES)
     ctx = Context(ours)
     keys = {h.key for h in catalogue(ctx)}
     assert {b for b, spec in BUGS.items() if spec[0] is cfg and spec[2] == 1} <= keys
@@ -219,7 +231,8 @@ def matrix() -> str:
         cells = []
         for level in MATRIX_LEVELS:
             report, named = diagnosed(bug, level)
-            cells.append("PASS (invisible)" if report.passed else ", ".join(f"`{n}`" for n in named) or "—")
+            cells.append("PASS (invisible)" if report.passed else ", ".join(f"`{n}`" for n in named)
+                         or "—")
         rows.append(f"| `{bug}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -231,8 +244,10 @@ if __name__ == "__main__":
 # ----- categorical latents ------------------------------------------------------------------------
 KC, C, TAU = 2, 3, 0.5
 CATEGORICAL = {"format": 1, "data_dim": D, "latent_dim": KC, "categories": C, "encoder_hidden": [H],
-               "decoder_hidden": [H], "activation": "tanh", "latent": "categorical", "emission": "bernoulli"}
-CAT_NAMES = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0", "out": "decoder.out"}
+               "decoder_hidden": [H], "activation": "tanh", "latent": "categorical",
+               "emission": "bernoulli"}
+CAT_NAMES = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0",
+             "out": "decoder.out"}
 
 
 class CatVAE(torch.nn.Module):
@@ -299,7 +314,8 @@ DRAWS = {
 
 @pytest.mark.parametrize("how", list(DRAWS))
 def test_noise_drawn_through_distributions_and_generators_is_recorded(how):
-    cls = type("Drawn", (UserVAE,), {"reparameterize": lambda self, mu, lv: DRAWS[how](mu, torch.exp(0.5 * lv))})
+    cls = type("Drawn", (UserVAE,),
+               {"reparameterize": lambda self, mu, lv: DRAWS[how](mu, torch.exp(0.5 * lv))})
     torch.manual_seed(0)
     model, y = cls().double(), (torch.rand(N, D) < 0.4).double()
     state = GEN.get_state()
@@ -314,15 +330,18 @@ def test_categorical_noise_from_torch_distributions(how):
         def forward(self, y):
             eta = self.logits(torch.tanh(self.enc(y))).view(-1, KC, C)
             if how == "Gumbel":
-                g = torch.distributions.Gumbel(torch.zeros_like(eta), torch.ones_like(eta)).rsample()
+                g = torch.distributions.Gumbel(torch.zeros_like(eta),
+                                               torch.ones_like(eta)).rsample()
                 soft = torch.softmax((eta + g) / TAU, dim=-1)
             else:
-                soft = torch.distributions.RelaxedOneHotCategorical(torch.tensor(TAU, dtype=eta.dtype),
-                                                                    logits=eta).rsample()
+                soft = torch.distributions.RelaxedOneHotCategorical(
+                    torch.tensor(TAU, dtype=eta.dtype),
+                    logits=eta).rsample()
             return self.out(torch.tanh(self.dec(soft.reshape(-1, KC * C)))), eta
     torch.manual_seed(2)
     model, y = Dist().double(), (torch.rand(N, D) < 0.5).double()
-    report = oracle.check_torch(model, cat_loss(), y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
+    report = oracle.check_torch(model, cat_loss(), y, CATEGORICAL, name_map=CAT_NAMES,
+                                reduction="sum",
                                 temperature=TAU)
     assert report.passed, str(report)
 
@@ -335,7 +354,8 @@ def test_float32_noise_in_a_float64_model_is_named():
     model, y = Single().double(), (torch.rand(N, D) < 0.4).double()
     report = oracle.check_torch(model, loss()[1], y, BERNOULLI, name_map=NAMES, reduction="sum")
     assert not report.passed
-    assert report.hints[0].startswith("your noise was drawn in float32 inside a float64 model (the likely "
+    assert report.hints[0].startswith("your noise was drawn in float32 inside a float64 model (the "
+                                      "likely "
                                       "cause"), str(report)
 
 
@@ -346,18 +366,22 @@ def _stax(model, bias_row=False):
     def pair(lin):
         b = lin.bias.detach().numpy()
         return lin.weight.detach().numpy().T, (b[None] if bias_row else b)
-    return [pair(model.fc1), (), pair(model.fc21), pair(model.fc22), pair(model.fc3), (), pair(model.fc4)]
+    return [pair(model.fc1), (), pair(model.fc21), pair(model.fc22), pair(model.fc3), (),
+            pair(model.fc4)]
 
 
-STAX = {"0": "encoder.0", "2": "encoder.mean", "3": "encoder.logvar", "4": "decoder.0", "6": "decoder.out"}
+STAX = {"0": "encoder.0", "2": "encoder.mean", "3": "encoder.logvar", "4": "decoder.0",
+        "6": "decoder.out"}
 
 
-@pytest.mark.parametrize("form", ["stax", "stax (1, n) biases", "HIPS dicts W/b", "equinox objects"])
+@pytest.mark.parametrize("form",
+                         ["stax", "stax (1, n) biases", "HIPS dicts W/b", "equinox objects"])
 def test_parameters_in_every_container(form):
     torch.manual_seed(0)
     model, y = UserVAE().double(), (torch.rand(N, D) < 0.4).double()
     _, _, noise, theirs = export(BERNOULLI, UserVAE, loss()[1], "grads")
-    ref = oracle.compute(BERNOULLI, model.state_dict(), {"y": y, "eps": noise}, name_map=NAMES, reduction="sum")
+    ref = oracle.compute(BERNOULLI, model.state_dict(), {"y": y, "eps": noise}, name_map=NAMES,
+                         reduction="sum")
     if form.startswith("stax"):
         params, names = _stax(model, "(1, n)" in form), STAX
     elif form.startswith("HIPS"):
@@ -366,19 +390,22 @@ def test_parameters_in_every_container(form):
     else:
         class Linear:   # an Equinox-style module: arrays as attributes, other attributes ignored
             def __init__(self, w, b):
-                self.weight, self.bias, self.in_features, self.activation = w.T, b, w.shape[0], np.tanh
+                self.weight, self.bias, self.in_features, self.activation = w.T, b, w.shape[
+                    0], np.tanh
         params = type("Model", (), {})()
         for m, (w, b) in zip(NAMES, [p for p in _stax(model) if p]):
             setattr(params, m, Linear(w, b))
         names = NAMES
-    ours = oracle.compute(BERNOULLI, params, {"y": y, "eps": noise}, name_map=names, reduction="sum",
+    ours = oracle.compute(BERNOULLI, params, {"y": y, "eps": noise}, name_map=names,
+                          reduction="sum",
                           layout=None if form.startswith("equinox") else "in_out")
     assert ours.loss == pytest.approx(ref.loss, rel=1e-12)
 
 
 @pytest.mark.parametrize("bad, words", [([1, 2], "unexpected 0, 1"), (3, "got int"),
                                         ([("a",)], "leaf '0.0'"), ({"fc1": {"W": np.zeros((2, 2))}},
-                                                                    "named 'kernel' or 'W' (fc1.W)")])
+                                                                    "named 'kernel' or 'W' "
+                                                                    "(fc1.W)")])
 def test_every_container_error_is_one_line_naming_the_leaf(bad, words):
     with pytest.raises(oracle.RefvaeError if hasattr(oracle, "RefvaeError") else Exception) as err:
         oracle.compute(BERNOULLI, bad, {"y": np.zeros((N, D)), "eps": np.zeros((N, K))})
@@ -389,7 +416,8 @@ def test_every_container_error_is_one_line_naming_the_leaf(bad, words):
 def test_check_torch_errors_speak_python():
     model = UserVAE().double()
     with pytest.raises(Exception, match=r"name_map=\{'theirs': 'ours'") as err:
-        oracle.check_torch(model, loss()[1], (torch.rand(N, D) < 0.4).double(), BERNOULLI, reduction="sum")
+        oracle.check_torch(model, loss()[1], (torch.rand(N, D) < 0.4).double(), BERNOULLI,
+                           reduction="sum")
     assert "--map" not in str(err.value)
 
 
@@ -398,9 +426,11 @@ def test_check_torch_takes_extra_exports_from_loss_fn():
     without its ½ is then seen in kl_per_datum as well."""
     def loss_fn(model, y):
         mu, logvar = model.encode(y)
-        rec = F.binary_cross_entropy(model.decode(model.reparameterize(mu, logvar)), y, reduction="none")
+        rec = F.binary_cross_entropy(model.decode(model.reparameterize(mu, logvar)), y,
+                                     reduction="none")
         kl = -torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)   # the ½ is missing
-        return {"loss": rec.sum() + kl.sum(), "kl_per_datum": kl, "reconstruction_per_datum": rec.sum(1)}
+        return {"loss": rec.sum() + kl.sum(), "kl_per_datum": kl, "reconstruction_per_datu"
+                                                                  "m": rec.sum(1)}
     torch.manual_seed(0)
     model, y = UserVAE().double(), (torch.rand(N, D) < 0.4).double()
     report = oracle.check_torch(model, loss_fn, y, BERNOULLI, name_map=NAMES, reduction="sum")
@@ -408,5 +438,6 @@ def test_check_torch_takes_extra_exports_from_loss_fn():
     assert "kl_per_datum" in names and "kl_per_datum" in [c.name for c in report.failures()]
     assert any("[hypothesis kl:2 " in h for h in report.hints), str(report)
     with pytest.raises(Exception, match="unknown: kll"):
-        oracle.check_torch(model, lambda m, x: {"loss": loss_fn(m, x)["loss"], "kll": 1}, y, BERNOULLI,
+        oracle.check_torch(model, lambda m, x: {"loss": loss_fn(m, x)["loss"], "kll": 1}, y,
+                           BERNOULLI,
                            name_map=NAMES, reduction="sum")

@@ -8,7 +8,8 @@ from refvae.cli import main as cli
 from refvae import oracle
 from refvae.errors import ConfigError, ShapeError
 
-NAMES = {"encoder.Dense_0": "encoder.0", "decoder.Dense_0": "decoder.0", "decoder.Dense_1": "decoder.out"}
+NAMES = {"encoder.Dense_0": "encoder.0", "decoder.Dense_0": "decoder.0",
+         "decoder.Dense_1": "decoder.out"}
 SPLIT = {"encoder.head": ["encoder.mean", "encoder.logvar"]}
 
 
@@ -16,7 +17,8 @@ def flax_tree(flat: dict) -> dict:
     """refvae's flat (out, in) arrays as a Flax-style tree: (in, out) kernels, one fused head."""
     def dense(name):
         return {"kernel": flat[f"{name}.weight"].T, "bias": flat[f"{name}.bias"]}
-    head = {"kernel": np.concatenate([flat["encoder.mean.weight"], flat["encoder.logvar.weight"]]).T,
+    head = {"kernel": np.concatenate([flat["encoder.mean.weight"],
+                                      flat["encoder.logvar.weight"]]).T,
             "bias": np.concatenate([flat["encoder.mean.bias"], flat["encoder.logvar.bias"]])}
     return {"params": {"encoder": {"Dense_0": dense("encoder.0"), "head": head},
                        "decoder": {"Dense_0": dense("decoder.0"), "Dense_1": dense("decoder.out")}}}
@@ -26,7 +28,8 @@ def flax_tree(flat: dict) -> dict:
 def ex(tmp_path_factory):
     paths = oracle.write_example(tmp_path_factory.mktemp("ex"))
     params, theirs = oracle.load_npz(paths["params"]), oracle.load_npz(paths["theirs"])
-    grads = flax_tree({k[len("grad/"):]: v for k, v in theirs.items() if k.startswith("grad/")})["params"]
+    grads = flax_tree({k[len("grad/"):]: v for k,
+                       v in theirs.items() if k.startswith("grad/")})["params"]
     return paths, flax_tree(params), {"loss": theirs["loss"], "grad": grads}
 
 
@@ -45,8 +48,11 @@ def test_a_wrong_entry_of_the_fused_kernel_is_named_in_both_names(ex):
     kernel = theirs["grad"]["encoder"]["head"]["kernel"].copy()
     kernel[1, 3] += 0.1     # (in, out): output 3 is logvar's second output
     bad = {**theirs, "grad": {**theirs["grad"], "encoder": {**theirs["grad"]["encoder"],
-                                                            "head": {"kernel": kernel, "bias": theirs["grad"]["encoder"]["head"]["bias"]}}}}
-    report = oracle.check(paths["config"], params, paths["batch"], bad, name_map=NAMES, layout="in_out", split=SPLIT)
+                                                            "head": {"kernel": kernel,
+                                                                     "bias": theirs["grad"][
+                                                                "encoder"]["head"]["bias"]}}}}
+    report = oracle.check(paths["config"], params, paths["batch"], bad, name_map=NAMES,
+                          layout="in_out", split=SPLIT)
     assert [c.name for c in report.failures()] == ["grad/encoder.logvar.weight"]
     assert report.failures()[0].worst[0][0] == (1, 1)   # (out, in) under refvae's layout
 
@@ -60,10 +66,12 @@ def test_kernels_without_the_layout_get_the_layout_hint(ex):
 def test_split_errors_are_one_line(ex):
     paths, params, theirs = ex
     with pytest.raises(ConfigError, match="'encoder.scale.weight' is not a weight or bias"):
-        oracle.check(paths["config"], params, paths["batch"], theirs, name_map=NAMES, layout="in_out",
+        oracle.check(paths["config"], params, paths["batch"], theirs, name_map=NAMES,
+                     layout="in_out",
                      split={"encoder.head": ["encoder.mean", "encoder.scale"]})
     with pytest.raises(ConfigError, match="split entr"):
-        oracle.check(paths["config"], params, paths["batch"], theirs, name_map=NAMES, layout="in_out",
+        oracle.check(paths["config"], params, paths["batch"], theirs, name_map=NAMES,
+                     layout="in_out",
                      split={**SPLIT, "encoder.nothing": ["encoder.mean", "encoder.logvar"]})
     with pytest.raises(ConfigError, match="unknown layout"):
         oracle.check(paths["config"], params, paths["batch"], theirs, layout="io")
@@ -72,11 +80,14 @@ def test_split_errors_are_one_line(ex):
 def test_cli_layout_and_split(ex, tmp_path, capsys):
     paths, params, theirs = ex
     flat_params = oracle.flatten(params)
-    flat_theirs = {"loss": theirs["loss"], **{f"grad/{k}": v for k, v in oracle.flatten(theirs["grad"]).items()}}
+    flat_theirs = {"loss": theirs["loss"],
+                   **{f"grad/{k}": v for k, v in oracle.flatten(theirs["grad"]).items()}}
     np.savez(tmp_path / "params.npz", **flat_params)
     np.savez(tmp_path / "theirs.npz", **flat_theirs)
-    argv = ["oracle", "compare", "--config", paths["config"], "--params", str(tmp_path / "params.npz"),
-            "--batch", paths["batch"], "--grads", str(tmp_path / "theirs.npz"), "--layout", "in-out",
+    argv = ["oracle", "compare", "--config", paths["config"], "--params",
+            str(tmp_path / "params.npz"),
+            "--batch", paths["batch"], "--grads", str(tmp_path / "theirs.npz"), "--layout",
+            "in-out",
             "--split", "encoder.head=encoder.mean,encoder.logvar"] + [a for k, v in NAMES.items()
                                                                      for a in ("--map", f"{k}={v}")]
     assert cli.main(argv) == 0, capsys.readouterr()
@@ -87,13 +98,15 @@ def test_cli_layout_and_split(ex, tmp_path, capsys):
 
 def test_readme_flax_exporter_runs_where_jax_installs():
     """The README's JAX/Flax example as written: a Flax params tree with (in, out) kernels and a
-    fused head, float32, checked in one call (skipped cleanly where jax or flax is not installed)."""
+    fused head, float32, checked in one call (skipped cleanly where jax or flax is not
+    installed)."""
     pytest.importorskip("jax")
     pytest.importorskip("flax")
     import re
     from pathlib import Path
     readme = Path(__file__).resolve().parents[1] / "README.md"
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    block = next(b for b
+                 in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
                  if "import jax" in b)
     namespace = {"config": {"format": 1, "data_dim": 784, "latent_dim": 20, "encoder_hidden": [400],
                             "decoder_hidden": [400], "activation": "relu", "latent": "gaussian",

@@ -29,27 +29,35 @@ SMALL = {"data_dim": 6, "latent_dim": 2, "format": 1}
 
 def _cfg(**fields):
     cfg = {**SMALL, "encoder_hidden": [5], "decoder_hidden": [4], "activation": "tanh",
-           "latent": "gaussian", "emission": "bernoulli", "alpha": 1.0, "learn_alpha": False, **fields}
+           "latent": "gaussian", "emission": "bernoulli", "alpha": 1.0, "learn_alpha": False,
+           **fields}
     return oracle.load_config(cfg).to_dict()
 
 
 # (config, estimator, temperature): every latent kind with every emission at least once.
 CASES = {
     "diag-bernoulli": (_cfg(), None, None),
-    "diag-gaussian": (_cfg(emission="gaussian", alpha=0.5, encoder_hidden=[5, 4], decoder_hidden=[3],
+    "diag-gaussian": (_cfg(emission="gaussian", alpha=0.5, encoder_hidden=[5, 4],
+                           decoder_hidden=[3],
                            activation="softplus"), None, None),
-    "diag-gaussian-learned": (_cfg(emission="gaussian", alpha=2.0, learn_alpha=True, activation="relu"),
+    "diag-gaussian-learned": (_cfg(emission="gaussian", alpha=2.0, learn_alpha=True,
+                                   activation="relu"),
                               None, None),
-    "diag-gaussian_diag-linear": (_cfg(emission="gaussian_diag", encoder_hidden=[], activation="silu"),
+    "diag-gaussian_diag-linear": (_cfg(emission="gaussian_diag", encoder_hidden=[],
+                                       activation="silu"),
                                   None, None),
     "full-bernoulli": (_cfg(latent="gaussian_full"), None, None),
-    "full-gaussian_diag": (_cfg(latent="gaussian_full", emission="gaussian_diag", latent_dim=3), None, None),
-    "full-gaussian-learned": (_cfg(latent="gaussian_full", emission="gaussian", learn_alpha=True), None, None),
+    "full-gaussian_diag": (_cfg(latent="gaussian_full", emission="gaussian_diag", latent_dim=3),
+                           None, None),
+    "full-gaussian-learned": (_cfg(latent="gaussian_full", emission="gaussian", learn_alpha=True),
+                              None, None),
     "flow-gaussian": (_cfg(flow_length=2, emission="gaussian", activation="softplus"), None, None),
     "cat-bernoulli-gumbel-softmax": (_cfg(latent="categorical", categories=3), None, 0.7),
-    "cat-gaussian_diag-straight-through": (_cfg(latent="categorical", categories=3, emission="gaussian_diag"),
+    "cat-gaussian_diag-straight-through": (_cfg(latent="categorical", categories=3,
+                                                emission="gaussian_diag"),
                                            "straight-through", 0.5),
-    "cat-gaussian-score": (_cfg(latent="categorical", categories=4, emission="gaussian", learn_alpha=True),
+    "cat-gaussian-score": (_cfg(latent="categorical", categories=4, emission="gaussian",
+                                learn_alpha=True),
                            "score", None),
 }
 ONE_PER_LATENT = ["diag-gaussian-learned", "full-gaussian_diag", "flow-gaussian",
@@ -59,7 +67,8 @@ ONE_PER_LATENT = ["diag-gaussian-learned", "full-gaussian_diag", "flow-gaussian"
 def twin_result(cfg, estimator, temperature, params, y, noise, reduction):
     """The twin's (loss, kl per datum, reconstruction per datum, grads), float64."""
     if cfg["latent"] == "categorical":
-        return twin_categorical.grads(cfg, params, y, noise, estimator or "gumbel-softmax", temperature,
+        return twin_categorical.grads(cfg, params, y, noise, estimator or "gumbel-softmax",
+                                      temperature,
                                       reduction)
     return twin.latent_grads(cfg, params, y, noise, reduction)
 
@@ -85,7 +94,8 @@ def write_case(tmp_path, case, reduction="mean"):
     """The four oracle files, written from the twin; returns (argv for compare, theirs, ours)."""
     cfg, estimator, temperature = CASES[case]
     vae, params, y, noise = inputs(cfg)
-    theirs = theirs_from(*twin_result(cfg, estimator, temperature, params, y, noise, reduction), reduction)
+    theirs = theirs_from(*twin_result(cfg, estimator, temperature, params, y, noise, reduction),
+                         reduction)
     batch = {"y": y, vae.latent.noise_name: noise}
     if temperature is not None:
         batch["temperature"] = np.asarray(temperature)
@@ -131,11 +141,14 @@ def test_one_entry_perturbed_by_1e_6_relative_fails_and_is_named(case, tmp_path,
         report = oracle.compare(bumped, ours)
         assert [c.name for c in report.failures()] == [name]
         assert report.failures()[0].worst[0][0] == tuple(int(i) for i in idx)
-        assert f"worst entries of {name} (index: theirs vs ours):\n  {tuple(int(i) for i in idx)}: " \
+        assert (f"worst entries of {name} (index: theirs vs "
+                f"ours):\n  {tuple(int(i) for i in idx)}: ") \
             in str(report)
-    # and through the command line, for the first parameter's gradient: exit 1, tensor and index named
+    # and through the command line, for the first parameter's gradient: exit 1, tensor and index
+    # named
     name = next(k for k in theirs if k.startswith("grad/"))
-    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(np.abs(theirs[name]))), theirs[name].shape))
+    idx = tuple(int(i) for i
+                in np.unravel_index(int(np.argmax(np.abs(theirs[name]))), theirs[name].shape))
     theirs[name][idx] *= 1 + 1e-6
     np.savez(argv[argv.index("--grads") + 1], **theirs)
     rc, out, _ = run(capsys, argv)
@@ -162,7 +175,8 @@ def test_broken_files_give_one_line_and_exit_2(case, tmp_path, capsys):
 
     for role, change, words in [("params", transposed, ["encoder.0.weight", "transposed"]),
                                 ("grads", missing, ["missing grad/"]),
-                                ("batch", unsampled, [f"noise {noise_name!r} has shape", "expected (N, L"])]:
+                                ("batch", unsampled,
+                                 [f"noise {noise_name!r} has shape", "expected (N, L"])]:
         arrays = {k: np.array(v, copy=True) for k, v in originals[role].items()}
         change(arrays)
         np.savez(paths[role], **arrays)
@@ -201,7 +215,8 @@ def test_float32_twin_passes_float32_defaults_with_margin(case, reduction):
     g = theirs["grad/decoder.out.weight"].clone()
     idx = np.unravel_index(int(g.abs().argmax()), tuple(g.shape))
     g[idx] *= 1 + 1e-3
-    bad = oracle.check(cfg, p32, batch, {**theirs, "grad/decoder.out.weight": g}, reduction=reduction)
+    bad = oracle.check(cfg, p32, batch, {**theirs, "grad/decoder.out.weight": g},
+                       reduction=reduction)
     assert [c.name for c in bad.failures()] == ["grad/decoder.out.weight"]
 
 
@@ -228,7 +243,8 @@ def test_readme_exporter_and_compare_command_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     for name in [k for k in namespace if k.startswith("test_")]:  # the pytest example in the README
         namespace[name]()
-    command = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "oracle compare" in b)
+    command = next(b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "oracle compare"
+                   in b)
     argv = shlex.split(command.replace("\\\n", " "))
     assert argv[:3] == ["refvae", "oracle", "compare"]
     rc = cli.main(argv[1:])
@@ -244,7 +260,8 @@ def test_readme_pytest_helper_reports_a_wrong_gradient(tmp_path, monkeypatch):
     """The README's VAE with one wrong gradient entry (fc22.bias[3]) fails assert_matches, which
     names the tensor under refvae's name and the index."""
     section = readme_section()
-    model_block = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "class VAE" in b)
+    model_block = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "class VAE"
+                       in b)
     namespace = {}
     exec(compile(model_block, str(README), "exec"), namespace)  # noqa: S102
     torch.manual_seed(1)
@@ -259,12 +276,16 @@ def test_readme_pytest_helper_reports_a_wrong_gradient(tmp_path, monkeypatch):
     loss.backward()
     model.fc22.bias.grad[3] += 0.5 * model.fc22.bias.grad[3].abs() + 1e-3
     cfg = {"format": 1, "data_dim": 784, "latent_dim": 20, "encoder_hidden": [400],
-           "decoder_hidden": [400], "activation": "relu", "latent": "gaussian", "emission": "bernoulli"}
-    names = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
+           "decoder_hidden": [400], "activation": "relu", "latent": "gaussian",
+           "emission": "bernoulli"}
+    names = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar",
+             "fc3": "decoder.0",
              "fc4": "decoder.out"}
-    with pytest.raises(AssertionError, match=r"worst entries of grad/encoder.logvar.bias .*\n  \(3,\): "):
+    with pytest.raises(AssertionError, match=r"worst entries of grad/encoder.logvar.bias .*\n  "
+                                             r"\(3,\): "):
         oracle.assert_matches(cfg, model.state_dict(), {"y": y, "eps": eps[:, None, :]},
-                              {"loss": loss, **{f"grad/{k}": p.grad for k, p in model.named_parameters()}},
+                              {"loss": loss,
+                               **{f"grad/{k}": p.grad for k, p in model.named_parameters()}},
                               reduction="sum", name_map=names)
 
 

@@ -18,9 +18,11 @@ from refvae.backend import NoiseSource
 from refvae.errors import ConfigError, ShapeError
 from refvae.math.vae import VAE
 
-LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[], activation="tanh",
+LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[],
+              activation="tanh",
               latent="gaussian", emission="gaussian", alpha=0.7)
-CATEGORICAL = dict(format=1, data_dim=5, latent_dim=2, categories=3, encoder_hidden=[6], decoder_hidden=[6],
+CATEGORICAL = dict(format=1, data_dim=5, latent_dim=2, categories=3, encoder_hidden=[6],
+                   decoder_hidden=[6],
                    activation="tanh", latent="categorical", emission="bernoulli")
 
 
@@ -34,7 +36,8 @@ def setup(cfg, scale=1.0, n=3):
 
 
 def draws(vae, params, y, estimator, m, samples=1, seed=5, temperature=None):
-    """``m`` independent draws of refvae's estimator, fresh noise each: ``{grad/<name>: (m, ...)}``."""
+    """``m`` independent draws of refvae's estimator, fresh noise each:
+    ``{grad/<name>: (m, ...)}``."""
     src, out = NoiseSource(seed), {}
     for _ in range(m):
         g = vae.loss_and_grads(params, y, vae.draw_noise(src, len(y), samples), estimator=estimator,
@@ -49,9 +52,11 @@ def linear():
     return setup(LINEAR)
 
 
-@pytest.mark.parametrize("estimator,samples", [("pathwise", 1), ("score", 1), ("score-loo", 3), ("price", 1)])
+@pytest.mark.parametrize("estimator,samples",
+                         [("pathwise", 1), ("score", 1), ("score-loo", 3), ("price", 1)])
 def test_unbiased_gaussian_estimators_pass_against_the_exact_gradient(linear, estimator, samples):
-    report = oracle.check_unbiased(LINEAR, linear[1], linear[2], draws(*linear, estimator, 300, samples))
+    report = oracle.check_unbiased(LINEAR, linear[1], linear[2],
+                                   draws(*linear, estimator, 300, samples))
     assert report.passed, str(report)
     assert report.reference.startswith("the exact expected gradient (cubature over 4 points)")
 
@@ -87,7 +92,8 @@ def categorical():
 
 def test_enumeration_is_the_expectation_of_the_score_estimator(categorical):
     vae, params, y = categorical
-    report = oracle.check_unbiased(CATEGORICAL, params, y, draws(vae, params, y, "score", 1500, samples=2))
+    report = oracle.check_unbiased(CATEGORICAL, params, y,
+                                   draws(vae, params, y, "score", 1500, samples=2))
     assert report.passed, str(report)
     assert "enumeration of 9 configurations" in report.reference
 
@@ -140,7 +146,8 @@ def test_score_with_a_baseline_from_its_own_sample_is_flagged(linear):
     d = torch_score_draws(LINEAR, linear[1], linear[2], 400, lambda f: 0.5 * f)
     report = oracle.check_unbiased(LINEAR, linear[1], linear[2], d)
     assert not report.passed, str(report)
-    assert all(r.name.startswith("grad/encoder.") for r in report.failures())   # the decoder's are right
+    # the decoder's are right
+    assert all(r.name.startswith("grad/encoder.") for r in report.failures())
 
 
 def test_reference_from_replicates_when_no_exact_one_exists():
@@ -155,9 +162,11 @@ def test_bad_draws_and_options_are_one_line_errors(linear):
     vae, params, y = linear
     d = draws(vae, params, y, "pathwise", 3)
     with pytest.raises(ShapeError, match="missing grad/decoder.out.bias"):
-        oracle.check_unbiased(LINEAR, params, y, {k: v for k, v in d.items() if k != "grad/decoder.out.bias"})
+        oracle.check_unbiased(LINEAR, params, y,
+                              {k: v for k, v in d.items() if k != "grad/decoder.out.bias"})
     with pytest.raises(ShapeError, match="same M ≥ 2"):
-        oracle.check_unbiased(LINEAR, params, y, {**d, "grad/decoder.out.bias": d["grad/decoder.out.bias"][:2]})
+        oracle.check_unbiased(LINEAR, params, y,
+                              {**d, "grad/decoder.out.bias": d["grad/decoder.out.bias"][:2]})
     with pytest.raises(ConfigError, match="level must be a finite number > 0 and ≤ 1"):
         oracle.check_unbiased(LINEAR, params, y, d, level=2)
 
@@ -168,7 +177,8 @@ def test_cli_verb(linear, tmp_path, capsys):
     np.savez(tmp_path / "params.npz", **params)
     np.savez(tmp_path / "batch.npz", y=y)
     np.savez(tmp_path / "draws.npz", **draws(vae, params, y, "pathwise", 200))
-    argv = ["oracle", "unbiased", "--config", str(tmp_path / "config.json"), "--params", str(tmp_path / "params.npz"),
+    argv = ["oracle", "unbiased", "--config", str(tmp_path / "config.json"), "--params",
+            str(tmp_path / "params.npz"),
             "--batch", str(tmp_path / "batch.npz"), "--draws", str(tmp_path / "draws.npz")]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out.startswith("unbiasedness check: PASS (200 draws")

@@ -1,5 +1,6 @@
-"""Row shards on threads (refvae.fast.parallel): the sharded loss and gradients equal the one-shard ones
-to rounding, state-keeping estimators see the whole batch, and the pool restores what it changes."""
+"""Row shards on threads (refvae.fast.parallel): the sharded loss and gradients equal the one-shard
+ones to rounding, state-keeping estimators see the whole batch, and the pool restores what it
+changes."""
 import threading
 import time
 
@@ -24,7 +25,8 @@ CASES = [
 
 
 def _case(extra, n=13, samples=1, seed=0):
-    cfg = {"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7], "activation": "softplus", **extra}
+    cfg = {"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7],
+           "activation": "softplus", **extra}
     model = VAE(cfg)
     noise = NoiseSource(seed)
     params = model.init_params(noise)
@@ -42,15 +44,18 @@ def test_shards_agree_with_one_batch(extra, estimator, samples, threads, reducti
     temperature = 0.7 if extra["latent"] == "categorical" else None
     one = model.loss_and_grads(params, y, eps, estimator, reduction, temperature=temperature)
     with Workers(threads) as workers:
-        got = loss_and_grads(model, workers, params, y, eps, estimator, reduction, temperature=temperature)
+        got = loss_and_grads(model, workers, params, y, eps, estimator, reduction,
+                             temperature=temperature)
     assert got.loss == pytest.approx(one.loss, rel=1e-13)
     assert got.kl == pytest.approx(one.kl, rel=1e-13)
     assert got.reconstruction == pytest.approx(one.reconstruction, rel=1e-13)
     np.testing.assert_allclose(got.kl_per_datum, one.kl_per_datum, rtol=1e-13)
-    np.testing.assert_allclose(got.reconstruction_per_datum, one.reconstruction_per_datum, rtol=1e-13)
+    np.testing.assert_allclose(got.reconstruction_per_datum, one.reconstruction_per_datum,
+                               rtol=1e-13)
     assert list(got.grads) == list(one.grads)
     for name, g in one.grads.items():
-        np.testing.assert_allclose(got.grads[name], g, rtol=1e-11, atol=1e-14 * np.abs(g).max(), err_msg=name)
+        np.testing.assert_allclose(got.grads[name], g, rtol=1e-11, atol=1e-14 * np.abs(g).max(),
+                                   err_msg=name)
 
 
 def test_each_shard_carries_its_share_of_the_mean():
@@ -84,7 +89,8 @@ def test_running_mean_control_variate_sees_the_whole_batch():
     for _ in range(3):
         one = model.loss_and_grads(params, y, eps, "score-running", estimator_state=state_one)
         with Workers(2) as workers:
-            par = loss_and_grads(model, workers, params, y, eps, "score-running", estimator_state=state_par)
+            par = loss_and_grads(model, workers, params, y, eps, "score-running",
+                                 estimator_state=state_par)
     assert state_par == state_one and state_one["score_running_steps"] == 3
     for name, g in one.grads.items():
         np.testing.assert_array_equal(par.grads[name], g)
@@ -177,13 +183,15 @@ def test_a_gpu_backend_runs_one_shard(monkeypatch):
     from refvae.backend import Backend, get_backend  # noqa: PLC0415
     host = get_backend()
     fake_gpu = Backend("cupy", host.xp, host.dtype, host.special)
-    model = VAE({"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7]}, backend=fake_gpu)
+    model = VAE({"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7]},
+                backend=fake_gpu)
     noise = NoiseSource(0)
     params, y = model.init_params(noise), noise.uniform((10, 9))
     eps = model.draw_noise(noise, 10)
     rows = []
     real = model.loss_and_grads
-    monkeypatch.setattr(model, "loss_and_grads", lambda p, yy, *a, **k: rows.append(len(yy)) or real(p, yy, *a, **k))
+    monkeypatch.setattr(model, "loss_and_grads", lambda p, yy, *a,
+                        **k: rows.append(len(yy)) or real(p, yy, *a, **k))
     with Workers(2) as workers:
         loss_and_grads(model, workers, params, y, eps)
     assert rows == [10]

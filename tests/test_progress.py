@@ -32,7 +32,8 @@ def test_terminal_bar_is_redrawn_in_place(monkeypatch):
     meter.line("epoch 1/3 done")
     text = out.getvalue()
     draws = text.split("\r")[1:]
-    assert len(draws) == 5 and draws[-1] == "epoch 1/3 done\033[K\n" and "\n" not in "".join(draws[:-1])
+    assert (len(draws) == 5 and draws[-1] == "epoch 1/3 done\033[K\n" and "\n"
+            not in "".join(draws[:-1]))
     assert draws[3].startswith("epoch 1/3 [" + "#" * 20 + "] 4/4 (100%)") and "eta" in draws[3]
     assert "loss 1.5" in draws[0]
 
@@ -56,7 +57,8 @@ def test_train_download_and_data_download(http_root, tmp_path, monkeypatch, caps
     monkeypatch.setitem(rdata.CHECKSUMS, "mnist", table)
     monkeypatch.setitem(rdata.MIRRORS, "mnist", (url,))
     monkeypatch.setenv("REFVAE_CACHE_DIR", str(tmp_path / "cache"))
-    args = ["train", "--data", "mnist", "--epochs", "1", "--no-figures", "--out", str(tmp_path / "run")]
+    args = ["train", "--data", "mnist", "--epochs", "1", "--no-figures", "--out",
+            str(tmp_path / "run")]
     assert main(args) == 2
     assert "--download" in capsys.readouterr().err and not hits
     assert main(args + ["--download"]) == 0
@@ -92,4 +94,5 @@ def test_a_line_whenever_a_multiple_is_crossed():
     meter = Meter("rows", 100, stream=out, log_interval=10)
     for step in (7, 7, 7, 30, 49):
         meter.advance(step)
-    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["14/100", "21/100", "51/100", "100/100"]
+    assert ([line.split()[1] for line in out.getvalue().splitlines()]
+            == ["14/100", "21/100", "51/100", "100/100"])

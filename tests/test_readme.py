@@ -15,7 +15,8 @@ def test_using_it_python_blocks_run():
     text = README.read_text(encoding="utf-8")
     start = text.index("## Using it")
     section = text[start:text.index("\n## ", start + 1)]
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "assert_gradients(loss_fn" not in b]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S)
+              if "assert_gradients(loss_fn" not in b]
     assert blocks
     namespace = {}
     for block in blocks:
@@ -48,7 +49,8 @@ def scaled_down(argv: list[str]) -> list[str] | None:
     if argv[0] == "train" and "--epochs" not in argv:
         argv += ["--epochs", "1"]
     if argv[0] == "bench":
-        argv += ["--arch", "examples", "--batch", "8", "--dtype", "float64", "--steps", "1", "--warmup", "1"]
+        argv += ["--arch", "examples", "--batch", "8", "--dtype", "float64", "--steps", "1",
+                 "--warmup", "1"]
     return argv
 
 
@@ -68,7 +70,8 @@ def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
     work.mkdir()
     _mnist_dir(tmp_path / "cache" / "mnist", n_train=40, n_test=10)
     (work / "my_config.json").write_text(json.dumps(
-        {"format": 1, "latent_dim": 2, "encoder_hidden": [8], "decoder_hidden": [8], "activation": "tanh",
+        {"format": 1, "latent_dim": 2, "encoder_hidden": [8], "decoder_hidden": [8],
+         "activation": "tanh",
          "latent": "gaussian", "emission": "bernoulli"}))
     real_mnist = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     monkeypatch.setenv("REFVAE_CACHE_DIR", str(tmp_path / "cache"))

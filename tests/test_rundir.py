@@ -24,7 +24,8 @@ def data(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "data" / "d.npz"
     path.parent.mkdir()
-    np.savez(path, train=rng.random((48, 12)), test=rng.random((8, 12)), image_shape=np.array([3, 4]))
+    np.savez(path, train=rng.random((48, 12)), test=rng.random((8, 12)),
+             image_shape=np.array([3, 4]))
     return path
 
 
@@ -37,13 +38,16 @@ def test_resume_evaluate_sample_need_only_the_run(tmp_path, data, monkeypatch, c
     and sampled from another (sample without reading the data at all). The resumed run is the
     uninterrupted one, bit for bit."""
     monkeypatch.chdir(data.parent)
-    assert main(["train", "--data", "d.npz", *SMALL, "--out", str(tmp_path / "whole"), "--epochs", "3"]) == 0
+    assert main(["train", "--data", "d.npz", *SMALL, "--out", str(tmp_path / "whole"), "--epochs",
+                 "3"]) == 0
     assert main(["train", "--data", "d.npz", *SMALL, "--out", str(tmp_path / "run")]) == 0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3", "--quiet"]) == 0
-    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == (tmp_path / "whole" / "checkpoint.npz").read_bytes()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                 "--quiet"]) == 0
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == (tmp_path / "whole"
+                                                                  / "checkpoint.npz").read_bytes()
     info = json.loads((tmp_path / "run" / "train.json").read_text())
     assert info["data"]["source"] == str(data) and info["data"]["image_shape"] == [3, 4]
     assert info["options"]["epochs"] == 3 and info["options"]["threads"] == 1
@@ -63,14 +67,16 @@ def test_resume_refuses_changes_and_cosine_extension(tmp_path, data, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--data", str(data), *SMALL, "--out", out, "--schedule", "cosine"]) == 0
     before = snapshot(tmp_path / "run")
-    for flags, words in ((["--lr", "0.5"], "--lr 0.5 (run: 0.003)"), (["--latent-dim", "3"], "latent_dim 3 (run: 2)"),
+    for flags, words in ((["--lr", "0.5"], "--lr 0.5 (run: 0.003)"),
+                         (["--latent-dim", "3"], "latent_dim 3 (run: 2)"),
                          (["--dtype", "float32"], "--dtype float32 (run: float64)"),
                          (["--epochs", "4"], "cosine schedule"), (["--overwrite"], "contradict")):
         assert main(["train", "--out", out, "--resume", "--quiet", *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("refvae: error:") and words in err and "\n" not in err, err
     # The same values as recorded are accepted (the old way of resuming still works).
-    assert main(["train", "--data", str(data), *SMALL, "--out", out, "--resume", "--schedule", "cosine"]) == 0
+    assert main(["train", "--data", str(data), *SMALL, "--out", out, "--resume", "--schedule",
+                 "cosine"]) == 0
     assert snapshot(tmp_path / "run")["checkpoint.npz"] == before["checkpoint.npz"]
     assert main(["train", "--out", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
     assert "holds no refvae run" in capsys.readouterr().err
@@ -93,16 +99,20 @@ def test_existing_run_and_foreign_folder_are_never_touched(tmp_path, data, capsy
         assert "is not an empty directory or a refvae run" in capsys.readouterr().err
     assert snapshot(foreign) == {"config.json": b'{"mine": 1}', "metrics.jsonl": b"my notes\n"}
     # --overwrite replaces the run as a whole: the old figure goes with the old run.
-    assert main(["train", "--data", str(data), *SMALL, "--out", str(out), "--overwrite", "--seed", "5"]) == 0
-    assert "old.png" not in snapshot(out) and json.loads((out / "train.json").read_text())["options"]["seed"] == 5
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # no staging or lock left
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(out), "--overwrite", "--seed",
+                 "5"]) == 0
+    assert ("old.png" not in snapshot(out)
+            and json.loads((out / "train.json").read_text())["options"]["seed"] == 5)
+    # no staging or lock left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
 
 
 def test_a_failed_first_epoch_leaves_the_old_run(tmp_path, data, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), *SMALL, "--out", str(out)]) == 0
     before = snapshot(out)
-    assert main(["train", "--data", str(data), *SMALL, "--out", str(out), "--overwrite", "--lr", "1e12"]) == 2
+    assert main(["train", "--data", str(data), *SMALL, "--out", str(out), "--overwrite", "--lr",
+                 "1e12"]) == 2
     assert "no checkpoint was written yet" in capsys.readouterr().err
     assert snapshot(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
@@ -138,7 +148,8 @@ def test_sigkill_during_an_overwrite_leaves_the_old_run_or_the_new_one(tmp_path,
     """A fresh run into an existing run's directory, killed at random moments (before, during and
     after the swap): ``out`` always holds one whole run, old or new, that loads and evaluates."""
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(data), *SMALL, "--out", str(out)]
+    base = [sys.executable, "-m", "refvae.cli.main", "train", "--data", str(data), *SMALL, "--out",
+            str(out)]
     subprocess.run(base, check=True, capture_output=True)
     old = snapshot(out)
     # Many small epochs: the first checkpoint and the swap come a few hundred ms after start-up.
@@ -182,11 +193,13 @@ def test_files_honour_the_umask(tmp_path, data):
 
 
 def test_progress_lines_when_not_a_terminal_and_quiet(tmp_path, data, capsys):
-    assert main(["train", "--data", str(data), *SMALL[:-3], "--no-figures", "--out", str(tmp_path / "a"),
+    assert main(["train", "--data", str(data), *SMALL[:-3], "--no-figures", "--out",
+                 str(tmp_path / "a"),
                  "--log-interval", "2"]) == 0
     err = capsys.readouterr().err.splitlines()
     steps = [line for line in err if line.startswith("epoch 1/2 ") and "steps/s" in line]
-    assert [line.split()[2] for line in steps] == ["2/3"] and "eta" in steps[0] and "elapsed" in steps[0]
+    assert [line.split()[2] for line
+            in steps] == ["2/3"] and "eta" in steps[0] and "elapsed" in steps[0]
     assert any(line.startswith("epoch 2/2  train") and "run eta" not in line for line in err)
     assert any(line.startswith("epoch 1/2  train") and "run eta" in line for line in err)
     assert main(["train", "--data", str(data), *SMALL, "--out", str(tmp_path / "b")]) == 0
@@ -195,7 +208,8 @@ def test_progress_lines_when_not_a_terminal_and_quiet(tmp_path, data, capsys):
 
 def test_matplotlib_is_checked_before_training(tmp_path, data, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    args = ["train", "--data", str(data), "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
+    args = ["train", "--data", str(data), "--epochs", "1", "--quiet", "--out",
+            str(tmp_path / "run")]
     assert main(args) == 2
     assert "figures need matplotlib" in capsys.readouterr().err and not (tmp_path / "run").exists()
 

@@ -175,5 +175,6 @@ def test_the_backend_is_built_on_the_stand_in(strict_cupy_bk):
 
 def test_the_stand_in_is_gone_after_its_test():
     assert sys.modules.get("cupy") is not cp
-    assert all(k[0] != "cupy" or v.xp is not cp for k, v in __import__("refvae.backend").backend._CACHE.items())
+    assert all(k[0] != "cupy" or v.xp is not cp for k,
+               v in __import__("refvae.backend").backend._CACHE.items())
     assert get_backend("numpy").xp is np

@@ -1,4 +1,5 @@
-"""Training: reproducibility, exact resume, divergence handling, and the train/evaluate/sample CLI."""
+"""Training: reproducibility, exact resume, divergence handling, and the train/evaluate/sample
+CLI."""
 import json
 import threading
 
@@ -21,7 +22,8 @@ def tiny_data(n=60, d=6, seed=1):
     return Dataset("tiny", y[:n], y[n:], image_shape=(2, 3), kind="greyscale")
 
 
-CONFIG = VAEConfig(data_dim=6, latent_dim=2, encoder_hidden=(5,), decoder_hidden=(5,), activation="tanh")
+CONFIG = VAEConfig(data_dim=6, latent_dim=2, encoder_hidden=(5,), decoder_hidden=(5,),
+                   activation="tanh")
 
 
 def run(tmp_path, name, epochs, resume=False, **kw):
@@ -56,7 +58,8 @@ def test_same_seed_same_numbers(tmp_path):
     assert strip(other) != strip(a)
 
 
-@pytest.mark.parametrize("binarize,threads,split_at", [("none", 1, 2), ("dynamic", 1, 2), ("none", 2, 1)])
+@pytest.mark.parametrize("binarize,threads,split_at",
+                         [("none", 1, 2), ("dynamic", 1, 2), ("none", 2, 1)])
 def test_resume_is_bit_identical(tmp_path, binarize, threads, split_at):
     """Also with row shards on threads: a shard's rows and the order of the sums depend on the batch
     size only, never on which thread finishes first."""
@@ -75,9 +78,11 @@ def test_resume_without_checkpoint_or_with_other_config(tmp_path):
     run(tmp_path, "a", 1)
     other = VAEConfig(data_dim=6, latent_dim=3, encoder_hidden=(5,), decoder_hidden=(5,))
     with pytest.raises(CheckpointError, match="another model config"):
-        train(other, TrainOptions(epochs=2, progress=False), tiny_data(), tmp_path / "a", resume=True)
+        train(other, TrainOptions(epochs=2, progress=False), tiny_data(), tmp_path / "a",
+              resume=True)
     with pytest.raises(CheckpointError, match="resume with --optimizer adam"):
-        train(CONFIG, TrainOptions(epochs=2, optimizer="sgd", progress=False), tiny_data(), tmp_path / "a",
+        train(CONFIG, TrainOptions(epochs=2, optimizer="sgd", progress=False), tiny_data(),
+              tmp_path / "a",
               resume=True)
 
 
@@ -118,10 +123,12 @@ def test_threads_agree_with_one_thread_to_rounding(tmp_path):
     """Row shards change only the order of the gradient sums: metrics and parameters after two
     epochs agree with one thread to rounding. Negative control: another seed does not."""
     def close(a_dir, a, b_dir, b):
-        metrics_close = all(np.allclose([x[k] for k in sorted(x)], [y[k] for k in sorted(y)], rtol=1e-9, atol=0)
+        metrics_close = all(np.allclose([x[k] for k in sorted(x)], [y[k] for k in sorted(y)],
+                                        rtol=1e-9, atol=0)
                             for x, y in zip(strip(a), strip(b), strict=True))
         pa, pb = checkpoint_arrays(a_dir)[0], checkpoint_arrays(b_dir)[0]
-        params_close = all(np.allclose(pa[k], pb[k], rtol=1e-8, atol=1e-12) for k in pa if k.startswith("param/"))
+        params_close = all(np.allclose(pa[k], pb[k], rtol=1e-8, atol=1e-12) for k in pa
+                           if k.startswith("param/"))
         return metrics_close and params_close
 
     one = run(tmp_path, "one", 2)
@@ -141,10 +148,12 @@ def test_running_mean_estimator_on_threads_runs_as_one_shard(tmp_path):
     assert checkpoint_arrays(tmp_path / "two")[1]["estimator_state"]["score_running_steps"] == 8
 
 
-# It diverges on purpose, in worker threads (np.errstate is per thread): their overflows are expected.
+# It diverges on purpose, in worker threads (np.errstate is per thread): their overflows are
+# expected.
 @pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 def test_pool_is_closed_when_training_raises(tmp_path):
-    """A divergence inside the threaded steps still closes the pool and gives BLAS its threads back."""
+    """A divergence inside the threaded steps still closes the pool and gives BLAS its threads
+    back."""
     before = blas_threads()
     opts = TrainOptions(epochs=50, batch_size=16, lr=1e6, progress=False, threads=2)
     with pytest.raises(TrainingDiverged, match="training stopped at epoch"):
@@ -166,8 +175,10 @@ def test_cli_train_evaluate_sample(tmp_path, capsys):
     data = tmp_path / "data.npz"
     rng = np.random.default_rng(0)
     np.savez(data, train=rng.random((50, 12)), test=rng.random((10, 12)))
-    code = main(["train", "--data", str(data), "--epochs", "2", "--latent-dim", "2", "--encoder-hidden", "8",
-                 "--decoder-hidden", "8", "--out", str(out), "--quiet", "--no-figures", "--threads", "2"])
+    code = main(["train", "--data", str(data), "--epochs", "2", "--latent-dim", "2",
+                 "--encoder-hidden", "8",
+                 "--decoder-hidden", "8", "--out", str(out), "--quiet", "--no-figures", "--threads",
+                 "2"])
     assert code == 0
     assert json.loads((out / "train.json").read_text())["options"]["threads"] == 2
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -176,12 +187,14 @@ def test_cli_train_evaluate_sample(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert {"neg_elbo", "kl", "reconstruction", "nll_iwae", "active_units", "n"} <= set(result)
     assert result["n"] == 10
-    assert main(["sample", str(out), "--n", "4", "--image-shape", "3", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(out), "--n", "4", "--image-shape", "3", "4", "--out",
+                 str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["train", "--activation", "gelu", "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert main(["train", "--activation", "gelu", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("refvae: error:") and "activation" in err and "\n" not in err
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
@@ -189,11 +202,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--threads", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "refvae: error: threads must be a positive integer, got 0"
-    # Not an integer at all: argparse's own error, as for every integer flag (usage, then the error).
+    # Not an integer at all: argparse's own error, as for every integer flag (usage, then the
+    # error).
     with pytest.raises(SystemExit) as info:
         main(["train", "--threads", "x"])
     err = capsys.readouterr().err
-    assert info.value.code == 2 and "argument --threads: invalid int value: 'x'" in err and "Traceback" not in err
+    assert (info.value.code == 2 and "argument --threads: invalid int value: 'x'" in err
+            and "Traceback" not in err)
 
 
 @pytest.mark.slow
@@ -215,9 +230,11 @@ def test_misfits_fail_before_anything_is_written(tmp_path):
     """An estimator that needs L ≥ 2, or a temperature for a Gaussian latent, is refused before
     config.json or a checkpoint exists."""
     with pytest.raises(ConfigError, match="L ≥ 2"):
-        train(CONFIG, TrainOptions(epochs=1, samples=1, estimator="score-loo", progress=False), tiny_data(),
+        train(CONFIG, TrainOptions(epochs=1, samples=1, estimator="score-loo", progress=False),
+              tiny_data(),
               tmp_path / "loo")
     assert not (tmp_path / "loo" / "config.json").exists()
     with pytest.raises(ConfigError, match="only to categorical"):
-        train(CONFIG, TrainOptions(epochs=1, temperature=0.5, progress=False), tiny_data(), tmp_path / "t")
+        train(CONFIG, TrainOptions(epochs=1, temperature=0.5, progress=False), tiny_data(),
+              tmp_path / "t")
     assert not (tmp_path / "t" / "config.json").exists()

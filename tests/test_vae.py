@@ -13,11 +13,13 @@ from refvae.math.activations import ACTIVATIONS
 from refvae.math.vae import VAE
 from refvae.witness import functional as twin
 
-EMISSIONS = [("bernoulli", False), ("gaussian", False), ("gaussian", True), ("gaussian_diag", False)]
+EMISSIONS = [("bernoulli", False), ("gaussian", False), ("gaussian", True),
+             ("gaussian_diag", False)]
 DEPTHS = [([], []), ([7], [5]), ([6, 4], [5, 3])]
 
 
-def make_case(emission, learn_alpha, activation, depth, seed=0, n=4, samples=3, d=6, k=3, bk="numpy"):
+def make_case(emission, learn_alpha, activation, depth, seed=0, n=4, samples=3, d=6, k=3,
+              bk="numpy"):
     cfg = dict(data_dim=d, latent_dim=k, encoder_hidden=depth[0], decoder_hidden=depth[1],
                activation=activation, emission=emission, learn_alpha=learn_alpha, alpha=0.7)
     model = VAE(cfg, backend=bk)
@@ -41,7 +43,8 @@ def rel_err(a, b):
 def test_loss_and_grads_match_pytorch(emission, learn_alpha, activation, depth):
     pytest.importorskip("torch")
     cfg, model, params, y, eps = make_case(emission, learn_alpha, activation, depth,
-                                           seed=zlib.crc32(f"{emission}{activation}".encode()) % 1000)
+                                           seed=zlib.crc32(f"{emission}{activation}".encode())
+                                           % 1000)
     res = model.loss_and_grads(params, y, eps)
     loss, kl, rec, grads = twin.grads(cfg, params, y, eps)
     assert rel_err(res.loss, loss) <= 1e-12
@@ -112,7 +115,8 @@ def test_same_numbers_on_every_backend(bk):
     res = model.loss_and_grads({k: bk.asarray(v) for k, v in params.items()}, y, eps)
     assert res.loss == pytest.approx(ref.loss, rel=1e-12)
     for name in ref.grads:
-        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), ref.grads[name], rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), ref.grads[name], rtol=1e-9,
+                                   atol=1e-13)
 
 
 def test_float32_stays_float32():
@@ -132,9 +136,12 @@ def test_float32_stays_float32():
     (lambda m, p, y, e: (p, y, e * np.inf), DataError, "noise 'eps' contains NaN"),
     (lambda m, p, y, e: ({k: v for k, v in p.items() if k != "encoder.0.bias"}, y, e), ShapeError,
      "missing encoder.0.bias"),
-    (lambda m, p, y, e: ({**p, "decoder.extra": p["encoder.0.bias"]}, y, e), ShapeError, "unexpected decoder.extra"),
-    (lambda m, p, y, e: ({**p, "encoder.0.weight": p["encoder.0.weight"].T}, y, e), ShapeError, "transposed"),
-    (lambda m, p, y, e: ({**p, "encoder.0.bias": p["encoder.0.bias"] * np.nan}, y, e), NonFiniteError,
+    (lambda m, p, y, e: ({**p, "decoder.extra": p["encoder.0.bias"]}, y, e), ShapeError,
+     "unexpected decoder.extra"),
+    (lambda m, p, y, e: ({**p, "encoder.0.weight": p["encoder.0.weight"].T}, y, e), ShapeError,
+     "transposed"),
+    (lambda m, p, y, e: ({**p, "encoder.0.bias": p["encoder.0.bias"] * np.nan}, y, e),
+     NonFiniteError,
      "encoder.0.bias"),
 ])
 def test_bad_inputs_are_named(mutate, error, words):

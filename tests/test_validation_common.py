@@ -12,4 +12,5 @@ def test_numpy_bool_verdict_is_a_python_bool():
 
 
 def test_main_exits_1_on_a_numpy_false(tmp_path):
-    assert main(lambda ctx: Claim("t", "s", np.bool_(False), "x"), ["--fig-dir", str(tmp_path)]) == 1
+    assert main(lambda ctx: Claim("t", "s", np.bool_(False), "x"),
+                ["--fig-dir", str(tmp_path)]) == 1

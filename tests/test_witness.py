@@ -30,7 +30,8 @@ def test_module_form_matches_refvae(emission, activation):
     pytest.importorskip("torch")
     from refvae.witness.modules import grads_at, make_vae, mean_neg_elbo
 
-    cfg = dict(data_dim=7, latent_dim=3, encoder_hidden=[5, 4], decoder_hidden=[6], activation=activation,
+    cfg = dict(data_dim=7, latent_dim=3, encoder_hidden=[5, 4], decoder_hidden=[6],
+               activation=activation,
                emission=emission)
     model, noise = VAE(cfg), NoiseSource(4)
     params = {k: model.bk.to_numpy(v) for k, v in model.init_params(noise).items()}

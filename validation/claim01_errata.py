@@ -70,7 +70,8 @@ def e1_rows(seed):
     mu, cache = mlp.forward(BK, params, x)
     corrected = mlp.backward(BK, params, cache, -(y - mu) / alpha)   # −(1/α)(y − μ)ᵀ ∂μ
     printed = mlp.backward(BK, params, cache, (y - mu) / alpha)      # +(1/α)(y − μ)ᵀ ∂μ
-    fd_theta = numerical_gradient(energy, params, names=["decoder.out.weight"])["decoder.out.weight"]
+    fd_theta = numerical_gradient(energy, params,
+                                  names=["decoder.out.weight"])["decoder.out.weight"]
 
     def grad_x(xx):
         m, c = mlp.forward(BK, params, xx)
@@ -80,9 +81,11 @@ def e1_rows(seed):
     hess_c = mlp.input_hessian(BK, params, cache, corrected, 1.0 / alpha, full=True)
     fd_h = numerical_hessian(grad_x, x)
     return [
-        fd_row("E1", "∂E/∂θ (decoder.out.weight)", rel(printed.grads["decoder.out.weight"], fd_theta),
+        fd_row("E1", "∂E/∂θ (decoder.out.weight)",
+               rel(printed.grads["decoder.out.weight"], fd_theta),
                rel(corrected.grads["decoder.out.weight"], fd_theta), "finite differences"),
-        fd_row("E1", "∂E/∂x_k", rel(printed.d_input, fd_x), rel(corrected.d_input, fd_x), "finite differences"),
+        fd_row("E1", "∂E/∂x_k", rel(printed.d_input, fd_x), rel(corrected.d_input, fd_x),
+               "finite differences"),
         fd_row("E1", "∂²E/∂x_j∂x_k", rel(-hess_c, fd_h), rel(hess_c, fd_h), "differences of ∂E/∂x"),
     ]
 
@@ -98,7 +101,8 @@ def e2_row(seed):
     refvae_f = [float(em.terms(BK, mu, y).f[0]),
                 float(make_emission("gaussian").terms(BK, mu, y, np.float64(math.log(alpha))).f[0])]
     printed = 0.5 * k * math.log(2 * math.pi * alpha) + ((mu - y) ** 2).sum() / (2 * alpha)
-    return fd_row("E2", "refvae's Gaussian −log p(y∣x), α fixed and learned (D=5, K=2)", rel(printed, exact),
+    return fd_row("E2", "refvae's Gaussian −log p(y∣x), α fixed and learned (D=5, K=2)",
+                  rel(printed, exact),
                   max(rel(f, exact) for f in refvae_f), "SciPy log-density")
 
 
@@ -109,7 +113,8 @@ def _z_max(estimate, target, se) -> float:
 def e3_rows(seed, samples):
     """E3: the reparameterized sample is Υ^{1/2} z + ν; Υ z + ν has variance υ⁴, not υ². refvae's
     diagonal sampler (mean ν, variance exp ℓ) and full-covariance sampler (covariance RRᵀ), each
-    against its closed-form moments in standard errors; the printed form is Υ z + ν on the same z."""
+    against its closed-form moments in standard errors; the printed form is Υ z + ν on the same
+    z."""
     n = samples
     diag = DiagonalGaussian(2)
     nu, lv = np.array([[0.5, -1.0]]), np.log(np.array([[0.25, 4.0]]))
@@ -131,12 +136,14 @@ def e3_rows(seed, samples):
     cov = r @ r.T
     eps3 = full.draw_noise(NoiseSource([seed, 2, 3]), 1, n, BK)
     x3 = full.sample(BK, {"mean": nu3, "scale_tril": raw}, eps3).x[0]
-    # SE of a sample covariance entry of normal data: √((Σ_ii Σ_jj + Σ_ij²)/n); of the mean: √(Σ_ii/n).
+    # SE of a sample covariance entry of normal data: √((Σ_ii Σ_jj + Σ_ij²)/n); of the mean:
+    # √(Σ_ii/n).
     se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov ** 2) / n)
     z_full = max(_z_max(x3.mean(axis=0), nu3[0], np.sqrt(np.diag(cov) / n)),
                  _z_max(np.cov(x3, rowvar=False), cov, se_cov))
     z_full_printed = _z_max(np.cov(nu3[0] + eps3[0] @ cov.T, rowvar=False), cov, se_cov)
-    return [["E3", f"refvae's diagonal sampler: mean vs ν, variance vs exp ℓ ({n} draws)", z_diag_printed,
+    return [["E3", f"refvae's diagonal sampler: mean vs ν, variance vs exp ℓ ({n} draws)",
+             z_diag_printed,
              z_diag, "max |z|", N_SE, "closed-form moments"],
             ["E3", f"refvae's full-covariance sampler: mean vs ν, covariance vs RRᵀ ({n} draws)",
              z_full_printed, z_full, "max |z|", N_SE, "closed-form moments"]]
@@ -150,7 +157,8 @@ def e4_row(seed):
     rng = np.random.default_rng([seed, 4])
     eta, g0 = rng.normal(size=(2, 1, c)), NoiseSource([seed, 4]).gumbel((2, 1, c))
     y = relaxed_sample(BK, eta, g0, s)                                   # (2, 1, C)
-    jac = relaxed_sample_vjp(np.broadcast_to(y, (2, c, c)), np.broadcast_to(np.eye(c), (2, c, c)), s)
+    jac = relaxed_sample_vjp(np.broadcast_to(y, (2, c, c)), np.broadcast_to(np.eye(c), (2, c, c)),
+                             s)
     u = rng.normal(size=(2, 1, c))
     vjp_u = relaxed_sample_vjp(y, u, s)[:, 0]
 
@@ -158,18 +166,22 @@ def e4_row(seed):
         return special.softmax((e + g0) / s, axis=-1)
 
     h = 1e-6
-    fd = np.stack([(soft(eta + h * e) - soft(eta - h * e))[:, 0] / (2 * h) for e in np.eye(c)], axis=-1)
+    fd = np.stack([(soft(eta + h * e) - soft(eta - h * e))[:, 0] / (2 * h) for e in np.eye(c)],
+                  axis=-1)
     g = (eta + g0)[:, 0]
     sig = soft(eta)[:, 0]
-    printed = sig[:, :, None] * (np.eye(c) / s - np.exp(g)[:, None, :] / (s * np.exp(g / s).sum(-1)[:, None, None]))
+    printed = sig[:, :,
+                  None] * (np.eye(c) / s - np.exp(g)[:, None, :]
+                           / (s * np.exp(g / s).sum(-1)[:, None, None]))
     corrected = max(rel(jac, fd), rel(vjp_u, np.einsum("nl,nlm->nm", u[:, 0], fd)))
-    return fd_row("E4", "refvae's ∂Y_l/∂η_m (relaxed_sample_vjp) at s = 0.5", rel(printed, fd), corrected,
+    return fd_row("E4", "refvae's ∂Y_l/∂η_m (relaxed_sample_vjp) at s = 0.5", rel(printed, fd),
+                  corrected,
                   "finite differences of SciPy's softmax")
 
 
 def e5_row(seed, samples):
-    """E5: argmax over the C classes: refvae's Gumbel-max (the categorical latent's hard sample, from
-    its own Gumbel noise) against softmax(η): per-class frequencies in standard errors and a
+    """E5: argmax over the C classes: refvae's Gumbel-max (the categorical latent's hard sample,
+    from its own Gumbel noise) against softmax(η): per-class frequencies in standard errors and a
     chi-square test."""
     eta = np.array([[0.5, -1.0, 1.5, 0.0]])
     probs = special.softmax(eta[0])
@@ -179,7 +191,8 @@ def e5_row(seed, samples):
     counts = hard.reshape(samples, 4).sum(axis=0)
     p_value = stats.chisquare(counts, samples * probs).pvalue
     z = _z_max(counts / samples, probs, np.sqrt(probs * (1 - probs) / samples))
-    return ["E5", f"refvae's hard sample over C = 4 classes ({samples} draws)", None, z, "max |z|", N_SE,
+    return ["E5", f"refvae's hard sample over C = 4 classes ({samples} draws)", None, z, "max |z|",
+            N_SE,
             f"softmax(η); chi-square p = {p_value:.3f}"], p_value
 
 
@@ -210,9 +223,11 @@ def e6_rows():
     full_s = lambda ss: float(-stats.norm.logpdf(y, mu, np.exp(0.5 * ss)).sum())  # noqa: E731
     fd_s = np.array([(full_s(s + 1e-6 * e) - full_s(s - 1e-6 * e)) / 2e-6 for e in np.eye(5)])
     e_only_s = -0.5 * ((y - mu) ** 2 * np.exp(-s))[0]
-    corrected_s = make_emission("gaussian_diag").terms(BK, np.concatenate([mu, s], -1), y).df_do[0, 5:]
+    corrected_s = make_emission(
+        "gaussian_diag").terms(BK, np.concatenate([mu, s], -1), y).df_do[0, 5:]
     return [
-        fd_row("E6", "∂f/∂log α (learned α)", rel(e_only, fd), rel(corrected, fd), "finite differences of SciPy"),
+        fd_row("E6", "∂f/∂log α (learned α)", rel(e_only, fd), rel(corrected, fd),
+               "finite differences of SciPy"),
         fd_row("E6", "∂f/∂s_d (gaussian_diag)", rel(e_only_s, fd_s), rel(corrected_s, fd_s),
                "finite differences of SciPy"),
         e6_mean_gradient_row(),
@@ -355,8 +370,8 @@ def e10_row(seed):
 
 
 def equations_md_row():
-    """Our earlier notes printed the (μ_d, s_d) cross-curvature of gaussian_diag as −(y − μ)e^{−s}; the
-    derivative ∂/∂s [(μ − y)e^{−s}] is +(y − μ)e^{−s}."""
+    """Our earlier notes printed the (μ_d, s_d) cross-curvature of gaussian_diag as −(y − μ)e^{−s};
+    the derivative ∂/∂s [(μ − y)e^{−s}] is +(y − μ)e^{−s}."""
     rng = np.random.default_rng(4)
     y, mu, s = rng.normal(size=(1, 2)), rng.normal(size=(1, 2)), rng.normal(size=(1, 2))
     em = make_emission("gaussian_diag")
@@ -369,7 +384,8 @@ def equations_md_row():
     fd_cross = np.array([fd[0, 2], fd[1, 3]])
     corrected = em.curvature(BK, o, y)[0, :, 0, 1]
     printed = -(y - mu)[0] * np.exp(-s[0])
-    return fd_row("EQ.md", "gaussian_diag ∂²f/∂μ_d∂s_d", rel(printed, fd_cross), rel(corrected, fd_cross),
+    return fd_row("EQ.md", "gaussian_diag ∂²f/∂μ_d∂s_d", rel(printed, fd_cross),
+                  rel(corrected, fd_cross),
                   "differences of ∂f/∂o")
 
 
@@ -393,18 +409,25 @@ def run(ctx: Context) -> Claim:
         ok &= good
         row.append("yes" if good else "NO")
     summary = ("every corrected row measures refvae's own function (MLP backward pass and input "
-               "Hessian, the three emissions, the diagonal and full-covariance samplers, the Gumbel "
-               "noise, the Gumbel-softmax VJP, the categorical latent's Gumbel-max sample and score) "
-               "and agrees with an independent reference; every printed form, evaluated on the same "
+               "Hessian, the three emissions, the diagonal and full-covariance samplers, the "
+               "Gumbel "
+               "noise, the Gumbel-softmax VJP, the categorical latent's Gumbel-max sample and "
+               "score) "
+               "and agrees with an independent reference; every printed form, evaluated on the "
+               "same "
                "inputs, is off by a sign, a factor, a missing term, a swapped limit or a missing "
-               "temperature (E5 is notational: the row shows that refvae's argmax over the C classes "
-               "reproduces softmax(η); E10's printed column is the nearest printed Hessian, E_emiss's, "
+               "temperature (E5 is notational: the row shows that refvae's argmax over the C "
+               "classes "
+               "reproduces softmax(η); E10's printed column is the nearest printed Hessian, "
+               "E_emiss's, "
                "since E_post is undefined; the Bernoulli row has no erratum and completes the "
                "emissions)")
     threshold = (f"deterministic rows: corrected within {FD_TOL:g} relative of the reference "
                  f"(float64 central differences are good to ~1e-8), printed off by more than "
-                 f"{WRONG:g}; Monte Carlo rows ({samples} draws): every moment of the corrected form "
-                 f"within {N_SE:g} standard errors of its closed form, some moment of the printed form "
+                 f"{WRONG:g}; Monte Carlo rows ({samples} draws): every moment of the corrected "
+                 "form "
+                 f"within {N_SE:g} standard errors of its closed form, some moment of the printed "
+                 "form "
                  f"beyond them; chi-square p > {CHI2_P:g}")
     return Claim(TITLE, SOURCE, ok, summary, threshold=threshold,
                  tables=[("Printed versus corrected, measured against the reference",

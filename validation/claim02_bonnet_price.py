@@ -6,10 +6,10 @@ Tensor-product Gauss–Hermite quadrature computes every expectation, in K = 1, 
 
 A. The theorems, on nonlinear test functions:
    - ``(x − c)ᵀA(x − c)`` and ``cos(kᵀx)``: left-hand sides in closed form;
-   - a small tanh decoder MLP (``refvae.math.mlp.MLP``, widths K-5-4-heads) followed by each of refvae's
-     emissions (gaussian, bernoulli, gaussian_diag), and the same MLP with each other smooth
-     activation (softplus, silu, gelu: φ″ ≠ 0, so the Hessian's φ″ term is exercised beyond tanh)
-     followed by the gaussian emission, at a fixed observation ``y``: ``f`` is the
+   - a small tanh decoder MLP (``refvae.math.mlp.MLP``, widths K-5-4-heads) followed by each of
+     refvae's emissions (gaussian, bernoulli, gaussian_diag), and the same MLP with each other
+     smooth activation (softplus, silu, gelu: φ″ ≠ 0, so the Hessian's φ″ term is exercised beyond
+     tanh) followed by the gaussian emission, at a fixed observation ``y``: ``f`` is the
      decoder's surprisal ``−log p(y|x)``; ``∂f/∂x`` comes from refvae's reverse pass and
      ``∂²f/∂x∂xᵀ`` from its exact input Hessian. No closed form: the left-hand sides are central
      differences (Richardson-extrapolated) of the quadrature of ``f`` alone, at a high node count.
@@ -44,15 +44,19 @@ except ImportError:  # run as a script from validation/
     from common import Claim, Context, main, rel, savefig
     from quadrature import Cosine, Quadratic, gauss_hermite, problem
 
-TITLE = "Bonnet's and Price's theorems hold under Gauss–Hermite quadrature; price and pathwise are exact there"
-SOURCE = ("chapter Eqs. 8.16–8.17 (Bonnet 1964, Price 1958), §8.2.1; docs/DERIVATIONS.md#bonnet-and-price "
+TITLE = ("Bonnet's and Price's theorems hold under Gauss–Hermite quadrature; price and pathwise "
+         "are exact there")
+SOURCE = ("chapter Eqs. 8.16–8.17 (Bonnet 1964, Price 1958), §8.2.1; "
+          "docs/DERIVATIONS.md#bonnet-and-price "
           "and docs/DERIVATIONS.md#mlp-input-hessians")
-FULL_MODE = "the same run as quick (no randomness), about 25 s; measured"  # runtime of --full on two cores
+# runtime of --full on two cores
+FULL_MODE = "the same run as quick (no randomness), about 25 s; measured"
 
 BK = get_backend()
 DIMS = (1, 2, 3)
 EMISSIONS = ("gaussian", "bernoulli", "gaussian_diag")
-# Smooth activations other than tanh (twice differentiable, φ″ ≠ 0), each with the gaussian emission.
+# Smooth activations other than tanh (twice differentiable, φ″ ≠ 0), each with the gaussian
+# emission.
 SMOOTH = ("softplus", "silu", "gelu")
 # Nodes per axis of the reference rule (tensor product: n^K nodes). tanh is analytic only in a strip
 # of the complex plane, so the MLP expectations converge more slowly than a polynomial's (figure);
@@ -77,8 +81,8 @@ FD_STEP = 1e-3
 
 def central(fn_of_step, h: float = FD_STEP) -> float:
     """Derivative at 0 of ``F(s)`` (the function shifted by ``s`` along one coordinate): central
-    differences ``D(h) = (F(h) − F(−h)) / 2h`` at ``h`` and ``h/2`` combined as ``(4D(h/2) − D(h))/3``,
-    which cancels the O(h²) term (Richardson extrapolation): error O(h⁴)."""
+    differences ``D(h) = (F(h) − F(−h)) / 2h`` at ``h`` and ``h/2`` combined as
+    ``(4D(h/2) − D(h))/3``, which cancels the O(h²) term (Richardson extrapolation): error O(h⁴)."""
     def d(s):
         return (fn_of_step(s) - fn_of_step(-s)) / (2 * s)
     return (4 * d(h / 2) - d(h)) / 3
@@ -112,7 +116,8 @@ class DecoderSurprisal:
         back = self.mlp.backward(BK, self.params, cache, terms.df_do * w[:, None])
         curv = np.asarray(self.em.curvature(BK, o, self.y))  # a scalar, (M, P) or (M, D, 2, 2)
         curv = curv * w.reshape((-1,) + (1,) * max(curv.ndim - 1, 1))
-        hess = self.mlp.input_hessian(BK, self.params, cache, back, curv, form=self.em.curvature_form, full=True)
+        hess = self.mlp.input_hessian(BK, self.params, cache, back, curv,
+                                      form=self.em.curvature_form, full=True)
         return terms.f, back.d_input, hess
 
     def exact(self, nu, ups):
@@ -142,41 +147,52 @@ def quadrature_sides(fn, nu, ups, nodes: int):
 
 
 def theorem_rows(seed: int):
-    """Part A: one row per (function, K), and the MLP right-hand sides' convergence in the node count."""
+    """Part A: one row per (function, K), and the MLP right-hand sides' convergence in the node
+    count."""
     rows, conv, ok = [], {}, True
     for k in DIMS:
         rng, nu, ups = problem(k, seed + 10 * k)
-        fns = [Quadratic(k, rng), Cosine(k, rng)] + [DecoderSurprisal(k, rng, em) for em in EMISSIONS] \
+        fns = [Quadratic(k, rng),
+               Cosine(k, rng)] + [DecoderSurprisal(k, rng, em) for em in EMISSIONS] \
             + [DecoderSurprisal(k, rng, "gaussian", activation=act) for act in SMOOTH]
         for fn in fns:
             lhs = fn.exact(nu, ups)
             n_ref = REF_NODES[k]
             rhs = quadrature_sides(fn, nu, ups, n_ref)
-            refine = max(rel(a, b) for a, b in zip(rhs, quadrature_sides(fn, nu, ups, n_ref + REFINE)))
+            refine = max(rel(a, b) for a,
+                         b in zip(rhs, quadrature_sides(fn, nu, ups, n_ref + REFINE)))
             err_b, err_p = rel(rhs[0], lhs[0]), rel(rhs[1], lhs[1])
             mlp = isinstance(fn, DecoderSurprisal)
             tol = TOL_FD if mlp else TOL_EXACT
             good = err_b <= tol and err_p <= tol and refine <= TOL_REFINE
             ok &= good
-            rows.append([fn.name, k, f"{n_ref}^{k}", "central differences" if mlp else "closed form",
+            rows.append([fn.name, k, f"{n_ref}^{k}",
+                         "central differences" if mlp else "closed form",
                          err_b, err_p, refine, "yes" if good else "NO"])
             if mlp:
-                conv[(fn.name, k)] = [(n, *(rel(a, b) for a, b in zip(quadrature_sides(fn, nu, ups, n), lhs)))
-                                      for n in CONVERGENCE_NODES if n < n_ref] + [(n_ref, err_b, err_p)]
+                conv[(fn.name, k)] = [(n,
+                                       *(rel(a, b) for a,
+                                         b in zip(quadrature_sides(fn, nu, ups, n), lhs)))
+                                      for n in CONVERGENCE_NODES if n
+                                      < n_ref] + [(n_ref, err_b, err_p)]
     return rows, conv, ok
 
 
 # ----- part B: the estimators fed the quadrature nodes --------------------------------------------
 def estimator_rows(seed: int):
-    """Part B: pathwise, price and score (β = 0) on the encoder heads, diagonal and full covariance."""
+    """Part B: pathwise, price and score (β = 0) on the encoder heads, diagonal and full
+    covariance."""
     rows, ok = [], True
-    cases = [(DiagonalGaussian, k) for k in DIMS] + [(FullCovarianceGaussian, k) for k in DIMS if k > 1]
+    cases = [(DiagonalGaussian, k) for k in DIMS] + [(FullCovarianceGaussian, k) for k in DIMS if k
+                                                     > 1]
     for latent_cls, k in cases:
         rng = np.random.default_rng(seed + 100 + k)
         latent = latent_cls(k)
         fn = DecoderSurprisal(k, rng, "gaussian")
-        # the covariance head shifted by −0.5: posterior variances ≈ 0.4–0.6, narrower than the prior
-        heads = {h: 0.3 * rng.normal(size=(1, d)) - (0.0 if h == "mean" else 0.5) for h, d in latent.heads()}
+        # the covariance head shifted by −0.5: posterior variances ≈ 0.4–0.6, narrower than the
+        # prior
+        heads = {h: 0.3 * rng.normal(size=(1, d)) - (0.0 if h == "mean" else 0.5) for h,
+                 d in latent.heads()}
         z, w = gauss_hermite(k, REF_NODES[k])
         state = latent.sample(BK, heads, z[None])
         f, g, hess = fn.derivs(state.x[0], weights=w)
@@ -192,7 +208,8 @@ def estimator_rows(seed: int):
             errs = [rel(got[h], target[h]) for h, _ in latent.heads()]
             good = max(errs) <= TOL_FD
             ok &= good
-            rows.append([latent.name, k, f"{REF_NODES[k]}^{k}", est, *errs, "yes" if good else "NO"])
+            rows.append([latent.name, k, f"{REF_NODES[k]}^{k}", est, *errs,
+                         "yes" if good else "NO"])
     return rows, ok
 
 
@@ -231,7 +248,8 @@ def _figure(ctx, conv):
         for ax, col in zip(axes, (1, 2)):
             ax.loglog(n, [max(p[col], 1e-17) for p in pts], styles[k], color=colors[name],
                       label=f"{name}, K = {k}", ms=4)
-    for ax, title in zip(axes, ("Bonnet: E[∂f/∂x] against ∂E/∂ν", "Price: ½E[∂²f/∂x∂xᵀ] against ∂E/∂Υ")):
+    for ax, title in zip(axes, ("Bonnet: E[∂f/∂x] against ∂E/∂ν", "Price: ½E[∂²f/∂x∂xᵀ] against "
+                                                                  "∂E/∂Υ")):
         ax.axhline(TOL_FD, color="k", ls=":", lw=1)
         ax.set_title(title)
         ax.set_xlabel("Gauss–Hermite nodes per axis")
@@ -242,7 +260,8 @@ def _figure(ctx, conv):
     axes[0].set_ylabel("relative error")
     axes[1].legend(fontsize=7)
     return [("Claim 2: convergence of the quadrature right-hand sides for the decoder surprisals "
-             "(dotted: the pass threshold)", savefig(fig, ctx, "claim02_quadrature_convergence.png"))]
+             "(dotted: the pass threshold)", savefig(fig, ctx, "claim02_quadrature_convergence.pn"
+                                                               "g"))]
 
 
 def run(ctx: Context) -> Claim:
@@ -260,31 +279,45 @@ def _run(ctx: Context) -> Claim:
     rows, conv, ok_a = theorem_rows(ctx.seed)
     est_rows, ok_b = estimator_rows(ctx.seed)
     grid = sorted({n for pts in conv.values() for n, _, _ in pts})
-    conv_rows = [[name, k] + [next((max(eb, ep) for m, eb, ep in pts if m == n), None) for n in grid]
+    conv_rows = [[name, k]
+                 + [next((max(eb, ep) for m, eb, ep in pts if m == n), None) for n in grid]
                  for (name, k), pts in conv.items()]
     worst_mlp = max(max(r[4], r[5]) for r in rows if r[3] == "central differences")
     worst_cf = max(max(r[4], r[5]) for r in rows if r[3] == "closed form")
     worst_est = max(max(r[4], r[5]) for r in est_rows)
-    summary = (f"Bonnet and Price hold for every test function in K = 1, 2, 3: worst relative error "
-               f"{worst_cf:.1e} against closed forms and {worst_mlp:.1e} against finite differences "
-               f"for the decoder surprisals; fed the quadrature nodes, refvae's pathwise, price and "
+    summary = ("Bonnet and Price hold for every test function in K = 1, 2, 3: worst relative "
+               "error "
+               f"{worst_cf:.1e} against closed forms and {worst_mlp:.1e} against finite "
+               "differences "
+               "for the decoder surprisals; fed the quadrature nodes, refvae's pathwise, price "
+               "and "
                f"score estimators give the exact head gradients (worst {worst_est:.1e}).")
     return Claim(TITLE, SOURCE, ok_a and ok_b, summary,
-                 threshold=(f"relative error ≤ {TOL_EXACT:g} against closed forms (the rule is exact or "
-                            f"converged: only rounding remains) and ≤ {TOL_FD:g} against Richardson "
-                            f"central differences (their own error ≲ 1e-10); the reference rule within "
+                 threshold=(f"relative error ≤ {TOL_EXACT:g} against closed forms (the rule is "
+                            "exact or "
+                            f"converged: only rounding remains) and ≤ {TOL_FD:g} against "
+                            "Richardson "
+                            "central differences (their own error ≲ 1e-10); the reference rule "
+                            "within "
                             f"{TOL_REFINE:g} of the rule with {REFINE} more nodes per axis"),
-                 tables=[("A. Bonnet (∂/∂ν) and Price (∂/∂Υ): quadrature of refvae's derivatives against "
+                 tables=[("A. Bonnet (∂/∂ν) and Price (∂/∂Υ): quadrature of refvae's derivatives "
+                          "against "
                           "the left-hand side; relative errors",
-                          ["function", "K", "nodes", "left side by", "Bonnet", "Price", "refinement",
+                          ["function", "K", "nodes", "left side by", "Bonnet", "Price",
+                           "refinement",
                            "pass"], rows),
-                         ("A. Convergence in the node count (decoder surprisals): relative error of the "
-                          "right-hand sides with n nodes per axis against the left-hand sides (the larger of "
-                          "Bonnet's and Price's; the last column of each row is the reference rule)",
+                         ("A. Convergence in the node count (decoder surprisals): relative error "
+                          "of the "
+                          "right-hand sides with n nodes per axis against the left-hand sides (the "
+                          "larger of "
+                          "Bonnet's and Price's; the last column of each row is the reference "
+                          "rule)",
                           ["function", "K"] + [f"n = {n}" for n in grid], conv_rows),
-                         ("B. Estimators fed the quadrature nodes (tanh MLP + gaussian emission): relative "
+                         ("B. Estimators fed the quadrature nodes (tanh MLP + gaussian emission): "
+                          "relative "
                           "error of the head gradients against differences of E[f]",
-                          ["latent", "K", "nodes", "estimator", "mean head", "covariance head", "pass"],
+                          ["latent", "K", "nodes", "estimator", "mean head", "covariance head",
+                           "pass"],
                           est_rows)],
                  figures=_figure(ctx, conv))
 

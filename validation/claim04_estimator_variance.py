@@ -34,7 +34,8 @@ except ImportError:  # run as a script from validation/
 
 TITLE = ("Score-function variance grows with K, pathwise variance does not; control variates and "
          "Price's theorem reduce variance; cost per step versus K")
-SOURCE = "chapter §8.2.1 (score-function and pathwise estimators), Eqs. 8.16–8.17, 8.24; docs/DERIVATIONS.md#score-function-and-control-variates"
+SOURCE = ("chapter §8.2.1 (score-function and pathwise estimators), Eqs. 8.16–8.17, 8.24; "
+          "docs/DERIVATIONS.md#score-function-and-control-variates")
 FULL_MODE = "422 s (K up to 128); measured on a loaded machine"  # runtime of --full on two cores
 
 ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]
@@ -52,7 +53,8 @@ SCORE_SLOPE_MIN, PATHWISE_SLOPE_MAX = 0.5, 0.3
 
 
 def _model(latent: str, k: int, seed: int, n: int = N):
-    vae = VAE(dict(data_dim=D, latent_dim=k, encoder_hidden=[H], decoder_hidden=[H], activation="tanh",
+    vae = VAE(dict(data_dim=D, latent_dim=k, encoder_hidden=[H], decoder_hidden=[H],
+                   activation="tanh",
                    emission="gaussian", latent=latent))
     src = NoiseSource(seed)
     params = vae.init_params(src)
@@ -70,14 +72,16 @@ def variances(latent: str, k: int, draws: int, seed: int) -> dict:
                                      estimator_state=state)
             mean_g.append(res.grads["encoder.mean.bias"])
             cov_g.append(res.grads[f"encoder.{COV_HEAD[latent]}.bias"])
-        out[est] = (float(np.var(mean_g, axis=0, ddof=1).sum()), float(np.var(cov_g, axis=0, ddof=1).sum()))
+        out[est] = (float(np.var(mean_g, axis=0, ddof=1).sum()),
+                    float(np.var(cov_g, axis=0, ddof=1).sum()))
     return out
 
 
 def cost(latent: str, k: int, repeats: int, seed: int) -> dict:
     """Wall time of one ``loss_and_grads`` step (N_COST data, L samples), in ms: the fastest of
     ``repeats`` calls (the least disturbed by other processes on a shared machine), with BLAS
-    limited to one thread so that the numbers measure the algorithm rather than thread contention."""
+    limited to one thread so that the numbers measure the algorithm rather than thread
+    contention."""
     try:
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 - installed with scikit-learn
     except ImportError:  # timings are then multi-threaded
@@ -124,7 +128,8 @@ def _figures(ctx, ks_by_latent, var, cost_ms):
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex="col")
     for col, latent in enumerate(("gaussian", "gaussian_full")):
         ks = ks_by_latent[latent]
-        for row, (head, idx) in enumerate((("mean head ν", 0), (f"covariance head ({COV_HEAD[latent]})", 1))):
+        for row, (head, idx) in enumerate((("mean head ν", 0), ("covariance head "
+                                                                f"({COV_HEAD[latent]})", 1))):
             ax = axes[row, col]
             for est in ESTIMATORS:
                 ax.loglog(ks, [var[latent][k][est][idx] for k in ks], "o-", label=est)
@@ -134,7 +139,8 @@ def _figures(ctx, ks_by_latent, var, cost_ms):
             ax.grid(True, which="both", alpha=0.3)
         axes[1, col].set_xlabel("latent dimension K")
     axes[0, 0].legend(fontsize=8)
-    figs.append(("Total variance of the recognition-output gradients versus K (same noise for every "
+    figs.append(("Total variance of the recognition-output gradients versus K (same noise for "
+                 "every "
                  "estimator)", savefig(fig, ctx, "claim04_variance_vs_K.png")))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, latent in zip(axes, ("gaussian", "gaussian_full")):
@@ -155,7 +161,8 @@ def run(ctx: Context) -> Claim:
     draws = 100 if ctx.quick else 400
     ks_by_latent = {"gaussian": [2, 8, 32] if ctx.quick else [2, 4, 8, 16, 32, 64, 128],
                     "gaussian_full": [2, 8, 32] if ctx.quick else [2, 4, 8, 16, 32, 64]}
-    var = {lat: {k: variances(lat, k, draws, ctx.seed) for k in ks} for lat, ks in ks_by_latent.items()}
+    var = {lat: {k: variances(lat, k, draws, ctx.seed) for k in ks} for lat,
+           ks in ks_by_latent.items()}
     cost_ms = {lat: {k: cost(lat, k, 5 if ctx.quick else 20, ctx.seed) for k in ks}
                for lat, ks in ks_by_latent.items()}
 
@@ -182,19 +189,27 @@ def run(ctx: Context) -> Claim:
                 ok &= s_mean <= PATHWISE_SLOPE_MAX and s_cov <= PATHWISE_SLOPE_MAX
     figures = _figures(ctx, ks_by_latent, var, cost_ms)
     price_ratio = [r[6] for r in var_rows if r[2] == "price"]
-    summary = (f"{draws} draws per (K, estimator), N = {N} data, L = {L} samples, the same noise for "
+    summary = (f"{draws} draws per (K, estimator), N = {N} data, L = {L} samples, the same noise "
+               "for "
                f"every estimator. Price/pathwise variance ratio on the covariance head: "
                f"{min(price_ratio):.3g}–{max(price_ratio):.3g}.")
     return Claim(TITLE, SOURCE, ok, summary,
-                 threshold=(f"diagonal latent: slope of log total variance on log K ≥ {SCORE_SLOPE_MIN} "
-                            f"for score and ≤ {PATHWISE_SLOPE_MAX} for pathwise (both heads); every "
-                            "control variate below the plain score's variance at every K, both latents; "
-                            "Price/pathwise variance ratio < 1 on the covariance head at every K. A variance "
-                            "reduction counts only for an unbiased estimator: claim 3 judges the means and "
+                 threshold=("diagonal latent: slope of log total variance on log K "
+                            f"≥ {SCORE_SLOPE_MIN} "
+                            f"for score and ≤ {PATHWISE_SLOPE_MAX} for pathwise (both heads); "
+                            "every "
+                            "control variate below the plain score's variance at every K, both "
+                            "latents; "
+                            "Price/pathwise variance ratio < 1 on the covariance head at every K. "
+                            "A variance "
+                            "reduction counts only for an unbiased estimator: claim 3 judges the "
+                            "means and "
                             "claim 13 each control variate against its definition"),
                  tables=[("Slope of log total variance against log K",
-                          ["latent", "estimator", "slope (mean head)", "slope (covariance head)"], slope_rows),
-                         ("Total variance of the head gradients (ratios: to score on the mean head, to "
+                          ["latent", "estimator", "slope (mean head)", "slope (covariance head)"],
+                          slope_rows),
+                         ("Total variance of the head gradients (ratios: to score on the mean "
+                          "head, to "
                           "pathwise on the covariance head)",
                           ["latent", "K", "estimator", "var mean head", "var cov head",
                            "mean: / score", "cov: / pathwise"], var_rows),

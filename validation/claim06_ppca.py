@@ -21,11 +21,11 @@ teacher-forced gradients within 5e-12), with the principal subspace already foun
 and α equal to the pPCA σ². What was left: the decoder's columns were not yet orthogonal (largest
 off-diagonal of WᵀW 24 % of its diagonal). The exact posterior's covariance is α(WᵀW + αI)⁻¹, so a
 diagonal Gaussian can equal it only for orthogonal columns (the ELBO's maximum has them, Lucas et
-al. 2019); the shortfall split into 0.069 nats of decoder and 0.049 of KL. Turning the columns is the stiffest-conditioned direction of the problem, and worse
-as D grows (the posterior variances fall like 1/D). It is not Monte Carlo noise: L = 16 samples
-left 0.121 nats. Adam 0.03 oscillated (gap spikes of 1.5 nats mid-run); at 0.01 with 12,000 steps
-the off-diagonal fell to 0.3 % and the gap to 2.3e-4 nats (8,000 steps: 3.4e-3). That protocol is
-used for every D.
+al. 2019); the shortfall split into 0.069 nats of decoder and 0.049 of KL. Turning the columns is
+the stiffest-conditioned direction of the problem, and worse as D grows (the posterior variances
+fall like 1/D). It is not Monte Carlo noise: L = 16 samples left 0.121 nats. Adam 0.03 oscillated
+(gap spikes of 1.5 nats mid-run); at 0.01 with 12,000 steps the off-diagonal fell to 0.3 % and the
+gap to 2.3e-4 nats (8,000 steps: 3.4e-3). That protocol is used for every D.
 """
 from __future__ import annotations
 
@@ -58,13 +58,17 @@ except ImportError:  # pragma: no cover
     from common import Claim, Context, main, rel_tensors, savefig
 
 TITLE = "A linear VAE trains to the exact pPCA maximum likelihood and spans the principal subspace"
-SOURCE = "Lucas et al. 2019 (NeurIPS), Tipping & Bishop 1999 (JRSS-B) closed-form pPCA; chapter Eq. 8.20"
-FULL_MODE = ("326 s (D = 8, 20, 50 in a process each on two cores; gaps 1.1e-5, 2.3e-5 and 2.3e-4 nats per datum, "
-             "largest angle 1.7e-4 rad; PASS); measured on 2026-12-01")  # runtime of --full on two cores
+SOURCE = ("Lucas et al. 2019 (NeurIPS), Tipping & Bishop 1999 (JRSS-B) closed-form pPCA; chapter "
+          "Eq. 8.20")
+# runtime of --full on two cores
+FULL_MODE = ("326 s (D = 8, 20, 50 in a process each on two cores; gaps 1.1e-5, 2.3e-5 and 2.3e-4 "
+             "nats per datum, "
+             "largest angle 1.7e-4 rad; PASS); measured on 2026-12-01")
 # Lucas et al.'s statement is exact at the optimum. 2e-3 nats per datum is what the annealed
 # full-batch run may leave (the clean runs end at 1e-5–2.3e-4, so a 5 % error in the KL gradient,
 # which moves the optimum by more, fails); 0.05 rad (≈3°) for the largest principal angle; the
-# closed-form gradient is near zero when no step along it gains more than a tenth of that (TOL_GAIN):
+# closed-form gradient is near zero when no step along it gains more than a tenth of that
+# (TOL_GAIN):
 # a size-free reading of "near zero" (the raw gradient ends at ~2 % of its initial size, in the
 # stiff log-variance directions, while the ELBO is within 1e-5 nats of its maximum).
 TOL_NATS, TOL_ANGLE, TOL_GAIN = 2e-3, 0.05, 2e-4
@@ -94,7 +98,8 @@ def ppca_max_log_likelihood(y, k):
     sigma2 = lam[k:].mean()
     w = u[:, :k] * np.sqrt(lam[:k] - sigma2)
     c = w @ w.T + sigma2 * np.eye(d)
-    ll = -0.5 * (d * math.log(2 * math.pi) + np.linalg.slogdet(c)[1] + np.trace(np.linalg.solve(c, s)))
+    ll = -0.5 * (d * math.log(2 * math.pi) + np.linalg.slogdet(c)[1]
+                 + np.trace(np.linalg.solve(c, s)))
     return ll, u[:, :k], sigma2
 
 
@@ -122,7 +127,8 @@ def gradient_gain(params, y) -> float:
     p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     g = expected_loss_gradient("gaussian", p, y)
     base = expected_loss("gaussian", p, y)
-    best = min(expected_loss("gaussian", {k: p[k] - t * g[k] for k in p}, y) for t in np.logspace(-7, 1, 33))
+    best = min(expected_loss("gaussian", {k: p[k] - t * g[k] for k in p}, y) for t
+               in np.logspace(-7, 1, 33))
     return max(0.0, base - best)
 
 
@@ -141,7 +147,8 @@ def fit(y, k: int, seed: int, steps: int = STEPS, record: int = 150) -> dict:
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
     init = {name: np.array(v) for name, v in flat.params.items()}
     opt = make_optimizer("adam", model.bk, flat.size, lr=LR)
-    schedule = make_schedule("cosine", LR, warmup_steps=WARMUP, total_steps=steps - WARMUP, min_lr=MIN_LR)
+    schedule = make_schedule("cosine", LR, warmup_steps=WARMUP, total_steps=steps - WARMUP,
+                             min_lr=MIN_LR)
     twin = witness.FreeRunning(init, LR) if witness.torch_or_none() else None
     out = {"refvae": [], "witness": [], "teacher": 0.0, "grad0": grad_max(init, y)}
     for step in range(steps):
@@ -156,7 +163,8 @@ def fit(y, k: int, seed: int, steps: int = STEPS, record: int = 150) -> dict:
         flat.set_grads(res.grads)
         opt.step(flat, lr=schedule(step))
         if step % record == 0 or last:
-            out["refvae"].append((step, exact_elbo(flat.params, y), float(flat.params["decoder.log_alpha"])))
+            out["refvae"].append((step, exact_elbo(flat.params, y),
+                                  float(flat.params["decoder.log_alpha"])))
             if twin is not None:
                 tp = twin.params()
                 out["witness"].append((step, exact_elbo(tp, y), float(tp["decoder.log_alpha"])))
@@ -170,17 +178,22 @@ def cli_run(y, k: int, seed: int, workdir: Path) -> tuple[list, float, float, di
     and both runs' exact ELBO per datum."""
     data = workdir / "ppca.npz"
     np.savez(data, train=y, test=y[:100])
-    opts = ["--latent-dim", str(k), "--encoder-hidden", "--decoder-hidden", "--emission", "gaussian",
-            "--learn-alpha", "--optimizer", "adam", "--lr", "0.03", "--schedule", "cosine", "--epochs", "60",
+    opts = ["--latent-dim", str(k), "--encoder-hidden", "--decoder-hidden", "--emission",
+            "gaussian",
+            "--learn-alpha", "--optimizer", "adam", "--lr", "0.03", "--schedule", "cosine",
+            "--epochs", "60",
             "--batch-size", "100", "--samples", "1", "--seed", str(seed)]
-    cmd = ["refvae", "train", "--data", str(data), *opts, "--out", str(workdir / "run"), "--quiet", "--no-figures"]
-    subprocess.run([sys.executable, "-m", "refvae.cli.main", *cmd[1:]], check=True, capture_output=True, text=True,
+    cmd = ["refvae", "train", "--data", str(data), *opts, "--out", str(workdir / "run"), "--quiet",
+           "--no-figures"]
+    subprocess.run([sys.executable, "-m", "refvae.cli.main", *cmd[1:]], check=True,
+                   capture_output=True, text=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
     arrays, _ = load_npz_checked(workdir / "run" / "checkpoint.npz", require_meta=False)
     model = linear_vae(y.shape[1], k)
     params = {name: arrays[f"param/{name}"] for name in model.param_shapes()}
     init = model.init_params(NoiseSource(seed))
-    twin = witness.train_minibatch(init, y, epochs=60, batch_size=100, lr=0.03, samples=1, seed=seed + 1)
+    twin = witness.train_minibatch(init, y, epochs=60, batch_size=100, lr=0.03, samples=1,
+                                   seed=seed + 1)
     return cmd, exact_elbo(params, y), exact_elbo(twin, y), params
 
 
@@ -211,7 +224,8 @@ def _fit_dim(args):
     y = standardise(ppca_data(n, d, k, seed))
     with single_threaded():
         out = fit(y, k, seed)
-    print(f"claim 6, D = {d}: gap {ppca_max_log_likelihood(y, k)[0] - out['refvae'][-1][1]:.3e}", flush=True)
+    print(f"claim 6, D = {d}: gap {ppca_max_log_likelihood(y, k)[0] - out['refvae'][-1][1]:.3e}",
+          flush=True)
     return out
 
 
@@ -242,7 +256,8 @@ def run(ctx: Context) -> Claim:
         good = (-1e-9 <= gap < TOL_NATS and angle < TOL_ANGLE and gain < TOL_GAIN
                 and (not out["witness"] or out["teacher"] < TOL_TEACHER))
         ok &= good
-        rows.append([d, ll, elbo, gap, twin_gap, angle, grad, gain, out["teacher"] if out["witness"] else None,
+        rows.append([d, ll, elbo, gap, twin_gap, angle, grad, gain,
+                     out["teacher"] if out["witness"] else None,
                      math.exp(out["params"]["decoder.log_alpha"]), sigma2, "yes" if good else "NO"])
     y = standardise(ppca_data(n, dims[0], k, ctx.seed))
     summary_cli, cli_rows = "the CLI comparison needs torch (absent)", []
@@ -253,31 +268,49 @@ def run(ctx: Context) -> Claim:
         ok &= cli_ok
         cli_rows = [["refvae train (CLI)", cli_elbo], ["PyTorch witness, same options", twin_elbo],
                     ["pPCA maximum", lls[0]]]
-        summary_cli = (f"`{' '.join(cmd)}` reaches {cli_elbo:.4f} nats per datum, the witness with the same "
+        summary_cli = (f"`{' '.join(cmd)}` reaches {cli_elbo:.4f} nats per datum, the witness with "
+                       "the same "
                        f"options {twin_elbo:.4f} (|Δ| {abs(cli_elbo - twin_elbo):.1e} "
                        f"{'<' if cli_ok else '≥'} {TOL_CLI})")
     fig_path = _figure(ctx, runs, lls)
     return Claim(TITLE, SOURCE, ok,
-                 f"with one protocol (standardised data, full batch, L = {SAMPLES}, Adam {LR}, {WARMUP} warm-up "
-                 f"steps, cosine to {MIN_LR} over {STEPS} steps) every D in {list(dims)} ends within "
-                 f"{max(r[3] for r in rows):.1e} nats per datum of the pPCA maximum with principal angles below "
-                 f"{max(r[5] for r in rows):.1e} rad; refvae's gradients equal the PyTorch witness's at every "
-                 f"recorded step; {summary_cli}. Why this protocol: on raw data Adam drove exp(ℓ) to overflow "
-                 "and froze the decoder (both engines, step for step); at Adam 0.03 and 4,000 steps D = 50 stopped "
-                 "0.117 nats short (both engines), its decoder columns not yet orthogonal, which a diagonal "
-                 "posterior needs (its exact covariance is α(WᵀW + αI)⁻¹): the slowest direction of the "
+                 f"with one protocol (standardised data, full batch, L = {SAMPLES}, "
+                 f"Adam {LR}, {WARMUP} warm-up "
+                 f"steps, cosine to {MIN_LR} over {STEPS} steps) every D in {list(dims)} ends "
+                 "within "
+                 f"{max(r[3] for r in rows):.1e} nats per datum of the pPCA maximum with principal "
+                 "angles below "
+                 f"{max(r[5] for r in rows):.1e} rad; refvae's gradients equal the PyTorch "
+                 "witness's at every "
+                 f"recorded step; {summary_cli}. Why this protocol: on raw data Adam drove exp(ℓ) "
+                 "to overflow "
+                 "and froze the decoder (both engines, step for step); at Adam 0.03 and 4,000 "
+                 "steps D = 50 stopped "
+                 "0.117 nats short (both engines), its decoder columns not yet orthogonal, which a "
+                 "diagonal "
+                 "posterior needs (its exact covariance is α(WᵀW + αI)⁻¹): the slowest direction "
+                 "of the "
                  "problem, slower as D grows",
-                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound, tight at the optimum); "
-                           f"largest principal angle < {TOL_ANGLE} rad; a step along the closed-form gradient "
-                           f"gains < {TOL_GAIN} nats; teacher-forced relative difference < {TOL_TEACHER}; CLI run within "
+                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound, tight "
+                           "at the optimum); "
+                           f"largest principal angle < {TOL_ANGLE} rad; a step along the "
+                           "closed-form gradient "
+                           f"gains < {TOL_GAIN} nats; teacher-forced relative difference "
+                           f"< {TOL_TEACHER}; CLI run within "
                            f"{TOL_CLI} nats of the witness run",
-                 tables=[("Linear VAE against closed-form pPCA (nats per datum on the standardised data)",
-                          ["D", "pPCA maximum", "refvae ELBO", "gap", "witness gap", "largest angle (rad)",
-                           "max |∇F| / initial", "gain along ∇F", "teacher-forced rel. diff.", "α", "pPCA σ²", "pass"], rows)]
-                 + ([("The CLI path (D = %d, minibatches of 100, 60 epochs, Adam 0.03, L = 1)" % dims[0],
+                 tables=[("Linear VAE against closed-form pPCA (nats per datum on the standardised "
+                          "data)",
+                          ["D", "pPCA maximum", "refvae ELBO", "gap", "witness gap",
+                           "largest angle (rad)",
+                           "max |∇F| / initial", "gain along ∇F", "teacher-forced rel. diff.", "α",
+                           "pPCA σ²", "pass"], rows)]
+                 + ([("The CLI path (D = %d, minibatches of 100, 60 epochs, Adam 0.03, L = "
+                      "1)" % dims[0],
                       ["run", "exact ELBO per datum"], cli_rows)] if cli_rows else []),
-                 figures=[("Exact ELBO minus the pPCA maximum, and log α, against steps: refvae (solid) and the "
-                           "PyTorch witness free-running from the same start with the same noise (dotted)",
+                 figures=[("Exact ELBO minus the pPCA maximum, and log α, against steps: refvae "
+                           "(solid) and the "
+                           "PyTorch witness free-running from the same start with the same noise "
+                           "(dotted)",
                            fig_path)])
 
 

@@ -31,10 +31,13 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, mean_se, savefig
     from mnist_models import run_on_shared_model
 
-TITLE = ("ELBO surgery: the average KL equals the aggregate-posterior KL plus the mutual information, "
+TITLE = ("ELBO surgery: the average KL equals the aggregate-posterior KL plus the mutual "
+         "information, "
          "which is at most log N")
-SOURCE = "chapter Eq. 8.21; Hoffman & Johnson 2016, \"ELBO surgery\" (NIPS workshop on approximate inference)"
-FULL_MODE = "822 s, of which ~10 min train the shared 50-epoch MNIST model; measured"  # runtime of --full on two cores
+SOURCE = ("chapter Eq. 8.21; Hoffman & Johnson 2016, \"ELBO surgery\" (NIPS workshop on "
+          "approximate inference)")
+# runtime of --full on two cores
+FULL_MODE = "822 s, of which ~10 min train the shared 50-epoch MNIST model; measured"
 
 # Agreement within 4 standard errors: a correct estimator fails this by chance with probability
 # 6e-5 (two-sided normal tail), while a wrong density or a missing log N is off by many SE.
@@ -49,8 +52,8 @@ INDEPENDENT_POINTS = 200   # the SciPy estimator costs N·K log-pdfs per point
 
 def within_datum_se(vae, params, y, noise: NoiseSource, samples: int) -> float:
     """Monte Carlo standard error of ``mean_{n,s} [log q(x_ns|y_n) − log p(x_ns)]`` with ``samples``
-    draws per datum: ``sqrt(mean_n Var_n / (N·samples))`` from the within-datum variances only (every
-    datum is in the average, so the spread between data is no Monte Carlo error)."""
+    draws per datum: ``sqrt(mean_n Var_n / (N·samples))`` from the within-datum variances only
+    (every datum is in the average, so the spread between data is no Monte Carlo error)."""
     bk = vae.bk
     heads, _ = vae.encode(params, bk.asarray(y))
     state = vae.latent.sample(bk, heads, vae.draw_noise(noise, y.shape[0], max(samples, 2)))
@@ -104,37 +107,53 @@ def _run(ctx: Context, model) -> Claim:
         "independent MI agrees": z_mi <= N_SE,
         "mixture log densities agree pointwise": pointwise <= POINTWISE_TOL,
         "MI ≤ log N": res["mutual_information"] <= res["log_n"],
-        "MI ≥ 0 and aggregate KL ≥ 0 within error": res["mutual_information"] >= -N_SE * res["mutual_information_se"]
+        "MI ≥ 0 and aggregate KL ≥ 0 within error": res["mutual_information"] >= -N_SE
+        * res["mutual_information_se"]
         and res["aggregate_kl"] >= -N_SE * res["aggregate_kl_se"],
     }
     sweep = _sweep(ctx, vae, params, y, res)
     fig_path = _figure(ctx, sweep)
     failed = [name for name, ok in checks.items() if not ok]
-    summary = (f"on {model.description}: average KL {res['avg_kl']:.3f} nats (closed form) = aggregate KL "
+    summary = (f"on {model.description}: average KL {res['avg_kl']:.3f} nats (closed form) = "
+               "aggregate KL "
                f"{res['aggregate_kl']:.3f} ± {res['aggregate_kl_se']:.3f} + mutual information "
-               f"{res['mutual_information']:.3f} ± {res['mutual_information_se']:.3f} (N = {n}, log N = "
-               f"{res['log_n']:.3f}, {samples} draw(s) per datum); identity gap {identity_gap:+.4f} nats = "
-               f"{identity_gap / se_sum:+.2f} SE; an independent SciPy estimate on {INDEPENDENT_POINTS} points "
-               f"gives {agg_i:.3f} ± {agg_i_se:.3f} and {mi_i:.3f} ± {mi_i_se:.3f} ({z_agg:.2f} and {z_mi:.2f} "
+               f"{res['mutual_information']:.3f} ± {res['mutual_information_se']:.3f} (N = {n}, "
+               "log N = "
+               f"{res['log_n']:.3f}, {samples} draw(s) per datum); identity "
+               f"gap {identity_gap:+.4f} nats = "
+               f"{identity_gap / se_sum:+.2f} SE; an independent SciPy estimate "
+               f"on {INDEPENDENT_POINTS} points "
+               f"gives {agg_i:.3f} ± {agg_i_se:.3f} and {mi_i:.3f} ± {mi_i_se:.3f} ({z_agg:.2f} "
+               f"and {z_mi:.2f} "
                f"combined SE away); mixture log densities agree to {pointwise:.1e} nats"
                + (f". FAILED: {'; '.join(failed)}" if failed else ""))
     return Claim(
         TITLE, SOURCE, not failed, summary,
-        threshold=(f"|closed-form KL − (aggregate KL + MI)| ≤ {N_SE:g} Monte Carlo SE (within-datum variance); "
-                   f"the independent estimates within {N_SE:g} combined SE; pointwise mixture log densities within "
-                   f"{POINTWISE_TOL:g} nats (rounding only); MI ≤ log N (holds draw by draw, so no error "
+        threshold=(f"|closed-form KL − (aggregate KL + MI)| ≤ {N_SE:g} Monte Carlo SE "
+                   "(within-datum variance); "
+                   f"the independent estimates within {N_SE:g} combined SE; pointwise mixture log "
+                   "densities within "
+                   f"{POINTWISE_TOL:g} nats (rounding only); MI ≤ log N (holds draw by draw, so no "
+                   "error "
                    f"allowance); MI and aggregate KL not below −{N_SE:g} SE"),
         tables=[("The two terms of Eq. 8.21 on the training data",
-                 ["estimate", "average KL", "aggregate KL", "SE", "mutual information", "SE", "log N"],
-                 [["refvae elbo_surgery", res["avg_kl"], res["aggregate_kl"], res["aggregate_kl_se"],
+                 ["estimate", "average KL", "aggregate KL", "SE", "mutual information", "SE",
+                  "log N"],
+                 [["refvae elbo_surgery", res["avg_kl"], res["aggregate_kl"],
+                   res["aggregate_kl_se"],
                    res["mutual_information"], res["mutual_information_se"], res["log_n"]],
-                  [f"independent (SciPy, {INDEPENDENT_POINTS} points)", "", agg_i, agg_i_se, mi_i, mi_i_se,
+                  [f"independent (SciPy, {INDEPENDENT_POINTS} points)", "", agg_i, agg_i_se, mi_i,
+                   mi_i_se,
                    res["log_n"]]]),
-                ("Both terms against the number of data N in the aggregate posterior (the first N training "
+                ("Both terms against the number of data N in the aggregate posterior (the first N "
+                 "training "
                  "data)", ["N", "average KL", "aggregate KL", "mutual information", "log N"],
-                 [[r["n"], r["avg_kl"], r["aggregate_kl"], r["mutual_information"], r["log_n"]] for r in sweep]),
-                ("Checks", ["check", "result"], [[k, "pass" if v else "FAIL"] for k, v in checks.items()])],
-        figures=[("ELBO surgery against N: the mutual information stays below log N and the aggregate "
+                 [[r["n"], r["avg_kl"], r["aggregate_kl"], r["mutual_information"], r["log_n"]]
+                  for r in sweep]),
+                ("Checks", ["check", "result"],
+                 [[k, "pass" if v else "FAIL"] for k, v in checks.items()])],
+        figures=[("ELBO surgery against N: the mutual information stays below log N and the "
+                  "aggregate "
                   "KL takes the rest of the average KL", fig_path)])
 
 
@@ -142,7 +161,8 @@ def _sweep(ctx, vae, params, y, full_res) -> list[dict]:
     """Eq. 8.21 on the first N data for a range of N (the last row is the main estimate)."""
     n = y.shape[0]
     sizes = [m for m in (100, 300, 1000, 3000, 10000) if m < n]
-    rows = [elbo_surgery(vae, params, y[:m], NoiseSource([ctx.seed, 7, 5, m]), samples=SAMPLES) for m in sizes]
+    rows = [elbo_surgery(vae, params, y[:m], NoiseSource([ctx.seed, 7, 5, m]), samples=SAMPLES)
+            for m in sizes]
     return rows + [full_res]
 
 
@@ -157,7 +177,8 @@ def _figure(ctx, sweep):
     ax.plot(n, [r["avg_kl"] for r in sweep], "k-o", label="average KL (closed form)")
     ax.errorbar(n, [r["aggregate_kl"] for r in sweep], [N_SE * r["aggregate_kl_se"] for r in sweep],
                 fmt="-s", capsize=3, label="aggregate KL, KL(q(x) || p(x))")
-    ax.errorbar(n, [r["mutual_information"] for r in sweep], [N_SE * r["mutual_information_se"] for r in sweep],
+    ax.errorbar(n, [r["mutual_information"] for r in sweep],
+                [N_SE * r["mutual_information_se"] for r in sweep],
                 fmt="-^", capsize=3, label="mutual information I_q")
     ax.plot(n, [r["log_n"] for r in sweep], "k--", label="log N")
     ax.set_xscale("log")

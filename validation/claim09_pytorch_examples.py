@@ -21,8 +21,9 @@ is the one-sample negative ELBO per test datum, about 105.6 nats after 10 epochs
    a different protocol, not a check.
 2. Teacher-forced gradients: along the first steps of one seed's plan, the float64 witness put at
    refvae's parameters each step gives the same batch loss and gradients as refvae's plain model
-   (:class:`refvae.math.vae.VAE`) and its training model (the fused kernels), and ``torch.optim.Adam``
-   fed refvae's gradients takes the same step as refvae's Adam (bias corrections included).
+   (:class:`refvae.math.vae.VAE`) and its training model (the fused kernels), and
+   ``torch.optim.Adam`` fed refvae's gradients takes the same step as refvae's Adam (bias
+   corrections included).
 3. refvae's trained parameters scored by the witness: for every seed, the witness's test loss at
    refvae's final parameters, with the noise refvae's own evaluation used, equals the test loss
    refvae reports, so refvae's number is not judged by refvae's forward pass alone.
@@ -54,14 +55,18 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from mnist_models import greyscale_mnist, single_threaded
     from teacher import TeacherForced, batch_plan
 
-TITLE = "pytorch/examples' MNIST VAE (784-400-20): refvae and a PyTorch twin train and score it alike"
+TITLE = ("pytorch/examples' MNIST VAE (784-400-20): refvae and a PyTorch twin train and score it "
+         "alike")
 SOURCE = ("pytorch/examples, vae/main.py (test loss ≈ 105.6 nats after 10 epochs on MNIST); "
           "Kingma & Welling 2014 (the model)")
-FULL_MODE = ("914 s (all of MNIST, 10 epochs, 5 paired seeds; PASS: refvae 105.69, the float32 twin 105.71, "
-             "99.9 % interval of the difference [−0.37, +0.34] nats); measured")  # runtime of --full on two cores
+# runtime of --full on two cores
+FULL_MODE = ("914 s (all of MNIST, 10 epochs, 5 paired seeds; PASS: refvae 105.69, the float32 "
+             "twin 105.71, "
+             "99.9 % interval of the difference [−0.37, +0.34] nats); measured")
 PUBLISHED = 105.6
 LATENT, HIDDEN, BATCH, LR = 20, 400, 128, 1e-3
-CONFIG = VAEConfig(data_dim=784, latent_dim=LATENT, encoder_hidden=(HIDDEN,), decoder_hidden=(HIDDEN,),
+CONFIG = VAEConfig(data_dim=784, latent_dim=LATENT, encoder_hidden=(HIDDEN,),
+                   decoder_hidden=(HIDDEN,),
                    activation="relu", emission="bernoulli")
 # Equivalence band and confidence: the mean paired difference of the final test losses has its
 # 99.9 % t-interval (n − 1 degrees of freedom) inside ±1 nat. A wrong KL or likelihood term, or a
@@ -92,15 +97,16 @@ def run(ctx: Context) -> Claim:
 
 
 def eval_noise(vae, seed: int, epoch: int, n: int, batch: int = 500):
-    """The noise of refvae's test loss after ``epoch`` (:func:`refvae.train.loop.train` draws it from
-    ``NoiseSource([seed, epoch, 1])``, 500 rows at a time), ``(n, 1, K)``."""
+    """The noise of refvae's test loss after ``epoch`` (:func:`refvae.train.loop.train` draws it
+    from ``NoiseSource([seed, epoch, 1])``, 500 rows at a time), ``(n, 1, K)``."""
     noise = NoiseSource([seed, epoch, 1])
     return np.concatenate([vae.draw_noise(noise, min(batch, n - b), 1) for b in range(0, n, batch)])
 
 
 def refvae_run(vae, seed: int, data, epochs: int) -> tuple[list, dict]:
     """refvae's training loop: the test loss per epoch and the final parameters (host arrays)."""
-    options = TrainOptions(epochs=epochs, batch_size=BATCH, lr=LR, optimizer="adam", seed=seed, progress=False)
+    options = TrainOptions(epochs=epochs, batch_size=BATCH, lr=LR, optimizer="adam", seed=seed,
+                           progress=False)
     with tempfile.TemporaryDirectory(prefix="refvae-claim09-") as out:
         curve = [r["test_neg_elbo"] for r in train(CONFIG, options, data, out)]
         _, params, _ = load_run(out)
@@ -120,7 +126,8 @@ def twin_run(torch, vae, seed: int, data, epochs: int) -> list:
     for step, idx, eps in batch_plan(noise, data.n_train, LATENT, epochs, BATCH):
         trainer.step(data.train[idx], eps)
         if (step + 1) % per_epoch == 0:
-            curve.append(mean_neg_elbo(twin, data.test, eval_noise(vae, seed, len(curve) + 1, data.n_test)))
+            curve.append(mean_neg_elbo(twin, data.test,
+                                       eval_noise(vae, seed, len(curve) + 1, data.n_test)))
     return curve
 
 
@@ -131,12 +138,14 @@ def teacher_forced(torch, data, seed: int) -> TeacherForced:
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(plain.bk, plain.init_params(noise))
     opt = make_optimizer("adam", plain.bk, flat.size, lr=LR)
-    teacher = TeacherForced(make_twin(784, LATENT, HIDDEN, "relu", "bernoulli", dtype=torch.float64), "Adam", LR)
+    teacher = TeacherForced(make_twin(784, LATENT, HIDDEN, "relu", "bernoulli",
+                                      dtype=torch.float64), "Adam", LR)
     for step, idx, eps in batch_plan(noise, data.n_train, LATENT, 1, BATCH):
         if step == TEACHER_STEPS:
             break
         yb = data.train[idx]
-        results = [model.loss_and_grads(flat.params, yb, eps, check=False) for model in (plain, fast)]
+        results = [model.loss_and_grads(flat.params, yb, eps, check=False) for model
+                   in (plain, fast)]
         teacher.check(flat.to_numpy(), yb, eps, *results)
         grads = {k: plain.bk.to_numpy(v) for k, v in results[1].grads.items()}
         flat.set_grads(grads)
@@ -154,8 +163,10 @@ def _run(ctx: Context, s: dict, data) -> Claim:
     scale = f"{data.n_train} train / {data.n_test} test, {s['epochs']} epochs, {len(seeds)} seeds"
     torch = torch_or_none()
     if torch is None:
-        return Claim(TITLE, SOURCE, None, f"{scale}: refvae's test loss {ref.mean():.2f} ± {ref.std(ddof=1):.2f} "
-                     "(mean ± seed SD); PyTorch is not installed, so the twin comparison is skipped",
+        return Claim(TITLE, SOURCE, None, f"{scale}: refvae's test loss {ref.mean():.2f} "
+                                          f"± {ref.std(ddof=1):.2f} "
+                     "(mean ± seed SD); PyTorch is not installed, so the twin comparison is "
+                     "skipped",
                      tables=[_table(seeds, ref, None, None)])
     twin_curves = [twin_run(torch, vae, seed, data, s["epochs"]) for seed in seeds]
     twin = np.array([c[-1] for c in twin_curves])
@@ -163,41 +174,57 @@ def _run(ctx: Context, s: dict, data) -> Claim:
     witness = []
     for seed, (_, params) in zip(seeds, runs):
         load_refvae_params(scorer, params)
-        witness.append(mean_neg_elbo(scorer, data.test, eval_noise(vae, seed, s["epochs"], data.n_test)))
+        witness.append(mean_neg_elbo(scorer, data.test,
+                                     eval_noise(vae, seed, s["epochs"], data.n_test)))
     witness = np.array(witness)
     score_rel = float(np.max(np.abs(ref - witness) / np.abs(witness)))
     teacher = teacher_forced(torch, data, ctx.seed)
 
     diff = ref - twin
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2,
+                       len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
     lo, hi = diff.mean() - half, diff.mean() + half
     checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
-              "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL, "adam": teacher.update_rel <= TOL}
+              "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,
+              "adam": teacher.update_rel <= TOL}
     failed = [k for k, ok in checks.items() if not ok]
     fig = _figure(ctx, refvae_curves, twin_curves)
     return Claim(
         TITLE, SOURCE, not failed,
-        f"{scale}, paired (same initial parameters, minibatches and noise). Final test loss: refvae "
-        f"{ref.mean():.3f} ± {ref.std(ddof=1):.2f} (mean ± seed SD), the float32 PyTorch twin {twin.mean():.3f}; "
+        f"{scale}, paired (same initial parameters, minibatches and noise). Final test loss: "
+        "refvae "
+        f"{ref.mean():.3f} ± {ref.std(ddof=1):.2f} (mean ± seed SD), the float32 PyTorch "
+        f"twin {twin.mean():.3f}; "
         f"refvae − twin {diff.mean():+.4f} nats, {CONFIDENCE:.1%} interval [{lo:+.4f}, {hi:+.4f}] "
-        f"(paired SD {diff.std(ddof=1):.4f}). The witness's loss at refvae's trained parameters equals refvae's "
-        f"reported loss to {score_rel:.1e} relative. Teacher-forced over {TEACHER_STEPS} Adam steps: losses "
-        f"{teacher.loss_rel:.1e}, gradients {teacher.grad_rel:.1e} (refvae's plain and training models), Adam "
-        f"steps {teacher.update_rel:.1e} relative" + (f"; failed: {', '.join(failed)}" if failed else "")
-        + ("" if ctx.quick else f". Published (pytorch/examples, summed loss): ~{PUBLISHED}, reported, not judged"),
-        threshold=(f"the {CONFIDENCE:.1%} t-interval ({len(diff) - 1} degrees of freedom) of the mean paired "
-                   f"difference inside ±{MARGIN:g} nat; the witness's score of refvae's parameters, and the "
-                   f"teacher-forced losses, gradients and Adam steps, within {TOL:g} relative (float64 rounding)"),
+        f"(paired SD {diff.std(ddof=1):.4f}). The witness's loss at refvae's trained parameters "
+        "equals refvae's "
+        f"reported loss to {score_rel:.1e} relative. Teacher-forced over {TEACHER_STEPS} Adam "
+        "steps: losses "
+        f"{teacher.loss_rel:.1e}, gradients {teacher.grad_rel:.1e} (refvae's plain and training "
+        "models), Adam "
+        f"steps {teacher.update_rel:.1e} relative" + ("; failed:"
+                                                      f" {', '.join(failed)}" if failed else "")
+        + ("" if ctx.quick else f". Published (pytorch/examples, summed loss): ~{PUBLISHED}, "
+                                "reported, not judged"),
+        threshold=(f"the {CONFIDENCE:.1%} t-interval ({len(diff) - 1} degrees of freedom) of the "
+                   "mean paired "
+                   f"difference inside ±{MARGIN:g} nat; the witness's score of refvae's "
+                   "parameters, and the "
+                   f"teacher-forced losses, gradients and Adam steps, within {TOL:g} relative "
+                   "(float64 rounding)"),
         tables=[_table(seeds, ref, twin, witness)],
-        figures=[("Test loss (one-sample negative ELBO per test datum) per epoch: refvae (lines) and the paired "
+        figures=[("Test loss (one-sample negative ELBO per test datum) per epoch: refvae (lines) "
+                  "and the paired "
                   "float32 PyTorch twin (markers), one colour per seed", fig)])
 
 
 def _table(seeds, ref, twin, witness):
-    rows = [[seed, ref[i], None if twin is None else twin[i], None if twin is None else ref[i] - twin[i],
+    rows = [[seed, ref[i], None if twin is None else twin[i],
+             None if twin is None else ref[i] - twin[i],
              None if witness is None else witness[i]] for i, seed in enumerate(seeds)]
     return ("Final test loss per seed (nats per datum; the same test noise in every column)",
-            ["seed", "refvae", "PyTorch twin (float32)", "refvae − twin", "witness at refvae's parameters"], rows)
+            ["seed", "refvae", "PyTorch twin (float32)", "refvae − twin",
+             "witness at refvae's parameters"], rows)
 
 
 def _figure(ctx, refvae_curves, twin_curves):
@@ -212,7 +239,8 @@ def _figure(ctx, refvae_curves, twin_curves):
         ax.plot(epochs, r, "-", color=f"C{i}", label="refvae" if i == 0 else None)
         ax.plot(epochs, t, "s", color=f"C{i}", mfc="none", label="PyTorch twin" if i == 0 else None)
     if not ctx.quick:
-        ax.axhline(PUBLISHED, color="k", ls=":", label=f"pytorch/examples, summed loss (~{PUBLISHED})")
+        ax.axhline(PUBLISHED, color="k", ls=":", label="pytorch/examples, summed loss "
+                                                       f"(~{PUBLISHED})")
     ax.set_xlabel("epoch")
     ax.set_xticks(np.arange(1, len(refvae_curves[0]) + 1))
     ax.set_ylabel("test loss (nats per datum)")

@@ -1,4 +1,5 @@
-"""Claim 10: Kingma & Welling (2014), Frey Face — refvae's lower-bound curves beside a PyTorch twin's.
+"""Claim 10: Kingma & Welling (2014), Frey Face — refvae's lower-bound curves beside a PyTorch
+twin's.
 
 Kingma & Welling's §5 setting for the Frey Face data (1,965 faces of 28×20 pixels in [0, 1]): an
 encoder and a decoder with one tanh hidden layer of 200 units, a Gaussian decoder with a mean and a
@@ -42,10 +43,14 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from mnist_models import single_threaded
     from teacher import TeacherForced, batch_plan
 
-TITLE = "Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by step"
-SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (Frey Face), "
+TITLE = ("Kingma & Welling's Frey Face VAE: refvae's training run matches a PyTorch twin's step by "
+         "step")
+SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 "
+          "(Frey Face), "
           "appendix C.2 (Gaussian MLP decoder)")
-FULL_MODE = "1969 s (500 epochs for each K in 2, 5, 10, 20; PASS: teacher-forced gradients within 9.1e-12, final train bounds 736.5–873.3 nats); measured"  # runtime of --full on two cores
+# runtime of --full on two cores
+FULL_MODE = ("1969 s (500 epochs for each K in 2, 5, 10, 20; PASS: teacher-forced gradients within "
+             "9.1e-12, final train bounds 736.5–873.3 nats); measured")
 
 HIDDEN, BATCH = 200, 100
 # Adagrad's step size: Kingma & Welling chose from {0.01, 0.02, 0.1} by the first iterations' bound.
@@ -76,7 +81,8 @@ def refvae_bound(vae, params, y, eps) -> float:
 
 def run(ctx: Context) -> Claim:
     if ctx.data("frey_face") is None:
-        return skipped(TITLE, SOURCE, "no Frey Face data (frey_face/frey_rawface.mat) in the data directory")
+        return skipped(TITLE, SOURCE, "no Frey Face data (frey_face/frey_rawface.mat) in the data "
+                                      "directory")
     data = load_dataset("frey-face", data_dir=ctx.data_dir)
     with single_threaded():
         return _run(ctx, setting(ctx.quick), data)
@@ -84,7 +90,8 @@ def run(ctx: Context) -> Claim:
 
 def train_latent(ctx, data, k: int, epochs: int, eval_steps: set, torch) -> dict:
     """One latent size: refvae's run and (with torch) the teacher-forced and free-running twins."""
-    vae = VAE(VAEConfig(data_dim=data.dim, latent_dim=k, encoder_hidden=(HIDDEN,), decoder_hidden=(HIDDEN,),
+    vae = VAE(VAEConfig(data_dim=data.dim, latent_dim=k, encoder_hidden=(HIDDEN,),
+                        decoder_hidden=(HIDDEN,),
                         activation="tanh", emission="gaussian_diag"))
     params0 = vae.init_params(NoiseSource([ctx.seed, 10, k]))
     eval_noise = NoiseSource([ctx.seed, 10, k, 1])
@@ -95,14 +102,16 @@ def train_latent(ctx, data, k: int, epochs: int, eval_steps: set, torch) -> dict
     out = {"refvae": [], "twin": [], "lock_rel": 0.0, "separate": None}
     if torch is not None:
         host0 = {n: vae.bk.to_numpy(v) for n, v in params0.items()}
-        teacher = TeacherForced(make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag", dtype=torch.float64))
+        teacher = TeacherForced(make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag",
+                                          dtype=torch.float64))
         free = make_twin(data.dim, k, HIDDEN, "tanh", "gaussian_diag", dtype=torch.float64)
         load_refvae_params(free, host0)
         trainer = PlanTrainer(free, "adagrad", LR)
     else:
         trainer = None
     step = 0
-    for step, idx, eps in batch_plan(NoiseSource([ctx.seed, 10, k, 2]), data.n_train, k, epochs, BATCH):
+    for step, idx, eps in batch_plan(NoiseSource([ctx.seed, 10, k, 2]), data.n_train, k, epochs,
+                                     BATCH):
         if step in eval_steps:
             _evaluate(out, step, vae, flat.params, splits, eps_eval, trainer)
         yb = data.train[idx]
@@ -129,7 +138,8 @@ def steps_per_epoch(data) -> int:
 
 
 def _evaluate(out, step, vae, params, splits, eps_eval, trainer):
-    out["refvae"].append((step, [refvae_bound(vae, params, y, e) for y, e in zip(splits, eps_eval)]))
+    out["refvae"].append((step,
+                          [refvae_bound(vae, params, y, e) for y, e in zip(splits, eps_eval)]))
     if trainer is not None:
         out["twin"].append((step, [trainer.bound(y, e) for y, e in zip(splits, eps_eval)]))
 
@@ -146,22 +156,32 @@ def _run(ctx: Context, s: dict, data) -> Claim:
              r["twin"][-1][1][0] if has_twin else None, r["twin"][-1][1][1] if has_twin else None,
              r["grad_rel"] if has_twin else None, r["lock_rel"] if has_twin else None,
              (r["separate"] or "never") if has_twin else None] for k, r in results.items()]
-    table = ("Lower bound per datum at the end of training (nats; a density of pixel values in [0, 1], hence "
-             "positive), refvae and the free-running twin; the largest teacher-forced gradient difference over "
-             "all steps; the free run's largest parameter difference in the first epoch; the step where it "
+    table = ("Lower bound per datum at the end of training (nats; a density of pixel values in [0, "
+             "1], hence "
+             "positive), refvae and the free-running twin; the largest teacher-forced gradient "
+             "difference over "
+             "all steps; the free run's largest parameter difference in the first epoch; the step "
+             "where it "
              "first exceeds 1e-6",
              ["K", "refvae train", "refvae test", "twin train", "twin test", "grad rel. diff.",
               "first-epoch param rel. diff.", "separates at step"], rows)
-    scale = (f"{data.n_train} train / {data.n_test} test faces, 560-{HIDDEN}-K tanh, gaussian_diag, Adagrad {LR}, "
-             f"batch {BATCH}, {s['epochs']} epochs ({steps} steps, {steps * BATCH:,} samples evaluated)")
-    final_text = "; ".join(f"K = {k}: train {r['refvae'][-1][1][0]:.1f}, test {r['refvae'][-1][1][1]:.1f}"
+    scale = (f"{data.n_train} train / {data.n_test} test faces, 560-{HIDDEN}-K tanh, "
+             f"gaussian_diag, Adagrad {LR}, "
+             f"batch {BATCH}, {s['epochs']} epochs ({steps} steps, {steps * BATCH:,} samples "
+             "evaluated)")
+    final_text = "; ".join(f"K = {k}: train {r['refvae'][-1][1][0]:.1f}, "
+                           f"test {r['refvae'][-1][1][1]:.1f}"
                            for k, r in results.items())
-    figures = [("Lower bound per datum against training samples evaluated (Kingma & Welling's Figure 2 axes): "
-                "refvae lines, the free-running PyTorch twin markers; train solid/circles, test dashed/squares",
+    figures = [("Lower bound per datum against training samples evaluated (Kingma & Welling's "
+                "Figure 2 axes): "
+                "refvae lines, the free-running PyTorch twin markers; train solid/circles, test "
+                "dashed/squares",
                 fig)]
     if not has_twin:
-        return Claim(TITLE, SOURCE, None, f"{scale}. refvae's final lower bounds: {final_text}. PyTorch is not "
-                     "installed, so the twin comparison is skipped", tables=[table], figures=figures)
+        return Claim(TITLE, SOURCE, None, f"{scale}. refvae's final lower bounds: {final_text}. "
+                                          "PyTorch is not "
+                     "installed, so the twin comparison is skipped", tables=[table],
+                     figures=figures)
     grad_rel = max(r["grad_rel"] for r in results.values())
     loss_rel = max(r["loss_rel"] for r in results.values())
     lock_rel = max(r["lock_rel"] for r in results.values())
@@ -170,14 +190,21 @@ def _run(ctx: Context, s: dict, data) -> Claim:
                           for k, r in results.items())
     return Claim(
         TITLE, SOURCE, ok,
-        f"{scale}. refvae's final lower bounds per datum: {final_text} (the free-running twin: {twin_text}). "
-        f"Teacher-forced along refvae's whole run, autograd's gradients agree to {grad_rel:.1e} and the losses "
-        f"to {loss_rel:.1e} relative; the free-running twin stays within {lock_rel:.1e} of refvae's parameters "
+        f"{scale}. refvae's final lower bounds per datum: {final_text} (the free-running "
+        f"twin: {twin_text}). "
+        f"Teacher-forced along refvae's whole run, autograd's gradients agree to {grad_rel:.1e} "
+        "and the losses "
+        f"to {loss_rel:.1e} relative; the free-running twin stays within {lock_rel:.1e} of "
+        "refvae's parameters "
         f"over the first epoch and separates (1e-6) at step "
-        f"{', '.join(str(r['separate'] or 'never') for r in results.values())} (chaotic growth of rounding)",
-        threshold=(f"teacher-forced gradients and losses within {GRAD_TOL:g} relative at every step; the "
-                   f"free-running twin's parameters within {LOCK_TOL:g} relative over the first epoch "
-                   f"({steps_per_epoch(data)} steps); later curves are reported, not judged (independent "
+        f"{', '.join(str(r['separate'] or 'never') for r in results.values())} (chaotic growth of "
+        "rounding)",
+        threshold=(f"teacher-forced gradients and losses within {GRAD_TOL:g} relative at every "
+                   "step; the "
+                   f"free-running twin's parameters within {LOCK_TOL:g} relative over the first "
+                   "epoch "
+                   f"({steps_per_epoch(data)} steps); later curves are reported, not judged "
+                   "(independent "
                    "realisations of a chaotic run)"),
         tables=[table], figures=figures)
 
@@ -203,7 +230,8 @@ def _figure(ctx, results):
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel("lower bound per datum (nats)")
     late = [x for r in results.values() for _, v in r["refvae"][len(r["refvae"]) // 2:] for x in v]
-    ax.set_ylim(min(late) - 0.5 * (max(late) - min(late)), max(late) + 0.15 * (max(late) - min(late)))
+    ax.set_ylim(min(late) - 0.5 * (max(late) - min(late)),
+                max(late) + 0.15 * (max(late) - min(late)))
     ax.legend(fontsize=7, ncol=2)
     return savefig(fig, ctx, "claim10_frey_face.png")
 

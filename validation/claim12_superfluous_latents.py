@@ -43,12 +43,16 @@ except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, mean_se, savefig, skipped
     from mnist_models import NO_MNIST, single_threaded, trained_model
 
-TITLE = ("Superfluous latent dimensions do not cause overfitting and add little KL: bounds, KL and active units "
+TITLE = ("Superfluous latent dimensions do not cause overfitting and add little KL: bounds, KL and "
+         "active units "
          "against latent size")
-SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 (MNIST, latent sizes "
+SOURCE = ("Kingma & Welling 2014 (ICLR), \"Auto-Encoding Variational Bayes\", §5 and Figure 2 "
+          "(MNIST, latent sizes "
           "3–200); active units: Burda et al. 2016, §5.2")
-FULL_MODE = ("not measured with three seeds of K_ref and K_max (before: 4779 s for seven latent sizes 2…200 plus a "
-             "second K = 200 seed, 50 epochs on all of MNIST; gap 5.18 → 1.40 nats as K grows, 21/200 active units)")
+FULL_MODE = ("not measured with three seeds of K_ref and K_max (before: 4779 s for seven latent "
+             "sizes 2…200 plus a "
+             "second K = 200 seed, 50 epochs on all of MNIST; gap 5.18 → 1.40 nats as K grows, "
+             "21/200 active units)")
 
 SEEDS = 3
 # Gap comparison: 4 paired standard errors of its data and Monte Carlo noise (chance failure 3e-5
@@ -68,8 +72,9 @@ def latent_sizes(quick: bool) -> tuple[int, ...]:
 
 
 def regime(quick: bool) -> dict:
-    """Training-set size and epochs: a small set trained long (quick), the shared scale (full). Quick
-    models skip the per-epoch test bound (evaluated once below); full ones share the cached models."""
+    """Training-set size and epochs: a small set trained long (quick), the shared scale (full).
+    Quick models skip the per-epoch test bound (evaluated once below); full ones share the cached
+    models."""
     return dict(n_train=500, epochs=80, track_test=False) if quick else {}
 
 
@@ -80,7 +85,8 @@ def bounds(model, ctx) -> dict:
     n = data.n_test
     out = {}
     for split, y in (("train", data.train[:n]), ("test", data.test)):
-        kl, rec = neg_elbo_terms(vae, params, y, NoiseSource([ctx.seed, 12, 1]), samples=ELBO_SAMPLES)
+        kl, rec = neg_elbo_terms(vae, params, y, NoiseSource([ctx.seed, 12, 1]),
+                                 samples=ELBO_SAMPLES)
         out[split], out[f"kl_{split}"] = -(kl + rec), kl
     out["active"] = active_units(vae, params, data.test)[0]
     return out
@@ -88,7 +94,8 @@ def bounds(model, ctx) -> dict:
 
 def latent_free(data):
     """Per-datum test log-likelihood of the best model without latents: independent Bernoulli
-    pixels with the training set's frequencies (add-one smoothed, so that no pixel has p = 0 or 1)."""
+    pixels with the training set's frequencies (add-one smoothed, so that no pixel has p = 0 or
+    1)."""
     p = (data.train.sum(axis=0) + 1.0) / (data.n_train + 2.0)
     return data.test @ np.log(p) + (1.0 - data.test) @ np.log1p(-p)
 
@@ -118,43 +125,60 @@ def _judge(ctx, sizes, k_ref, res, baseline, description) -> Claim:
     kl = {key: float(r["kl_test"].mean()) for key, r in res.items()}
     g_max, g_ref = (np.array([gap[(k, s)] for s in seeds]) for k in (k_max, k_ref))
     d_gap = float(g_max.mean() - g_ref.mean())
-    # Seed noise: the pooled SD of the gap over three seeds of each size; data and Monte Carlo noise:
+    # Seed noise: the pooled SD of the gap over three seeds of each size; data and Monte Carlo
+    # noise:
     # the paired per-datum differences of the seed-averaged bounds (the same data).
     se_seed = math.sqrt((g_max.var(ddof=1) + g_ref.var(ddof=1)) / 2 * 2 / SEEDS)
-    se_data = math.hypot(*(mean_se(_seed_means(res, k_max, seeds, split) - _seed_means(res, k_ref, seeds, split))[1]
+    se_data = math.hypot(*(mean_se(_seed_means(res, k_max, seeds, split)
+                                   - _seed_means(res, k_ref, seeds, split))[1]
                            for split in ("train", "test")))
     tol = N_SE * se_data + T_SEEDS * se_seed
     ok_gap = d_gap <= tol
-    kl_excess = (np.mean([kl[(k_max, s)] for s in seeds]) - np.mean([kl[(k_ref, s)] for s in seeds])) / (k_max - k_ref)
+    kl_excess = (np.mean([kl[(k_max, s)] for s in seeds])
+                 - np.mean([kl[(k_ref, s)] for s in seeds])) / (k_max - k_ref)
     ok_kl = bool(kl_excess < KL_PER_UNIT)
     margin = {key: mean_se(r["test"] - baseline) for key, r in res.items()}
     ok_sane = all(math.isfinite(m) and m > N_SE * se for m, se in margin.values())
     rows = [[k if s == ctx.seed else f"{k} (seed {s})", float(res[(k, s)]["train"].mean()),
-             float(res[(k, s)]["test"].mean()), margin[(k, s)][0], gap[(k, s)], kl[(k, s)], res[(k, s)]["active"]]
+             float(res[(k, s)]["test"].mean()), margin[(k, s)][0], gap[(k, s)], kl[(k, s)],
+             res[(k, s)]["active"]]
             for k, s in sorted(res)]
     fig = _figure(ctx, sizes, res, baseline)
     n_test, n_train = len(res[(k_max, ctx.seed)]["test"]), len(res[(k_max, ctx.seed)]["train"])
     return Claim(
         TITLE, SOURCE, ok_gap and ok_kl and ok_sane,
-        f"latent sizes {', '.join(map(str, sizes))}, each trained as the K = {k_max} model is ({description}); "
-        f"K = {k_max} and K = {k_ref} (the best seed-0 test bound among the smaller sizes) with {SEEDS} seeds each. "
+        f"latent sizes {', '.join(map(str, sizes))}, each trained as the K = {k_max} model is "
+        f"({description}); "
+        f"K = {k_max} and K = {k_ref} (the best seed-0 test bound among the smaller sizes) "
+        f"with {SEEDS} seeds each. "
         f"Bounds with {ELBO_SAMPLES} draws per datum on {n_test} test and {n_train} training data. "
-        f"Overfitting: mean train–test gap {g_max.mean():+.2f} nats at K = {k_max} against {g_ref.mean():+.2f} at "
-        f"K = {k_ref}, difference {d_gap:+.2f} (tolerance {tol:.2f}: {se_data:.2f} data SE, {se_seed:.2f} seed "
-        f"SE). The KL term: the {k_max - k_ref} units beyond K = {k_ref} add {kl_excess:.3f} nats of KL each on "
+        f"Overfitting: mean train–test gap {g_max.mean():+.2f} nats at K = {k_max} "
+        f"against {g_ref.mean():+.2f} at "
+        f"K = {k_ref}, difference {d_gap:+.2f} (tolerance {tol:.2f}: {se_data:.2f} data "
+        f"SE, {se_seed:.2f} seed "
+        f"SE). The KL term: the {k_max - k_ref} units beyond K = {k_ref} add {kl_excess:.3f} nats "
+        "of KL each on "
         f"average (limit {KL_PER_UNIT:g}). Sanity: every model beats the latent-free model "
-        f"({float(baseline.mean()):.2f} nats per test datum) by {min(m for m, _ in margin.values()):.1f} nats or "
+        f"({float(baseline.mean()):.2f} nats per test datum) "
+        f"by {min(m for m, _ in margin.values()):.1f} nats or "
         f"more. "
-        f"Test bounds and active units are reported, not judged (a larger latent space also trains more slowly, "
-        f"which is not overfitting{'; quick training is too short for units to collapse' if ctx.quick else ''})",
-        threshold=(f"mean gap at K = {k_max} ≤ mean gap at K = {k_ref} + {N_SE:g} paired SE + {T_SEEDS:.2f} "
-                   f"(Student t, {2 * (SEEDS - 1)} df, one-sided 1e-3) × the seed SE of the difference; extra KL per unit beyond "
-                   f"K = {k_ref} < {KL_PER_UNIT:g} nats; every test bound above the latent-free model's by more "
+        "Test bounds and active units are reported, not judged (a larger latent space also trains "
+        "more slowly, "
+        "which is not "
+        f"overfitting{'; quick training is too short for units to collapse' if ctx.quick else ''})",
+        threshold=(f"mean gap at K = {k_max} ≤ mean gap at K = {k_ref} + {N_SE:g} paired SE "
+                   f"+ {T_SEEDS:.2f} "
+                   f"(Student t, {2 * (SEEDS - 1)} df, one-sided 1e-3) × the seed SE of the "
+                   "difference; extra KL per unit beyond "
+                   f"K = {k_ref} < {KL_PER_UNIT:g} nats; every test bound above the latent-free "
+                   "model's by more "
                    f"than {N_SE:g} paired SE"),
         tables=[("Lower bound per datum (nats) against the latent size",
-                 ["K", "train bound", "test bound", "test − latent-free", "train − test", "KL (test)",
+                 ["K", "train bound", "test bound", "test − latent-free", "train − test",
+                  "KL (test)",
                   "active units"], rows)],
-        figures=[("Train and test lower bounds (left axis; seed means, dots: each seed) and active units (right "
+        figures=[("Train and test lower bounds (left axis; seed means, dots: each seed) and active "
+                  "units (right "
                   "axis) against the latent size; dashed: the latent-free model", fig)])
 
 
@@ -166,7 +190,8 @@ def _figure(ctx, sizes, res, baseline):
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for split, marker in (("train", "o"), ("test", "s")):
-        per_k = {k: [float(r[split].mean()) for (kk, _), r in res.items() if kk == k] for k in sizes}
+        per_k = {k: [float(r[split].mean()) for (kk, _), r in res.items() if kk == k] for k
+                 in sizes}
         ax.plot(sizes, [np.mean(per_k[k]) for k in sizes], "-" + marker, label=f"{split} bound")
         for k in sizes:
             ax.plot([k] * len(per_k[k]), per_k[k], ".", color="0.4", ms=3)
@@ -177,7 +202,8 @@ def _figure(ctx, sizes, res, baseline):
     ax.set_xlabel("latent size K")
     ax.set_ylabel("lower bound per datum (nats)")
     ax2 = ax.twinx()
-    ax2.plot(sizes, [np.mean([r["active"] for (kk, _), r in res.items() if kk == k]) for k in sizes], "k:^",
+    ax2.plot(sizes, [np.mean([r["active"] for (kk, _), r in res.items() if kk == k]) for k
+                     in sizes], "k:^",
              label="active units")
     ax2.plot(sizes, sizes, color="0.7", lw=0.8, label="K (all units)")
     ax2.set_ylabel("units")

@@ -3,8 +3,8 @@
 Model: linear encoder heads ``h = W_h y + b_h`` (no hidden layers), recognition
 ``q(x|y) = N(ν, Υ)`` with ``Υ = diag(exp ℓ)`` (latent ``gaussian``) or ``Υ = R Rᵀ`` (latent
 ``gaussian_full``: the ``scale_tril`` head holds the lower triangle of ``R`` in
-``numpy.tril_indices`` order, diagonal through exp; ORACLE.md), linear decoder ``μ(x) = W x + b`` and
-the ``gaussian`` emission ``N(μ, αI)`` with α fixed or learned as ``decoder.log_alpha``.
+``numpy.tril_indices`` order, diagonal through exp; ORACLE.md), linear decoder ``μ(x) = W x + b``
+and the ``gaussian`` emission ``N(μ, αI)`` with α fixed or learned as ``decoder.log_alpha``.
 
 Because ``μ`` is linear, ``E_q ||y − μ(x)||² = ||y − Wν − b||² + tr(W Υ Wᵀ)``, so the expected
 negative ELBO per datum is exact (docs/DERIVATIONS.md#the-objective; boxed results of §8.2.2):
@@ -32,7 +32,8 @@ def _alpha(params: dict, alpha: float) -> float:
 
 
 def linear_heads(latent: str, params: dict, y) -> dict:
-    """Encoder heads of a linear encoder: ``{"mean": ν, <covariance head>: ...}``, each ``(N, ·)``."""
+    """Encoder heads of a linear encoder: ``{"mean": ν, <covariance head>: ...}``, each
+    ``(N, ·)``."""
     return {h: y @ params[f"encoder.{h}.weight"].T + params[f"encoder.{h}.bias"]
             for h in ("mean", COV_HEAD[latent])}
 
@@ -61,20 +62,23 @@ def _recon_cov(ups, e3_misprint: bool):
     return ups @ ups if e3_misprint else ups
 
 
-def expected_loss_per_datum(latent: str, params: dict, y, alpha: float = 1.0, e3_misprint: bool = False):
+def expected_loss_per_datum(latent: str, params: dict, y, alpha: float = 1.0,
+                            e3_misprint: bool = False):
     """``(KL, E_q f)`` per datum, ``(N,)`` each, in closed form (module docstring)."""
     nu, ups = moments(latent, linear_heads(latent, params, y))
     a = _alpha(params, alpha)
     w, b = params["decoder.out.weight"], params["decoder.out.bias"]
     resid = y - nu @ w.T - b
     trace_term = np.einsum("dk,nkj,dj->n", w, _recon_cov(ups, e3_misprint), w)
-    rec = ((resid ** 2).sum(-1) + trace_term) / (2 * a) + 0.5 * y.shape[1] * math.log(2 * math.pi * a)
+    rec = (((resid ** 2).sum(-1) + trace_term) / (2 * a) + 0.5 * y.shape[1]
+           * math.log(2 * math.pi * a))
     k = nu.shape[1]
     kl = 0.5 * (np.trace(ups, axis1=1, axis2=2) + (nu ** 2).sum(-1) - k - np.linalg.slogdet(ups)[1])
     return kl, rec
 
 
-def expected_loss(latent: str, params: dict, y, alpha: float = 1.0, e3_misprint: bool = False) -> float:
+def expected_loss(latent: str, params: dict, y, alpha: float = 1.0,
+                  e3_misprint: bool = False) -> float:
     """Exact ``E_q[batch loss]``: the mean over the batch of ``KL + E_q f``."""
     kl, rec = expected_loss_per_datum(latent, params, y, alpha, e3_misprint)
     return float((kl + rec).mean())
@@ -88,9 +92,9 @@ def expected_loss_gradient(latent: str, params: dict, y, alpha: float = 1.0,
     gradient ``G = ∂F/∂Υ = ½ (I − Υ⁻¹) + M/(2α)`` (misprint: ``(MΥ + ΥM)/(2α)`` in the second term).
     Heads: ``∂F/∂ℓ_k = υ_k² G_kk`` (diagonal); ``∂F/∂R = tril(2 G R)`` (full, from
     ``dF = tr(G dΥ)``, ``dΥ = dR Rᵀ + R dRᵀ``), times ``R_kk`` on the raw diagonal. Decoder:
-    ``∂F/∂W = (−r νᵀ + W Υ_rec)/α``, ``∂F/∂b = −r/α``, ``∂F/∂log α = D/2 − (||r||² + tr(W Υ_rec Wᵀ))/(2α)``.
-    Linear encoder: ``∂/∂W_h = Σ_n d_h yᵀ``, ``∂/∂b_h = Σ_n d_h``. Every term carries the batch
-    mean's 1/N.
+    ``∂F/∂W = (−r νᵀ + W Υ_rec)/α``, ``∂F/∂b = −r/α``,
+    ``∂F/∂log α = D/2 − (||r||² + tr(W Υ_rec Wᵀ))/(2α)``. Linear encoder: ``∂/∂W_h = Σ_n d_h yᵀ``,
+    ``∂/∂b_h = Σ_n d_h``. Every term carries the batch mean's 1/N.
     """
     n, d = y.shape
     cov = COV_HEAD[latent]
@@ -129,15 +133,19 @@ def expected_loss_gradient(latent: str, params: dict, y, alpha: float = 1.0,
 def exact_posterior_case(seed: int, d: int = 5, k: int = 2, alpha: float = 0.5, n: int = 20):
     """A linear-Gaussian VAE (decoder ``N(Wx + b, αI)`` with fixed α) whose diagonal encoder is the
     exact posterior, so every importance weight equals ``p(y)``. ``W`` has orthogonal columns, which
-    makes the posterior covariance ``(I + WᵀW/α)⁻¹`` diagonal. Returns ``(config, params, y, log_p)``
-    with ``log_p`` the closed form ``log N(y; b, WWᵀ + αI)`` per datum."""
+    makes the posterior covariance ``(I + WᵀW/α)⁻¹`` diagonal. Returns
+    ``(config, params, y, log_p)`` with ``log_p`` the closed form ``log N(y; b, WWᵀ + αI)`` per
+    datum."""
     rng = np.random.default_rng(seed)
     w = np.linalg.qr(rng.normal(size=(d, k)))[0] * np.linspace(2.0, 1.3, k)
     b = rng.normal(size=d)
     sigma = np.diag(1.0 / (1.0 + np.diag(w.T @ w) / alpha))
-    config = dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[], emission="gaussian", alpha=alpha)
-    params = {"encoder.mean.weight": sigma @ w.T / alpha, "encoder.mean.bias": -sigma @ w.T @ b / alpha,
-              "encoder.logvar.weight": np.zeros((k, d)), "encoder.logvar.bias": np.log(np.diag(sigma)),
+    config = dict(data_dim=d, latent_dim=k, encoder_hidden=[], decoder_hidden=[],
+                  emission="gaussian", alpha=alpha)
+    params = {"encoder.mean.weight": sigma @ w.T / alpha, "encoder.mean.bia"
+                                                          "s": -sigma @ w.T @ b / alpha,
+              "encoder.logvar.weight": np.zeros((k, d)),
+              "encoder.logvar.bias": np.log(np.diag(sigma)),
               "decoder.out.weight": w, "decoder.out.bias": b}
     y = rng.normal(size=(n, d)) * 2.0 + b
     cov = w @ w.T + alpha * np.eye(d)

@@ -117,13 +117,15 @@ def parse_context(argv=None, description: str = "") -> Context:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", default=True, help="CI-sized run (default)")
     mode.add_argument("--full", action="store_true", help="the full-scale run of the report")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA), help=f"data sets (default {DEFAULT_DATA})")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="data sets "
+                                                                 f"(default {DEFAULT_DATA})")
     p.add_argument("--fig-dir", default=str(HERE / "figures"), help="where figures are written")
     p.add_argument("--seed", type=int, default=0)
     args, _ = p.parse_known_args(argv)
     fig_dir = Path(args.fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    return Context(quick=not args.full, data_dir=Path(args.data_dir), fig_dir=fig_dir, seed=args.seed)
+    return Context(quick=not args.full, data_dir=Path(args.data_dir), fig_dir=fig_dir,
+                   seed=args.seed)
 
 
 def main(run, argv=None) -> int:

@@ -1,12 +1,13 @@
 """The PyTorch witness of claim 6: a linear VAE with a learned isotropic Gaussian emission, written
 from Lucas et al. (2019), not from refvae.
 
-Encoder heads ``ν = W_ν y + b_ν``, ``ℓ = W_ℓ y + b_ℓ`` (log-variances), sample ``x = ν + exp(ℓ/2) ε``,
-decoder mean ``W x + b``, emission ``N(W x + b, α I)`` with ``log α`` learned. Per datum the loss
-is ``KL(N(ν, diag e^ℓ) ‖ N(0, I))`` (``torch.distributions``) plus the mean over the L samples of
-``−log N(y; W x + b, α I)``; the batch loss is its mean over the batch. Parameters are held in a
-dict with refvae's ``state_dict`` names; gradients come from autograd, Adam from ``torch.optim``.
-torch is imported inside the functions, so that the claim runs (reporting the refvae side) without it.
+Encoder heads ``ν = W_ν y + b_ν``, ``ℓ = W_ℓ y + b_ℓ`` (log-variances), sample
+``x = ν + exp(ℓ/2) ε``, decoder mean ``W x + b``, emission ``N(W x + b, α I)`` with ``log α``
+learned. Per datum the loss is ``KL(N(ν, diag e^ℓ) ‖ N(0, I))`` (``torch.distributions``) plus the
+mean over the L samples of ``−log N(y; W x + b, α I)``; the batch loss is its mean over the batch.
+Parameters are held in a dict with refvae's ``state_dict`` names; gradients come from autograd, Adam
+from ``torch.optim``. torch is imported inside the functions, so that the claim runs (reporting the
+refvae side) without it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _loss(torch, p: dict, y, eps):
     mu = y @ p["encoder.mean.weight"].T + p["encoder.mean.bias"]
     logvar = y @ p["encoder.logvar.weight"].T + p["encoder.logvar.bias"]
     std = (0.5 * logvar).exp()
-    kl = dist.kl_divergence(dist.Normal(mu, std), dist.Normal(torch.zeros_like(mu), torch.ones_like(std))).sum(-1)
+    kl = dist.kl_divergence(dist.Normal(mu, std),
+                            dist.Normal(torch.zeros_like(mu), torch.ones_like(std))).sum(-1)
     x = mu[:, None, :] + std[:, None, :] * eps
     mean = x @ p["decoder.out.weight"].T + p["decoder.out.bias"]
     scale = (0.5 * p["decoder.log_alpha"]).exp()
@@ -33,7 +35,8 @@ def _loss(torch, p: dict, y, eps):
 def gradients(params: dict, y, eps) -> dict:
     """Autograd's gradient of the batch loss at refvae's parameters and noise (teacher forcing)."""
     torch = torch_or_none()
-    p = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+    p = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k,
+         v in params.items()}
     _loss(torch, p, torch.as_tensor(np.asarray(y)), torch.as_tensor(np.asarray(eps))).backward()
     return {k: v.grad.numpy() for k, v in p.items()}
 
@@ -44,14 +47,16 @@ class FreeRunning:
 
     def __init__(self, params: dict, lr: float):
         self.torch = torch = torch_or_none()
-        self.p = {k: torch.tensor(np.array(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+        self.p = {k: torch.tensor(np.array(v, dtype=np.float64), requires_grad=True) for k,
+                  v in params.items()}
         self.opt = torch.optim.Adam(list(self.p.values()), lr=lr)
 
     def step(self, y, eps, lr: float) -> float:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad()
-        loss = _loss(self.torch, self.p, self.torch.as_tensor(np.asarray(y)), self.torch.as_tensor(np.asarray(eps)))
+        loss = _loss(self.torch, self.p, self.torch.as_tensor(np.asarray(y)),
+                     self.torch.as_tensor(np.asarray(eps)))
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -69,7 +74,8 @@ def warmup_cosine(step: int, lr: float, warmup: int, total: int, min_lr: float) 
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / (total - warmup)))
 
 
-def train_minibatch(params: dict, y, epochs: int, batch_size: int, lr: float, samples: int, seed: int) -> dict:
+def train_minibatch(params: dict, y, epochs: int, batch_size: int, lr: float, samples: int,
+                    seed: int) -> dict:
     """What ``refvae train --optimizer adam --schedule cosine`` does, in the witness: every epoch a
     fresh shuffle, minibatches of ``batch_size``, ``samples`` noise draws per datum, Adam with a
     cosine schedule from ``lr`` to 0 over the whole run; its own generator (an independent run)."""

@@ -1,11 +1,11 @@
 """What claims 7, 8, 9, 10 and 12 share: the MNIST data at the scale of each mode, the trained
 MNIST models (trained once, cached on disk), and a single-threaded BLAS guard.
 
-The shared model is trained by refvae's own training loop (:func:`refvae.train.loop.train`) and cached
-under ``validation/.cache/`` in a directory named by the mode, seed and latent size and a digest of
-everything that determines the result (model config, training options, data, and the source of the
-``refvae`` package): a later claim of the same run, or a later run with unchanged code, reuses it;
-any change to the library retrains.
+The shared model is trained by refvae's own training loop (:func:`refvae.train.loop.train`) and
+cached under ``validation/.cache/`` in a directory named by the mode, seed and latent size and a
+digest of everything that determines the result (model config, training options, data, and the
+source of the ``refvae`` package): a later claim of the same run, or a later run with unchanged
+code, reuses it; any change to the library retrains.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class Scale:
 
     def describe(self, data: Dataset, latent_dim: int) -> str:
         h = "-".join(str(w) for w in self.hidden)
-        return (f"{data.name}, {data.n_train} train / {data.n_test} test, 784-{h}-{latent_dim} tanh, "
+        return (f"{data.name}, {data.n_train} train / {data.n_test} test, 784-{h}-{latent_dim} "
+                "tanh, "
                 f"Bernoulli, Adam {self.lr:g}, batch {self.batch_size}, {self.epochs} epochs")
 
 
@@ -94,14 +95,15 @@ def _load(name: str, data_dir: str) -> Dataset:
 
 
 def _rows(a, n: int | None, seed: int):
-    """``n`` rows drawn without replacement by a fixed permutation (all rows, in order, for ``None``):
-    the first rows are no sample, since binarized MNIST's test file is sorted by class (its first
-    1,000 rows have mean intensity 0.170, the next 1,000 0.076, the whole file 0.133)."""
+    """``n`` rows drawn without replacement by a fixed permutation (all rows, in order, for
+    ``None``): the first rows are no sample, since binarized MNIST's test file is sorted by class
+    (its first 1,000 rows have mean intensity 0.170, the next 1,000 0.076, the whole file 0.133)."""
     return a if n is None or n >= len(a) else a[NoiseSource(seed).permutation(len(a))[:n]]
 
 
 def _subset(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
-    return replace(ds, train=_rows(ds.train, n_train, 1), test=_rows(ds.test, n_test, 2), valid=None)
+    return replace(ds, train=_rows(ds.train, n_train, 1), test=_rows(ds.test, n_test, 2),
+                   valid=None)
 
 
 def binary_mnist(ctx, n_train: int | None = None, n_test: int | None = None) -> Dataset | None:
@@ -112,7 +114,8 @@ def binary_mnist(ctx, n_train: int | None = None, n_test: int | None = None) -> 
     if ctx.data("binarized_mnist") is not None:
         return _subset(_load("binarized-mnist", str(ctx.data_dir)), n_train, n_test)
     if ctx.data("mnist") is not None:
-        return _subset(apply_binarization(_load("mnist", str(ctx.data_dir)), "static", seed=0), n_train, n_test)
+        return _subset(apply_binarization(_load("mnist", str(ctx.data_dir)), "static", seed=0),
+                       n_train, n_test)
     return None
 
 
@@ -153,13 +156,14 @@ class TrainedModel:
 _MEMO: dict = {}
 
 
-def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n_train: int | None = None,
+def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None,
+                  n_train: int | None = None,
                   epochs: int | None = None, track_test: bool = True) -> TrainedModel | None:
     """The mode's MNIST model with ``latent_dim`` latents (default the shared 50) trained with
     ``seed`` (default ``ctx.seed``) on :func:`binary_mnist` (``n_train`` and ``epochs`` override the
-    mode's); ``None`` when no MNIST is present. Trained by :func:`refvae.train.loop.train` once, then
-    read from the cache. ``track_test=False`` skips the test bound after every epoch (the history
-    then has none), for callers that evaluate once, after training."""
+    mode's); ``None`` when no MNIST is present. Trained by :func:`refvae.train.loop.train` once,
+    then read from the cache. ``track_test=False`` skips the test bound after every epoch (the
+    history then has none), for callers that evaluate once, after training."""
     s = scale(ctx)
     if epochs is not None:
         s = replace(s, epochs=epochs)
@@ -170,11 +174,13 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
         return None
     config = VAEConfig(data_dim=data.dim, latent_dim=latent_dim, encoder_hidden=s.hidden,
                        decoder_hidden=s.hidden, activation="tanh", emission="bernoulli")
-    options = TrainOptions(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, progress=False)
+    options = TrainOptions(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed,
+                           progress=False)
     key = json.dumps({"config": config.to_dict(), "options": options.to_dict(), "data": data.source,
                       "n": [data.n_train, data.n_test], "refvae": _source_digest()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    prefix = f"mnist-{'quick' if ctx.quick else 'full'}{'' if track_test else '-untracked'}-n{data.n_train}-e{s.epochs}-seed{seed}-K{latent_dim}-"
+    prefix = (f"mnist-{'quick' if ctx.quick else 'full'}{'' if track_test else '-untracked'}-"
+              f"n{data.n_train}-e{s.epochs}-seed{seed}-K{latent_dim}-")
     run_dir = CACHE / (prefix + digest)
     if run_dir in _MEMO:
         return _MEMO[run_dir]
@@ -185,7 +191,8 @@ def trained_model(ctx, latent_dim: int | None = None, seed: int | None = None, n
     done = (run_dir / "metrics.jsonl").exists() and \
         len((run_dir / "metrics.jsonl").read_text().splitlines()) == options.epochs
     with single_threaded():
-        history = train(config, options, data if track_test else SimpleNamespace(train=data.train, test=None),
+        history = train(config, options,
+                        data if track_test else SimpleNamespace(train=data.train, test=None),
                         run_dir, resume=(run_dir / "checkpoint.npz").exists())
     vae, params, _ = load_run(run_dir)
     model = TrainedModel(vae, params, data, history, done, time.perf_counter() - t0,

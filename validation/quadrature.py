@@ -18,7 +18,8 @@ def gauss_hermite(k: int, nodes: int):
     z, w = np.polynomial.hermite_e.hermegauss(nodes)
     w = w / math.sqrt(2 * math.pi)
     grid = np.stack(np.meshgrid(*([z] * k), indexing="ij"), axis=-1).reshape(-1, k)
-    weights = np.prod(np.stack(np.meshgrid(*([w] * k), indexing="ij"), axis=-1).reshape(-1, k), axis=-1)
+    weights = np.prod(np.stack(np.meshgrid(*([w] * k), indexing="ij"), axis=-1).reshape(-1, k),
+                      axis=-1)
     return grid, weights
 
 
@@ -40,7 +41,8 @@ class Quadratic:
 
     def derivs(self, x):
         d = x - self.c
-        return (d @ self.a * d).sum(-1), 2 * d @ self.a, np.broadcast_to(2 * self.a, (*x.shape, x.shape[-1]))
+        return ((d @ self.a * d).sum(-1), 2 * d @ self.a,
+                np.broadcast_to(2 * self.a, (*x.shape, x.shape[-1])))
 
     def exact(self, nu, ups):
         return 2 * self.a @ (nu - self.c), self.a
@@ -57,7 +59,8 @@ class Cosine:
 
     def derivs(self, x):
         t = x @ self.k
-        return np.cos(t), -np.sin(t)[:, None] * self.k, -np.cos(t)[:, None, None] * np.outer(self.k, self.k)
+        return (np.cos(t), -np.sin(t)[:, None] * self.k,
+                -np.cos(t)[:, None, None] * np.outer(self.k, self.k))
 
     def exact(self, nu, ups):
         t, damp = nu @ self.k, math.exp(-0.5 * self.k @ ups @ self.k)

@@ -34,28 +34,38 @@ def run_claim(name: str, ctx: Context) -> Claim:
         return Claim(getattr(module, "TITLE", name), getattr(module, "SOURCE", ""), False,
                      f"the claim crashed: {type(exc).__name__}: {exc}",
                      tables=[("traceback", ["line"], [[line] for line in
-                                                      traceback.format_exc().strip().splitlines()[-6:]])])
+                                                      traceback.format_exc().strip().splitlines()[
+                                                          -6:]])])
 
 
-def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path, full_modes: list) -> str:
-    """The Markdown report; ``full_modes`` is each claim's ``FULL_MODE`` (its full-scale runtime)."""
+def report(claims: list[Claim], ctx: Context, seconds: float, report_path: Path,
+           full_modes: list) -> str:
+    """The Markdown report; ``full_modes`` is each claim's ``FULL_MODE`` (its full-scale
+    runtime)."""
     mode = "quick" if ctx.quick else "full"
     lines = [
         "# refvae validation report", "",
-        "Each claim below reproduces a statement of the chapter (section 8.2), one of its errata, or a "
-        "published result at small scale, with the numbers measured and the threshold it must meet. "
-        "Regenerate with `python -m validation.run_all` (quick) or `python -m validation.run_all --full`. "
-        "Performance against PyTorch is measured separately: `BENCH.md` (`python -m validation.bench_report`).", "",
+        "Each claim below reproduces a statement of the chapter (section 8.2), one of its errata, "
+        "or a "
+        "published result at small scale, with the numbers measured and the threshold it must "
+        "meet. "
+        "Regenerate with `python -m validation.run_all` (quick) or `python -m validation.run_all "
+        "--full`. "
+        "Performance against PyTorch is measured separately: `BENCH.md` (`python -m "
+        "validation.bench_report`).", "",
         f"- mode: **{mode}**; total time {seconds / 60:.1f} min on {platform.machine()} "
         f"(Python {platform.python_version()}); data: `{ctx.data_dir}`",
-        f"- result: {sum(c.status == 'PASS' for c in claims)} PASS, {sum(c.status == 'FAIL' for c in claims)} "
+        f"- result: {sum(c.status == 'PASS' for c in claims)} "
+        f"PASS, {sum(c.status == 'FAIL' for c in claims)} "
         f"FAIL, {sum(c.status == 'SKIP' for c in claims)} SKIP", "",
-        f"| # | claim | result | time (s), {mode} | full mode (`--full`) |", "|---|---|---|---|---|",
+        f"| # | claim | result | time (s), {mode} | full mode (`--full`) |",
+        "|---|---|---|---|---|",
     ]
     for i, (c, full) in enumerate(zip(claims, full_modes), 1):
         lines.append(f"| {i} | {c.title} | {c.status} | {c.seconds:.1f} | {full} |")
     for i, c in enumerate(claims, 1):
-        lines += ["", f"## {i}. {c.title}", "", f"**{c.status}.** {c.summary}", "", f"*Source:* {c.source}"]
+        lines += ["", f"## {i}. {c.title}", "", f"**{c.status}.** {c.summary}", "",
+                  f"*Source:* {c.source}"]
         if c.threshold:
             lines += ["", f"*Threshold:* {c.threshold}"]
         for caption, headers, rows in c.tables:
@@ -84,12 +94,14 @@ def keep_mutation_section(report_path: Path, text: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--report", default=str(HERE / "REPORT.md"))
-    p.add_argument("--only", nargs="*", default=None, help="claim module names (e.g. claim01_errata)")
+    p.add_argument("--only", nargs="*", default=None, help="claim module names (e.g. "
+                                                           "claim01_errata)")
     args, rest = p.parse_known_args(argv)
     ctx = parse_context(rest, description=__doc__)
     names = claim_modules()
     if args.only:
-        names = [n for n in names if n.split(".")[-1] in args.only or n.split(".")[-1][:7] in args.only]
+        names = [n for n in names if n.split(".")[-1] in args.only or n.split(".")[-1][:7]
+                 in args.only]
     t0 = time.perf_counter()
     claims, full_modes = [], []
     for name in names:
@@ -101,7 +113,8 @@ def main(argv=None) -> int:
     text = report(claims, ctx, time.perf_counter() - t0, report_path, full_modes)
     report_path.write_text(keep_mutation_section(report_path, text))
     failed = [c.title for c in claims if c.passed is False]
-    print(f"validation: {len(claims) - len(failed)} passed or skipped, {len(failed)} failed; report {report_path}")
+    print(f"validation: {len(claims) - len(failed)} passed or skipped, {len(failed)} failed; "
+          f"report {report_path}")
     return 1 if failed else 0
 
 

@@ -15,8 +15,10 @@ except ImportError:  # run as a script from validation/
 
 
 def batch_plan(noise, n: int, latent_dim: int, epochs: int, batch: int):
-    """``(step, idx, eps)`` of every training step, drawn from ``noise`` (a NoiseSource) in the order
-    :func:`refvae.train.loop.train` draws them: a permutation per epoch, then minibatches of ``batch``
+    """``(step, idx, eps)`` of every training step, drawn from ``noise`` (a NoiseSource) in the
+    order
+    :func:`refvae.train.loop.train` draws them: a permutation per epoch, then minibatches of
+                                                ``batch``
     rows, each with one standard-normal ``eps`` ``(B, 1, K)`` per datum."""
     step = 0
     for _ in range(epochs):
@@ -31,14 +33,15 @@ class TeacherForced:
     """The witness (a float64 module of :mod:`refvae.witness.modules`) put at refvae's parameters
     before every step. :meth:`check` compares autograd's batch-mean loss and gradients with
     refvae's; with an ``optimizer`` (a ``torch.optim`` class name) :meth:`check_update` then takes
-    torch's step from the same parameters and gradients and compares it with refvae's step. Each comparison keeps
-    its largest relative difference over the steps seen."""
+    torch's step from the same parameters and gradients and compares it with refvae's step. Each
+    comparison keeps its largest relative difference over the steps seen."""
 
     def __init__(self, twin, optimizer: str | None = None, lr: float | None = None):
         import torch  # noqa: PLC0415 - the witness only
 
         self.twin = twin
-        self.opt = None if optimizer is None else getattr(torch.optim, optimizer)(twin.parameters(), lr=lr)
+        self.opt = (None if optimizer
+                    is None else getattr(torch.optim, optimizer)(twin.parameters(), lr=lr))
         self.loss_rel = self.grad_rel = self.update_rel = 0.0
         self._before = None
 

@@ -1,9 +1,9 @@
 """The unbiasedness test shared by claims 3 and 11: many independent draws of an estimator's
 gradient at fixed parameters, each entry's mean against an exact target in standard errors.
 
-``z = (mean − target) / SE`` with ``SE = sd/√draws`` per parameter entry; the target is accepted when
-every ``|z| ≤ Z_MAX``. Entries an estimator computes without noise (``SE`` at rounding level) have no
-``z`` and must equal the target within an absolute tolerance instead.
+``z = (mean − target) / SE`` with ``SE = sd/√draws`` per parameter entry; the target is accepted
+when every ``|z| ≤ Z_MAX``. Entries an estimator computes without noise (``SE`` at rounding level)
+have no ``z`` and must equal the target within an absolute tolerance instead.
 
 The negative control both claims share, :func:`inclusive_baseline_gradients`, is the score-function
 estimator with a baseline that includes the sample itself, built from refvae's own pieces outside
@@ -22,7 +22,8 @@ from refvae.math.estimators import score_function
 # claim states its number of entries and the resulting false-rejection bound.
 Z_MAX = 4.0
 # Entries with no noise (SE below SE_ZERO relative to max(1, |target|), i.e. rounding) must match an
-# exact target within EXACT_ATOL: it is exact to rounding (~1e-15 on O(1) values), 1e-10 leaves a margin.
+# exact target within EXACT_ATOL: it is exact to rounding (~1e-15 on O(1) values), 1e-10 leaves a
+# margin.
 SE_ZERO, EXACT_ATOL = 1e-13, 1e-10
 
 
@@ -44,7 +45,8 @@ def draw_gradients(vae, params, y, noise, estimator: str):
     running-mean control variate learns from earlier draws)."""
     names, state, grads, losses = list(vae.param_shapes()), {}, [], []
     for e in noise:
-        res = vae.loss_and_grads(params, y, e, estimator=estimator, estimator_state=state, check=False)
+        res = vae.loss_and_grads(params, y, e, estimator=estimator, estimator_state=state,
+                                 check=False)
         grads.append(flat(res.grads, names))
         losses.append(res.loss)
     return np.array(grads), np.array(losses)
@@ -66,7 +68,8 @@ def inclusive_baseline_gradients(vae, params, y, noise, estimator: str | None = 
                              lambda s, f=fp.f: f.mean(axis=1, keepdims=True)[..., None])
         kl = latent.kl_grads(bk, fp.state)
         d_heads = np.concatenate([rec[h] + kl[h] / n for h, _ in latent.heads()], axis=-1)
-        rows.append(flat(vae.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False).grads,
+        rows.append(flat(vae.encoder.backward(bk, params, fp.enc_cache, d_heads,
+                                              input_grad=False).grads,
                          vae.encoder.param_shapes()))
     return np.array(rows)
 
@@ -87,5 +90,6 @@ def verdict(draws: np.ndarray, target: np.ndarray) -> dict:
     z = np.where(noiseless, np.nan, err / np.where(noiseless, 1.0, se))
     max_z, max_err = max_abs(z), max_abs(np.where(noiseless, err, np.nan))
     worst = int(np.nanargmax(np.abs(z))) if (~noiseless).any() else None
-    return dict(z=z, se=se, max_z=max_z, max_err=max_err, n_noiseless=int(noiseless.sum()), worst=worst,
+    return dict(z=z, se=se, max_z=max_z, max_err=max_err, n_noiseless=int(noiseless.sum()),
+                worst=worst,
                 accepted=max_z <= Z_MAX and max_err <= EXACT_ATOL)

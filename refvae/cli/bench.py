@@ -51,8 +51,8 @@ class Timing:
 
 
 def step_flops(config: dict, batch: int, samples: int = 1) -> float:
-    """Multiply-add FLOPs of one step's matrix products: forward 2·M·in·out per layer, backward twice
-    that (weight and input gradients), except the first encoder layer (no input gradient)."""
+    """Multiply-add FLOPs of one step's matrix products: forward 2·M·in·out per layer, backward
+    twice that (weight and input gradients), except the first encoder layer (no input gradient)."""
     enc = [config["data_dim"], *config["encoder_hidden"], 2 * config["latent_dim"]]
     dec = [config["latent_dim"], *config["decoder_hidden"], config["data_dim"]]
     total = 0.0
@@ -120,7 +120,8 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
                 samples: int = 1, seed: int = 0, workers: parallel.Workers | None = None):
     """A closure running one refvae training step on a fixed random batch with fresh noise
     (row shards on ``workers``' threads when given)."""
-    model = fast_vae({**config, "activation": config.get("activation", "relu"), "emission": "bernoulli"},
+    model = fast_vae({**config, "activation": config.get("activation", "relu"),
+                      "emission": "bernoulli"},
                      backend, dtype)
     noise = NoiseSource(seed)
     flat = FlatParams.from_dict(model.bk, model.init_params(noise))
@@ -144,14 +145,16 @@ def load_peer(path=None):
     if not path:
         from ..witness import modules, torch_or_none  # noqa: PLC0415 - torch only when benchmarking
 
-        return modules if torch_or_none() is not None else "peer unavailable (PyTorch is not installed)"
+        return modules if torch_or_none() is not None else ("peer unavailable (PyTorch is not "
+                                                            "installed)")
     path = Path(path)
     if not inputs.exists(path, "peer file", ConfigError):
         return f"no peer file at {path}"
     inputs.check_regular(path, "peer file", ConfigError)
     spec = importlib.util.spec_from_file_location("refvae_bench_peer", path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"peer file {path} is not a Python module; give a .py file defining make_step")
+        raise ConfigError(f"peer file {path} is not a Python module; give a .py file defining "
+                          "make_step")
     try:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -169,7 +172,8 @@ def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("flo
               threads: int | None = None, out=None) -> list[dict]:
     """The main table: every architecture × batch × dtype, refvae beside the peer, both on
     ``threads`` threads (default: every core this process may use)."""
-    out = sys.stdout if out is None else out  # read at call time: pytest and callers swap sys.stdout
+    # read at call time: pytest and callers swap sys.stdout
+    out = sys.stdout if out is None else out
     threads = threads or default_threads()
     peer_mod = load_peer(peer)
     rows = []
@@ -179,15 +183,18 @@ def run_bench(arch_names=("examples", "deep"), batches=(128, 1024), dtypes=("flo
         for batch in batches:
             for dtype in dtypes:
                 # One-thread BLAS per shard (with one thread: one thread in all, like the peer).
-                with blas_thread_limit(1), parallel.Workers(threads if backend == "numpy" else 1) as workers:
+                with blas_thread_limit(1), parallel.Workers(threads if backend == "numpy"
+                                                            else 1) as workers:
                     step, bk = refvae_step(config, batch, backend, dtype, workers=workers)
                     engines = [(step, bk.synchronize)]
                     if not isinstance(peer_mod, str):
-                        engines.append(peer_mod.make_step(config, batch, dtype, device, threads=threads))
+                        engines.append(peer_mod.make_step(config, batch, dtype, device,
+                                                          threads=threads))
                     medians = time_interleaved(engines, steps, warmup)
                     peak = peak_memory_mb(step) if backend == "numpy" else None
                 sec = medians[0]
-                row = {"arch": arch, "batch": batch, "dtype": dtype, "threads": threads, "refvae_ms": 1e3 * sec,
+                row = {"arch": arch, "batch": batch, "dtype": dtype, "threads": threads,
+                       "refvae_ms": 1e3 * sec,
                        "samples_per_s": batch / sec, "peak_mb": peak,
                        "gflops": step_flops(config, batch) / sec / 1e9, "blas_gflops": rates[dtype]}
                 if isinstance(peer_mod, str):
@@ -209,12 +216,14 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
     for k in latent_dims:
         base = None
         for latent, estimator, extra in cases:
-            config = {**ARCHITECTURES["examples"], "latent_dim": k, "latent": latent, "activation": "tanh", **extra}
+            config = {**ARCHITECTURES["examples"], "latent_dim": k, "latent": latent,
+                      "activation": "tanh", **extra}
             samples = 2 if estimator == "score-loo" else 1
             step, bk = refvae_step(config, batch, backend, dtype, estimator, samples=samples)
             (sec,) = time_interleaved([(step, bk.synchronize)], steps, warmup, turns=1)
             base = sec if estimator == "pathwise" else base
-            row = {"K": k, "latent": latent, "estimator": estimator, "samples": samples, "ms": 1e3 * sec,
+            row = {"K": k, "latent": latent, "estimator": estimator, "samples": samples,
+                   "ms": 1e3 * sec,
                    "vs_pathwise": sec / base}
             rows.append(row)
             print(f"K={k:3d} {latent:12s} {estimator:15s} L={samples} {1e3 * sec:9.2f} ms  "
@@ -240,7 +249,8 @@ def few_steps_warning(steps: int, warmup: int) -> str | None:
     """The warning printed when too few steps are timed for a stable ratio, else None."""
     if steps >= STABLE_STEPS and warmup >= STABLE_WARMUP:
         return None
-    return (f"refvae bench: warning: {steps} timed step(s) after {warmup} warm-up step(s) give unstable "
+    return (f"refvae bench: warning: {steps} timed step(s) after {warmup} warm-up step(s) give "
+            "unstable "
             f"ratios (the peer's first steps are slow); pass --steps {STABLE_STEPS} --warmup "
             f"{STABLE_WARMUP} or more for numbers to compare")
 
@@ -275,8 +285,10 @@ def _cmd_bench(args) -> int:
                 load_warning(threads)]
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr)
-    print(f"refvae bench: backend {args.backend}, {threads} thread(s) for each engine, {args.steps} timed "
-          f"steps after {args.warmup} warm-up; ratio = refvae step time / peer step time (lower is better)")
+    print(f"refvae bench: backend {args.backend}, {threads} thread(s) for each "
+          f"engine, {args.steps} timed "
+          f"steps after {args.warmup} warm-up; ratio = refvae step time / peer step time (lower is "
+          "better)")
     run_bench(args.arch, args.batch, args.dtype, args.backend, args.steps, args.warmup, args.peer,
               "cuda" if args.backend == "cupy" else "cpu", threads)
     if args.estimators:
@@ -285,20 +297,29 @@ def _cmd_bench(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same process")
+    p = sub.add_parser("bench", help="time training steps against a PyTorch peer in the same "
+                                     "process")
     p.add_argument("--arch", nargs="+", default=["examples", "deep"], choices=sorted(ARCHITECTURES),
-                   help="architectures: examples (784-400-20), deep (784-512-256-32) (default both)")
-    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024], help="batch sizes (default 128 1024)")
-    p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"],
+                   help="architectures: examples (784-400-20), deep (784-512-256-32) (default "
+                        "both)")
+    p.add_argument("--batch", type=cli_int(1), nargs="+", default=[128, 1024],
+                   help="batch sizes (default 128 1024)")
+    p.add_argument("--dtype", nargs="+", default=["float32", "float64"],
+                   choices=["float32", "float64"],
                    help="floating-point types (default both)")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
+                   help="array library (default numpy)")
     p.add_argument("--steps", type=cli_int(1), default=STABLE_STEPS,
-                   help=f"timed steps per case (default {STABLE_STEPS}; fewer give unstable ratios)")
+                   help=f"timed steps per case (default {STABLE_STEPS}; fewer give unstable "
+                        "ratios)")
     p.add_argument("--warmup", type=cli_int(0), default=STABLE_WARMUP,
                    help=f"untimed steps first (default {STABLE_WARMUP})")
     p.add_argument("--peer", default=None,
-                   help="peer module file defining make_step (default: the PyTorch witness, refvae.witness.modules)")
-    p.add_argument("--estimators", action="store_true", help="also each estimator's step time versus K")
+                   help="peer module file defining make_step (default: the PyTorch witness, "
+                        "refvae.witness.modules)")
+    p.add_argument("--estimators", action="store_true", help="also each estimator's step time "
+                                                             "versus K")
     p.add_argument("--threads", type=cli_int(1), default=None,
-                   help="CPU threads for refvae's row shards and for the peer (default: every core)")
+                   help="CPU threads for refvae's row shards and for the peer (default: every "
+                        "core)")
     p.set_defaults(func=_cmd_bench)

@@ -23,10 +23,13 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="data sets: download MNIST or Fashion-MNIST into the cache")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     d = data_sub.add_parser("download", help="download a data set into the cache (checksummed)",
-                            description="Download a data set once into the cache ($REFVAE_CACHE_DIR, else "
-                                        "$XDG_CACHE_HOME/refvae, else ~/.cache/refvae); files already there "
+                            description="Download a data set once into the cache "
+                                        "($REFVAE_CACHE_DIR, else "
+                                        "$XDG_CACHE_HOME/refvae, else ~/.cache/refvae); files "
+                                        "already there "
                                         "with a valid checksum are kept. Prints the folder.")
     d.add_argument("name", choices=sorted(CHECKSUMS), help="the data set")
-    d.add_argument("--cache-dir", default=None, metavar="DIR", help="download here instead of the cache")
+    d.add_argument("--cache-dir", default=None, metavar="DIR", help="download here instead of the "
+                                                                    "cache")
     d.add_argument("--quiet", action="store_true", help="print nothing but the folder and errors")
     d.set_defaults(func=_cmd_download)

@@ -1,4 +1,5 @@
-"""``refvae oracle compute | compare | unbiased | example``: the command-line face of :mod:`refvae.oracle`.
+"""``refvae oracle compute | compare | unbiased | example``: the command-line face of
+:mod:`refvae.oracle`.
 
 Exit codes: 0 when every tensor passes, 1 when any differs, 2 for unusable input (one line on
 stderr, printed by :func:`refvae.cli.main.main`).
@@ -33,7 +34,8 @@ def _name_map(args) -> dict:
 
 
 def _layout(args) -> dict:
-    return {"name_map": _name_map(args), "layout": args.layout, "split": oracle.parse_split(args.split or ())}
+    return {"name_map": _name_map(args), "layout": args.layout,
+            "split": oracle.parse_split(args.split or ())}
 
 
 def _emit(text) -> None:
@@ -65,7 +67,8 @@ def _cmd_compute(args) -> int:
 
 def _cmd_compare(args) -> int:
     _expand(args)
-    report = oracle.check(args.config, args.params, args.batch, args.grads, estimator=args.estimator,
+    report = oracle.check(args.config, args.params, args.batch, args.grads,
+                          estimator=args.estimator,
                           reduction=args.reduction, temperature=args.temperature, rtol=args.rtol,
                           atol=args.atol, backend=args.backend, **_layout(args))
     _emit(json.dumps(report.to_dict()) if args.json else report)
@@ -74,7 +77,8 @@ def _cmd_compare(args) -> int:
 
 def _cmd_unbiased(args) -> int:
     _expand(args)
-    report = oracle.check_unbiased(args.config, args.params, args.batch, args.draws, estimator=args.estimator,
+    report = oracle.check_unbiased(args.config, args.params, args.batch, args.draws,
+                                   estimator=args.estimator,
                                    level=args.level, reduction=args.reduction, seed=args.seed,
                                    reference_replicates=args.reference_replicates, **_layout(args))
     _emit(json.dumps(report.to_dict()) if args.json else report)
@@ -96,15 +100,18 @@ def _cmd_example(args) -> int:
         _emit(json.dumps({"files": paths, "compare": command}))
     else:
         _emit(f"wrote {', '.join(paths.values())}\n"
-              f"theirs.npz holds refvae's own result in the format your exporter writes; check it with\n"
+              "theirs.npz holds refvae's own result in the format your exporter writes; check it "
+              "with\n"
               f"  {command}")
     return 0
 
 
 def _model_options(p, out_help: str) -> None:
     p.add_argument("--config", required=True, help="config.json (architecture, ORACLE.md)")
-    p.add_argument("--params", required=True, help="params.npz (PyTorch state_dict names and layout)")
-    p.add_argument("--batch", required=True, help="batch.npz: y, the noise (eps or gumbel), optional temperature")
+    p.add_argument("--params", required=True, help="params.npz (PyTorch state_dict names and "
+                                                   "layout)")
+    p.add_argument("--batch", required=True, help="batch.npz: y, the noise (eps or gumbel), "
+                                                  "optional temperature")
     _run_options(p)
     _layout_options(p)
     p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
@@ -116,16 +123,19 @@ def _layout_options(p) -> None:
                    help="rename a module or tensor of yours, e.g. fc1=encoder.0 (repeatable)")
     p.add_argument("--map-file", metavar="JSON", help='name map file: {"fc1": "encoder.0", ...}')
     p.add_argument("--layout", choices=("out-in", "in-out"), default="out-in",
-                   help="out-in: weight is (out, in) as in PyTorch (default); in-out: (in, out) kernels "
+                   help="out-in: weight is (out, in) as in PyTorch (default); in-out: (in, out) "
+                        "kernels "
                         "named kernel or weight (JAX, Flax, Keras, NumPy)")
     p.add_argument("--split", action="append", metavar="THEIRS=OURS,OURS",
-                   help="split a fused layer along its outputs, e.g. enc_out=encoder.mean,encoder.logvar "
+                   help="split a fused layer along its outputs, e.g. "
+                        "enc_out=encoder.mean,encoder.logvar "
                         "(repeatable)")
 
 
 def _run_options(p) -> None:
     p.add_argument("--estimator", default=None,
-                   help="gradient estimator (default: pathwise; gumbel-softmax for categorical latents)")
+                   help="gradient estimator (default: pathwise; gumbel-softmax for categorical "
+                        "latents)")
     p.add_argument("--temperature", type=cli_float(0, open_min=True), default=None,
                    help="relaxation temperature of a categorical latent (or store it in batch.npz)")
     p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
@@ -139,16 +149,19 @@ def register(sub) -> None:
     osub = p.add_subparsers(dest="oracle_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
-    c = osub.add_parser("compute", help="write refvae's loss, its parts and every gradient to an .npz")
+    c = osub.add_parser("compute", help="write refvae's loss, its parts and every gradient to an "
+                                        ".npz")
     _model_options(c, "print a JSON summary instead of text")
     c.add_argument("--out", required=True, help="result .npz to write")
     c.set_defaults(func=_cmd_compute)
 
-    k = osub.add_parser("compare", help="compare your loss and gradients (theirs.npz) with refvae's; "
+    k = osub.add_parser("compare", help="compare your loss and gradients (theirs.npz) with "
+                                        "refvae's; "
                                         "exit 0 all pass, 1 mismatch, 2 unusable input")
     _model_options(k, "print the report as JSON")
     k.add_argument("--grads", required=True,
-                   help="theirs.npz: grad/<name> for every parameter; optional loss, kl, reconstruction, "
+                   help="theirs.npz: grad/<name> for every parameter; optional loss, kl, "
+                        "reconstruction, "
                         "kl_per_datum, reconstruction_per_datum")
     k.add_argument("--rtol", type=cli_float(0), default=None,
                    help="relative tolerance (default 1e-7 for float64 gradients, 1e-4 for float32)")
@@ -157,19 +170,26 @@ def register(sub) -> None:
                         "(default 1e-9 for float64 gradients, 1e-5 for float32)")
     k.set_defaults(func=_cmd_compare)
 
-    u = osub.add_parser("unbiased", help="test M draws of your stochastic gradient estimator for bias "
-                                         "against refvae's expected gradient; exit 0 unbiased, 1 biased, 2 unusable input")
+    u = osub.add_parser("unbiased", help="test M draws of your stochastic gradient estimator for "
+                                         "bias "
+                                         "against refvae's expected gradient; exit 0 unbiased, 1 "
+                                         "biased, 2 unusable input")
     u.add_argument("--config", required=True, help="config.json (architecture, ORACLE.md)")
-    u.add_argument("--params", required=True, help="params.npz (the parameters the draws were taken at)")
-    u.add_argument("--batch", required=True, help="batch.npz holding y (noise arrays in it are not used)")
-    u.add_argument("--draws", required=True, help="draws.npz: grad/<name> of shape (M, *shape), M independent draws")
+    u.add_argument("--params", required=True, help="params.npz (the parameters the draws were "
+                                                   "taken at)")
+    u.add_argument("--batch", required=True, help="batch.npz holding y (noise arrays in it are not "
+                                                  "used)")
+    u.add_argument("--draws", required=True, help="draws.npz: grad/<name> of shape (M, *shape), M "
+                                                  "independent draws")
     u.add_argument("--level", type=cli_float(0, 1, open_min=True), default=1e-3,
-                   help="family-wise false-alarm probability (Bonferroni over all entries; default 1e-3)")
+                   help="family-wise false-alarm probability (Bonferroni over all entries; default "
+                        "1e-3)")
     u.add_argument("--estimator", default=None,
                    help="refvae estimator for the reference where no exact expectation exists "
                         "(default pathwise; score for categorical latents)")
     u.add_argument("--reference-replicates", type=cli_int(2), default=200,
-                   help="replicates of refvae's estimator when no exact expectation exists (default 200)")
+                   help="replicates of refvae's estimator when no exact expectation exists "
+                        "(default 200)")
     u.add_argument("--reduction", choices=REDUCTIONS, default="mean",
                    help="mean (default) or sum of the per-datum loss over the batch")
     u.add_argument("--seed", type=cli_int(0), default=0, help="seed of the reference replicates")
@@ -177,16 +197,23 @@ def register(sub) -> None:
     u.add_argument("--json", action="store_true", help="print the report as JSON")
     u.set_defaults(func=_cmd_unbiased)
 
-    e = osub.add_parser("example", help="write a complete, valid set of oracle files for a small model")
+    e = osub.add_parser("example", help="write a complete, valid set of oracle files for a small "
+                                        "model")
     e.add_argument("--out", default="oracle-example", metavar="DIR",
                    help="folder to write config.json, params.npz, batch.npz, theirs.npz "
                         "(default oracle-example)")
-    e.add_argument("--latent", choices=LATENTS, default="gaussian", help="latent family (default gaussian)")
-    e.add_argument("--emission", choices=EMISSIONS, default="bernoulli", help="emission (default bernoulli)")
-    e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission gaussian)")
-    e.add_argument("--categories", type=cli_int(2), default=None, help="classes per latent variable (categorical)")
-    e.add_argument("--flow-length", type=cli_int(0), default=0, help="planar flows after the Gaussian (default 0)")
-    e.add_argument("--seed", type=cli_int(0), default=0, help="seed of the parameters, data and noise (default 0)")
+    e.add_argument("--latent", choices=LATENTS, default="gaussian",
+                   help="latent family (default gaussian)")
+    e.add_argument("--emission", choices=EMISSIONS, default="bernoulli",
+                   help="emission (default bernoulli)")
+    e.add_argument("--learn-alpha", action="store_true", help="learned variance (emission "
+                                                              "gaussian)")
+    e.add_argument("--categories", type=cli_int(2), default=None,
+                   help="classes per latent variable (categorical)")
+    e.add_argument("--flow-length", type=cli_int(0), default=0, help="planar flows after the "
+                                                                     "Gaussian (default 0)")
+    e.add_argument("--seed", type=cli_int(0), default=0, help="seed of the parameters, data and "
+                                                              "noise (default 0)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace those four files in a folder that is not empty (default: refused)")
     e.add_argument("--json", action="store_true", help="print the written paths as JSON")

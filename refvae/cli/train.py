@@ -54,7 +54,8 @@ def _arch_from_flags(args, arch: dict) -> dict:
 def _model_config(args, data_dim: int) -> VAEConfig:
     """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
     arch = _arch_from_flags(args, DEFAULT_ARCH)
-    given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1, none=True)
+    given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1,
+                    none=True)
     if given is not None and given != data_dim:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
@@ -68,7 +69,8 @@ def _model_config(args, data_dim: int) -> VAEConfig:
 
 def _check_flags_apply(args, config: VAEConfig, options) -> None:
     """Every model or optimisation flag given must apply to the model and options chosen (one
-    table each: :data:`refvae.math.config.FIELD_APPLIES`, :data:`refvae.train.loop.OPTION_APPLIES`)."""
+    table each: :data:`refvae.math.config.FIELD_APPLIES`,
+    :data:`refvae.train.loop.OPTION_APPLIES`)."""
     from ..train.loop import check_applicable  # noqa: PLC0415
 
     check_fields_apply(config, [k for k in ARCH_FLAGS if getattr(args, k) is not None])
@@ -82,7 +84,8 @@ def _resume_settings(args, out: Path):
     info = rundir.read_train_json(out, required=True)
     saved = rundir.read_config(out)
     wanted = _arch_from_flags(args, saved.to_dict())
-    changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k, v in saved.to_dict().items() if wanted.get(k) != v]
+    changed = [f"{k} {wanted.get(k)!r} (run: {v!r})" for k,
+               v in saved.to_dict().items() if wanted.get(k) != v]
     recorded = dict(info.get("options") or {})
     effective = _effective_options(saved, recorded)
     changed += [f"--{k.replace('_', '-')} {getattr(args, k)!r} (run: {effective.get(k)!r})"
@@ -92,14 +95,16 @@ def _resume_settings(args, out: Path):
     if args.dtype is not None and args.dtype != dtype:
         changed.append(f"--dtype {args.dtype} (run: {dtype})")
     if changed:
-        raise ConfigError(f"--resume continues {out} as recorded; {'; '.join(changed)} would change it: "
+        raise ConfigError(f"--resume continues {out} as recorded; {'; '.join(changed)} would "
+                          "change it: "
                           "drop those flags, or start a new run with another --out")
     opts = dict(recorded)
     if args.epochs is not None and args.epochs != recorded.get("epochs"):
         _check_epochs_reached(out, args.epochs)
         if recorded.get("schedule") == "cosine":
             raise ConfigError(f"--epochs {args.epochs}: the run's cosine schedule anneals over its "
-                              f"{recorded.get('epochs')} planned epochs and cannot be extended; start a "
+                              f"{recorded.get('epochs')} planned epochs and cannot be extended; "
+                              "start a "
                               "new run with the total --epochs")
         opts["epochs"] = args.epochs
     if args.threads is not None:
@@ -207,7 +212,8 @@ def _cmd_train(args) -> int:
         after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
                                    before)
         try:
-            history = train(config, options, data, staging or out, backend, dtype, resume=args.resume,
+            history = train(config, options, data, staging or out, backend, dtype,
+                            resume=args.resume,
                             after_epoch=after_epoch)
         finally:
             rundir.discard(staging)

@@ -43,7 +43,8 @@ class Dataset:
             self.valid = as_rows(self.valid, f"{self.name} valid split")
         for split, a in (("test", self.test), ("valid", self.valid)):
             if a is not None and a.shape[1] != self.train.shape[1]:
-                raise ShapeError(f"{self.name}: {split} split has {a.shape[1]} values per datum but "
+                raise ShapeError(f"{self.name}: {split} split has {a.shape[1]} values per datum "
+                                 "but "
                                  f"train has {self.train.shape[1]}; give splits of the same width")
         if self.image_shape is not None:
             shape = np.asarray(self.image_shape).ravel()
@@ -51,11 +52,13 @@ class Dataset:
                     or (shape != np.round(shape)).any() or (shape < 1).any() \
                     or (shape > 2**31).any():
                 raise DataError(f"{self.name}: image_shape {shape.tolist()} is not (rows, cols) of "
-                                f"positive integers; give rows·cols = {self.dim}, or no image_shape")
+                                f"positive integers; give rows·cols = {self.dim}, or no "
+                                "image_shape")
             self.image_shape = tuple(int(s) for s in shape)
             if len(self.image_shape) != 2 or math.prod(self.image_shape) != self.dim:
                 raise ShapeError(f"{self.name}: image_shape {self.image_shape} does not hold "
-                                 f"{self.dim} values; give (rows, cols) with rows·cols = {self.dim}")
+                                 f"{self.dim} values; give (rows, cols) with rows·cols "
+                                 f"= {self.dim}")
 
     @property
     def dim(self) -> int:
@@ -71,7 +74,8 @@ class Dataset:
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         v = "" if self.valid is None else f", valid={self.valid.shape[0]}"
-        return (f"Dataset({self.name!r}, train={self.n_train}, test={self.n_test}{v}, D={self.dim}, "
+        return (f"Dataset({self.name!r}, train={self.n_train}, test={self.n_test}{v}, "
+                f"D={self.dim}, "
                 f"image_shape={self.image_shape}, kind={self.kind!r})")
 
 
@@ -86,7 +90,8 @@ def as_rows(a, what: str) -> np.ndarray:
 
 
 def infer_kind(*arrays) -> str:
-    """``"binary"`` if every value is 0 or 1, ``"greyscale"`` if all lie in [0, 1], else ``"real"``."""
+    """``"binary"`` if every value is 0 or 1, ``"greyscale"`` if all lie in [0, 1], else
+    ``"real"``."""
     arrays = [a for a in arrays if a is not None and a.size]
     if all(np.all((a == 0) | (a == 1)) for a in arrays):
         return "binary"
@@ -96,11 +101,13 @@ def infer_kind(*arrays) -> str:
 
 
 def split_last(y: np.ndarray, test_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split: the last ``round(test_fraction·n)`` rows (at least one) are the test set."""
+    """Deterministic split: the last ``round(test_fraction·n)`` rows (at least one) are the test
+    set."""
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test_fraction must lie in (0, 1), got {test_fraction}; e.g. 0.1")
     n = y.shape[0]
     if n < 2:
-        raise DataError(f"{what} has {n} rows, too few to split into train and test; give more data")
+        raise DataError(f"{what} has {n} rows, too few to split into train and test; give more "
+                        "data")
     n_test = min(n - 1, max(1, int(round(test_fraction * n))))
     return y[: n - n_test], y[n - n_test:]

@@ -8,8 +8,8 @@ is looked for, how its folder or file is recognised, and how it is read.
 * Frey Face (Brendan Frey; used by Kingma & Welling 2014 with a Gaussian decoder).
 * Any ``.npz`` holding ``train`` (and optionally ``test``, ``valid``) or a single ``y``.
 
-Every file is opened through :func:`refvae.util.inputs.open_input`, and every size a header declares is
-checked against the memory budget before it is read.
+Every file is opened through :func:`refvae.util.inputs.open_input`, and every size a header declares
+is checked against the memory budget before it is read.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def _read_exactly(f, n: int, path: Path) -> bytes:
     try:
         data = f.read(n)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{inputs.show(path)} is a corrupt or truncated gzip file ({exc}); download "
+        raise DataError(f"{inputs.show(path)} is a corrupt or truncated gzip file ({exc}); "
+                        "download "
                         "it again") from exc
     return data
 
@@ -59,9 +60,11 @@ def read_idx(path) -> np.ndarray:
         f = gzip.GzipFile(fileobj=raw_file) if raw_file.read(2) == b"\x1f\x8b" else raw_file
         raw_file.seek(0)
         head = _read_exactly(f, 4, path)
-        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0:
+        if (len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3]
+            == 0):
             magic = head.hex() or "empty"
-            raise DataError(f"{path} is not an IDX file (magic number 0x{magic}); give an MNIST-style "
+            raise DataError(f"{path} is not an IDX file (magic number 0x{magic}); give an "
+                            "MNIST-style "
                             "IDX file, gzipped or raw")
         ndim = head[3]
         dim_bytes = _read_exactly(f, 4 * ndim, path)
@@ -81,13 +84,14 @@ def read_idx(path) -> np.ndarray:
 
 
 def load_idx_images(path) -> tuple[np.ndarray, tuple[int, int]]:
-    """An IDX image file (magic 0x00000803: unsigned bytes, ``(n, rows, cols)``) as ``(n, rows·cols)``
-    float64 in [0, 1] (divided by 255), and ``(rows, cols)``."""
+    """An IDX image file (magic 0x00000803: unsigned bytes, ``(n, rows, cols)``) as
+    ``(n, rows·cols)`` float64 in [0, 1] (divided by 255), and ``(rows, cols)``."""
     path = Path(path)
     a = read_idx(path)
     if a.dtype != np.uint8 or a.ndim != 3:
         raise DataError(f"{path} is not an IDX image file (type {a.dtype}, {a.ndim} dimensions; "
-                        "expected unsigned bytes, 3 dimensions, magic 0x00000803); check the file name")
+                        "expected unsigned bytes, 3 dimensions, magic 0x00000803); check the file "
+                        "name")
     n, rows, cols = a.shape
     return a.reshape(n, rows * cols).astype(np.float64) / 255.0, (rows, cols)
 
@@ -113,7 +117,8 @@ def load_idx_dir(directory, name: str = "mnist") -> Dataset:
     if test_shape != shape:
         raise DataError(f"{files['t10k']} holds {test_shape} images but {files['train']} holds "
                         f"{shape}; use files of the same data set")
-    labels = {p: _idx_labels(directory, p, n) for p, n in (("train", len(train)), ("t10k", len(test)))}
+    labels = {p: _idx_labels(directory, p, n) for p,
+              n in (("train", len(train)), ("t10k", len(test)))}
     return Dataset(name, train, test, shape, "greyscale", source=str(directory),
                    train_labels=labels["train"], test_labels=labels["t10k"])
 
@@ -146,7 +151,8 @@ def _loadmat(path: Path) -> dict:
             raise
         except Exception as exc:  # SciPy raises ValueError, TypeError, MatReadError... on bad files
             raise DataError(f"{path} is not a readable MATLAB file ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from exc
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); check the "
+                            "file") from exc
 
 
 def _is_file(path: Path) -> bool:
@@ -162,7 +168,8 @@ def _mat_variable(path: Path, name: str, expected: str) -> np.ndarray:
     m = _loadmat(path)
     if name not in m:
         keys = sorted(k for k in m if not k.startswith("__"))
-        raise DataError(f"{path} has no variable {name!r} (found {', '.join(keys) or 'none'}); give "
+        raise DataError(f"{path} has no variable {name!r} (found {', '.join(keys) or 'none'}); "
+                        "give "
                         f"{expected}")
     a = np.asarray(m[name])
     if a.dtype.kind not in "biuf":
@@ -193,7 +200,8 @@ def read_amat(path) -> np.ndarray:
     else:
         X = _mat_variable(path, "X", "the binarized MNIST file")
     if X.ndim != 2 or X.size == 0:
-        raise DataError(f"{path} holds an array of shape {X.shape}; expected (n, 784), one image per row")
+        raise DataError(f"{path} holds an array of shape {X.shape}; expected (n, 784), one image "
+                        "per row")
     return np.asarray(X, dtype=np.float64)
 
 
@@ -206,7 +214,8 @@ def load_binarized_mnist_dir(directory) -> Dataset:
     paths = {s: directory / f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test")}
     missing = [p.name for s, p in paths.items() if s != "valid" and not _is_file(p)]
     if missing:
-        raise DataError(f"{directory} lacks {' and '.join(missing)}; place the binarized MNIST files "
+        raise DataError(f"{directory} lacks {' and '.join(missing)}; place the binarized MNIST "
+                        "files "
                         "there")
     train, test = read_amat(paths["train"]), read_amat(paths["test"])
     valid = read_amat(paths["valid"]) if _is_file(paths["valid"]) else None
@@ -220,13 +229,15 @@ FREY_SHAPE = (28, 20)
 
 
 def load_frey_face(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
-    """Frey Face: ``loadmat(path)['ff']`` of shape (560, 1965), one 28×20 row-major image per column,
-    values 0–255 scaled to [0, 1]. Deterministic split: the last ``test_fraction`` of the sequence
-    (a contiguous block of frames, so test faces are not near-duplicates of training frames)."""
+    """Frey Face: ``loadmat(path)['ff']`` of shape (560, 1965), one 28×20 row-major image per
+    column, values 0–255 scaled to [0, 1]. Deterministic split: the last ``test_fraction`` of the
+    sequence (a contiguous block of frames, so test faces are not near-duplicates of training
+    frames)."""
     path = Path(path)
     ff = _mat_variable(path, "ff", "frey_rawface.mat")
     if ff.ndim != 2 or ff.shape[0] != math.prod(FREY_SHAPE) or ff.shape[1] < 2:
-        raise DataError(f"{path}: 'ff' has shape {ff.shape}, expected (560, n) with one 28×20 image "
+        raise DataError(f"{path}: 'ff' has shape {ff.shape}, expected (560, n) with one 28×20 "
+                        "image "
                         "per column; give frey_rawface.mat")
     y = ff.T.astype(np.float64) / 255.0
     train, test = split_last(y, test_fraction, str(path))
@@ -269,7 +280,8 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
     elif names == {"y"}:
         train, test, valid = arrays["y"], None, None
     else:
-        raise DataError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected 'train' "
+        raise DataError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected "
+                        "'train' "
                         "(and optionally 'test', 'valid', 'image_shape') or a single 'y'")
     train, shape = _rows_and_shape(train, f"{path}: train")
     if test is not None:
@@ -309,7 +321,8 @@ def _idx_in(d: Path) -> Path | None:
 
 
 def _read_idx_set(path: Path, key: str | None, test_fraction: float) -> Dataset:
-    return load_idx_dir(path, key or ("fashion-mnist" if "fashion" in str(path).lower() else "mnist"))
+    return load_idx_dir(path,
+                        key or ("fashion-mnist" if "fashion" in str(path).lower() else "mnist"))
 
 
 def _amat_in(d: Path) -> Path | None:
@@ -329,10 +342,12 @@ _IDX = dict(files=", ".join(IDX_FILES), in_folder=_idx_in, read=_read_idx_set,
             of_file=lambda p: p.parent if "idx" in p.name and "ubyte" in p.name else None)
 FORMATS = {
     "mnist": Format(("mnist", "MNIST", "MNIST/raw"), **_IDX),
-    "fashion-mnist": Format(("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw"), **_IDX),
+    "fashion-mnist": Format(("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw"),
+                            **_IDX),
     "binarized-mnist": Format(
         ("binarized_mnist", "binarized-mnist"),
-        "binarized_mnist_train.amat, binarized_mnist_valid.amat, binarized_mnist_test.amat", _amat_in,
+        "binarized_mnist_train.amat, binarized_mnist_valid.amat, binarized_mnist_test.amat",
+        _amat_in,
         lambda p: p.parent if p.name.startswith("binarized_mnist_") else None,
         lambda p, key, tf: load_binarized_mnist_dir(p)),
     "frey-face": Format(("frey_face", "frey-face"), "frey_rawface.mat", _frey_in,
@@ -363,7 +378,8 @@ def detect_path(path: Path, test_fraction: float) -> Dataset:
     if folder:
         n = len(list(path.glob("*.npz")))
         raise DataError(f"no known data set in {path}: expected MNIST IDX files "
-                        "(train-images-idx3-ubyte.gz …), binarized_mnist_*.amat, frey_rawface.mat or "
+                        "(train-images-idx3-ubyte.gz …), binarized_mnist_*.amat, frey_rawface.mat "
+                        "or "
                         f"exactly one .npz (found {n}); give the data file's path")
     raise DataError(f"unrecognised data file {path}; give an IDX directory, a binarized_mnist "
                     ".amat, frey_rawface.mat, or an .npz with 'train' (and 'test') or 'y'")

@@ -5,8 +5,8 @@ datum per row, and the training code moves them to the device.
 
 * Built-in default, no download and no path: scikit-learn's bundled 8×8 digits (Alpaydin & Kaynak
   1998, UCI "Optical Recognition of Handwritten Digits"), scaled to [0, 1].
-* The formats of :mod:`refvae.data.formats` (MNIST and Fashion-MNIST IDX, binarized MNIST, Frey Face,
-  ``.npz``), found by name in a data directory or by path; MNIST and Fashion-MNIST also
+* The formats of :mod:`refvae.data.formats` (MNIST and Fashion-MNIST IDX, binarized MNIST, Frey
+  Face, ``.npz``), found by name in a data directory or by path; MNIST and Fashion-MNIST also
   downloaded once into a cache with checksum verification.
 
 Binarization for a Bernoulli emission: ``"none"`` keeps greyscale values in [0, 1] as targets (as
@@ -42,7 +42,8 @@ NAMED = ("digits", "mnist", "fashion-mnist", "binarized-mnist", "frey-face")
 DIGITS_TEST = 297          # the last 297 of sklearn's 1,797 digits are the test split
 
 MIRRORS = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist"
+                                                                "/"),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
 }
 
@@ -52,10 +53,14 @@ MIRRORS = {
 # Fashion-MNIST: the official gzip files (zalandoresearch/fashion-mnist).
 CHECKSUMS = {
     "mnist": {
-        "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
-        "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
-        "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
-        "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+        "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                                       "6bbc9ace898e44ae57da46a324031adb"),
+        "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432",
+                                       "a25bea736e30d166cdddb491f175f624"),
+        "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3",
+                                      "2646ac647ad5339dbf082846283269ea"),
+        "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c",
+                                      "27ae3e4e09519cfbb04c329615203637"),
     },
     "fashion-mnist": {
         "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",),
@@ -89,7 +94,8 @@ def apply_binarization(ds: Dataset, mode: str = "none", seed: int = 0) -> Datase
     each epoch's data.
     """
     if mode not in BINARIZATIONS:
-        raise ConfigError(f"unknown binarization {mode!r}; choose one of {', '.join(BINARIZATIONS)}")
+        raise ConfigError(f"unknown binarization {mode!r}; choose one "
+                          f"of {', '.join(BINARIZATIONS)}")
     if mode == "none":
         return ds
     for split, a in (("train", ds.train), ("valid", ds.valid), ("test", ds.test)):
@@ -121,7 +127,8 @@ def load_digits_dataset() -> Dataset:
     y = np.asarray(bunch.data, dtype=np.float64) / 16.0
     labels = np.asarray(bunch.target)
     return Dataset("digits", y[:-DIGITS_TEST], y[-DIGITS_TEST:], (8, 8), "greyscale",
-                   source="digits", train_labels=labels[:-DIGITS_TEST], test_labels=labels[-DIGITS_TEST:])
+                   source="digits", train_labels=labels[:-DIGITS_TEST],
+                   test_labels=labels[-DIGITS_TEST:])
 
 # ---------------------------------------------------------------------------------------------
 # Download (MNIST, Fashion-MNIST)
@@ -135,7 +142,8 @@ def default_cache_dir() -> Path:
 
 
 def _md5_matches(path: Path, accepted) -> str | None:
-    """None when the file's md5, or its gunzipped content's md5, is accepted; else the file's md5."""
+    """None when the file's md5, or its gunzipped content's md5, is accepted; else the file's
+    md5."""
     accepted = {a.lower() for a in accepted}
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -179,7 +187,8 @@ def _fetch(url: str, dest_dir: Path, timeout: float, progress: bool = False) -> 
 
 def download(name: str, cache_dir=None, base_url: str | None = None, *, timeout: float = 30.0,
              checksums: dict | None = None, progress: bool = False) -> Path:
-    """Download MNIST or Fashion-MNIST's four IDX files once into ``cache_dir/name``; return that folder.
+    """Download MNIST or Fashion-MNIST's four IDX files once into ``cache_dir/name``; return that
+    folder.
 
     Files already present with a valid checksum are not fetched again. Each download goes to a
     temporary file, is checked against ``checksums`` (default :data:`CHECKSUMS`: md5 of the gzip
@@ -238,11 +247,14 @@ _download = download  # load_dataset's ``download`` flag shadows the function's 
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binarization: str = "none",
-                 seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION, download: bool = False,
+def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *,
+                 binarization: str = "none",
+                 seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
+                 download: bool = False,
                  cache_dir=None, base_url: str | None = None, progress: bool = False,
                  hints: str = "api") -> Dataset:
-    """Load a data set by name or path, then apply ``binarization`` (see :func:`apply_binarization`).
+    """Load a data set by name or path, then apply ``binarization`` (see
+    :func:`apply_binarization`).
 
     ``spec``: None or ``"digits"`` — the built-in digits; ``"mnist"``, ``"fashion-mnist"``,
     ``"binarized-mnist"``, ``"frey-face"`` — looked for in ``data_dir`` (or ``$REFVAE_DATA_DIR``),
@@ -270,7 +282,8 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
             if found is None and download:
                 found = _download(key, cache, base_url, progress=progress)
             if found is None:
-                where = f"{Path(data_dir) / FORMATS[key].subdirs[0]} or {cache / key}" if data_dir else str(cache / key)
+                where = (f"{Path(data_dir) / FORMATS[key].subdirs[0]} "
+                         f"or {cache / key}") if data_dir else str(cache / key)
                 raise DataError(f"{key} not found in {where}; pass "
                                 f"{'--download' if cli else 'download=True'} to fetch it, or "
                                 f"place {', '.join(IDX_FILES)} in {cache / key}")
@@ -282,11 +295,13 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *, binari
         ds = FORMATS[key].read(found, key, test_fraction)
     else:
         path = Path(spec).expanduser()
-        if data_dir is not None and not path.is_absolute() and not inputs.exists(path, "data", DataError):
+        if (data_dir is not None and not path.is_absolute()
+            and not inputs.exists(path, "data", DataError)):
             path = Path(data_dir) / path
         if not inputs.exists(path, "data", DataError):
             raise DataError(f"unknown data set {str(spec)!r}: neither a built-in name "
-                            f"({', '.join(NAMED)}) nor an existing path; check the spelling or the path")
+                            f"({', '.join(NAMED)}) nor an existing path; check the spelling or the "
+                            "path")
         ds = detect_path(path, test_fraction)
     for split, a in (("train", ds.train), ("test", ds.test), ("valid", ds.valid)):
         if a is not None:

@@ -110,7 +110,8 @@ class FastBernoulli(Bernoulli):
 
     With ``H = 1[λ ≥ 0]`` (by sign bit, so that ``−0.0`` counts as negative), ``s = σ(−|λ|)`` and
     ``e = e^{−|λ|}``: ``softplus(λ) − yλ = λ(H − y) + log1p(e)`` and ``σ(λ) − y = (H − y) −
-    sign(λ) s``, exact in each branch (``y = H`` leaves ``−s`` or ``+s`` at full relative precision).
+    sign(λ) s``, exact in each branch (``y = H`` leaves ``−s`` or ``+s`` at full relative
+    precision).
     """
 
     def terms(self, bk, o, y, log_alpha=None, weight: float = 1.0) -> EmissionTerms:

@@ -1,7 +1,8 @@
-"""The optimizers' fast path: each plain update rule of :mod:`refvae.optim.rules`, computed in place.
+"""The optimizers' fast path: each plain update rule of :mod:`refvae.optim.rules`, computed in
+place.
 
-A plain :meth:`~refvae.optim.rules.Optimizer.update` writes its formula with whole-buffer temporaries.
-Here the same arithmetic, operation for operation, runs
+A plain :meth:`~refvae.optim.rules.Optimizer.update` writes its formula with whole-buffer
+temporaries. Here the same arithmetic, operation for operation, runs
 
 * over blocks of :data:`BLOCK` values on the CPU, so that the dozen passes of an update stay in
   cache instead of streaming the whole buffers through memory each time (one block on a GPU, where
@@ -20,7 +21,8 @@ import threading
 from ..optim.rules import SGD, Adagrad, Adam, FlatParams, Optimizer, resolve
 from .elementwise import Elementwise, scalar
 
-# Values per update pass on the CPU (0.5 MB per float32 buffer): few passes stay in cache, few calls.
+# Values per update pass on the CPU (0.5 MB per float32 buffer): few passes stay in cache, few
+# calls.
 BLOCK = 131072
 
 
@@ -46,7 +48,8 @@ class _Blocked:
         def run(part: slice) -> None:
             for a in range(part.start, part.stop, block):
                 b = min(a + block, part.stop)
-                self._fused(flat.data[a:b], flat.grad[a:b], lr, {k: v[a:b] for k, v in self._state.items()})
+                self._fused(flat.data[a:b], flat.grad[a:b], lr,
+                            {k: v[a:b] for k, v in self._state.items()})
 
         if workers is None or self._bk.name == "cupy":
             run(slice(0, self._size))

@@ -35,7 +35,8 @@ class Workers:
 
     def __init__(self, threads: int = 1):
         self.threads = threads = checked(threads, "threads", integer=True, minimum=1)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="refvae") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads,
+                                        thread_name_prefix="refvae") if threads > 1 else None
         self._blas_limit = None
 
     def __enter__(self) -> "Workers":
@@ -76,8 +77,8 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
                    reduction: str = "mean", check: bool = True, temperature: float | None = None,
                    estimator_state: dict | None = None, detect_anomaly: bool = False,
                    grads_out: dict | None = None, grad_buffer=None) -> LossResult:
-    """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of the whole batch, computed as
-    row shards on ``workers``; the same arguments and result. ``grads_out`` (e.g.
+    """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of the whole batch, computed
+    as row shards on ``workers``; the same arguments and result. ``grads_out`` (e.g.
     :attr:`FlatParams.grads <refvae.optim.rules.FlatParams.grads>`) receives the summed gradients in
     place of freshly allocated arrays, and is then the result's ``grads``. With ``grad_buffer``,
     the flat vector behind ``grads_out`` (:attr:`FlatParams.grad

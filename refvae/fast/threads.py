@@ -28,14 +28,15 @@ def tune_host_allocator() -> bool:
     try:
         libc = ctypes.CDLL(name)
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
+        return (bool(libc.mallopt(m_mmap_threshold, 1 << 30))
+                and bool(libc.mallopt(m_trim_threshold, 1 << 31)))
     except (OSError, AttributeError):
         return False
 
 
 def _blas_libraries() -> list:
-    """threadpoolctl's controllers of every BLAS loaded in this process (OpenBLAS, MKL, BLIS: NumPy's
-    and SciPy's copies), in load order."""
+    """threadpoolctl's controllers of every BLAS loaded in this process (OpenBLAS, MKL, BLIS:
+    NumPy's and SciPy's copies), in load order."""
     from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - scans the loaded libraries
 
     return ThreadpoolController().select(user_api="blas").lib_controllers
@@ -43,7 +44,8 @@ def _blas_libraries() -> list:
 
 def blas_threads(n: int | None = None) -> int | None:
     """The thread count of the BLAS behind NumPy; with ``n``, set it (for every BLAS loaded) and
-    return the previous count. ``None`` where threadpoolctl finds no BLAS: then nothing is changed."""
+    return the previous count. ``None`` where threadpoolctl finds no BLAS: then nothing is
+    changed."""
     libraries = _blas_libraries()
     if not libraries:
         return None

@@ -1,9 +1,9 @@
 """Hidden-layer activations φ with their first and second derivatives, side by side.
 
 docs/DERIVATIONS.md#activations lists ``φ, φ', φ''``; the MLP's reverse pass needs ``φ'`` and the
-input Hessian (Eq. 8.17) needs ``φ''``. Every derivative is written in a form that keeps full relative
-precision at large |a| (e.g. ``sech² a`` rather than ``1 − tanh² a``, which is exactly 0 in floating
-point once ``tanh a`` rounds to ±1), so the derivatives stay correct at ±50 and beyond.
+input Hessian (Eq. 8.17) needs ``φ''``. Every derivative is written in a form that keeps full
+relative precision at large |a| (e.g. ``sech² a`` rather than ``1 − tanh² a``, which is exactly 0 in
+floating point once ``tanh a`` rounds to ±1), so the derivatives stay correct at ±50 and beyond.
 
 Each function takes the backend ``bk`` and the pre-activation ``a``; derivative functions also take
 the value ``h = φ(a)`` so that they can reuse it.
@@ -71,7 +71,8 @@ SIGMOID = Activation(
 
 def softplus(bk, a):
     """``softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{−|a|})``: no overflow, and full relative
-    precision for every finite ``a`` (the second term is exact where it is below an ulp of the first)."""
+    precision for every finite ``a`` (the second term is exact where it is below an ulp of the
+    first)."""
     xp = bk.xp
     return xp.maximum(a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
 
@@ -200,8 +201,10 @@ def make_activation(name: str, **params) -> Activation:
 
 
 def get_activation(name: str) -> Activation:
-    """The activation called ``name``; an unknown name is a :class:`ConfigError` listing the choices."""
+    """The activation called ``name``; an unknown name is a :class:`ConfigError` listing the
+    choices."""
     try:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+        raise ConfigError(f"unknown activation {name!r}; choose one "
+                          f"of {', '.join(ACTIVATIONS)}") from None

@@ -76,10 +76,12 @@ class VAEConfig:
         for name in ("encoder_hidden", "decoder_hidden"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise ConfigError(f"config field {name!r} must be a list of layer widths, got {value!r}")
+                raise ConfigError(f"config field {name!r} must be a list of layer widths, "
+                                  f"got {value!r}")
             widths = tuple(_positive_int(f"{name} entry", w) for w in value)
             object.__setattr__(self, name, widths)
-        for name, choices in (("activation", ACTIVATIONS), ("latent", LATENTS), ("emission", EMISSIONS),
+        for name, choices in (("activation", ACTIVATIONS), ("latent", LATENTS),
+                              ("emission", EMISSIONS),
                               ("categorical_kl", CATEGORICAL_KL)):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"config field {name!r} must be a string, one of "
@@ -88,20 +90,23 @@ class VAEConfig:
             raise ConfigError(f"config field 'activation' is {self.activation!r}; "
                               f"choose one of {', '.join(ACTIVATIONS)}")
         if self.latent not in LATENTS:
-            raise ConfigError(f"config field 'latent' is {self.latent!r}; choose one of {', '.join(LATENTS)}")
+            raise ConfigError(f"config field 'latent' is {self.latent!r}; choose one "
+                              f"of {', '.join(LATENTS)}")
         if self.emission not in EMISSIONS:
             raise ConfigError(f"config field 'emission' is {self.emission!r}; "
                               f"choose one of {', '.join(EMISSIONS)}")
         checked(self.alpha, "config field 'alpha'", minimum=0, open_min=True)
         if not isinstance(self.learn_alpha, bool):
-            raise ConfigError(f"config field 'learn_alpha' must be true or false, got {self.learn_alpha!r}")
+            raise ConfigError("config field 'learn_alpha' must be true or false, "
+                              f"got {self.learn_alpha!r}")
         for name, (applies, where) in FIELD_APPLIES.items():
             # alpha is kept (not refused) in a config: config.json always records it
             if name != "alpha" and getattr(self, name) != _DEFAULTS[name] and not applies(self):
                 raise ConfigError(f"config field {name!r} applies only to {where}")
         if self.latent == "categorical":
             if self.categories is None:
-                raise ConfigError("latent 'categorical' needs the field 'categories' (classes per variable)")
+                raise ConfigError("latent 'categorical' needs the field 'categories' (classes per "
+                                  "variable)")
             _positive_int("categories", self.categories, minimum=2)
         if self.categorical_kl not in CATEGORICAL_KL:
             raise ConfigError(f"config field 'categorical_kl' is {self.categorical_kl!r}; "
@@ -110,8 +115,10 @@ class VAEConfig:
             raise ConfigError("config field 'categorical_kl' applies only to latent 'categorical'")
         if self.prior_temperature is not None:
             if self.categorical_kl != "relaxed":
-                raise ConfigError("config field 'prior_temperature' applies only to categorical_kl 'relaxed'")
-            checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0, open_min=True)
+                raise ConfigError("config field 'prior_temperature' applies only to categorical_kl "
+                                  "'relaxed'")
+            checked(self.prior_temperature, "config field 'prior_temperature'", minimum=0,
+                    open_min=True)
         _positive_int("flow_length", self.flow_length, minimum=0)
         self._check_forms()
         networks.normalise(self)
@@ -120,7 +127,8 @@ class VAEConfig:
                 raise ConfigError("config field 'condition_dim' applies only to MLP networks "
                                   "(format 1); layer lists take no condition")
             networks.check_networks(self, self._encoder_width(), self._emission_heads())
-        budget.check("the model's parameters, gradients and optimizer state", 8 * 4 * self.n_params(),
+        budget.check("the model's parameters, gradients and optimizer state",
+                     8 * 4 * self.n_params(),
                      "use smaller widths or dimensions")
 
     def _check_forms(self) -> None:

@@ -1,10 +1,10 @@
-"""Emission models p(y|x): the reconstruction surprisal f = −log p(y|x), its gradient with respect to
-the decoder output, and its curvature (for the Hessian of Eq. 8.17).
+"""Emission models p(y|x): the reconstruction surprisal f = −log p(y|x), its gradient with respect
+to the decoder output, and its curvature (for the Hessian of Eq. 8.17).
 
-docs/DERIVATIONS.md#emissions: ``gaussian`` N(μ, αI) with α fixed or learned as ``log α`` (Eq. 8.26),
-``gaussian_diag`` N(μ, diag σ²) with heads μ and s = log σ² (Eq. 8.15), and ``bernoulli`` with logits
-λ. Every surprisal keeps its normalizer (erratum E6: Eq. 8.18's ``E_emiss`` alone is not enough
-once Σ depends on x or θ).
+docs/DERIVATIONS.md#emissions: ``gaussian`` N(μ, αI) with α fixed or learned as ``log α`` (Eq.
+8.26), ``gaussian_diag`` N(μ, diag σ²) with heads μ and s = log σ² (Eq. 8.15), and ``bernoulli``
+with logits λ. Every surprisal keeps its normalizer (erratum E6: Eq. 8.18's ``E_emiss`` alone is not
+enough once Σ depends on x or θ).
 
 Shapes: the decoder output ``o`` is ``(..., P)``; ``y`` broadcasts against ``o``'s data dimension
 (``(N, 1, D)`` against ``(N, L, P)``). ``f`` is summed over the D observation dimensions.
@@ -46,13 +46,15 @@ class Bernoulli:
         return [("out", data_dim)]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring
+        (docs/DERIVATIONS.md#emissions)."""
         expit = bk.special.expit
         f = ((1.0 - y) * softplus(bk, o) + y * softplus(bk, -o)).sum(axis=-1)
         return EmissionTerms(f, (1.0 - y) * expit(o) - y * expit(-o))
 
     def curvature(self, bk, o, y, log_alpha=None):
-        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form`
+        (docs/DERIVATIONS.md#mlp-input-hessians)."""
         return bk.special.expit(o) * bk.special.expit(-o)
 
     def mean(self, bk, o):
@@ -79,7 +81,8 @@ class Gaussian:
         return self.log_alpha_fixed if log_alpha is None else log_alpha
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring
+        (docs/DERIVATIONS.md#emissions)."""
         xp = bk.xp
         la = self._log_alpha(log_alpha)
         inv_alpha = xp.exp(-la) if log_alpha is not None else math.exp(-la)
@@ -91,7 +94,8 @@ class Gaussian:
         return EmissionTerms(f, r * inv_alpha, df_dla)
 
     def curvature(self, bk, o, y, log_alpha=None):
-        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form`
+        (docs/DERIVATIONS.md#mlp-input-hessians)."""
         la = self._log_alpha(log_alpha)
         return bk.xp.exp(-la) if log_alpha is not None else math.exp(-la)
 
@@ -103,10 +107,12 @@ class GaussianDiag:
     """Heteroscedastic ``N(μ, diag e^s)`` with heads μ (``decoder.out``) and s (``decoder.logvar``):
     ``f = ½ Σ_d [(y_d − μ_d)² e^{−s_d} + s_d + log 2π]``;
     ``∂f/∂μ = (μ − y) e^{−s}``, ``∂f/∂s = ½ (1 − (y − μ)² e^{−s})``;
-    curvature per d, over (μ_d, s_d): ``[[e^{−s}, (y − μ) e^{−s}], [(y − μ) e^{−s}, ½ (y − μ)² e^{−s}]]``.
+    curvature per d, over (μ_d, s_d):
+    ``[[e^{−s}, (y − μ) e^{−s}], [(y − μ) e^{−s}, ½ (y − μ)² e^{−s}]]``.
 
     The off-diagonal entry is ``∂/∂s [(μ − y) e^{−s}] = −(μ − y) e^{−s} = (y − μ) e^{−s}``
-    (docs/DERIVATIONS.md#errata: the sign, checked against PyTorch's Hessian in tests/test_emission.py).
+    (docs/DERIVATIONS.md#errata: the sign, checked against PyTorch's Hessian in
+    tests/test_emission.py).
     """
 
     name = "gaussian_diag"
@@ -120,7 +126,8 @@ class GaussianDiag:
         return o[..., :d], o[..., d:]
 
     def terms(self, bk, o, y, log_alpha=None) -> EmissionTerms:
-        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring (docs/DERIVATIONS.md#emissions)."""
+        """``f``, ``∂f/∂o`` (and ``∂f/∂ log α``) as in the class docstring
+        (docs/DERIVATIONS.md#emissions)."""
         xp = bk.xp
         mu, s = self._split(o)
         r = mu - y
@@ -130,7 +137,8 @@ class GaussianDiag:
         return EmissionTerms(f, xp.concatenate([rp, 0.5 - 0.5 * r * rp], axis=-1))
 
     def curvature(self, bk, o, y, log_alpha=None):
-        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form` (docs/DERIVATIONS.md#mlp-input-hessians)."""
+        """``∂²f/∂o∂oᵀ`` in the form :attr:`curvature_form`
+        (docs/DERIVATIONS.md#mlp-input-hessians)."""
         xp = bk.xp
         mu, s = self._split(o)
         r = mu - y

@@ -103,8 +103,8 @@ def _baseline_none(bk, s, f, store):
 
 
 def leave_one_out_mean(f):
-    """``β_l = (Σ_{l'} f_{l'} − f_l)/(L − 1)`` over the samples axis 1 of ``f`` ``(N, L)``: the mean of
-    the other samples of the same datum, independent of sample ``l``."""
+    """``β_l = (Σ_{l'} f_{l'} − f_l)/(L − 1)`` over the samples axis 1 of ``f`` ``(N, L)``: the mean
+    of the other samples of the same datum, independent of sample ``l``."""
     samples = f.shape[1]
     return (f.sum(axis=1, keepdims=True) - f) / (samples - 1)
 
@@ -121,7 +121,8 @@ def _baseline_running(bk, s, f, store):
 def _baseline_optimal(bk, s, f, store):
     """Per component ``j`` the variance-minimising ``β_j = E[s_j² f]/E[s_j²]`` (for the estimator
     ``s (f − β)``, with ``E[s] = 0``), estimated on the other half of the samples: samples
-    ``0..h−1`` (``h = ⌊L/2⌋``) get the coefficient estimated from samples ``h..L−1`` and vice versa."""
+    ``0..h−1`` (``h = ⌊L/2⌋``) get the coefficient estimated from samples ``h..L−1`` and vice
+    versa."""
     xp = bk.xp
     half = f.shape[1] // 2
     s2f = s * s * f[..., None]
@@ -138,10 +139,11 @@ def _baseline_optimal(bk, s, f, store):
 
 def score_function(bk, scores: dict, f, weight: float, baseline) -> dict:
     """Score-function estimator of the recognition gradient of the reconstruction term (§8.2.1,
-    with a control variate): for every head, ``w Σ_l (f_l − β_l) s_l`` with ``s_l = ∂ log q(x_l|y)/∂head``
-    ``(N, L, P)``; ``β`` broadcasts against ``s`` (a scalar, ``(N, L, 1)`` or ``(N, L, P)``). The
-    expected score is zero, so the estimate is unbiased whenever ``β_l`` is independent of sample
-    ``l`` (docs/DERIVATIONS.md#score-function-and-control-variates)."""
+    with a control variate): for every head, ``w Σ_l (f_l − β_l) s_l`` with
+    ``s_l = ∂ log q(x_l|y)/∂head`` ``(N, L, P)``; ``β`` broadcasts against ``s`` (a scalar,
+    ``(N, L, 1)`` or ``(N, L, P)``). The expected score is zero, so the estimate is unbiased
+    whenever ``β_l`` is independent of sample ``l``
+    (docs/DERIVATIONS.md#score-function-and-control-variates)."""
     out = {}
     for head, s in scores.items():
         beta = baseline(s)
@@ -163,7 +165,8 @@ def _update_running(bk, f, store: dict) -> None:
     batch_mean = bk.to_float(f.mean())
     steps = int(store.get("score_running_steps", 0))
     old = float(store.get("score_running_mean", 0.0))
-    store["score_running_mean"] = batch_mean if steps == 0 else decay * old + (1.0 - decay) * batch_mean
+    store["score_running_mean"] = (batch_mean if steps == 0 else decay * old + (1.0 - decay)
+                                   * batch_mean)
     store["score_running_steps"] = steps + 1
 
 
@@ -185,7 +188,8 @@ def score_estimator(name: str, control_variate: str):
 
     estimate.__name__ = f"{name.replace('-', '_')}_estimator"
     estimate.__doc__ = (f"Score-function estimator ``{name}`` (§8.2.1) with the control variate "
-                        f"``{control_variate}``: see :func:`score_function` and the module docstring.")
+                        f"``{control_variate}``: see :func:`score_function` and the module "
+                        "docstring.")
     return estimate
 
 

@@ -84,7 +84,8 @@ class Linear(Layer):
         return {**shapes, "bias": (self.out_features,)} if self.bias else shapes
 
     def init_params(self, noise, bk):
-        return {k: uniform_init(noise, bk, s, self.in_shape[0]) for k, s in self.param_shapes().items()}
+        return {k: uniform_init(noise, bk, s, self.in_shape[0]) for k,
+                s in self.param_shapes().items()}
 
     def forward(self, bk, p, x):
         y = x @ p["weight"].T

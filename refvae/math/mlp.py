@@ -98,8 +98,8 @@ class MLP:
 
     # ----- forward --------------------------------------------------------------------------
     def forward(self, bk, params, x):
-        """``o = a_L`` for input ``x`` of shape ``(..., in)`` (docs/DERIVATIONS.md#mlp-reverse-pass);
-        returns ``(o, cache)``.
+        """``o = a_L`` for input ``x`` of shape ``(..., in)``
+        (docs/DERIVATIONS.md#mlp-reverse-pass); returns ``(o, cache)``.
 
         The cache keeps ``h_0 = x`` and each hidden layer's ``a_l`` and ``h_l`` (flattened to 2-D).
         """
@@ -131,9 +131,9 @@ class MLP:
     def backward(self, bk, params, cache, d_out, input_grad: bool = True) -> "MLPBackward":
         """Reverse pass for the upstream gradient ``d_out = ∂f/∂o`` of shape ``(..., P)``.
 
-        docs/DERIVATIONS.md#mlp-reverse-pass: ``δ_L = ∂e/∂o``; ``u_l = W_{l+1}ᵀ δ_{l+1}`` (= ∂f/∂h_l);
-        ``δ_l = u_l ⊙ φ'(a_l)``; ``g = W_1ᵀ δ_1``. Parameter gradients are summed over every
-        leading batch dimension. ``input_grad=False`` skips the last product (encoders).
+        docs/DERIVATIONS.md#mlp-reverse-pass: ``δ_L = ∂e/∂o``; ``u_l = W_{l+1}ᵀ δ_{l+1}`` (=
+        ∂f/∂h_l); ``δ_l = u_l ⊙ φ'(a_l)``; ``g = W_1ᵀ δ_1``. Parameter gradients are summed over
+        every leading batch dimension. ``input_grad=False`` skips the last product (encoders).
         """
         delta = d_out.reshape(-1, self.out_dim)
         if delta.shape[0] != cache["h"][0].shape[0]:
@@ -203,7 +203,8 @@ class MLP:
             hess = _bilinear(bk, a_out, a_out, c, full)
         elif form == "block2":
             if p % 2:
-                raise ShapeError(f"{self.prefix}: block2 curvature needs an even output size, got {p}")
+                raise ShapeError(f"{self.prefix}: block2 curvature needs an even output size, "
+                                 f"got {p}")
             d = p // 2
             c = xp.broadcast_to(curvature, (*lead, d, 2, 2)).reshape(m, d, 2, 2)
             a_mu, a_s = a_out[:, :d], a_out[:, d:]
@@ -238,7 +239,8 @@ class MLPBackward:
 
 
 def _bilinear(bk, a, b, w, full: bool):
-    """``Aᵀ diag(w) B`` per datum — ``(M, K, K)`` — or its diagonal ``Σ_p w_p A_pk B_pk`` — ``(M, K)``.
+    """``Aᵀ diag(w) B`` per datum — ``(M, K, K)`` — or its diagonal ``Σ_p w_p A_pk B_pk`` —
+    ``(M, K)``.
 
     ``a`` and ``b`` are ``(M, P, K)`` or ``(1, P, K)`` (a Jacobian shared by all data); ``w`` is
     ``(M, P)``.

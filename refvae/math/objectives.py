@@ -65,7 +65,8 @@ def log_weights(vae, params, y, eps):
     return -fp.f + vae.latent.log_prior(vae.bk, fp.state) - vae.latent.log_q(vae.bk, fp.state)
 
 
-def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: int = 100, progress=None):
+def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: int = 100,
+               progress=None):
     """Per-datum ``log (1/k) Σ_i p(y, x_i)/q(x_i|y)`` (Burda et al. 2016, Eq. 8), a lower bound on
     ``log p(y)`` that increases with ``k`` (their Theorem 1). Samples are processed in chunks with a
     running log-sum-exp, so k = 5000 fits in memory. Returns host array of the bound per datum.
@@ -111,10 +112,11 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
     """Eq. 8.21: ``E_y KL(q(x|y) || p(x)) = KL(q(x) || p(x)) + I_q(X; Y)`` with the aggregated
     posterior ``q(x) = (1/N) Σ_n q(x|y_n)`` over the ``N`` rows of ``y``.
 
-    For each datum, ``samples`` draws ``x ~ q(x|y_n)``; ``log q(x) = logsumexp_m log q(x|y_m) − log N``
-    is exact for the finite mixture. Returns a dict with the closed-form average KL, its Monte
-    Carlo twin ``E[log q(x|y) − log p(x)]``, the aggregate KL, the mutual information, its bound
-    ``log N`` and standard errors of the two Monte Carlo terms. Needs ``latent.log_q_cross``.
+    For each datum, ``samples`` draws ``x ~ q(x|y_n)``;
+    ``log q(x) = logsumexp_m log q(x|y_m) − log N`` is exact for the finite mixture. Returns a dict
+    with the closed-form average KL, its Monte Carlo twin ``E[log q(x|y) − log p(x)]``, the
+    aggregate KL, the mutual information, its bound ``log N`` and standard errors of the two Monte
+    Carlo terms. Needs ``latent.log_q_cross``.
     """
     bk, xp = vae.bk, vae.bk.xp
     y_dev = bk.asarray(y)
@@ -153,7 +155,8 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
 def evaluate(vae, params, y, seed: int = 0, samples: int = 1, iwae_k: int = 0,
              batch_size: int = 500, threshold: float = 0.01, progress=None) -> dict:
     """What ``refvae evaluate`` prints: ``neg_elbo``, ``kl``, ``reconstruction`` (nats per datum),
-    ``nll_iwae`` (when ``iwae_k`` > 0: minus the importance-weighted bound), ``active_units``, ``n``."""
+    ``nll_iwae`` (when ``iwae_k`` > 0: minus the importance-weighted bound), ``active_units``,
+    ``n``."""
     noise = NoiseSource(seed)
     kl, rec = neg_elbo_terms(vae, params, y, noise, samples, batch_size)
     out = {"neg_elbo": float((kl + rec).mean()), "kl": float(kl.mean()),

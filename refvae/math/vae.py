@@ -1,10 +1,11 @@
-"""The VAE: encoder MLP -> recognition model -> decoder MLP -> emission, with every gradient by hand.
+"""The VAE: encoder MLP -> recognition model -> decoder MLP -> emission, with every gradient by
+hand.
 
 Per datum the loss is the negative ELBO ``F(y) = KL(q(x|y) || p(x)) + E_q[f(x, y)]`` (Eq. 8.20 and
-the boxed results of §8.2.2; docs/DERIVATIONS.md#the-objective), the expectation estimated by the mean over ``L`` samples drawn from
-the caller's base noise. The batch loss is the mean of F over the batch (``reduction="mean"``) or
-its sum (``"sum"``, as PyTorch's examples report it). Parameters are a flat dict in PyTorch
-``state_dict`` names and layout (ORACLE.md).
+the boxed results of §8.2.2; docs/DERIVATIONS.md#the-objective), the expectation estimated by the
+mean over ``L`` samples drawn from the caller's base noise. The batch loss is the mean of F over the
+batch (``reduction="mean"``) or its sum (``"sum"``, as PyTorch's examples report it). Parameters are
+a flat dict in PyTorch ``state_dict`` names and layout (ORACLE.md).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class VAE:
 
     @property
     def default_estimator(self) -> str:
-        """The latent's own estimator: ``pathwise`` (Gaussian latents) or ``gumbel-softmax`` (categorical)."""
+        """The latent's own estimator: ``pathwise`` (Gaussian latents) or ``gumbel-softmax``
+        (categorical)."""
         return self.latent.default_estimator
 
     def check_estimator(self, estimator: str) -> None:
@@ -96,9 +98,11 @@ class VAE:
         return shapes
 
     def init_params(self, noise: NoiseSource | int = 0) -> dict:
-        """PyTorch's default initialisation for every linear layer; ``log α`` starts at log(alpha)."""
+        """PyTorch's default initialisation for every linear layer; ``log α`` starts at
+        log(alpha)."""
         noise = NoiseSource(noise) if isinstance(noise, int) else noise
-        params = {**self.encoder.init_params(noise, self.bk), **self.decoder.init_params(noise, self.bk)}
+        params = {**self.encoder.init_params(noise, self.bk),
+                  **self.decoder.init_params(noise, self.bk)}
         if self.config.learn_alpha:
             params[LOG_ALPHA] = self.bk.asarray(math.log(self.config.alpha))
         return params
@@ -158,7 +162,8 @@ class VAE:
         latent feeds the decoder relaxed or hard samples depending on them); ``condition`` ``c``
         ``(N, C)`` is read by both networks."""
         heads, enc_cache = self.encode(params, y, condition)
-        state = self.latent.sample(self.bk, heads, noise, estimator=estimator, temperature=temperature)
+        state = self.latent.sample(self.bk, heads, noise, estimator=estimator,
+                                   temperature=temperature)
         dec_out, dec_cache = self.decode(params, state.x, condition)
         terms = self.emission.terms(self.bk, dec_out, y[:, None, :], params.get(LOG_ALPHA))
         return ForwardPass(enc_cache, heads, state, dec_out, dec_cache,
@@ -168,11 +173,11 @@ class VAE:
     def reverse_pass(self, params: dict, y, noise, scale: float, estimator: str,
                      temperature: float | None = None, estimator_state: dict | None = None,
                      condition=None) -> ReversePass:
-        """The reverse pass of the batch loss ``scale · Σ_n F(y_n)`` (docs/DERIVATIONS.md#the-objective):
-        emission ``∂f/∂o`` -> decoder reverse pass (generative gradients, Eq. 8.19, and
-        ``g = ∂f/∂x``; docs/DERIVATIONS.md#mlp-reverse-pass) -> the estimator's recognition
-        gradients plus the KL gradient -> head activations -> encoder reverse pass. With
-        ``kl: "monte_carlo"`` and a score-function estimator, the per-sample KL
+        """The reverse pass of the batch loss ``scale · Σ_n F(y_n)``
+        (docs/DERIVATIONS.md#the-objective): emission ``∂f/∂o`` -> decoder reverse pass (generative
+        gradients, Eq. 8.19, and ``g = ∂f/∂x``; docs/DERIVATIONS.md#mlp-reverse-pass) -> the
+        estimator's recognition gradients plus the KL gradient -> head activations -> encoder
+        reverse pass. With ``kl: "monte_carlo"`` and a score-function estimator, the per-sample KL
         ``log q − log p`` joins ``f`` in the score estimate and the KL gets no separate gradient
         (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
         Inputs are trusted."""
@@ -185,7 +190,8 @@ class VAE:
 
         def hessian(full: bool = False):
             """``w · ∂²f/∂x∂xᵀ`` at the samples (docs/DERIVATIONS.md#mlp-input-hessians)."""
-            curvature = self.emission.curvature(bk, fp.dec_out, y[:, None, :], params.get(LOG_ALPHA))
+            curvature = self.emission.curvature(bk, fp.dec_out, y[:, None, :],
+                                                params.get(LOG_ALPHA))
             hess = self.decoder.input_hessian(bk, params, fp.dec_cache, dec_back, curvature * w,
                                               form=self.emission.curvature_form, full=full)
             return hess[..., :k, :k] if full else hess[..., :k]   # x's block, not c's
@@ -214,7 +220,8 @@ class VAE:
         return ReversePass(fp, dec_back, estimator_grads, kl_g, grads, enc_grads)
 
     def loss_and_grads(self, params: dict, y, noise, estimator: str | None = None,
-                       reduction: str = "mean", check: bool = True, temperature: float | None = None,
+                       reduction: str = "mean", check: bool = True,
+                       temperature: float | None = None,
                        estimator_state: dict | None = None, detect_anomaly: bool = False,
                        batch_size: int | None = None, condition=None,
                        scale: float = 1.0) -> LossResult:
@@ -241,7 +248,8 @@ class VAE:
         """
         estimator = self.default_estimator if estimator is None else estimator
         if reduction not in REDUCTIONS:
-            raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+            raise ConfigError(f"unknown reduction {reduction!r}; choose one "
+                              f"of {', '.join(REDUCTIONS)}")
         self.check_estimator(estimator)
         checked(scale, "scale", minimum=0, open_min=True)
         if check:
@@ -249,7 +257,8 @@ class VAE:
             y, noise = gates.check_batch(self, y, noise)
             condition = gates.check_condition(self, condition, y.shape[0])
         n = noise.shape[0]
-        checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n, none=True)
+        checked(batch_size, f"batch_size (at least the {n} rows of y)", integer=True, minimum=n,
+                none=True)
         scale = scale / (batch_size or n) if reduction == "mean" else float(scale)
         rp = self.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state,
                                condition)

@@ -18,8 +18,9 @@ with it in float64):
 AdamW where the parameters are shrunk directly (``θ ← (1 − ηλ) θ``).
 
 :func:`make_optimizer` returns the plain rule; :func:`refvae.fast.optim.make_optimizer` the fast
-path of the same rule (blocks, scratch buffers, threads; bit-identical, tested). Optimizer state round-trips through :meth:`Optimizer.state_dict` as host
-NumPy arrays and Python numbers only, so it can be stored in an ``.npz`` without pickle.
+path of the same rule (blocks, scratch buffers, threads; bit-identical, tested). Optimizer state
+round-trips through :meth:`Optimizer.state_dict` as host NumPy arrays and Python numbers only, so it
+can be stored in an ``.npz`` without pickle.
 
 The learning-rate schedules live in :mod:`refvae.optim.schedules`. This module does
 not import NumPy: it uses ``bk.xp`` of the :class:`~refvae.backend.Backend` that owns the buffers.
@@ -66,7 +67,8 @@ class FlatParams:
 
     @classmethod
     def from_dict(cls, bk: Backend, params: dict) -> "FlatParams":
-        """A buffer laid out like ``params`` (in its iteration order), holding a copy of its values."""
+        """A buffer laid out like ``params`` (in its iteration order), holding a copy of its
+        values."""
         shapes = {name: tuple(getattr(a, "shape", ())) for name, a in params.items()}
         flat = cls(bk, shapes)
         flat.load(params)
@@ -87,7 +89,8 @@ class FlatParams:
         missing = [n for n in self.shapes if n not in values]
         extra = [n for n in values if n not in self.shapes]
         if missing or extra:
-            raise ShapeError(f"{what} do not match the parameter layout ({name_mismatch(missing, extra)}); "
+            raise ShapeError(f"{what} do not match the parameter layout "
+                             f"({name_mismatch(missing, extra)}); "
                              "pass exactly one array per parameter")
         for name, value in values.items():
             a = self.bk.asarray(value, dtype=self.data.dtype)
@@ -231,11 +234,13 @@ class Adam(Optimizer):
     def _validate(self) -> None:
         super()._validate()
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-               f"adam: betas must lie in [0, 1), got ({self.beta1}, {self.beta2}); e.g. (0.9, 0.999)")
+               f"adam: betas must lie in [0, 1), got ({self.beta1}, {self.beta2}); e.g. (0.9, "
+               "0.999)")
         require(self.eps >= 0, f"adam: eps must be >= 0, got {self.eps}; e.g. 1e-8")
 
     def step_sizes(self, lr: float) -> tuple[float, float]:
-        """``(η √(1 − β₂ᵗ)/(1 − β₁ᵗ), ε √(1 − β₂ᵗ))``: the bias corrections folded into two scalars."""
+        """``(η √(1 − β₂ᵗ)/(1 − β₁ᵗ), ε √(1 − β₂ᵗ))``: the bias corrections folded into two
+        scalars."""
         bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
         return lr * bc2_sqrt / (1.0 - self.beta1 ** self.t), self.eps * bc2_sqrt
 
@@ -270,7 +275,8 @@ class Adagrad(Optimizer):
                  weight_decay: float = 0.0, lr_decay: float = 0.0, *, bk: Backend | None = None,
                  size: int | None = None):
         self.lr, self.eps = float(lr), float(eps)
-        self.initial_accumulator, self.weight_decay = float(initial_accumulator), float(weight_decay)
+        self.initial_accumulator, self.weight_decay = (float(initial_accumulator),
+                                                       float(weight_decay))
         self.lr_decay = float(lr_decay)
         self._validate()
         super().__init__(bk, size)

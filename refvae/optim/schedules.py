@@ -56,7 +56,8 @@ class ConstantLR(Schedule):
 
 
 def _decayed(base_lr: float, gamma: float, power: int, name: str) -> float:
-    """``base_lr · gamma^power``, or a ConfigError when it overflows or leaves the finite numbers."""
+    """``base_lr · gamma^power``, or a ConfigError when it overflows or leaves the finite
+    numbers."""
     try:
         lr = base_lr * gamma ** power
     except OverflowError:
@@ -94,19 +95,23 @@ class CosineLR(Schedule):
     ``η_t = η_min + (η − η_min)(1 + cos(π·min(t, T)/T))/2``, constant at ``η_min`` after ``T``."""
 
     def __init__(self, base_lr: float, total_steps: int, min_lr: float = 0.0):
-        require(int(total_steps) >= 1, f"cosine schedule: total_steps must be >= 1, got {total_steps}")
-        self.base_lr, self.total_steps, self.min_lr = float(base_lr), int(total_steps), float(min_lr)
+        require(int(total_steps) >= 1, "cosine schedule: total_steps must be >= 1, "
+                                       f"got {total_steps}")
+        self.base_lr, self.total_steps, self.min_lr = (float(base_lr), int(total_steps),
+                                                       float(min_lr))
 
     def __call__(self, step):
         t = min(_step_arg(step), self.total_steps)
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.total_steps))
+        return (self.min_lr + (self.base_lr - self.min_lr) * 0.5
+                * (1.0 + math.cos(math.pi * t / self.total_steps)))
 
 
 class LinearWarmup(Schedule):
     """Linear warmup (Goyal et al. 2017, "Accurate, Large Minibatch SGD", section 2.2):
     ``η_t = η·(t + 1)/W`` for ``t < W``, then ``after(t − W)`` (or ``η`` when ``after`` is None)."""
 
-    def __init__(self, base_lr: float, warmup_steps: int, after: Callable[[int], float] | None = None):
+    def __init__(self, base_lr: float, warmup_steps: int,
+                 after: Callable[[int], float] | None = None):
         require(int(warmup_steps) >= 1, f"warmup: warmup_steps must be >= 1, got {warmup_steps}")
         self.base_lr, self.warmup_steps, self.after = float(base_lr), int(warmup_steps), after
 
@@ -187,15 +192,18 @@ class TemperatureSchedule:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "TemperatureSchedule":
-        """The schedule saved by :meth:`state_dict`; a missing or unknown field is a CheckpointError."""
+        """The schedule saved by :meth:`state_dict`; a missing or unknown field is a
+        CheckpointError."""
         if not isinstance(d, dict) or set(d) != set(_FIELDS):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise CheckpointError(f"temperature schedule state must have the fields {', '.join(_FIELDS)}; "
+            raise CheckpointError("temperature schedule state must have the "
+                                  f"fields {', '.join(_FIELDS)}; "
                                   f"got {got}")
         return cls(**{k: d[k] for k in _FIELDS})
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (f"TemperatureSchedule(initial={self.initial}, rate={self.rate}, minimum={self.minimum}, "
+        return (f"TemperatureSchedule(initial={self.initial}, rate={self.rate}, "
+                f"minimum={self.minimum}, "
                 f"every={self.every}, step={self.step_count})")
 
 

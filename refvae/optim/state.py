@@ -88,7 +88,8 @@ class OptimizerState:
         """
         missing = sorted({"step", *self._HYPER} - set(d))
         if missing:
-            raise CheckpointError(f"{self.name} state does not match (missing {', '.join(missing)}); "
+            raise CheckpointError(f"{self.name} state does not match "
+                                  f"(missing {', '.join(missing)}); "
                                   f"load a state saved by {self.name}")
         try:
             step = int(d["step"])
@@ -123,7 +124,8 @@ class OptimizerState:
         active = self._active_buffers()
         extra = sorted(set(d) - {"step", *self._HYPER, *active})
         if extra:
-            raise CheckpointError(f"{self.name} state does not match (unexpected {', '.join(extra)}); "
+            raise CheckpointError(f"{self.name} state does not match "
+                                  f"(unexpected {', '.join(extra)}); "
                                   f"load a state saved by {self.name}")
         self._validate()
         absent = [k for k in active if k not in d]

@@ -25,13 +25,16 @@ from .core import (GRAD, PER_DATUM, SCALARS, TOLERANCES, OracleMismatch, OracleR
                    OracleResult, assert_matches, check, compare, compute, compute_inputs,
                    write_npz)
 from .example import write_example
-from .inputs import FORMAT, OracleInputs, default_estimator, load_config, load_inputs, load_npz, parse_name_map
+from .inputs import (FORMAT, OracleInputs, default_estimator, load_config, load_inputs, load_npz,
+                     parse_name_map)
 from .layouts import LAYOUTS, Layout, flatten, parse_split, rename
 from .torch_adapter import assert_torch_matches, check_torch
 from .unbiased import UnbiasedReport, check_unbiased
 
-__all__ = ["FORMAT", "GRAD", "LAYOUTS", "PER_DATUM", "SCALARS", "TOLERANCES", "Layout", "OracleInputs",
+__all__ = ["FORMAT", "GRAD", "LAYOUTS", "PER_DATUM", "SCALARS", "TOLERANCES", "Layout",
+           "OracleInputs",
            "OracleMismatch", "OracleReport", "OracleResult", "UnbiasedReport", "assert_matches",
            "assert_torch_matches", "check", "check_torch", "check_unbiased", "compare", "compute",
-           "compute_inputs", "default_estimator", "flatten", "load_config", "load_inputs", "load_npz",
+           "compute_inputs", "default_estimator", "flatten", "load_config", "load_inputs",
+           "load_npz",
            "parse_name_map", "parse_split", "rename", "write_example", "write_npz"]

@@ -1,6 +1,6 @@
 """The oracle's comparison (ORACLE.md): refvae's numbers for the user's inputs, computed by
-:meth:`refvae.math.vae.VAE.loss_and_grads` (there is no second implementation here), compared tensor by
-tensor with :func:`refvae.gradcheck.compare_arrays`, and the report with its diagnosis."""
+:meth:`refvae.math.vae.VAE.loss_and_grads` (there is no second implementation here), compared tensor
+by tensor with :func:`refvae.gradcheck.compare_arrays`, and the report with its diagnosis."""
 from __future__ import annotations
 
 import math
@@ -66,7 +66,8 @@ class OracleResult:
 
     def intermediates(self) -> dict:
         """The forward pass, in order: ``heads/<name>`` ``(N, size)``, the latent sample ``x``
-        ``(N, L, K_in)`` and ``decoder_out`` ``(N, L, D)`` (μ or logits: the ``decoder.out`` head)."""
+        ``(N, L, K_in)`` and ``decoder_out`` ``(N, L, D)`` (μ or logits: the ``decoder.out``
+        head)."""
         inp = self.inputs
         vae, bk = inp.vae, inp.vae.bk
         fp = vae.forward({k: bk.asarray(v) for k, v in inp.params.items()}, bk.asarray(inp.y),
@@ -80,8 +81,9 @@ class OracleResult:
         """refvae's result for the same inputs with ``noise``, ``params``, ``temperature``, ``vae``
         (a model with a mistaken part), ``estimator`` or ``reduction`` changed (the diagnosis tests
         its hypotheses this way)."""
-        inp = replace(self.inputs, **{k: changes.pop(k) for k in ("noise", "params", "temperature", "vae")
-                                      if k in changes})
+        inp = replace(self.inputs,
+                      **{k: changes.pop(k) for k in ("noise", "params", "temperature", "vae")
+                         if k in changes})
         return compute_inputs(inp, changes.get("estimator", self.estimator),
                               changes.get("reduction", self.reduction))
 
@@ -92,21 +94,25 @@ def compute_inputs(inputs: OracleInputs, estimator: str | None = None,
     vae, bk = inputs.vae, inputs.vae.bk
     estimator = estimator or default_estimator(vae)
     params = {k: bk.asarray(v) for k, v in inputs.params.items()}
-    res = vae.loss_and_grads(params, bk.asarray(inputs.y), bk.asarray(inputs.noise), estimator=estimator,
+    res = vae.loss_and_grads(params, bk.asarray(inputs.y), bk.asarray(inputs.noise),
+                             estimator=estimator,
                              reduction=reduction, check=False, temperature=inputs.temperature,
                              estimator_state={})
     return OracleResult(res.loss, res.kl, res.reconstruction, bk.to_numpy(res.kl_per_datum),
                         bk.to_numpy(res.reconstruction_per_datum),
-                        {k: np.asarray(bk.to_numpy(v), dtype=np.float64) for k, v in res.grads.items()},
+                        {k: np.asarray(bk.to_numpy(v), dtype=np.float64) for k,
+                         v in res.grads.items()},
                         estimator, reduction, inputs.temperature, inputs)
 
 
 def compute(config, params, batch, *, estimator: str | None = None, reduction: str = "mean",
-            temperature=None, name_map=None, backend: str = "numpy", layout=None, split=None) -> OracleResult:
+            temperature=None, name_map=None, backend: str = "numpy", layout=None,
+            split=None) -> OracleResult:
     """refvae's loss, its parts and every parameter's gradient for the given files or objects."""
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
-    return compute_inputs(load_inputs(config, params, batch, temperature, name_map, backend, layout, split),
+    return compute_inputs(load_inputs(config, params, batch, temperature, name_map, backend, layout,
+                                      split),
                           estimator, reduction)
 
 
@@ -135,7 +141,8 @@ class OracleReport(CheckList):
         kinds = sorted(set(self.tolerances.values()) or {(self.rtol, self.atol)})
         if len(kinds) == 1:
             return f"{kinds[0][1]:g}·s + {kinds[0][0]:g}·|ours|"
-        return "atol·s + rtol·|ours| with " + ", ".join(f"rtol={r:g}, atol={a:g}" for r, a in kinds) \
+        return "atol·s + rtol·|ours| with " + ", ".join(f"rtol={r:g}, atol={a:g}" for r,
+                                                        a in kinds) \
             + " by each tensor's dtype"
 
     def __str__(self) -> str:
@@ -144,7 +151,8 @@ class OracleReport(CheckList):
                  f"pass when |theirs − ours| ≤ {self._rule()}, s = max(1, max|ours|) per tensor)"]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"diagnosis: {h}" for h in self.hints]
-        lines += table_lines([replace(c, name=self.label(c.name)) for c in self.checks], ("theirs", "ours"))
+        lines += table_lines([replace(c, name=self.label(c.name)) for c in self.checks],
+                             ("theirs", "ours"))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -187,7 +195,8 @@ def _validate_theirs(theirs: dict, expected: dict, label_: str) -> dict:
     some = any(n.startswith(GRAD) for n in theirs)
     missing = [n for n in expected if n.startswith(GRAD) and n not in theirs and some]
     if not theirs:
-        raise ShapeError(f"{label_} holds nothing to compare: export the loss, grad/<name> for every "
+        raise ShapeError(f"{label_} holds nothing to compare: export the loss, grad/<name> for "
+                         "every "
                          "parameter, or the intermediates (ORACLE.md)")
     out = {}
     for name, arr in theirs.items():
@@ -195,7 +204,8 @@ def _validate_theirs(theirs: dict, expected: dict, label_: str) -> dict:
             plain = GRAD + name in expected
             extra.append(f"{name} (gradients are named {GRAD}{name})" if plain else name)
             continue
-        arr = conform(arr, expected[name]) if name not in SCALARS + PER_DATUM and not name.startswith(GRAD) else arr
+        arr = (conform(arr, expected[name]) if name not in SCALARS + PER_DATUM
+               and not name.startswith(GRAD) else arr)
         if tuple(arr.shape) != tuple(expected[name]):
             problems.append(shape_mismatch(name, arr.shape, expected[name]))
         out[name] = arr
@@ -216,7 +226,8 @@ def _tolerance_notes(theirs: dict, rtol, atol) -> list:
     grads = {k: dtype_class(v) for k, v in theirs.items() if k.startswith(GRAD)}
     single = sorted(k for k, c in grads.items() if c == "float32")
     defaults = TOLERANCES["float32"]
-    used = [f"{k}={defaults[k]:g}" for k, given in (("rtol", rtol), ("atol", atol)) if given is None]
+    used = [f"{k}={defaults[k]:g}" for k,
+            given in (("rtol", rtol), ("atol", atol)) if given is None]
     if not single or not used:
         return []
     plural = "s" if len(used) > 1 else ""
@@ -224,8 +235,10 @@ def _tolerance_notes(theirs: dict, rtol, atol) -> list:
         dtype = min((theirs[k].dtype for k in single), key=lambda d: d.itemsize).name
         return [f"your gradients are {dtype}: using the float32 default{plural} {', '.join(used)} "
                 "(refvae computes in float64 at your parameters); --rtol/--atol override"]
-    return [f"{', '.join(single)} {'is' if len(single) == 1 else 'are'} float32 in an otherwise float64 "
-            f"export: judged by the float32 default{plural} {', '.join(used)}, the others by float64's"]
+    return [f"{', '.join(single)} {'is' if len(single) == 1 else 'are'} float32 in an otherwise "
+            "float64 "
+            f"export: judged by the float32 default{plural} {', '.join(used)}, the others by "
+            "float64's"]
 
 
 def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: float | None = None,
@@ -240,7 +253,8 @@ def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: floa
     else:
         lay = Layout.make(name_map, layout, split)
     shapes = ours.inputs.vae.param_shapes() if ours.inputs is not None else {}
-    translated, origin = translate(arrays_of(theirs, "theirs", flatten_results), lay, shapes, label_, GRAD)
+    translated, origin = translate(arrays_of(theirs, "theirs", flatten_results), lay, shapes,
+                                   label_, GRAD)
     mine = ours.arrays()
     wants_forward = any(k.startswith(HEADS) or k in ("x", "decoder_out") for k in translated)
     forward = ours.intermediates() if wants_forward and ours.inputs is not None else {}
@@ -254,20 +268,24 @@ def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: floa
             tol = (d["rtol"] if rtol is None else rtol, d["atol"] if atol is None else atol)
             tolerances[name] = tol
             checks.append(_check(name, theirs_[name], arr, *tol))
-    grad_dtypes = [v.dtype for k, v in theirs_.items() if k.startswith(GRAD) and v.dtype.kind == "f"]
+    grad_dtypes = [v.dtype for k,
+                   v in theirs_.items() if k.startswith(GRAD) and v.dtype.kind == "f"]
     dtype = min(grad_dtypes, key=lambda d: d.itemsize).name if grad_dtypes else "float64"
-    worst = TOLERANCES["float32" if "float32" in {dtype_class(v) for v in theirs_.values()} else "float64"]
+    worst = TOLERANCES["float32" if "float32" in {dtype_class(v) for v in theirs_.values()}
+                       else "float64"]
     notes = _tolerance_notes(theirs_, rtol, atol)
     if not any(k.startswith(GRAD) for k in theirs_):
         notes.append("no gradients were exported: only " + ", ".join(theirs_) + " compared")
-    report = OracleReport(checks, worst["rtol"] if rtol is None else rtol, worst["atol"] if atol is None else atol,
+    report = OracleReport(checks, worst["rtol"] if rtol is None else rtol,
+                          worst["atol"] if atol is None else atol,
                           dtype, notes,
                           aliases={k: v[len(GRAD):] if v.startswith(GRAD) else v
                                    for k, v in origin.items() if v != k},
                           tolerances=tolerances)
     if not report.passed:
         def agrees(name, candidate):
-            return _check(name, theirs_[name], np.asarray(candidate, dtype=float), *tolerances[name]).passed
+            return _check(name, theirs_[name], np.asarray(candidate, dtype=float),
+                          *tolerances[name]).passed
         report.hints = diagnose.diagnose(theirs_, ordered, report, ours, agrees)
     return report
 
@@ -278,7 +296,8 @@ def check(config, params, batch, theirs, *, estimator: str | None = None, reduct
     """:func:`compute` then :func:`compare`: the meaning of ``refvae oracle compare``."""
     rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
     ours = compute(config, params, batch, estimator=estimator, reduction=reduction,
-                   temperature=temperature, name_map=name_map, backend=backend, layout=layout, split=split)
+                   temperature=temperature, name_map=name_map, backend=backend, layout=layout,
+                   split=split)
     return compare(theirs, ours, rtol=rtol, atol=atol)
 
 

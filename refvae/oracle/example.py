@@ -15,8 +15,10 @@ from .inputs import FORMAT, load_config
 
 
 def write_example(directory, *, latent: str = "gaussian", emission: str = "bernoulli",
-                  learn_alpha: bool = False, categories: int | None = None, estimator: str | None = None,
-                  reduction: str = "mean", temperature: float | None = None, n: int = 4, samples: int = 2,
+                  learn_alpha: bool = False, categories: int | None = None,
+                  estimator: str | None = None,
+                  reduction: str = "mean", temperature: float | None = None, n: int = 4,
+                  samples: int = 2,
                   seed: int = 0, flow_length: int = 0, overwrite: bool = False) -> dict:
     """Write a complete, valid set of oracle files for a small model into ``directory``:
     ``config.json``, ``params.npz``, ``batch.npz`` and ``theirs.npz`` (refvae's own result, in the
@@ -27,7 +29,8 @@ def write_example(directory, *, latent: str = "gaussian", emission: str = "berno
     never replaced) unless ``overwrite``, which replaces those four files and nothing else."""
     if not overwrite and inputs.is_dir(directory, "output folder", ConfigError) \
             and any(os.scandir(directory)):
-        raise ConfigError(f"--out {inputs.show(directory)} is not empty; give a new or empty folder "
+        raise ConfigError(f"--out {inputs.show(directory)} is not empty; give a new or empty "
+                          "folder "
                           "for the example's config.json, params.npz, batch.npz and theirs.npz, or "
                           "pass --overwrite to replace those four files")
     if latent == "categorical":  # the default estimator relaxes the sample: it needs a temperature
@@ -53,7 +56,8 @@ def write_example(directory, *, latent: str = "gaussian", emission: str = "berno
     result = compute(config, params, batch, estimator=estimator, reduction=reduction)
     ensure_writable_dir(directory)
     paths = {role: os.path.join(os.fspath(directory), f"{role}.{ext}")
-             for role, ext in (("config", "json"), ("params", "npz"), ("batch", "npz"), ("theirs", "npz"))}
+             for role,
+             ext in (("config", "json"), ("params", "npz"), ("batch", "npz"), ("theirs", "npz"))}
     save_json(paths["config"], config.to_dict())
     write_npz(paths["params"], params)
     write_npz(paths["batch"], batch)

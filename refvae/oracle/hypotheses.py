@@ -11,9 +11,10 @@ numbers when every quantity they exported agrees with its prediction at that ten
   the heads' parameters swapped, another temperature or estimator of a categorical latent;
 * **affine**: mistakes that scale or shift the reconstruction and the KL terms (a missing ½, a
   reduction over N, D or L, a missing constant, a KL without gradient). Their effect on the loss
-  and on every gradient is linear in refvae's own terms: ``loss' = a_r b_r REC + a_k b_k KL + consts``
-  and ``grad' = a_r b_r (g − g_KL) + a_k b_k g_KL``, with ``g_KL`` the KL's share of the encoder
-  gradients from refvae's reverse pass (:func:`kl_gradients`). No autograd anywhere.
+  and on every gradient is linear in refvae's own terms:
+  ``loss' = a_r b_r REC + a_k b_k KL + consts`` and ``grad' = a_r b_r (g − g_KL) + a_k b_k g_KL``,
+  with ``g_KL`` the KL's share of the encoder gradients from refvae's reverse pass
+  (:func:`kl_gradients`). No autograd anywhere.
 
 ``KEYS`` lists every hypothesis' stable key (tests and ORACLE.md's table use them).
 """
@@ -78,7 +79,8 @@ def kl_gradients(ours) -> dict:
     inp = ours.inputs
     vae, bk = inp.vae, inp.vae.bk
     params = {k: bk.asarray(v) for k, v in inp.params.items()}
-    fp = vae.forward(params, bk.asarray(inp.y), bk.asarray(inp.noise), ours.estimator, inp.temperature)
+    fp = vae.forward(params, bk.asarray(inp.y), bk.asarray(inp.noise), ours.estimator,
+                     inp.temperature)
     scale = 1.0 / inp.y.shape[0] if ours.reduction == "mean" else 1.0
     kl_g = vae.latent.kl_grads(bk, fp.state)
     d_heads = bk.xp.concatenate([scale * kl_g[h] for h, _ in vae.latent.heads()], axis=-1)
@@ -113,7 +115,8 @@ def factor_names(ctx: Context) -> list:
     totals only, not of the per-datum terms)."""
     n, d, s = ctx.n, ctx.config.data_dim, ctx.samples
     out = []
-    for value, name, batch in ((n, "N", True), (d, "D", False), (n * d, "N·D", True), (s, "L", False)):
+    for value, name, batch in ((n, "N", True), (d, "D", False), (n * d, "N·D", True),
+                               (s, "L", False)):
         if value > 1:
             out += [(float(value), name, batch), (1.0 / value, f"1/{name}" if "·" not in name
                                                   else f"1/({name})", batch)]
@@ -121,20 +124,24 @@ def factor_names(ctx: Context) -> list:
 
 
 REDUCTION_WORDS = {
-    "N": "your loss sums over the batch where refvae averages: tell the oracle with reduction='sum' "
+    "N": "your loss sums over the batch where refvae averages: tell the oracle with "
+         "reduction='sum' "
          "(check, check_torch, compute; use --reduction sum on the command line)",
     "1/N": "your loss averages over the batch where refvae sums: tell the oracle with "
            "reduction='mean' (use --reduction mean on the command line)",
     "D": "your loss sums what refvae averages over the D data dimensions",
-    "1/D": "your loss averages over the D data dimensions; the negative ELBO sums the log-likelihood "
+    "1/D": "your loss averages over the D data dimensions; the negative ELBO sums the "
+           "log-likelihood "
            "over them (PyTorch: reduction='sum' in binary_cross_entropy/mse_loss, then divide by N "
            "yourself for a mean over the batch)",
     "N·D": "your loss sums over the N·D entries where refvae averages over the batch",
     "1/(N·D)": "your loss averages over all N·D entries (PyTorch's reduction='mean' in "
-               "binary_cross_entropy/mse_loss); the negative ELBO sums the log-likelihood over the D "
+               "binary_cross_entropy/mse_loss); the negative ELBO sums the log-likelihood over the "
+               "D "
                "dimensions of a datum: use reduction='sum' there",
     "L": "your loss sums over the L samples where refvae averages them",
-    "1/L": "your loss divides by L once too often (refvae averages the reconstruction over the L samples)",
+    "1/L": "your loss divides by L once too often (refvae averages the reconstruction over the L "
+           "samples)",
 }
 
 
@@ -146,16 +153,20 @@ def _affine_hypotheses(ctx: Context) -> list:
         hyps.append(Hypothesis(f"reduction:{name}", f"every term is {name} times refvae's: "
                                f"{REDUCTION_WORDS[name]}", affine(a, b, 0.0, a, b)))
         words = REDUCTION_WORDS[name].replace("your loss", "it")
-        hyps.append(Hypothesis(f"reconstruction:{name}", f"your reconstruction term is {name} times "
+        hyps.append(Hypothesis(f"reconstruction:{name}", f"your reconstruction term is {name} "
+                                                         "times "
                                f"refvae's (the KL is not): {words}", affine(a, b)))
-    hyps.append(Hypothesis("reconstruction:0", "your loss is the KL alone: the reconstruction term is "
+    hyps.append(Hypothesis("reconstruction:0", "your loss is the KL alone: the reconstruction term "
+                                               "is "
                            "missing", affine(a_r=0.0)))
     kl_factors = [(2.0, 1.0, "2", "the ½ of the KL is missing (KL = ½ Σ_k (σ² + μ² − 1 − log σ²))"),
                   (0.5, 1.0, "1/2", "the KL carries ½ twice"),
-                  (-1.0, 1.0, "-1", "your loss is reconstruction − KL: the KL term has the wrong sign "
+                  (-1.0, 1.0, "-1", "your loss is reconstruction − KL: the KL term has the wrong "
+                                    "sign "
                                     "(the loss adds KL(q‖p) ≥ 0, §8.2.2)"),
                   (0.0, 1.0, "0", "your loss is the reconstruction alone: the KL term is missing"),
-                  (1.0 / d, 1.0, "1/D", "your KL is divided by D (the loss was averaged over the data "
+                  (1.0 / d, 1.0, "1/D", "your KL is divided by D (the loss was averaged over the "
+                                        "data "
                                         "dimensions after the KL was added?)")]
     if k > 1:
         kl_factors.append((1.0 / k, 1.0, "1/K", "your KL averages over the K latent dimensions "
@@ -164,23 +175,28 @@ def _affine_hypotheses(ctx: Context) -> list:
         kl_factors += [(1.0, float(ctx.n), "N", "your KL is summed over the batch inside a loss "
                                                "averaged over it (a KL of N times refvae's)"),
                        (1.0, 1.0 / ctx.n, "1/N", "your KL is averaged over the batch while the "
-                                                "reconstruction is summed (or the other way round)")]
+                                                "reconstruction is summed (or the other way "
+                                                "round)")]
         if k > 1:
-            kl_factors.append((1.0 / k, 1.0 / ctx.n, "1/(N·K)", "your KL is torch.mean over all N·K "
+            kl_factors.append((1.0 / k, 1.0 / ctx.n, "1/(N·K)", "your KL is torch.mean over all "
+                                                                "N·K "
                                                                "entries where it sums over K"))
     for a, b, name, text in kl_factors:
         hyps.append(Hypothesis(f"kl:{name}", text, affine(a_k=a, b_k=b)))
-    hyps.append(Hypothesis("kl:detached", "the encoder's gradients lack the KL's while your loss counts "
+    hyps.append(Hypothesis("kl:detached", "the encoder's gradients lack the KL's while your loss "
+                                          "counts "
                            "it: the KL is detached (.detach(), .item(), no_grad) or computed from "
                            "detached heads", affine(grad_k=0.0)))
     if c.latent in ("gaussian", "gaussian_full"):
         hyps.append(Hypothesis("kl:+K/2", f"the KL is off by {k / 2:g} per datum = K/2: the 1 in "
                                "KL = −½ Σ(1 + log σ² − μ² − σ²) is missing", affine(c_k=k / 2)))
-        hyps.append(Hypothesis("kl:-K/2", f"the KL is off by {-k / 2:g} per datum = −K/2: the KL's 1 "
+        hyps.append(Hypothesis("kl:-K/2", f"the KL is off by {-k / 2:g} per datum = −K/2: the KL's "
+                                          "1 "
                                "is counted twice", affine(c_k=-k / 2)))
     if c.latent == "categorical":
         const = k * math.log(c.categories)
-        hyps.append(Hypothesis("kl:-KlogC", f"the KL lacks K·log C = {const:.6g} per datum: Σ π log π "
+        hyps.append(Hypothesis("kl:-KlogC", f"the KL lacks K·log C = {const:.6g} per datum: Σ π "
+                                            "log π "
                                "(the negative entropy) in place of the KL to the uniform prior, "
                                "Σ π log(C π)", affine(c_k=-const)))
     if c.emission in ("gaussian", "gaussian_diag"):
@@ -195,14 +211,18 @@ def _affine_hypotheses(ctx: Context) -> list:
                 hyps.append(Hypothesis("emission:-normaliser-alpha", "the reconstruction lacks the "
                                        f"normaliser D/2·log(2πα) = {full:.6g} per datum",
                                        affine(c_r=-full)))
-            hyps.append(Hypothesis("emission:mse", "your reconstruction is the summed squared error "
+            hyps.append(Hypothesis("emission:mse", "your reconstruction is the summed squared "
+                                                   "error "
                                    "(mse_loss(..., reduction='sum')), not the Gaussian surprisal "
-                                   "Σ (y − μ)²/(2α) + D/2·log(2πα): the ½/α and the normaliser differ",
-                                   affine(a_r=2 * alpha, c_r=-alpha * d * math.log(2 * math.pi * alpha))))
+                                   "Σ (y − μ)²/(2α) + D/2·log(2πα): the ½/α and the normaliser "
+                                   "differ",
+                                   affine(a_r=2 * alpha,
+                                          c_r=-alpha * d * math.log(2 * math.pi * alpha))))
     return hyps
 
 
-# ----- mistaken samplers of a diagonal Gaussian ----------------------------------------------------
+# ----- mistaken samplers of a diagonal Gaussian
+# ----------------------------------------------------
 class MistakenSampler(DiagonalGaussian):
     """A diagonal Gaussian whose sample is ``x = a(ν, ℓ) + b(ν, ℓ) ⊙ ε``; ``loc``/``scale`` return
     the value and its elementwise partial derivatives in ν and ℓ, which give the hand-derived
@@ -234,7 +254,8 @@ SAMPLERS = {
     "sampler:exp": ("your sampler uses exp(logvar), the variance, as the standard deviation "
                     f"(std = exp(ℓ)); the scale is exp(logvar/2): {SAMPLER}",
                     _mean, lambda xp, nu, lv: (xp.exp(lv), 0.0, xp.exp(lv))),
-    "sampler:logvar": (f"your sampler uses logvar itself as the standard deviation (std = ℓ): {SAMPLER}",
+    "sampler:logvar": ("your sampler uses logvar itself as the standard deviation (std = "
+                       f"ℓ): {SAMPLER}",
                        _mean, lambda xp, nu, lv: (lv, 0.0, 1.0)),
     "sampler:unscaled": (f"your sampler adds the noise unscaled (x = ν + ε): {SAMPLER}",
                          _mean, lambda xp, nu, lv: (1.0 + 0 * lv, 0.0, 0.0)),
@@ -244,7 +265,8 @@ SAMPLERS = {
                          "(a .detach(), .data or no_grad in the sampler): the log-variance head's "
                          "gradients ({logvar}) are the KL's alone",
                          _mean, lambda xp, nu, lv: (xp.exp(0.5 * lv), 0.0, 0.0)),
-    "sampler:swapped": ("your sampler takes the mean from the log-variance head and the scale from the "
+    "sampler:swapped": ("your sampler takes the mean from the log-variance head and the scale from "
+                        "the "
                         f"mean head (the KL reads them right): {SAMPLER}",
                         lambda xp, nu, lv: (lv, 0.0, 1.0),
                         lambda xp, nu, lv: (xp.exp(0.5 * nu), 0.5 * xp.exp(0.5 * nu), 0.0)),
@@ -281,13 +303,16 @@ def _sampler_hypotheses(ctx: Context, label) -> list:
     logvar = ", ".join(label(GRAD + f"encoder.logvar.{leaf}") for leaf in ("weight", "bias"))
     hyps = [Hypothesis(key, text.format(logvar=logvar), _sampler(loc, scale))
             for key, (text, loc, scale) in SAMPLERS.items()]
-    hyps.append(Hypothesis("heads:swapped", "your model uses the mean head as the log-variance and the "
-                           "log-variance head as the mean: the heads are swapped (a wrong head); swap "
+    hyps.append(Hypothesis("heads:swapped", "your model uses the mean head as the log-variance and "
+                                            "the "
+                           "log-variance head as the mean: the heads are swapped (a wrong head); "
+                           "swap "
                            "them in the model or in name_map (--map)", _swapped_heads))
     return hyps
 
 
-# ----- categorical latents, score baselines --------------------------------------------------------
+# ----- categorical latents, score baselines
+# --------------------------------------------------------
 def _score_own_sample(ctx: Context) -> dict:
     """A baseline that includes the sample's own f (the mean over all L samples): every sample's
     ``f_l − β`` is ``(L − 1)/L`` of the leave-one-out one, so the estimator's share of the encoder
@@ -302,26 +327,34 @@ def _other_hypotheses(ctx: Context) -> list:
     hyps, est, s = [], ctx.ours.estimator, ctx.inputs.temperature
     if ctx.config.latent == "categorical":
         if s is not None and s != 1.0:
-            hyps.append(Hypothesis("temperature:missing", f"your relaxed sample ignores the temperature "
+            hyps.append(Hypothesis("temperature:missing", "your relaxed sample ignores the "
+                                                          "temperature "
                                    f"(softmax(η + G) where refvae uses softmax((η + G)/{s:g}))",
                                    lambda c: c.rerun(temperature=1.0)))
-            hyps.append(Hypothesis("temperature:multiplied", "your relaxed sample multiplies by the "
+            hyps.append(Hypothesis("temperature:multiplied", "your relaxed sample multiplies by "
+                                                             "the "
                                    f"temperature {s:g} where it divides: softmax((η + G)·s)",
                                    lambda c: c.rerun(temperature=1.0 / s)))
         if est == "straight-through":
-            hyps.append(Hypothesis("straight-through:relaxed-forward", "your straight-through forward "
+            hyps.append(Hypothesis("straight-through:relaxed-forward",
+                                   "your straight-through forward "
                                    "pass feeds the relaxed sample, not the one-hot argmax (that is "
                                    "gumbel-softmax: y_hard − y_soft.detach() + y_soft is missing)",
                                    lambda c: c.rerun(estimator="gumbel-softmax")))
         if est == "gumbel-softmax" and s is not None:
-            hyps.append(Hypothesis("gumbel-softmax:hard-forward", "your forward pass feeds the one-hot "
-                                   "argmax with the relaxed sample's gradient: that is straight-through; "
-                                   "pass estimator='straight-through' (--estimator straight-through)",
+            hyps.append(Hypothesis("gumbel-softmax:hard-forward", "your forward pass feeds the "
+                                                                  "one-hot "
+                                   "argmax with the relaxed sample's gradient: that is "
+                                   "straight-through; "
+                                   "pass estimator='straight-through' (--estimator "
+                                   "straight-through)",
                                    lambda c: c.rerun(estimator="straight-through")))
     loo = est == "score-loo" or (ctx.config.latent == "categorical" and est == "score")
     if loo and ctx.samples >= 2:
-        hyps.append(Hypothesis("score:own-sample-baseline", "your score-function baseline includes the "
-                               "sample's own f (the mean over all L samples): biased; leave sample l "
+        hyps.append(Hypothesis("score:own-sample-baseline", "your score-function baseline includes "
+                                                            "the "
+                               "sample's own f (the mean over all L samples): biased; leave sample "
+                               "l "
                                "out of its baseline", _score_own_sample))
     return hyps
 

@@ -21,7 +21,8 @@ FORMAT = 1
 
 
 def host(a, what: str) -> np.ndarray:
-    """NumPy array from NumPy, PyTorch (CPU or GPU, with or without grad), CuPy, JAX, lists, scalars."""
+    """NumPy array from NumPy, PyTorch (CPU or GPU, with or without grad), CuPy, JAX, lists,
+    scalars."""
     if hasattr(a, "detach"):
         a = a.detach()
     if hasattr(a, "cpu"):
@@ -32,7 +33,8 @@ def host(a, what: str) -> np.ndarray:
         raise DataError(f"{what} cannot be read as an array ({exc})") from None
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{what} has dtype {arr.dtype}; expected real numbers"
-                        + ("; pass nested parameters as dicts of arrays" if arr.dtype.kind == "O" else ""))
+                        + ("; pass nested parameters as dicts of arrays" if arr.dtype.kind == "O"
+                           else ""))
     return arr
 
 
@@ -110,7 +112,8 @@ def parse_name_map(pairs=(), path=None) -> dict:
     for pair in pairs:
         theirs, sep, ours = pair.partition("=")
         if not sep or not theirs or not ours:
-            raise ConfigError(f"name map entry {pair!r} is not of the form theirs=ours (e.g. fc1=encoder.0)")
+            raise ConfigError(f"name map entry {pair!r} is not of the form theirs=ours (e.g. "
+                              "fc1=encoder.0)")
         mapping[theirs] = ours
     return mapping
 
@@ -130,7 +133,8 @@ class OracleInputs:
 
 
 def default_estimator(vae: VAE) -> str:
-    """The latent's own estimator (``gumbel-softmax`` for categorical latents, else ``pathwise``)."""
+    """The latent's own estimator (``gumbel-softmax`` for categorical latents, else
+    ``pathwise``)."""
     return vae.default_estimator
 
 
@@ -168,7 +172,8 @@ def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
     problems += [shape_mismatch(k, named[k].shape, s) for k, s in shapes.items()
                  if k in named and tuple(named[k].shape) != tuple(s)]
     problems += [f"{k} contains NaN or inf" for k, s in shapes.items()
-                 if k in named and tuple(named[k].shape) == tuple(s) and not np.isfinite(named[k]).all()]
+                 if k in named and tuple(named[k].shape) == tuple(s)
+                 and not np.isfinite(named[k]).all()]
     if not problems:
         return
     hint = ""
@@ -187,13 +192,15 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     raw = arrays_of(params, "params")
     kernels = [k for k in raw if k.rpartition(".")[2] in ("kernel", "W") and raw[k].ndim == 2]
     if lay.layout != "in_out" and kernels:
-        raise ShapeError(f"{p_label}: parameters named 'kernel' or 'W' ({kernels[0]}) are (in, out) "
+        raise ShapeError(f"{p_label}: parameters named 'kernel' or 'W' ({kernels[0]}) are (in, "
+                         "out) "
                          "kernels (JAX, Flax, Keras, stax, HIPS autograd): pass layout='in_out' "
                          "(--layout in-out)")
     unused = unused_entries(raw, lay)
     if unused:
         raise ConfigError(f"{p_label}: name map or split entr{'y' if len(unused) == 1 else 'ies'} "
-                          f"{', '.join(unused)} match{'es' if len(unused) == 1 else ''} no parameter")
+                          f"{', '.join(unused)} match{'es' if len(unused) == 1 else ''} no "
+                          "parameter")
     named, origin = translate(raw, lay, vae.param_shapes(), p_label)
     check_param_arrays(vae, named, p_label)
     data = arrays_of(batch, "batch")
@@ -206,8 +213,10 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
                          f"found: {', '.join(map(repr, data)) or 'nothing'}")
     extra = [k for k in data if k not in allowed]
     if extra:
-        raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; latent "
-                         f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally 'temperature'")
+        raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; "
+                         "latent "
+                         f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally "
+                         "'temperature'")
     data[noise_name] = with_samples_axis(data[noise_name], vae)
     try:
         eps = data[noise_name]
@@ -219,13 +228,15 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     if "temperature" in data:
         stored = _temperature(data["temperature"], f"{b_label}: temperature")
         if temperature is not None and float(temperature) != stored:
-            raise ConfigError(f"temperature {temperature} was given but {b_label} holds temperature "
+            raise ConfigError(f"temperature {temperature} was given but {b_label} holds "
+                              "temperature "
                               f"{stored}; give one of them")
         temperature = stored
     elif temperature is not None:
         temperature = _temperature(temperature, "temperature")
     if temperature is not None and vae.default_estimator == "pathwise":
-        raise ConfigError(f"a temperature applies only to categorical latents, not to {vae.config.latent!r}; "
+        raise ConfigError("a temperature applies only to categorical latents, not "
+                          f"to {vae.config.latent!r}; "
                           "drop --temperature (or the batch's 'temperature' array)")
     params64 = {k: np.asarray(named[k], dtype=np.float64) for k in vae.param_shapes()}
     return OracleInputs(vae, params64, np.asarray(data["y"], dtype=np.float64),

@@ -18,7 +18,8 @@ LAYOUTS = ("out_in", "in_out")
 TREE_PREFIXES = ("grad", "heads")   # top-level groups of theirs.npz whose members are joined by "/"
 
 
-WEIGHT_LEAVES = ("weight", "kernel", "W", "w")   # (out, in) weight or, under in_out, (in, out) kernel
+# (out, in) weight or, under in_out, (in, out) kernel
+WEIGHT_LEAVES = ("weight", "kernel", "W", "w")
 BIAS_LEAVES = ("bias", "b")
 
 
@@ -34,11 +35,13 @@ def children(value):
     if isinstance(value, dict) or (hasattr(value, "items") and not hasattr(value, "shape")):
         return dict(value.items())
     if isinstance(value, (list, tuple)):
-        if len(value) == 2 and all(hasattr(v, "shape") for v in value) and len(value[0].shape) == 2 \
+        if len(value) == 2 and all(hasattr(v, "shape") for v
+                                   in value) and len(value[0].shape) == 2 \
                 and (len(value[1].shape) == 1 or tuple(value[1].shape[:1]) == (1,)):
             return {"weight": value[0], "bias": value[1]}
         return {str(i): v for i, v in enumerate(value) if v is not None and not callable(v)}
-    if not _array_like(value) and not isinstance(value, (str, bytes)) and hasattr(value, "__dict__"):
+    if (not _array_like(value) and not isinstance(value, (str, bytes))
+        and hasattr(value, "__dict__")):
         return {k: v for k, v in vars(value).items() if not k.startswith("_")
                 and (hasattr(v, "shape") or children(v) is not None and not callable(v))}
     return None
@@ -90,18 +93,20 @@ class Layout:
     def make(cls, name_map=None, layout=None, split=None) -> "Layout":
         layout = (layout or "out_in").replace("-", "_")
         if layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {layout!r}; choose out_in (PyTorch: weight is (out, in)) "
+            raise ConfigError(f"unknown layout {layout!r}; choose out_in (PyTorch: weight is (out, "
+                              "in)) "
                               "or in_out (JAX/Flax/Keras: kernel is (in, out))")
         split = dict(split or {})
         for fused, parts in split.items():
-            if isinstance(parts, str) or not parts or not all(isinstance(p, str) and p for p in parts):
+            if isinstance(parts,
+                          str) or not parts or not all(isinstance(p, str) and p for p in parts):
                 raise ConfigError(f"split of {fused!r} must list refvae's modules, "
                                   'e.g. {"enc_out": ["encoder.mean", "encoder.logvar"]}')
         return cls(dict(name_map or {}), layout, split)
 
     def native(self, name: str, arr):
-        """``(name, array)`` in PyTorch's convention: ``b`` → ``bias`` (a ``(1, n)`` bias flattened);
-        under ``in_out`` ``kernel``, ``W``, ``w`` → ``weight``, transposed."""
+        """``(name, array)`` in PyTorch's convention: ``b`` → ``bias`` (a ``(1, n)`` bias
+        flattened); under ``in_out`` ``kernel``, ``W``, ``w`` → ``weight``, transposed."""
         module, dot, leaf = name.rpartition(".")
         if leaf in BIAS_LEAVES:
             name = f"{module}{dot}bias"
@@ -144,7 +149,8 @@ def translate(arrays: dict, layout: Layout, shapes: dict, what: str, prefix: str
 
     def put(new, value, theirs):
         if new in out:
-            raise ConfigError(f"{what}: the name map sends both {origin[new]!r} and {theirs!r} to {new!r}")
+            raise ConfigError(f"{what}: the name map sends both {origin[new]!r} and {theirs!r} "
+                              f"to {new!r}")
         out[new], origin[new] = value, theirs
 
     for key, value in arrays.items():
@@ -157,11 +163,14 @@ def translate(arrays: dict, layout: Layout, shapes: dict, what: str, prefix: str
             parts = layout.split[module]
             sizes = split_sizes(parts, leaf, shapes, module)
             if getattr(value, "ndim", 0) < 1 or value.shape[0] != sum(sizes):
-                raise ConfigError(f"{what}: {key} has {value.shape[0] if getattr(value, 'ndim', 0) else 0} "
-                                  f"outputs but {', '.join(parts)} take {' + '.join(map(str, sizes))}")
+                raise ConfigError(f"{what}: {key} "
+                                  f"has {value.shape[0] if getattr(value, 'ndim', 0) else 0} "
+                                  f"outputs but {', '.join(parts)} "
+                                  f"take {' + '.join(map(str, sizes))}")
             start = 0
             for part, size in zip(parts, sizes):
-                put(f"{prefix}{part}.{leaf}", value[start:start + size], f"{key} outputs {start}:{start + size}")
+                put(f"{prefix}{part}.{leaf}", value[start:start + size],
+                    f"{key} outputs {start}:{start + size}")
                 start += size
         else:
             put(prefix + rename(name, layout.name_map), value, key)

@@ -7,8 +7,8 @@ context that records the noise they draw (``torch.randn/randn_like/rand/rand_lik
 through forward hooks on the modules the name map names, the encoder heads, the latent sample (the
 input of the decoder's first layer) and the decoder output. Their backward gives the gradients;
 refvae computes its own numbers by hand (:func:`refvae.oracle.check`); torch is imported here only,
-lazily, and never computes refvae's side. The model, its ``.grad`` fields, the RNG state and the autograd mode
-are left as they were found.
+lazily, and never computes refvae's side. The model, its ``.grad`` fields, the RNG state and the
+autograd mode are left as they were found.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def record_draws(torch):
         finally:
             depth[0] -= 1
         if not depth[0]:
-            draws.append(("Gumbel.rsample", "gumbel", ((out - dist.loc) / dist.scale).detach().clone()))
+            draws.append(("Gumbel.rsample", "gumbel",
+                          ((out - dist.loc) / dist.scale).detach().clone()))
         return out
 
     try:
@@ -112,7 +113,8 @@ def record_draws(torch):
 def noise_from_draws(draws, vae, n: int) -> np.ndarray:
     """The oracle's noise array from the recorded draws: one draw per sample of shape
     ``(N, *per-sample noise)`` (``(N, K)``; ``(N, K, C)`` or, K = 1, ``(N, C)``) stacked along the
-    samples axis, or one draw with that axis; uniforms become Gumbel noise for categorical latents."""
+    samples axis, or one draw with that axis; uniforms become Gumbel noise for categorical
+    latents."""
     per = tuple(vae.latent.noise_shape(n, 1)[2:])
     gaussian = vae.latent.noise_name == "eps"
     kinds = ("normal",) if gaussian else ("uniform", "gumbel")
@@ -121,7 +123,8 @@ def noise_from_draws(draws, vae, n: int) -> np.ndarray:
     what = "standard normal" if gaussian else "uniform or standard Gumbel"
     expected = (f"{what} noise of shape (N, {', '.join(map(str, per))}) = {(n,) + per} per sample "
                 + ("(torch.randn_like, Normal(...).rsample, ...)" if gaussian
-                   else "(torch.rand_like, RelaxedOneHotCategorical(...).rsample, Gumbel.rsample, ...)")
+                   else "(torch.rand_like, RelaxedOneHotCategorical(...).rsample, Gumbel.rsample, "
+                        "...)")
                 + f" or one draw of shape (N, L, {', '.join(map(str, per))})")
     arrays = []
     for f, k, a in draws:
@@ -132,11 +135,14 @@ def noise_from_draws(draws, vae, n: int) -> np.ndarray:
             arr = get_backend("numpy").to_numpy(gumbel_from_uniform(get_backend("numpy"), arr))
         arrays.append(arr)
     if len(arrays) != len(draws) or not arrays:
-        raise ConfigError(f"check_torch: the forward pass drew {seen}; expected {expected}. Draw the "
-                          "noise inside the forward pass; an alias imported with 'from torch import "
+        raise ConfigError(f"check_torch: the forward pass drew {seen}; expected {expected}. Draw "
+                          "the "
+                          "noise inside the forward pass; an alias imported with 'from torch "
+                          "import "
                           "randn_like' is not seen")
     one = per[1:] if len(per) > 1 and per[0] == 1 else per   # K = 1: (N, C) is a sample too
-    if len(arrays) == 1 and arrays[0].ndim == len(per) + 2 and arrays[0].shape[:1] + arrays[0].shape[2:] == (n,) + per:
+    if (len(arrays) == 1 and arrays[0].ndim == len(per) + 2 and arrays[0].shape[:1]
+        + arrays[0].shape[2:] == (n,) + per):
         return arrays[0]
     if all(a.shape in ((n,) + per, (n,) + one) for a in arrays):
         return np.stack([a.reshape((n,) + per) for a in arrays], axis=1)
@@ -211,9 +217,11 @@ def split_extras(returned) -> tuple:
     replace what the forward hooks recorded) instead of the loss alone."""
     if not isinstance(returned, dict):
         return returned, {}
-    unknown = [k for k in returned if k != "loss" and k not in EXTRAS and not str(k).startswith("heads/")]
+    unknown = [k for k in returned if k != "loss" and k not in EXTRAS
+               and not str(k).startswith("heads/")]
     if unknown or "loss" not in returned:
-        raise ConfigError("check_torch: loss_fn returned a dict; it must hold 'loss' and optionally "
+        raise ConfigError("check_torch: loss_fn returned a dict; it must hold 'loss' and "
+                          "optionally "
                           f"{', '.join(EXTRAS)} or heads/<name>"
                           + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
     return returned["loss"], {k: v.detach() if hasattr(v, "detach") else v
@@ -227,7 +235,8 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
     params = dict(model.named_parameters())
     saved = {k: p.grad for k, p in params.items()}
     cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                and torch.cuda.is_initialized() else None)
     heads = {f"encoder.{h}": h for h, _ in vae.latent.heads()}
     record, handles = {}, []
     try:
@@ -244,16 +253,21 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
             h.remove()
         loss, extras = split_extras(loss)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-            raise ConfigError("check_torch: loss_fn(model, y) must return the scalar loss tensor your training "
+            raise ConfigError("check_torch: loss_fn(model, y) must return the scalar loss tensor "
+                              "your training "
                               f"code calls .backward() on, got {type(loss).__name__}"
-                              + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+                              + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                                 else ""))
         with torch.enable_grad():
             loss.backward()
         missing = [k for k, p in params.items() if p.grad is None]
         if missing:
-            raise ConfigError(f"check_torch: parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                              "got no gradient (.grad is None after backward): it does not reach the loss "
-                              "(a layer computed but unused, a wrong head, a detach) or has requires_grad=False")
+            raise ConfigError("check_torch: "
+                              f"parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                              "got no gradient (.grad is None after backward): it does not reach "
+                              "the loss "
+                              "(a layer computed but unused, a wrong head, a detach) or has "
+                              "requires_grad=False")
         theirs = {"loss": loss.detach().reshape(()), **_intermediates(record, torch), **extras,
                   **{f"grad/{k}": p.grad.detach().clone() for k, p in params.items()}}
         values = {k: p.detach() for k, p in params.items()}

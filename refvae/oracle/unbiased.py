@@ -16,10 +16,11 @@ each draw with fresh noise) at fixed parameters and data. refvae supplies the ex
   categorical latents), with its standard error.
 
 Per entry ``z = (mean of the draws − reference) / sqrt(s²/M + se_ref²)``, after taking off the
-oracle's rounding tolerance for the draws' dtype (a difference within it is rounding, not bias); two-sided p-values from
-Student's t with M − 1 degrees of freedom, Bonferroni-corrected over all P entries; the estimator
-fails when any corrected p-value falls below ``level``. The report also states, per tensor, the
-bias that would be detected with probability 0.9 (the power of the test with these M draws).
+oracle's rounding tolerance for the draws' dtype (a difference within it is rounding, not bias);
+two-sided p-values from Student's t with M − 1 degrees of freedom, Bonferroni-corrected over all P
+entries; the estimator fails when any corrected p-value falls below ``level``. The report also
+states, per tensor, the bias that would be detected with probability 0.9 (the power of the test with
+these M draws).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class UnbiasedRow:
     def worst(self) -> tuple:
         if self.z.size == 0:
             return ()
-        return tuple(int(i) for i in np.unravel_index(int(np.nanargmax(np.abs(self.z))), self.z.shape))
+        return tuple(int(i) for i
+                     in np.unravel_index(int(np.nanargmax(np.abs(self.z))), self.z.shape))
 
 
 @dataclass
@@ -80,17 +82,22 @@ class UnbiasedReport:
         return [r for r in self.rows if not r.passed]
 
     def __str__(self) -> str:
-        lines = [f"unbiasedness check: {'PASS' if self.passed else 'FAIL'} ({self.draws} draws against "
-                 f"{self.reference}; fail when a Bonferroni-corrected p-value over {self.entries} entries "
-                 f"is below {self.level:g}; 'detectable' is the bias found with probability {POWER:g})"]
+        lines = [f"unbiasedness check: {'PASS' if self.passed else 'FAIL'} ({self.draws} draws "
+                 "against "
+                 f"{self.reference}; fail when a Bonferroni-corrected p-value over {self.entries} "
+                 "entries "
+                 f"is below {self.level:g}; 'detectable' is the bias found with "
+                 f"probability {POWER:g})"]
         names = [self.label(r.name) for r in self.rows]
         width = max([len(n) for n in names] + [6])
-        lines.append(f"{'tensor':<{width}}  {'shape':<14} {'max |z|':>9} {'at':<12} {'p (corr.)':>10} "
+        lines.append(f"{'tensor':<{width}}  {'shape':<14} {'max |z|':>9} {'at':<12}"
+                     f" {'p (corr.)':>10} "
                      f"{'detectable':>11}  result")
         for name, r in zip(names, self.rows):
             zmax = float(np.max(np.abs(r.z))) if r.z.size else 0.0
             lines.append(f"{name:<{width}}  {str(r.shape):<14} {zmax:9.3g} {str(r.worst):<12} "
-                         f"{r.p_adjusted:10.3g} {float(np.median(r.detectable)) if r.z.size else 0:11.3g}  "
+                         f"{r.p_adjusted:10.3g}"
+                         f" {float(np.median(r.detectable)) if r.z.size else 0:11.3g}  "
                          f"{'ok' if r.passed else 'BIASED'}")
         return "\n".join(lines)
 
@@ -99,12 +106,15 @@ class UnbiasedReport:
         return name if theirs is None else f"{name} ({theirs})"
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "draws": self.draws, "level": self.level, "reference": self.reference,
+        return {"passed": self.passed, "draws": self.draws, "level": self.level,
+                "reference": self.reference,
                 "entries": self.entries,
                 "tensors": [{"name": r.name, "their_name": self.aliases.get(r.name, r.name),
-                             "shape": list(r.shape), "max_abs_z": float(np.max(np.abs(r.z))) if r.z.size else 0.0,
+                             "shape": list(r.shape),
+                             "max_abs_z": float(np.max(np.abs(r.z))) if r.z.size else 0.0,
                              "worst": list(r.worst), "p_adjusted": r.p_adjusted,
-                             "median_detectable_bias": float(np.median(r.detectable)) if r.z.size else 0.0,
+                             "median_detectable_bias": float(np.median(r.detectable)) if r.z.size
+                             else 0.0,
                              "passed": r.passed} for r in self.rows]}
 
 
@@ -116,15 +126,18 @@ def cubature_applies(config) -> bool:
 
 
 def cubature_noise(n: int, k: int) -> np.ndarray:
-    """The 2K points ``±√K e_k`` for every datum, ``(N, 2K, K)``: exact for polynomials of degree ≤ 3."""
+    """The 2K points ``±√K e_k`` for every datum, ``(N, 2K, K)``: exact for polynomials of degree ≤
+    3."""
     points = math.sqrt(k) * np.concatenate([np.eye(k), -np.eye(k)])
     return np.broadcast_to(points, (n, 2 * k, k)).copy()
 
 
 def _grads(vae, params, y, noise, estimator, reduction, batch_size=None) -> dict:
     bk = vae.bk
-    res = vae.loss_and_grads({k: bk.asarray(v) for k, v in params.items()}, bk.asarray(y), bk.asarray(noise),
-                             estimator=estimator, reduction=reduction, check=False, estimator_state={},
+    res = vae.loss_and_grads({k: bk.asarray(v) for k, v in params.items()}, bk.asarray(y),
+                             bk.asarray(noise),
+                             estimator=estimator, reduction=reduction, check=False,
+                             estimator_state={},
                              batch_size=batch_size)
     return {k: np.asarray(bk.to_numpy(v), dtype=np.float64) for k, v in res.grads.items()}
 
@@ -155,10 +168,12 @@ def enumerated(vae, params, y, reduction) -> dict:
     return total
 
 
-def replicated(vae, params, y, estimator, reduction, replicates: int, samples: int, seed: int) -> tuple:
+def replicated(vae, params, y, estimator, reduction, replicates: int, samples: int,
+               seed: int) -> tuple:
     """Mean and standard error over ``replicates`` runs of refvae's estimator, ``samples`` each."""
     source = NoiseSource(seed)
-    runs = [_grads(vae, params, y, vae.bk.to_numpy(vae.draw_noise(source, len(y), samples)), estimator,
+    runs = [_grads(vae, params, y, vae.bk.to_numpy(vae.draw_noise(source, len(y), samples)),
+                   estimator,
                    reduction) for _ in range(replicates)]
     mean = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
     se = {k: np.std([r[k] for r in runs], axis=0, ddof=1) / math.sqrt(replicates) for k in runs[0]}
@@ -177,11 +192,13 @@ def reference(inputs, estimator, reduction, replicates, samples, seed) -> tuple:
     if estimator is None and categorical and c.categorical_kl == "analytic" \
             and enumeration_calls(vae, len(y)) <= MAX_ENUMERATION_CALLS:
         return (enumerated(vae, params, y, reduction), zero,
-                f"the exact expected gradient (enumeration of {c.categories ** c.latent_dim} configurations)")
+                f"the exact expected gradient (enumeration of {c.categories ** c.latent_dim} "
+                "configurations)")
     estimator = estimator or ("score" if categorical else "pathwise")
     samples = max(samples, 2) if estimator.startswith("score") else samples
     mean, se = replicated(vae, params, y, estimator, reduction, replicates, samples, seed)
-    return mean, se, f"refvae's {estimator} estimator ({replicates} replicates of {samples} samples)"
+    return mean, se, (f"refvae's {estimator} estimator ({replicates} replicates of {samples} "
+                      "samples)")
 
 
 # ----- the test ----------------------------------------------------------------------------------
@@ -191,10 +208,13 @@ def _draws(draws, inputs, layout_label: str) -> tuple:
     shapes = inputs.vae.param_shapes()
     counts = {v.shape[0] if v.ndim else 0 for v in raw.values()}
     if len(counts) != 1 or min(counts) < 2:
-        raise ShapeError(f"{layout_label}: every draws array must be (M, *shape) with the same M ≥ 2 "
-                         f"(found M = {sorted(counts)}); stack M independent gradient draws along axis 0")
+        raise ShapeError(f"{layout_label}: every draws array must be (M, *shape) with the same M ≥ "
+                         "2 "
+                         f"(found M = {sorted(counts)}); stack M independent gradient draws along "
+                         "axis 0")
     m = counts.pop()
-    per_draw = [translate({k: v[i] for k, v in raw.items()}, inputs.layout, shapes, layout_label, GRAD)
+    per_draw = [translate({k: v[i] for k, v in raw.items()}, inputs.layout, shapes, layout_label,
+                          GRAD)
                 for i in range(m)]
     origin = per_draw[0][1]
     stacked = {k: np.stack([d[0][k] for d in per_draw]) for k in per_draw[0][0]}
@@ -222,20 +242,24 @@ def rounding_band(draws: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def check_unbiased(config, params, y, draws, *, estimator: str | None = None, level: float = 1e-3,
                    reduction: str = "mean", name_map=None, layout=None, split=None,
-                   reference_replicates: int = 200, reference_samples: int = 32, seed: int = 0) -> UnbiasedReport:
+                   reference_replicates: int = 200, reference_samples: int = 32,
+                   seed: int = 0) -> UnbiasedReport:
     """Test M independent draws of a gradient estimator (``draws``: ``grad/<name>`` arrays of shape
     ``(M, *shape)``, or a nested ``{"grad": tree}``, or an ``.npz`` path) for bias against refvae's
     expected gradient of the batch's negative ELBO at ``params`` (see the module docstring).
-    ``estimator`` names refvae's unbiased estimator to use as the reference instead of an exact one."""
+    ``estimator`` names refvae's unbiased estimator to use as the reference instead of an exact
+    one."""
     level = checked(level, "level", minimum=0, maximum=1, open_min=True)
     if reduction not in ("mean", "sum"):
         raise ConfigError(f"unknown reduction {reduction!r}; choose mean or sum")
-    for what, value in (("reference_replicates", reference_replicates), ("reference_samples", reference_samples)):
+    for what, value in (("reference_replicates", reference_replicates),
+                        ("reference_samples", reference_samples)):
         checked(value, what, integer=True, minimum=2)
     inputs = _inputs(config, params, y, name_map, layout, split)
     stacked, aliases = _draws(draws, inputs, label(draws, "draws"))
     m = next(iter(stacked.values())).shape[0]
-    ref, ref_se, how = reference(inputs, estimator, reduction, reference_replicates, reference_samples, seed)
+    ref, ref_se, how = reference(inputs, estimator, reduction, reference_replicates,
+                                 reference_samples, seed)
     entries = sum(int(np.prod(s)) for s in inputs.vae.param_shapes().values())
     critical = stats.t.isf(level / (2 * entries), m - 1)
     rows = []
@@ -247,11 +271,13 @@ def check_unbiased(config, params, y, draws, *, estimator: str | None = None, le
         diff = mean - ref[name]
         beyond = np.sign(diff) * np.maximum(np.abs(diff) - band, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(total > 0, beyond / np.where(total > 0, total, 1.0), np.where(beyond == 0, 0.0, np.inf))
+            z = np.where(total > 0, beyond / np.where(total > 0, total, 1.0),
+                         np.where(beyond == 0, 0.0, np.inf))
         p = 2 * stats.t.sf(np.abs(z), m - 1) if z.size else np.ones(0)
         p_adj = float(min(1.0, entries * float(p.min()))) if z.size else 1.0
         detectable = band + (critical + stats.norm.isf(1 - POWER)) * total
-        rows.append(UnbiasedRow(GRAD + name, tuple(d.shape[1:]), z, p_adj, detectable, p_adj >= level))
+        rows.append(UnbiasedRow(GRAD + name, tuple(d.shape[1:]), z, p_adj, detectable,
+                                p_adj >= level))
     return UnbiasedReport(rows, m, float(level), how, entries, aliases)
 
 
@@ -262,7 +288,8 @@ def _inputs(config, params, y, name_map, layout, split):
     else:
         data = arrays_of(y, "batch")
         if "y" not in data:
-            raise ShapeError(f"{label(y, 'batch')} has no array 'y'; found: {', '.join(map(repr, data)) or 'nothing'}")
+            raise ShapeError(f"{label(y, 'batch')} has no array 'y'; "
+                             f"found: {', '.join(map(repr, data)) or 'nothing'}")
         y_arr = data["y"]
     vae = VAE(load_config(config))
     placeholder = np.zeros(vae.latent.noise_shape(np.shape(y_arr)[0] if np.ndim(y_arr) else 1, 1))

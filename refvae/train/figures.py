@@ -14,7 +14,8 @@ from ..backend import NoiseSource
 from ..errors import ConfigError
 
 
-MATPLOTLIB_MISSING = ("figures need matplotlib, which is not installed: pip install 'refvae[train]', "
+MATPLOTLIB_MISSING = ("figures need matplotlib, which is not installed: pip install "
+                      "'refvae[train]', "
                       "or pass --no-figures")
 TARGET_WIDTH = 800  # image mosaics are enlarged by a whole factor to at least this many pixels
 MARGIN = {"left": 10, "right": 10, "top": 40, "bottom": 10}  # pixels around a mosaic
@@ -62,7 +63,8 @@ def mosaic_pixels(canvas_shape, labelled: bool = False) -> tuple[int, int]:
     left when rows are ``labelled``)."""
     h, w = canvas_shape
     scale = max(1, math.ceil(TARGET_WIDTH / w))
-    return (w * scale + _left(labelled) + MARGIN["right"], h * scale + MARGIN["top"] + MARGIN["bottom"])
+    return (w * scale + _left(labelled) + MARGIN["right"],
+            h * scale + MARGIN["top"] + MARGIN["bottom"])
 
 
 def _save_image(canvas, path, title, row_labels=None):
@@ -115,7 +117,8 @@ def prior_inputs(model, noise: NoiseSource, n: int):
 
 def sample_grid(model, params, path, n: int = 64, seed: int = 0, image_shape=None):
     mean = decoded_means(model, params, prior_inputs(model, NoiseSource(seed), n))
-    _save_image(_tile(mean, image_shape, int(math.sqrt(n)) or 1), path, "samples from the prior (means)")
+    _save_image(_tile(mean, image_shape, int(math.sqrt(n)) or 1), path,
+                "samples from the prior (means)")
 
 
 def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: int = 16):
@@ -143,9 +146,11 @@ def loss_curves(history, path):
         total.plot(epochs, [r["test_neg_elbo"] for r in history], "s--", label="test")
     total.set_title("negative ELBO")
     for key, label, colour in (("kl", "KL", "C2"), ("reconstruction", "reconstruction", "C3")):
-        parts.plot(epochs, [r[f"train_{key}"] for r in history], "o-", color=colour, label=f"{label} (train)")
+        parts.plot(epochs, [r[f"train_{key}"] for r in history], "o-", color=colour,
+                   label=f"{label} (train)")
         if test:
-            parts.plot(epochs, [r[f"test_{key}"] for r in history], "s--", color=colour, label=f"{label} (test)")
+            parts.plot(epochs, [r[f"test_{key}"] for r in history], "s--", color=colour,
+                       label=f"{label} (test)")
     parts.set_title("its two terms")
     for ax in (total, parts):
         ax.set_xlabel("epoch")
@@ -224,7 +229,8 @@ def make_figures(model, params, data, out_dir, history, seed: int = 0) -> list[P
     test, labels = _eval_split(data)
     if shape is not None:
         sample_grid(model, params, out / "samples.png", seed=seed, image_shape=shape)
-        reconstructions(model, params, test, out / "reconstructions.png", seed=seed, image_shape=shape)
+        reconstructions(model, params, test, out / "reconstructions.png", seed=seed,
+                        image_shape=shape)
         written += [out / "samples.png", out / "reconstructions.png"]
     if model.config.latent == "gaussian" and model.config.latent_dim == 2:
         latent_means(model, params, test, out / "latent.png", labels)
@@ -243,7 +249,8 @@ def snapshot(model, params, data, directory, epoch: int, seed: int = 0) -> list[
         return []
     directory = Path(directory)
     directory.mkdir(exist_ok=True)
-    paths = [directory / f"epoch-{epoch:04d}-samples.png", directory / f"epoch-{epoch:04d}-reconstructions.png"]
+    paths = [directory / f"epoch-{epoch:04d}-samples.png",
+             directory / f"epoch-{epoch:04d}-reconstructions.png"]
     sample_grid(model, params, paths[0], seed=seed, image_shape=shape)
     reconstructions(model, params, _eval_split(data)[0], paths[1], seed=seed, image_shape=shape)
     return paths

@@ -5,15 +5,17 @@ initial parameters, the minibatch order, the base noise and dynamic binarization
 saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
-``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool (open
-for an epoch's steps, closed before its evaluation); the gradients are then summed in another
+``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool
+(open for an epoch's steps, closed before its evaluation); the gradients are then summed in another
 order, so such a run agrees with a one-thread run to rounding, not bitwise (and with itself, resumed
 or not, bit for bit). This function's default, one thread, gives a seed the same numbers on every
-machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core (``--threads auto``).
+machine whose BLAS rounds alike; ``refvae train`` defaults to every usable core
+(``--threads auto``).
 
 An output directory holds ``config.json`` (the model, ORACLE.md format), ``train.json`` (the run's
-options and data: :mod:`refvae.train.rundir`), ``checkpoint.npz`` (parameters, optimizer state, epoch,
-generator state; written atomically at the end of every epoch), ``metrics.jsonl`` (one JSON object per epoch) and figures.
+options and data: :mod:`refvae.train.rundir`), ``checkpoint.npz`` (parameters, optimizer state,
+epoch, generator state; written atomically at the end of every epoch), ``metrics.jsonl`` (one JSON
+object per epoch) and figures.
 
 ``device_noise`` draws the base noise on the device (:class:`~refvae.backend.DeviceNoise`): no host
 draw and copy per step, but NumPy and CuPy runs of a seed then differ; by default the noise comes
@@ -81,7 +83,8 @@ class TrainOptions:
         for name, rule in _OPTION_RULES.items():
             setattr(self, name, checked(getattr(self, name), name, **rule))
         if self.binarize not in BINARIZATIONS:
-            raise ConfigError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZATIONS)}")
+            raise ConfigError(f"unknown binarization {self.binarize!r}; choose one "
+                              f"of {', '.join(BINARIZATIONS)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":
@@ -95,12 +98,13 @@ class TrainOptions:
         return asdict(self)
 
     def temperature_schedule(self, latent) -> TemperatureSchedule | None:
-        """Jang et al.'s ``s = max(s_min, s_0 exp(−r t))`` for a relaxed latent (``None`` otherwise);
-        a pure function of the step, so resuming needs only the step count."""
+        """Jang et al.'s ``s = max(s_min, s_0 exp(−r t))`` for a relaxed latent (``None``
+        otherwise); a pure function of the step, so resuming needs only the step count."""
         if latent.default_estimator == "pathwise":
             return None
         return TemperatureSchedule(1.0 if self.temperature is None else self.temperature,
-                                   self.temperature_rate, min(self.temperature_min, self.temperature or 1.0),
+                                   self.temperature_rate,
+                                   min(self.temperature_min, self.temperature or 1.0),
                                    self.temperature_every)
 
 
@@ -179,7 +183,8 @@ class RunState:
 
 def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, noise: NoiseSource,
                     config: VAEConfig, estimator_state: dict) -> None:
-    """Parameters (``param/<name>``), optimizer state (``optim/<key>``) and JSON metadata, atomically."""
+    """Parameters (``param/<name>``), optimizer state (``optim/<key>``) and JSON metadata,
+    atomically."""
     arrays = {f"param/{k}": v for k, v in flat.to_numpy().items()}
     meta = {"epoch": epoch, "step": step, "noise_state": noise.state(), "config": config.to_dict(),
             "estimator_state": _jsonable(estimator_state), "optimizer": optimizer.name,
@@ -193,22 +198,27 @@ def save_checkpoint(path, flat: FlatParams, optimizer, epoch: int, step: int, no
 
 
 def load_checkpoint(path, config: VAEConfig) -> RunState:
-    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else CheckpointError:
-    another config, arrays that are not floating point, non-finite values, corrupt metadata)."""
+    """Read a checkpoint written by :func:`save_checkpoint` for this ``config`` (else
+    CheckpointError: another config, arrays that are not floating point, non-finite values, corrupt
+    metadata)."""
     arrays, meta = rio.load_npz_checked(path, names=lambda n: n.startswith(("param/", "optim/")),
                                         expected="param/NAME and optim/NAME arrays")
     try:
         saved = VAEConfig.from_dict(meta["config"])
         if saved != config:
             raise CheckpointError(f"{path}: the checkpoint belongs to another model config "
-                                  f"({saved.to_dict()}); resume with that config or start a new --out")
+                                  f"({saved.to_dict()}); resume with that config or start a new "
+                                  "--out")
         for name, a in arrays.items():
             if a.dtype.kind != "f":
-                raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}, but a checkpoint "
-                                      "holds floating-point arrays; the file is not a refvae checkpoint")
+                raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}, but a "
+                                      "checkpoint "
+                                      "holds floating-point arrays; the file is not a refvae "
+                                      "checkpoint")
             if not np.isfinite(a).all():
                 raise CheckpointError(f"{path}: array {name!r} holds NaN or inf, so the checkpoint "
-                                      "is not usable (a diverged or damaged run); restore a good copy "
+                                      "is not usable (a diverged or damaged run); restore a good "
+                                      "copy "
                                       "or train again")
         params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
@@ -219,7 +229,8 @@ def load_checkpoint(path, config: VAEConfig) -> RunState:
                         checked(meta["step"], f"{path}: the stored step", **counter),
                         str(meta["noise_state"]), dict(meta.get("estimator_state") or {}))
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt ({exc})") from exc
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or corrupt "
+                              f"({exc})") from exc
 
 
 def _jsonable(d: dict) -> dict:
@@ -239,7 +250,8 @@ def _first_nonfinite(bk, grads: dict) -> str | None:
 
 
 def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str = "numpy",
-          dtype: str = "float64", resume: bool = False, stream=None, after_epoch=None) -> list[dict]:
+          dtype: str = "float64", resume: bool = False, stream=None,
+          after_epoch=None) -> list[dict]:
     """Train ``config`` on ``data`` (an object with host arrays ``train`` and ``test``) into
     ``out_dir``; returns the per-epoch metrics (also in ``metrics.jsonl``).
 
@@ -250,8 +262,10 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     not finite; the checkpoint of the last finished epoch is left in place.
     """
     if config.condition_dim:
-        raise ConfigError(f"training a conditional VAE (condition_dim {config.condition_dim}) is not "
-                          "supported by refvae train yet: the data formats carry no condition; call "
+        raise ConfigError(f"training a conditional VAE (condition_dim {config.condition_dim}) is "
+                          "not "
+                          "supported by refvae train yet: the data formats carry no condition; "
+                          "call "
                           "VAE.loss_and_grads(..., condition=c) from Python")
     out = rio.ensure_writable_dir(out_dir)
     model = fast_vae(config, backend, dtype)
@@ -273,14 +287,17 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     _preflight(model, params, data, options, estimator, temperature)
     start_epoch, step, estimator_state = 0, 0, {}
     flat = FlatParams.from_dict(bk, params)
-    opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr, weight_decay=options.weight_decay)
+    opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr,
+                         weight_decay=options.weight_decay)
     history: list[dict] = []
     if resume:
         if not inputs.exists(ckpt_path, "checkpoint"):
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; train without --resume "
+                                  "first")
         state = load_checkpoint(ckpt_path, config)
         if state.optimizer_name != opt.name:
-            raise CheckpointError(f"{ckpt_path} was written with optimizer {state.optimizer_name!r}; "
+            raise CheckpointError(f"{ckpt_path} was written with "
+                                  f"optimizer {state.optimizer_name!r}; "
                                   f"resume with --optimizer {state.optimizer_name}")
         flat.load(state.params)
         opt.load_state_dict(state.optimizer)
@@ -295,8 +312,9 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                               f"{start_epoch} epochs; pass --epochs {start_epoch} or more")
         history = [m for m in _read_metrics(out / METRICS) if m["epoch"] <= start_epoch]
     rio.save_json(out / "config.json", config.to_dict())
-    rio.save_json(out / "train.json", {"options": options.to_dict(), "data": rundir.data_record(data),
-                                       "backend": backend, "dtype": dtype})
+    rio.save_json(out / "train.json",
+                  {"options": options.to_dict(), "data": rundir.data_record(data),
+                   "backend": backend, "dtype": dtype})
     _write_metrics(out / METRICS, history)
 
     data = apply_binarization(data, options.binarize, seed=options.seed + 1)
@@ -331,14 +349,16 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                 try:
                     res = parallel.loss_and_grads(
                         model, workers, flat.params, yb, eps, estimator, check=False,
-                        temperature=temperature(step) if temperature else None, estimator_state=estimator_state,
+                        temperature=temperature(step) if temperature else None,
+                        estimator_state=estimator_state,
                         detect_anomaly=options.detect_anomaly, grads_out=flat.grads,
                         grad_buffer=flat.grad)
                 except NonFiniteError as exc:
                     raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
                 bad = None if res.grads_finite else _first_nonfinite(bk, res.grads)
                 if bad:
-                    raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf", ckpt_path,
+                    raise _diverged(epoch, step, f"the gradient of {bad} contains NaN or inf",
+                                    ckpt_path,
                                     start_epoch, history)
                 opt.step(flat, lr=schedule(step), workers=workers)
                 step += 1
@@ -346,7 +366,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                 meter.advance(1, f"loss {sums[0] / min((b + 1) * options.batch_size, n):.4f}")
         record = {"epoch": epoch, "step": step, "lr": schedule(step),
                   **({"temperature": temperature(step)} if temperature else {}),
-                  "train_loss": sums[0] / n, "train_kl": sums[1] / n, "train_reconstruction": sums[2] / n}
+                  "train_loss": sums[0] / n, "train_kl": sums[1] / n,
+                  "train_reconstruction": sums[2] / n}
         # The last update of the epoch is checked here: no later gradient would catch it.
         bad = _first_nonfinite(bk, flat.params)
         if bad:
@@ -367,7 +388,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
             out = Path(after_epoch(out, record, flat.params))
             ckpt_path = out / CHECKPOINT
         left = (time.perf_counter() - run_t0) / (epoch - start_epoch) * (options.epochs - epoch)
-        meter.line(_epoch_text(record, options.epochs) + (f"  run eta {clock(left)}" if left else ""))
+        meter.line(_epoch_text(record, options.epochs)
+                   + (f"  run eta {clock(left)}" if left else ""))
     return history
 
 
@@ -398,7 +420,8 @@ def _check_data(model, data, options, resume: bool = False):
             advice = (f"resume on the run's data ({model.config.data_dim} values per datum: "
                       "--data/--data-dir), or train a new run with another --out" if resume
                       else f"set data_dim to {arr.shape[-1]}")
-            raise ConfigError(f"the {split} data have shape {arr.shape}, but the model's data_dim is "
+            raise ConfigError(f"the {split} data have shape {arr.shape}, but the model's data_dim "
+                              "is "
                               f"{model.config.data_dim}; {advice}")
 
 
@@ -422,7 +445,8 @@ def _epoch_text(r: dict, epochs: int) -> str:
 
 def _diverged(epoch, step, what, ckpt_path, start_epoch, history) -> TrainingDiverged:
     last = history[-1]["epoch"] if history else start_epoch
-    kept = f"the last good checkpoint (epoch {last}) is kept at {ckpt_path}" if Path(ckpt_path).exists() \
+    kept = f"the last good checkpoint (epoch {last}) is kept at {ckpt_path}" if Path(
+        ckpt_path).exists() \
         else "no checkpoint was written yet"
     return TrainingDiverged(f"training stopped at epoch {epoch}, step {step}: {what}; {kept}; "
                             "lower --lr or check the data")

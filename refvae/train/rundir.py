@@ -104,7 +104,8 @@ def check_target(out, resume: bool, overwrite: bool) -> str:
     state = classify(out)
     if resume:
         if state != "run":
-            raise ConfigError(f"--resume: {out} holds no refvae run (config.json and checkpoint.npz); "
+            raise ConfigError(f"--resume: {out} holds no refvae run (config.json and "
+                              "checkpoint.npz); "
                               "train without --resume first")
         if overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one of them")

@@ -7,10 +7,12 @@ from ..errors import NonFiniteError
 
 
 def intermediates(rp: ReversePass, estimator: str):
-    """``(name, value)`` of every intermediate of :meth:`VAE.reverse_pass`, in the order computed."""
+    """``(name, value)`` of every intermediate of :meth:`VAE.reverse_pass`, in the order
+    computed."""
     fp = rp.fp
     yield from ((f"encoder head {h!r}", v) for h, v in fp.heads.items())
-    yield from [("latent sample x", fp.state.x), ("decoder output", fp.dec_out), ("KL per datum", fp.kl),
+    yield from [("latent sample x", fp.state.x), ("decoder output", fp.dec_out),
+                ("KL per datum", fp.kl),
                 ("reconstruction surprisal f", fp.f), ("∂f/∂(decoder output)", fp.terms.df_do)]
     yield from ((f"gradient of {name}", value) for name, value in rp.dec_grads.items())
     yield "∂f/∂x (decoder input gradient)", rp.dec_back.d_input
@@ -25,5 +27,6 @@ def first_anomaly(bk, named_values) -> None:
     for name, value in named_values:
         if value is not None and not bool(bk.xp.isfinite(value).all()):
             bad = int((~bk.xp.isfinite(value)).sum())
-            raise NonFiniteError(f"anomaly: {name} is the first intermediate with non-finite values "
+            raise NonFiniteError(f"anomaly: {name} is the first intermediate with non-finite "
+                                 "values "
                                  f"({bad} of {value.size} entries are NaN or inf)")

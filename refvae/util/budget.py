@@ -23,7 +23,8 @@ def parse_size(text) -> int:
     """``"512M"``, ``"4G"``, ``"1.5T"`` or a plain byte count as bytes (powers of 1024)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
     if not m or len(str(text)) > 30:
-        raise ConfigError(f"memory size {text!r} is not a size; give bytes or a number with K, M, G "
+        raise ConfigError(f"memory size {text!r} is not a size; give bytes or a number with K, M, "
+                          "G "
                           "or T, e.g. 4G")
     n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if n < 1:

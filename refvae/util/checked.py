@@ -65,7 +65,8 @@ def _cli(integer: bool, minimum, maximum, open_min: bool):
                            minimum=minimum, maximum=maximum, open_min=open_min, error=ValueError)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected {_describe(integer, minimum, maximum, open_min)}, got {text!r}") from None
+                f"expected {_describe(integer, minimum, maximum, open_min)}, "
+                f"got {text!r}") from None
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
     return parse

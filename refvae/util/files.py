@@ -112,7 +112,8 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
                               f"{inputs.show(directory)} does not exist; create it first")
     remove_stale_tmp(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
     except OSError as exc:
         raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}; "
                               "check the directory's permissions and free space") from exc
@@ -130,7 +131,8 @@ def atomic_write(path, write: Callable[[Any], None], what: str) -> Path:
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, CheckpointError):
-            raise CheckpointError(f"cannot write {what} {inputs.show(path)}: {exc.strerror or exc}; the previous "
+            raise CheckpointError(f"cannot write {what} {inputs.show(path)}: {exc.strerror or exc};"
+                                  " the previous "
                                   "file is unchanged, check permissions and free space") from exc
         raise
     _fsync_dir(directory)
@@ -167,7 +169,8 @@ def _host_array(name: str, a) -> np.ndarray:
     return a
 
 
-def atomic_write_npz(path, arrays: dict, meta: dict | None = None, *, compress: bool = False) -> Path:
+def atomic_write_npz(path, arrays: dict, meta: dict | None = None, *,
+                     compress: bool = False) -> Path:
     """Write ``arrays`` and the JSON metadata ``meta`` to the ``.npz`` file ``path`` atomically.
 
     ``meta`` (a JSON-serializable dict) is stored as the 0-d unicode array ``__meta__`` with
@@ -242,7 +245,8 @@ def load_npz_checked(path, *, require_meta: bool = True, names=None,
         meta = _read_meta(arrays.pop(META_KEY), shown)
     elif require_meta:
         raise CheckpointError(f"{shown} has no {META_KEY} entry with a {FORMAT_KEY!r} version, so "
-                              "it was not written by refvae; write it with refvae.util.files.atomic_write_npz")
+                              "it was not written by refvae; write it with "
+                              "refvae.util.files.atomic_write_npz")
     return arrays, meta
 
 
@@ -266,9 +270,11 @@ def _read_members(f, shown: str, names=None, expected: str = "") -> dict:
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise CheckpointError(f"{shown} holds a pickled object array {name!r}, which refvae "
-                                  "never loads; save numeric arrays only (numpy.savez without object "
+                                  "never loads; save numeric arrays only (numpy.savez without "
+                                  "object "
                                   "dtype)") from exc
-        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore it "
+        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore "
+                              "it "
                               "from a good copy or write it again") from exc
     # RuntimeError: an entry flagged as encrypted; NotImplementedError: a zip feature or version
     # Python cannot read; OverflowError/MemoryError: a header with absurd sizes.
@@ -276,7 +282,8 @@ def _read_members(f, shown: str, names=None, expected: str = "") -> dict:
             RuntimeError, OverflowError, MemoryError) as exc:
         if isinstance(exc, (CheckpointError, budget.BudgetError)):
             raise
-        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore it "
+        raise CheckpointError(f"{shown} is corrupt (entry {name!r}: {_first_line(exc)}); restore "
+                              "it "
                               "from a good copy or write it again") from exc
     return arrays
 
@@ -331,12 +338,14 @@ def load_npy_checked(path, error=CheckpointError) -> np.ndarray:
             if "pickle" in str(exc).lower():
                 raise error(f"{shown} holds a pickled object array, which refvae never loads; save "
                             "numeric arrays only") from exc
-            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); "
+                        "save "
                         "it with numpy.save") from exc
         except (OSError, EOFError, OverflowError, MemoryError) as exc:
             if isinstance(exc, (CheckpointError, budget.BudgetError)):
                 raise
-            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); save "
+            raise error(f"{shown} is not a readable .npy array of numbers ({_first_line(exc)}); "
+                        "save "
                         "it with numpy.save") from exc
 
 

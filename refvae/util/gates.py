@@ -26,7 +26,8 @@ def numeric(bk, a, what: str):
 
 def check_draw(model, source, n, samples) -> tuple[int, int]:
     """The arguments of :meth:`VAE.draw_noise <refvae.math.vae.VAE.draw_noise>`: a refvae noise
-    source, ``n ≥ 0`` data and ``samples ≥ 1``, within the memory budget; returns ``(n, samples)``."""
+    source, ``n ≥ 0`` data and ``samples ≥ 1``, within the memory budget; returns
+    ``(n, samples)``."""
     if not isinstance(source, (NoiseSource, DeviceNoise)):
         raise ConfigError(f"draw_noise needs a refvae NoiseSource, got "
                           f"{type(source).__name__}; pass NoiseSource(seed)")
@@ -128,4 +129,5 @@ def check_support(y, emission: str, name: str = "data") -> None:
             raise DataError(f"bernoulli emission needs {name} in [0, 1] (its support), but values "
                             f"outside [0, 1] occur: {n_out} values lie outside, first at row {r}, "
                             f"column {c} (value {float(y[r, c]):g}); "
-                            "rescale to [0, 1] (8-bit images: divide by 255) or use a gaussian emission")
+                            "rescale to [0, 1] (8-bit images: divide by 255) or use a gaussian "
+                            "emission")

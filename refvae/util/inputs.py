@@ -23,7 +23,8 @@ from ..errors import CheckpointError
 MAX_DEPTH = 64
 MAX_DIGITS = 30
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a directory"))
 
 
 def _reason(exc: OSError) -> str:
@@ -87,7 +88,8 @@ def open_input(path, what: str = "file", error=CheckpointError, limit: int | Non
         # O_NONBLOCK: a file swapped for a FIFO after the stat cannot block the open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise error(f"cannot read {what} {show(path)}: {_reason(exc)}; check its permissions") from exc
+        raise error(f"cannot read {what} {show(path)}: {_reason(exc)}; check its "
+                    "permissions") from exc
     st = os.fstat(fd)
     kind = _not_regular(st.st_mode)
     if kind:
@@ -183,7 +185,8 @@ def loads_json(text: str, what: str = "JSON", error=CheckpointError):
         raise error(f"{what} is malformed at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
                     "fix or regenerate it") from exc
     if _depth(obj) > MAX_DEPTH:
-        raise error(f"{what} is nested too deeply (at most {MAX_DEPTH} levels); fix or regenerate it")
+        raise error(f"{what} is nested too deeply (at most {MAX_DEPTH} levels); fix or regenerate "
+                    "it")
     return obj
 
 

@@ -59,5 +59,6 @@ class Meter:
     def line(self, text: str) -> None:
         """A line of its own (ending the bar on a terminal)."""
         if self.enabled:
-            self.stream.write(("\r" if self.tty else "") + text + ("\033[K" if self.tty else "") + "\n")
+            self.stream.write(("\r" if self.tty else "") + text + ("\033[K" if self.tty else "")
+                              + "\n")
             self.stream.flush()

@@ -1,8 +1,9 @@
 """The witness's categorical VAE, written from docs/ORACLE.md, docs/DERIVATIONS.md and the papers
 (Jang et al. 2017; Maddison et al. 2017).
 
-It reuses the MLP and surprisal of :mod:`refvae.witness.functional` and nothing of refvae: samples are formed with torch's softmax/argmax, straight-through with the
-``hard + Y − Y.detach()`` idiom, the score estimator with a surrogate loss, and the relaxed KL with
+It reuses the MLP and surprisal of :mod:`refvae.witness.functional` and nothing of refvae: samples
+are formed with torch's softmax/argmax, straight-through with the ``hard + Y − Y.detach()`` idiom,
+the score estimator with a surrogate loss, and the relaxed KL with
 ``torch.distributions.RelaxedOneHotCategorical.log_prob``. Gradients come from torch.autograd.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ def _relaxed_log_prob(temperature, logits, value):
     return dist.log_prob(value)
 
 
-def loss_fn(cfg, estimator, temperature=None, reduction="mean", kl="analytic", prior_temperature=None):
+def loss_fn(cfg, estimator, temperature=None, reduction="mean", kl="analytic",
+            prior_temperature=None):
     """``loss(params, y, g0) -> (loss, kl per datum, rec per datum)`` whose autograd gradient is the
     estimator's: ``gumbel-softmax``, ``straight-through`` or ``score`` (leave-one-out baseline)."""
     t = _torch()
@@ -29,7 +31,8 @@ def loss_fn(cfg, estimator, temperature=None, reduction="mean", kl="analytic", p
 
     def loss(p, y, g0):
         n, samples = g0.shape[0], g0.shape[1]
-        eta = mlp(p, "encoder", len(cfg["encoder_hidden"]), ["logits"], cfg["activation"], y)["logits"]
+        eta = mlp(p, "encoder", len(cfg["encoder_hidden"]), ["logits"], cfg["activation"],
+                  y)["logits"]
         eta = eta.reshape(n, k, c)
         log_pi = F.log_softmax(eta, dim=-1)
         z = eta[:, None] + g0
@@ -70,7 +73,8 @@ def grads(cfg, params: dict, y, g0, estimator, temperature=None, reduction="mean
           prior_temperature=None):
     """Loss, KL/reconstruction per datum and autograd gradients, all as NumPy float64."""
     t = _torch()
-    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
+    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k,
+         v in params.items()}
     loss, kl_per, rec = loss_fn(cfg, estimator, temperature, reduction, kl, prior_temperature)(
         p, t.tensor(np.asarray(y, dtype=np.float64)), t.tensor(np.asarray(g0, dtype=np.float64)))
     loss.backward()
@@ -84,7 +88,8 @@ def exact_loss(cfg, params: dict, y, reduction="mean"):
     t = _torch()
     F = t.nn.functional
     k, c = cfg["latent_dim"], cfg["categories"]
-    p = {name: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for name, v in params.items()}
+    p = {name: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for name,
+         v in params.items()}
     yt = t.tensor(np.asarray(y, dtype=np.float64))
     n = yt.shape[0]
     eta = mlp(p, "encoder", len(cfg["encoder_hidden"]), ["logits"], cfg["activation"], yt)["logits"]

@@ -24,12 +24,14 @@ ACT = {
 
 
 def mlp(p, prefix, n_hidden, heads, act, x):
-    """Hidden layers ``{prefix}.{i}``, then each head ``{prefix}.{head}`` applied to the last layer."""
+    """Hidden layers ``{prefix}.{i}``, then each head ``{prefix}.{head}`` applied to the last
+    layer."""
     linear = _torch().nn.functional.linear
     h = x
     for i in range(n_hidden):
         h = ACT[act](linear(h, p[f"{prefix}.{i}.weight"], p[f"{prefix}.{i}.bias"]))
-    return {name: linear(h, p[f"{prefix}.{name}.weight"], p[f"{prefix}.{name}.bias"]) for name in heads}
+    return {name: linear(h, p[f"{prefix}.{name}.weight"], p[f"{prefix}.{name}.bia"
+                                                            "s"]) for name in heads}
 
 
 def surprisal(cfg, dec, y, p):
@@ -39,8 +41,9 @@ def surprisal(cfg, dec, y, p):
         lam = dec["out"]
         return (t.nn.functional.softplus(lam) - y * lam).sum(-1)
     if cfg["emission"] == "gaussian":
-        la = p["decoder.log_alpha"] if cfg.get("learn_alpha") else t.tensor(math.log(cfg.get("alpha", 1.0)),
-                                                                           dtype=t.float64)
+        la = p["decoder.log_alpha"] if cfg.get(
+            "learn_alpha") else t.tensor(math.log(cfg.get("alpha", 1.0)),
+                                        dtype=t.float64)
         mu = dec["out"]
         d = mu.shape[-1]
         return ((y - mu) ** 2).sum(-1) / (2 * la.exp()) + 0.5 * d * (math.log(2 * math.pi) + la)
@@ -58,10 +61,12 @@ def loss_fn(cfg, reduction="mean"):
     t = _torch()
 
     def loss(p, y, eps):
-        enc = mlp(p, "encoder", len(cfg["encoder_hidden"]), ["mean", "logvar"], cfg["activation"], y)
+        enc = mlp(p, "encoder", len(cfg["encoder_hidden"]), ["mean", "logvar"], cfg["activation"],
+                  y)
         nu, lv = enc["mean"], enc["logvar"]
         x = nu[:, None, :] + (0.5 * lv).exp()[:, None, :] * eps
-        dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"], x)
+        dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"],
+                  x)
         f = surprisal(cfg, dec, y[:, None, :], p)
         kl = 0.5 * (lv.exp() + nu ** 2 - 1 - lv).sum(-1)
         rec = f.mean(1)
@@ -72,11 +77,13 @@ def loss_fn(cfg, reduction="mean"):
 
 
 def autograd(loss, params: dict, y, eps):
-    """Run a twin ``loss(p, y, eps)`` in float64 and return loss, KL and reconstruction per datum and
-    every parameter's autograd gradient, all as NumPy."""
+    """Run a twin ``loss(p, y, eps)`` in float64 and return loss, KL and reconstruction per datum
+    and every parameter's autograd gradient, all as NumPy."""
     t = _torch()
-    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
-    value, kl, rec = loss(p, t.tensor(np.asarray(y, dtype=np.float64)), t.tensor(np.asarray(eps, dtype=np.float64)))
+    p = {k: t.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k,
+         v in params.items()}
+    value, kl, rec = loss(p, t.tensor(np.asarray(y, dtype=np.float64)),
+                          t.tensor(np.asarray(eps, dtype=np.float64)))
     value.backward()
     return (float(value.detach()), kl.detach().numpy(), rec.detach().numpy(),
             {k: v.grad.numpy() for k, v in p.items()})
@@ -105,7 +112,8 @@ def full_latent(p, enc, eps):
     r = scale_tril(enc["scale_tril"], nu.shape[-1])
     x = nu[:, None, :] + t.einsum("nij,nlj->nli", r, eps)
     q = t.distributions.MultivariateNormal(nu, scale_tril=r)
-    prior = t.distributions.MultivariateNormal(t.zeros_like(nu), scale_tril=t.eye(nu.shape[-1], dtype=nu.dtype))
+    prior = t.distributions.MultivariateNormal(t.zeros_like(nu),
+                                               scale_tril=t.eye(nu.shape[-1], dtype=nu.dtype))
     return x, t.distributions.kl_divergence(q, prior)
 
 
@@ -153,7 +161,8 @@ def latent_loss_fn(cfg, reduction="mean"):
     def loss(p, y, eps):
         enc = mlp(p, "encoder", len(cfg["encoder_hidden"]), heads, cfg["activation"], y)
         x, kl = sample(p, enc, eps)
-        dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"], x)
+        dec = mlp(p, "decoder", len(cfg["decoder_hidden"]), decoder_heads(cfg), cfg["activation"],
+                  x)
         rec = surprisal(cfg, dec, y[:, None, :], p).mean(1)
         total = (kl + rec).sum()
         return (total / y.shape[0] if reduction == "mean" else total), kl, rec
@@ -176,7 +185,8 @@ def assert_matches(bk, res, twin_out, kl_rtol=1e-12):
     np.testing.assert_allclose(bk.to_numpy(res.reconstruction_per_datum), rec, rtol=1e-12)
     assert list(res.grads) == list(grads)
     for name, g in grads.items():
-        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(bk.to_numpy(res.grads[name]), g, rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
 
 
 # ----- model forms (issue 25): scale heads, head activations, KL forms, conditioning, scale ------

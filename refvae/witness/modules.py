@@ -31,12 +31,14 @@ def make_vae(config: dict, dtype=None, seed: int | None = None):
     nn = torch.nn
     cfg = {"activation": "relu", "emission": "bernoulli", **config}
     if cfg["emission"] not in EMISSIONS:
-        raise ValueError(f"the witness module has no {cfg['emission']!r} emission; use one of {EMISSIONS}")
+        raise ValueError(f"the witness module has no {cfg['emission']!r} emission; use one "
+                         f"of {EMISSIONS}")
     d, k = cfg["data_dim"], cfg["latent_dim"]
 
     def layers(widths, heads: dict) -> "nn.ModuleDict":
         hidden = {str(i): nn.Linear(a, b) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}
-        return nn.ModuleDict({**hidden, **{name: nn.Linear(widths[-1], out) for name, out in heads.items()}})
+        return nn.ModuleDict({**hidden,
+                              **{name: nn.Linear(widths[-1], out) for name, out in heads.items()}})
 
     class WitnessVAE(nn.Module):
         def __init__(self):
@@ -62,17 +64,20 @@ def make_twin(data_dim: int, latent_dim: int, hidden: int, activation: str, emis
               dtype=None, seed: int | None = None):
     """:func:`make_vae` with one hidden layer of ``hidden`` units in the encoder and the decoder."""
     return make_vae(dict(data_dim=data_dim, latent_dim=latent_dim, encoder_hidden=[hidden],
-                         decoder_hidden=[hidden], activation=activation, emission=emission), dtype, seed)
+                         decoder_hidden=[hidden], activation=activation, emission=emission), dtype,
+                    seed)
 
 
 def load_refvae_params(twin, params: dict) -> None:
-    """Copy refvae's parameters (host arrays) into the module: the names and layouts are the same."""
+    """Copy refvae's parameters (host arrays) into the module: the names and layouts are the
+    same."""
     torch = _torch()
     state = twin.state_dict()
     missing = sorted(set(state) ^ set(params))
     if missing:
         raise KeyError(f"witness and refvae parameter names differ: {missing}")
-    twin.load_state_dict({k: torch.as_tensor(np.asarray(params[k]), dtype=state[k].dtype) for k in state})
+    twin.load_state_dict({k: torch.as_tensor(np.asarray(params[k]), dtype=state[k].dtype) for k
+                          in state})
 
 
 def state_numpy(twin) -> dict:
@@ -112,11 +117,13 @@ def fit_examples(twin, y_train, y_test, epochs: int, batch_size: int = 128, lr: 
     losses = []
     for _ in range(epochs):
         for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
-            kl, rec = twin.neg_elbo(y_train[idx], torch.randn(len(idx), k, generator=gen, dtype=dtype))
+            kl, rec = twin.neg_elbo(y_train[idx],
+                                    torch.randn(len(idx), k, generator=gen, dtype=dtype))
             opt.zero_grad()
             (kl + rec).sum().backward()
             opt.step()
-        losses.append(mean_neg_elbo(twin, y_test, torch.randn(len(y_test), k, generator=gen, dtype=dtype)))
+        losses.append(mean_neg_elbo(twin, y_test,
+                                    torch.randn(len(y_test), k, generator=gen, dtype=dtype)))
     return losses
 
 
@@ -138,7 +145,8 @@ class PlanTrainer:
     def __init__(self, twin, optimizer: str, lr: float):
         torch = _torch()
         self.twin = twin
-        self.opt = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[optimizer](twin.parameters(), lr=lr)
+        self.opt = {"adagrad": torch.optim.Adagrad,
+                    "adam": torch.optim.Adam}[optimizer](twin.parameters(), lr=lr)
 
     def step(self, y, eps) -> float:
         kl, rec = self.twin.neg_elbo(*_as(self.twin, y, eps))
@@ -155,16 +163,19 @@ class PlanTrainer:
         return -float((kl + rec).mean())
 
 
-def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "cpu", samples: int = 1,
+def make_step(config: dict, batch: int, dtype: str = "float32", device: str = "cpu",
+              samples: int = 1,
               threads: int | None = None):
     """``refvae bench``'s peer: ``(step, synchronize)`` where ``step`` is one training step (the
     batch-mean loss, backward, Adam 1e-3) of a ReLU Bernoulli VAE of ``config``'s widths on a fixed
-    random batch with fresh noise (``samples`` draws per datum). ``threads``: PyTorch's intra-op CPU threads (default: its own)."""
+    random batch with fresh noise (``samples`` draws per datum). ``threads``: PyTorch's intra-op CPU
+    threads (default: its own)."""
     torch = _torch()
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
-    model = make_vae({**config, "activation": "relu", "emission": "bernoulli"}, seed=0).to(device=device, dtype=dt)
+    model = make_vae({**config, "activation": "relu", "emission": "bernoulli"},
+                     seed=0).to(device=device, dtype=dt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     y = torch.rand(batch, config["data_dim"], device=device, dtype=dt)
 

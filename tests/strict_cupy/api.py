@@ -270,8 +270,10 @@ def _cuda_module():
     cuda.Device = _Device
     cuda.runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1,
-        getDeviceProperties=lambda i: {"name": b"strict CuPy stand-in (NumPy)", "totalGlobalMem": 0})
-    cuda.get_current_stream = lambda: types.SimpleNamespace(synchronize=lambda: _Device().synchronize())
+        getDeviceProperties=lambda i: {"name": b"strict CuPy stand-in (NumPy)",
+                                       "totalGlobalMem": 0})
+    cuda.get_current_stream = lambda: types.SimpleNamespace(
+        synchronize=lambda: _Device().synchronize())
     return cuda
 
 

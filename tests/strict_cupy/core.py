@@ -53,7 +53,8 @@ def perturb(name: str, result):
         return result
     bits = arr.view(f"u{arr.dtype.itemsize}")
     with np.errstate(all="ignore"):
-        hashed = (bits * _MIX[arr.dtype.itemsize]) >> np.array(arr.dtype.itemsize * 8 - 16, bits.dtype)
+        hashed = (bits * _MIX[arr.dtype.itemsize]) >> np.array(arr.dtype.itemsize * 8 - 16,
+                                                               bits.dtype)
         steps = (hashed % (2 * STATE.ulps + 1)).astype(arr.dtype) - STATE.ulps
         moved = arr + steps * np.spacing(np.abs(arr))
     keep = ~np.isfinite(arr) | (arr == 0) | (np.abs(arr) == 1)

@@ -18,4 +18,5 @@ def make_latent(config):
         return DiagonalGaussian(config.latent_dim, config.scale_head, config.scale_floor, config.kl)
     if config.latent == "gaussian_full":
         return FullCovarianceGaussian(config.latent_dim, config.kl)
-    return Categorical(config.latent_dim, config.categories, config.categorical_kl, config.prior_temperature)
+    return Categorical(config.latent_dim, config.categories, config.categorical_kl,
+                       config.prior_temperature)

@@ -16,9 +16,9 @@ analytic categorical KL is the negative ELBO of the discrete model, a true bound
 samples the decoder defines a different, continuous latent model whose prior must be a density on
 the simplex; the only KL that makes the loss a true bound on *its* log-likelihood is the relaxed
 one, ``E_q[log q(Y) − log p(Y)]`` with concrete densities (``kl="relaxed"``, Maddison et al.). The
-analytic categorical KL next to a relaxed reconstruction (``kl="analytic"``, Jang et al.'s choice and
-the default) mixes two models and is a bound on neither; it is a good training objective, and the
-true ELBO is then reported with hard samples. Accordingly :meth:`Categorical.kl`,
+analytic categorical KL next to a relaxed reconstruction (``kl="analytic"``, Jang et al.'s choice
+and the default) mixes two models and is a bound on neither; it is a good training objective, and
+the true ELBO is then reported with hard samples. Accordingly :meth:`Categorical.kl`,
 :meth:`Categorical.log_q` and :meth:`Categorical.log_prior` always describe what the decoder saw:
 the categorical model for hard states, the concrete model for relaxed ones.
 """
@@ -39,7 +39,8 @@ KL_KINDS = ("analytic", "relaxed")
 
 # ----- base noise ------------------------------------------------------------------------------
 def gumbel_from_uniform(bk, u):
-    """Standard Gumbel noise ``G0 = −log(−log U)`` from ``U ~ U(0, 1)`` (the chapter's ``G0``, §8.2.3).
+    """Standard Gumbel noise ``G0 = −log(−log U)`` from ``U ~ U(0, 1)`` (the chapter's ``G0``,
+    §8.2.3).
 
     Accurate at both ends as written, because no ``1 − U`` is ever formed: near 0, ``−log U`` is
     large and exact; near 1, ``log U`` of the exactly representable ``U`` is still correct to an
@@ -73,8 +74,8 @@ def gumbel_max(bk, logits, g0):
 
 
 def log_relaxed_sample(bk, logits, g0, temperature):
-    """Eq. 8.29 in log space: ``log Y = log_softmax((η + G0)/s)`` (exact even where ``Y`` underflows,
-    which the concrete density needs at low temperature)."""
+    """Eq. 8.29 in log space: ``log Y = log_softmax((η + G0)/s)`` (exact even where ``Y``
+    underflows, which the concrete density needs at low temperature)."""
     return log_softmax(bk, (logits + g0) / temperature)
 
 
@@ -84,7 +85,8 @@ def relaxed_sample(bk, logits, g0, temperature):
 
 
 def relaxed_sample_vjp(y, upstream, temperature):
-    """The derivative after Eq. 8.29 with erratum E4 (docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax), ``∂Y_l/∂g_m = (1/s) Y_l (1[l=m] − Y_m)``,
+    """The derivative after Eq. 8.29 with erratum E4
+    (docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax), ``∂Y_l/∂g_m = (1/s) Y_l (1[l=m] − Y_m)``,
     applied to an upstream gradient ``u = ∂f/∂Y``: ``∂f/∂g = (1/s) Y ⊙ (u − ⟨u, Y⟩)``. With
     ``g = η + G0`` this is also ``∂f/∂η``. Shapes ``(..., C)``."""
     return y * (upstream - (upstream * y).sum(axis=-1, keepdims=True)) / temperature
@@ -96,10 +98,12 @@ def concrete_log_density(bk, log_y, logits, temperature):
     log form; the question the chapter leaves open after Eq. 8.29;
     docs/DERIVATIONS.md#concrete-density-and-relaxed-kl):
 
-    ``log p(Y) = log((C−1)!) + (C−1) log s + Σ_c (log π_c − (s+1) log Y_c) − C log Σ_c π_c Y_c^{−s}``
+    ``log p(Y) = log((C−1)!) + (C−1) log s + Σ_c (log π_c − (s+1) log Y_c)``
+    ``− C log Σ_c π_c Y_c^{−s}``
 
     with respect to Lebesgue measure on the first ``C − 1`` coordinates of the simplex. Takes
-    ``log Y`` ``(..., C)`` (from :func:`log_relaxed_sample`); ``logits`` broadcast; returns ``(...)``.
+    ``log Y`` ``(..., C)`` (from :func:`log_relaxed_sample`); ``logits`` broadcast; returns
+    ``(...)``.
     """
     xp = bk.xp
     c = log_y.shape[-1]
@@ -125,8 +129,8 @@ def concrete_log_density_grads(bk, log_y, logits, temperature):
 
 
 def categorical_kl_uniform(bk, log_pi):
-    """Jang et al. 2017 (docs/DERIVATIONS.md#the-objective): ``KL(q || uniform) = Σ_c π_c log(C π_c)``
-    per variable, ``(..., C) -> (...)``."""
+    """Jang et al. 2017 (docs/DERIVATIONS.md#the-objective):
+    ``KL(q || uniform) = Σ_c π_c log(C π_c)`` per variable, ``(..., C) -> (...)``."""
     c = log_pi.shape[-1]
     return (bk.xp.exp(log_pi) * (log_pi + math.log(c))).sum(axis=-1)
 
@@ -149,9 +153,9 @@ def relaxed_kl_sample(bk, log_y, logits, temperature, prior_temperature):
 
 
 def relaxed_kl_sample_grad(bk, log_y, logits, temperature, prior_temperature):
-    """Pathwise derivative of :func:`relaxed_kl_sample` (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)
-    with respect to ``η``, the sample moving with
-    ``η`` (``log Y = log_softmax((η + G0)/s)``): the direct ``∂ log q/∂η`` plus, for
+    """Pathwise derivative of :func:`relaxed_kl_sample`
+    (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl) with respect to ``η``, the sample moving
+    with ``η`` (``log Y = log_softmax((η + G0)/s)``): the direct ``∂ log q/∂η`` plus, for
     ``v = ∂(log q − log p)/∂ log Y``, the log-softmax VJP ``(1/s)(v − Y Σ_c v_c)``."""
     zeros = bk.xp.zeros_like(log_y)
     dq_dly, dq_deta = concrete_log_density_grads(bk, log_y, logits, temperature)
@@ -188,7 +192,8 @@ class CategoricalState:
 def check_temperature(temperature, mode: str) -> float:
     """A positive finite temperature (ConfigError otherwise) for modes that relax the sample."""
     if temperature is None:
-        raise ConfigError(f"estimator {mode!r} needs a temperature s > 0 (the softness of Eq. 8.29); "
+        raise ConfigError(f"estimator {mode!r} needs a temperature s > 0 (the softness of Eq. "
+                          "8.29); "
                           "pass temperature=…, e.g. 1.0, or a temperature schedule")
     return checked(temperature, "temperature", minimum=0, open_min=True)
 
@@ -211,7 +216,8 @@ class Categorical:
     def __init__(self, latent_dim: int, categories: int, kl: str = "analytic",
                  prior_temperature: float | None = None):
         if kl not in KL_KINDS:
-            raise ConfigError(f"categorical kl {kl!r} is unknown; choose one of {', '.join(KL_KINDS)}")
+            raise ConfigError(f"categorical kl {kl!r} is unknown; choose one "
+                              f"of {', '.join(KL_KINDS)}")
         if prior_temperature is not None:
             check_temperature(prior_temperature, "prior")
         self.k, self.c = int(latent_dim), int(categories)
@@ -240,11 +246,13 @@ class Categorical:
         ``straight-through``, ``score`` and ``hard`` (evaluation: true ELBO, importance weights)."""
         mode = self.default_estimator if estimator is None else estimator
         if mode not in RELAXED_MODES + HARD_MODES:
-            raise ConfigError(f"unknown sampling mode {mode!r} for latent 'categorical'; choose one of "
+            raise ConfigError(f"unknown sampling mode {mode!r} for latent 'categorical'; choose "
+                              "one of "
                               f"{', '.join(RELAXED_MODES + HARD_MODES)}")
         s = check_temperature(temperature, mode) if mode in NEEDS_TEMPERATURE else None
         if self.kl_kind == "relaxed" and mode == "straight-through":
-            raise ConfigError("kl 'relaxed' needs the decoder to see relaxed samples: use estimator "
+            raise ConfigError("kl 'relaxed' needs the decoder to see relaxed samples: use "
+                              "estimator "
                               "'gumbel-softmax' (or kl 'analytic' with straight-through)")
         n = heads["logits"].shape[0]
         logits = heads["logits"].reshape(n, self.k, self.c)
@@ -278,12 +286,14 @@ class Categorical:
         n = state.logits.shape[0]
         if self.kl_kind == "relaxed" and self._relaxed(state):
             logits = bk.xp.broadcast_to(state.logits[:, None], state.log_y.shape)
-            d = relaxed_kl_sample_grad(bk, state.log_y, logits, state.temperature, self._prior_s(state))
+            d = relaxed_kl_sample_grad(bk, state.log_y, logits, state.temperature,
+                                       self._prior_s(state))
             return {"logits": d.mean(axis=1).reshape(n, -1)}
         return {"logits": categorical_kl_uniform_grad(bk, state.log_pi).reshape(n, -1)}
 
     def prior_sample(self, source, n: int, bk):
-        """``n`` draws from the uniform prior: one-hot classes per variable, flattened ``(n, K·C)``."""
+        """``n`` draws from the uniform prior: one-hot classes per variable, flattened
+        ``(n, K·C)``."""
         classes = source.integers(self.c, size=(n, self.k))
         onehot = bk.xp.eye(self.c, dtype=bk.dtype)[bk.xp.asarray(classes)]
         return onehot.reshape(n, self.k * self.c)
@@ -297,7 +307,8 @@ class Categorical:
         samples (Eq. 8.27), ``Σ_k`` concrete log-densities for relaxed ones
         (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)."""
         if self._relaxed(state):
-            return concrete_log_density(bk, state.log_y, state.logits[:, None], state.temperature).sum(axis=-1)
+            return concrete_log_density(bk, state.log_y, state.logits[:, None],
+                                        state.temperature).sum(axis=-1)
         return categorical_log_pmf(state.hard, state.log_pi[:, None]).sum(axis=-1)
 
     def log_q_cross(self, bk, heads: dict, x):
@@ -309,8 +320,8 @@ class Categorical:
         return x @ log_pi.T
 
     def log_prior(self, bk, state: CategoricalState):
-        """``log p(x)``, ``(N, L)``: ``−K log C`` (uniform prior) for hard samples; for relaxed ones the
-        concrete density with uniform logits at the prior temperature."""
+        """``log p(x)``, ``(N, L)``: ``−K log C`` (uniform prior) for hard samples; for relaxed ones
+        the concrete density with uniform logits at the prior temperature."""
         if self._relaxed(state):
             zeros = bk.xp.zeros_like(state.log_y)
             return concrete_log_density(bk, state.log_y, zeros, self._prior_s(state)).sum(axis=-1)

@@ -1,5 +1,6 @@
-"""The exponential distribution by inverse CDF (Eq. 8.23; docs/DERIVATIONS.md#inverse-cdf-transforms):
-a pathwise transform that is not a location-scale family, with both of its gradient estimators.
+"""The exponential distribution by inverse CDF (Eq. 8.23;
+docs/DERIVATIONS.md#inverse-cdf-transforms): a pathwise transform that is not a location-scale
+family, with both of its gradient estimators.
 
 ``u ~ U(0, 1)``, ``x = g(u, λ) = −log(1 − u)/λ`` gives ``x ~ Expo(λ)`` (rate λ, mean 1/λ). For
 ``E[f(X)]`` with ``X ~ Expo(λ)``:

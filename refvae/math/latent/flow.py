@@ -1,14 +1,15 @@
 """Planar flows stacked on the diagonal Gaussian (Rezende & Mohamed 2015, §4.1 and Appendix A.1):
 the change of variables of Eq. 8.25 as a recognition model (docs/DERIVATIONS.md#planar-flows).
 
-Selected by ``latent: "gaussian"`` with the config field ``flow_length`` = T ≥ 1 (``flow_length: 0``,
-the default, is the plain diagonal Gaussian). The base sample is the diagonal Gaussian's
-``z_0 = ν + υ ⊙ ε`` (Eq. 8.24); then for ``t = 1..T``
+Selected by ``latent: "gaussian"`` with the config field ``flow_length`` = T ≥ 1
+(``flow_length: 0``, the default, is the plain diagonal Gaussian). The base sample is the diagonal
+Gaussian's ``z_0 = ν + υ ⊙ ε`` (Eq. 8.24); then for ``t = 1..T``
 
     ``z_t = z_{t−1} + û_t tanh(w_tᵀ z_{t−1} + b_t)``,   ``x = z_T``,
 
 and by Eq. 8.25 ``log q(x|y) = log N(z_0; ν, diag υ²) − Σ_t log |1 + û_tᵀ ψ_t(z_{t−1})|`` with
-``ψ_t(z) = tanh'(w_tᵀ z + b_t) w_t``, so ``1 + û_tᵀ ψ_t = 1 + tanh'(a_t) m_t`` with ``m_t = w_tᵀ û_t``.
+``ψ_t(z) = tanh'(w_tᵀ z + b_t) w_t``, so ``1 + û_tᵀ ψ_t = 1 + tanh'(a_t) m_t`` with
+``m_t = w_tᵀ û_t``.
 
 Invertibility (Rezende & Mohamed, Appendix A.1): the raw ``u_t`` is replaced by
 ``û_t = u_t + (m(w_tᵀ u_t) − w_tᵀ u_t) w_t / ||w_t||²`` with ``m(α) = −1 + softplus(α)``, so that
@@ -58,7 +59,8 @@ class PlanarFlowState:
     zs: list       # z_0..z_T, each (N, L, K)
     a: list        # pre-activations a_t = w_t·z_{t−1} + b_t, each (N, L)
     h: list        # tanh(a_t), each (N, L)
-    log_det: object  # (N, L) Σ_t log D_t, D_t = 1 + tanh'(a_t) m_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)
+    # (N, L) Σ_t log D_t, D_t = 1 + tanh'(a_t) m_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)
+    log_det: object
 
     @property
     def x(self):
@@ -119,11 +121,13 @@ class PlanarFlowGaussian(StandardNormalLatent):
     # ----- forward ---------------------------------------------------------------------------
     def _flow_params(self, heads):
         n = heads["mean"].shape[0]
-        return (heads["flow_u"].reshape(n, self.t, self.k), heads["flow_w"].reshape(n, self.t, self.k),
+        return (heads["flow_u"].reshape(n, self.t, self.k),
+                heads["flow_w"].reshape(n, self.t, self.k),
                 heads["flow_b"].reshape(n, self.t))
 
     def sample(self, bk, heads: dict, eps, estimator=None, temperature=None) -> PlanarFlowState:
-        """Eq. 8.24 for ``z_0``, then the T planar layers; accumulates ``Σ_t log D_t`` (Eq. 8.25)."""
+        """Eq. 8.24 for ``z_0``, then the T planar layers; accumulates ``Σ_t log D_t`` (Eq.
+        8.25)."""
         base = self.base.sample(bk, heads, eps)
         u, w, b = self._flow_params(heads)
         alpha, uhat, sp = self.constrain(bk, u, w)
@@ -131,8 +135,8 @@ class PlanarFlowGaussian(StandardNormalLatent):
         return PlanarFlowState(base, u, w, b, alpha, uhat, sp - 1.0, sp, zs, pre, hs, log_det)
 
     def _layers(self, bk, z0, uhat, w, b, sp):
-        """The T planar layers applied to ``z0`` ``(N, L, K)``: every ``z_t``, ``a_t``, ``tanh(a_t)``
-        and ``Σ_t log D_t`` with ``D_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)``."""
+        """The T planar layers applied to ``z0`` ``(N, L, K)``: every ``z_t``, ``a_t``,
+        ``tanh(a_t)`` and ``Σ_t log D_t`` with ``D_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)``."""
         xp = bk.xp
         zs, pre, hs = [z0], [], []
         log_det = xp.zeros(z0.shape[:2], dtype=z0.dtype)
@@ -166,7 +170,8 @@ class PlanarFlowGaussian(StandardNormalLatent):
         grad = g_x
         for t in range(self.t - 1, -1, -1):
             a, h, z_prev = state.a[t], state.h[t], state.zs[t]
-            uhat_t, w_t, m_t = state.uhat[:, None, t, :], state.w[:, None, t, :], state.m[:, None, t]
+            uhat_t, w_t, m_t = (state.uhat[:, None, t, :], state.w[:, None, t, :],
+                                state.m[:, None, t])
             d1 = TANH.d1(bk, a, h)
             d2 = TANH.d2(bk, a, h)
             denom = h * h + d1 * state.sp[:, None, t]
@@ -175,7 +180,8 @@ class PlanarFlowGaussian(StandardNormalLatent):
             g_m = (gamma * d1 / denom).sum(axis=1)
             g_w[:, t] = (delta[..., None] * z_prev).sum(axis=1)
             g_b[:, t] = delta.sum(axis=1)
-            gu_t, gw_t = self.constrain_backward(bk, state.u[:, t], state.w[:, t], state.alpha[:, t],
+            gu_t, gw_t = self.constrain_backward(bk, state.u[:, t], state.w[:, t],
+                                                 state.alpha[:, t],
                                                  g_uhat, g_m)
             g_u[:, t] = gu_t
             g_w[:, t] = g_w[:, t] + gw_t
@@ -207,7 +213,8 @@ class PlanarFlowGaussian(StandardNormalLatent):
         flow, so this is the flow's image of the base mean, ``f_T ∘ … ∘ f_1(ν)`` (E_q[x] itself when
         the flow is linear over q's support, e.g. the identity). Unlike a sample mean it carries no
         posterior noise, so a collapsed unit (ν and the flow independent of y) stays inactive."""
-        zs, _, _, _ = self._layers(bk, state.base.nu[:, None, :], state.uhat, state.w, state.b, state.sp)
+        zs, _, _, _ = self._layers(bk, state.base.nu[:, None, :], state.uhat, state.w, state.b,
+                                   state.sp)
         return zs[-1][:, 0]
 
     def log_q(self, bk, state: PlanarFlowState):
@@ -216,14 +223,17 @@ class PlanarFlowGaussian(StandardNormalLatent):
         return self.base.log_q(bk, state.base) - state.log_det
 
     def price(self, bk, state: PlanarFlowState, g, hessian) -> dict:
-        raise ConfigError("estimator 'price' needs a Gaussian q (Eq. 8.17); a planar-flow posterior "
+        raise ConfigError("estimator 'price' needs a Gaussian q (Eq. 8.17); a planar-flow "
+                          "posterior "
                           "is not Gaussian: use estimator 'pathwise'")
 
     def score(self, bk, state: PlanarFlowState) -> dict:
-        raise ConfigError("the score of a planar-flow posterior needs the flow's inverse, which has no "
+        raise ConfigError("the score of a planar-flow posterior needs the flow's inverse, which "
+                          "has no "
                           "closed form: use estimator 'pathwise'")
 
     def log_q_cross(self, bk, heads: dict, x):
-        raise ConfigError("the density of a planar-flow posterior at arbitrary points needs the flow's "
+        raise ConfigError("the density of a planar-flow posterior at arbitrary points needs the "
+                          "flow's "
                           "inverse, which has no closed form; ELBO surgery is available for "
                           "flow_length 0 only")

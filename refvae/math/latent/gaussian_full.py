@@ -1,5 +1,6 @@
 """Full-covariance Gaussian recognition model q(x|y) = N(ν, Υ), Υ = R Rᵀ (Eq. 8.12;
-docs/DERIVATIONS.md#full-covariance-gaussian-recognition), with ``R`` lower triangular and positive diagonal.
+docs/DERIVATIONS.md#full-covariance-gaussian-recognition), with ``R`` lower triangular and positive
+diagonal.
 
 The encoder emits ``ν`` (head ``mean``, K entries) and the raw lower triangle of ``R`` (head
 ``scale_tril``, K(K+1)/2 entries in ``numpy.tril_indices(K)`` order: (0,0), (1,0), (1,1), (2,0), …);
@@ -106,8 +107,8 @@ class FullCovarianceGaussian(StandardNormalLatent):
 
     # ----- recognition gradients of the reconstruction term ---------------------------------
     def pathwise(self, bk, state: FullGaussianState, g) -> dict:
-        """Reparameterization with ``x = ν + R z`` (Eq. 8.24, the chapter's O(K²) route, its ref. [41];
-        docs/DERIVATIONS.md#pathwise-gradient):
+        """Reparameterization with ``x = ν + R z`` (Eq. 8.24, the chapter's O(K²) route, its ref.
+        [41]; docs/DERIVATIONS.md#pathwise-gradient):
         ``∂/∂ν = Σ_l g_l``, ``∂/∂R = tril(Σ_l g_l z_lᵀ)``; ``g`` ``(N, L, K)`` is ∂f/∂x already
         weighted by 1/L and the batch reduction."""
         grad_r = g.transpose(0, 2, 1) @ state.eps
@@ -125,12 +126,14 @@ class FullCovarianceGaussian(StandardNormalLatent):
 
     def score(self, bk, state: FullGaussianState) -> dict:
         """Score ``∂ log q(x|y)/∂(heads)`` at fixed ``x``, per sample ``(N, L, ·)`` (score-function
-        estimator, §8.2.1; docs/DERIVATIONS.md#score-function-and-control-variates). With ``z = R⁻¹(x − ν)`` and ``log q = −½ zᵀz − Σ_k log R_kk + c``:
-        ``∂/∂ν = R⁻ᵀ z`` and ``∂/∂R = tril(R⁻ᵀ (z zᵀ − I))``; since ``R⁻ᵀ`` is upper triangular
-        with diagonal ``1/R_kk``, the lower-triangle entries are ``a_i z_j − δ_ij / R_ii`` with
-        ``a = R⁻ᵀ z``, and on the head's diagonal ``R_ii a_i z_i − 1``."""
+        estimator, §8.2.1; docs/DERIVATIONS.md#score-function-and-control-variates). With
+        ``z = R⁻¹(x − ν)`` and ``log q = −½ zᵀz − Σ_k log R_kk + c``: ``∂/∂ν = R⁻ᵀ z`` and
+        ``∂/∂R = tril(R⁻ᵀ (z zᵀ − I))``; since ``R⁻ᵀ`` is upper triangular with diagonal ``1/R_kk``,
+        the lower-triangle entries are ``a_i z_j − δ_ij / R_ii`` with ``a = R⁻ᵀ z``, and on the
+        head's diagonal ``R_ii a_i z_i − 1``."""
         xp = bk.xp
-        a = xp.linalg.solve(state.R.transpose(0, 2, 1), state.eps.transpose(0, 2, 1)).transpose(0, 2, 1)
+        a = xp.linalg.solve(
+            state.R.transpose(0, 2, 1), state.eps.transpose(0, 2, 1)).transpose(0, 2, 1)
         s = a[..., self.rows] * state.eps[..., self.cols]
         d = list(range(self.k))
         r_diag = state.R[:, d, d][:, None, :]
