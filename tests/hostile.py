@@ -9,6 +9,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from refvae.cli.main import main
 
 CFG = dict(data_dim=6, latent_dim=2, encoder_hidden=[4], decoder_hidden=[4], activation="tanh")
 
@@ -75,3 +78,23 @@ def one_line(code: int, err: str) -> str:
     assert len(lines) == 1, err
     assert re.match(r"refvae( [a-z]+)*: error: ", lines[0]) and "Traceback" not in err, err
     return lines[0]
+
+
+# ----- a small training run through the CLI, in-process (the round-three catalogue) ---------
+SMALL = ["--epochs", "1", "--batch-size", "16", "--latent-dim", "2", "--encoder-hidden", "4",
+         "--decoder-hidden", "4", "--no-figures", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, train=rng.random((32, 6)), test=rng.random((8, 6)), image_shape=np.array([2, 3]))
+    return path
+
+
+def run_cli(capsys, *args):
+    """``main(args)`` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err

@@ -8,27 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from hostile import one_line
+from hostile import SMALL, data, one_line, run_cli  # noqa: F401 - data is a fixture
 from refvae.train import rundir
 from refvae.cli.main import main
 
-SMALL = ["--epochs", "1", "--batch-size", "16", "--latent-dim", "2", "--encoder-hidden", "4",
-         "--decoder-hidden", "4", "--no-figures", "--quiet", "--threads", "1"]
-
-
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "d.npz"
-    rng = np.random.default_rng(0)
-    np.savez(path, train=rng.random((32, 6)), test=rng.random((8, 6)), image_shape=np.array([2, 3]))
-    return path
-
-
-def run_cli(capsys, *args):
-    """``main(args)`` in-process: (exit code, stderr)."""
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
 
 
 # ----- 1. the lock file is never opened through a link ------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from refvae.errors import ConfigError, ShapeError
 from refvae.math.sequential import Sequential, build_layers
-from torch_layers import Twin, random_params, rel
+from torch_layers import Twin, assert_reverse_pass_matches_torch, random_params, rel
 
 TOL = 1e-10
 HEADS = [("mean", 3), ("logvar", 3)]
@@ -55,21 +55,7 @@ def build(bk, name, seed=0):
 def test_network_against_torch(np_bk, name):
     torch = pytest.importorskip("torch")
     net, params = build(np_bk, name)
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 3, *net.in_shape))
-    o, cache = net.forward(np_bk, params, x)
-    d_out = rng.standard_normal(o.shape)
-    back = net.backward(np_bk, params, cache, d_out)
-    twin = Twin(torch, net, params)
-    xt = torch.tensor(x.reshape(6, *net.in_shape), requires_grad=True)
-    ot = twin(xt)
-    (ot * torch.tensor(d_out.reshape(6, -1))).sum().backward()
-    assert rel(o.reshape(6, -1), ot.detach().numpy()) <= TOL
-    assert rel(back.d_input.reshape(6, *net.in_shape), xt.grad.numpy()) <= TOL
-    ref = twin.grads(net)
-    assert list(back.grads) == list(ref)
-    for k, g in back.grads.items():
-        assert rel(g, ref[k]) <= TOL, k
+    o, cache, d_out, _ = assert_reverse_pass_matches_torch(torch, np_bk, net, params, 4, TOL)
     if net.heads:
         parts = net.split_heads(o)
         assert list(parts) == [h for h, _ in net.heads]

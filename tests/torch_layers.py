@@ -106,3 +106,26 @@ def random_params(net, bk, seed=0):
         v = rng.uniform(0.3, 2.0, s) if k.endswith("running_var") else 0.3 * rng.standard_normal(s)
         out[k] = bk.asarray(v)
     return out
+
+
+def assert_reverse_pass_matches_torch(torch, bk, net, params, seed, tol):
+    """``net``'s forward and reverse pass at a random ``(2, 3, *in_shape)`` input and upstream
+    vector against its PyTorch twin: output, input gradient and every parameter gradient within
+    ``tol`` (relative). Returns ``(o, cache, d_out, back)`` for further checks."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, *net.in_shape))
+    o, cache = net.forward(bk, params, x)
+    d_out = rng.standard_normal(o.shape)
+    back = net.backward(bk, params, cache, d_out)
+    twin = Twin(torch, net, params)
+    xt = torch.tensor(x.reshape(6, *net.in_shape), requires_grad=True)
+    ot = twin(xt)
+    (ot * torch.tensor(d_out.reshape(6, -1))).sum().backward()
+    assert rel(o.reshape(6, -1), ot.detach().numpy()) <= tol
+    assert rel(back.d_input.reshape(6, *net.in_shape), xt.grad.numpy()) <= tol
+    ref = twin.grads(net)
+    assert list(back.grads) == list(ref)
+    for k, g in back.grads.items():
+        assert g.shape == net.param_shapes()[k]
+        assert rel(g, ref[k]) <= tol, k
+    return o, cache, d_out, back

@@ -103,6 +103,25 @@ def eval_noise(vae, seed: int, epoch: int, n: int, batch: int = 500):
     return np.concatenate([vae.draw_noise(noise, min(batch, n - b), 1) for b in range(0, n, batch)])
 
 
+def witness_scores(scorer, vae, seeds, runs, ref, data, epochs):
+    """The float64 witness ``scorer``'s mean test loss at each run's trained parameters on the
+    evaluation noise refvae drew (:func:`eval_noise`), and its largest relative difference from
+    refvae's own ``ref``: ``(witness, score_rel)``."""
+    witness = []
+    for seed, (_, params) in zip(seeds, runs):
+        load_refvae_params(scorer, params)
+        witness.append(mean_neg_elbo(scorer, data.test, eval_noise(vae, seed, epochs, data.n_test)))
+    witness = np.array(witness)
+    return witness, float(np.max(np.abs(ref - witness) / np.abs(witness)))
+
+
+def paired_interval(diff) -> tuple[float, float]:
+    """The :data:`CONFIDENCE` t-interval of the mean of the paired differences ``diff``."""
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2,
+                       len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    return diff.mean() - half, diff.mean() + half
+
+
 def refvae_run(vae, seed: int, data, epochs: int) -> tuple[list, dict]:
     """refvae's training loop: the test loss per epoch and the final parameters (host arrays)."""
     options = TrainOptions(epochs=epochs, batch_size=BATCH, lr=LR, optimizer="adam", seed=seed,
@@ -171,19 +190,11 @@ def _run(ctx: Context, s: dict, data) -> Claim:
     twin_curves = [twin_run(torch, vae, seed, data, s["epochs"]) for seed in seeds]
     twin = np.array([c[-1] for c in twin_curves])
     scorer = make_twin(784, LATENT, HIDDEN, "relu", "bernoulli", dtype=torch.float64)
-    witness = []
-    for seed, (_, params) in zip(seeds, runs):
-        load_refvae_params(scorer, params)
-        witness.append(mean_neg_elbo(scorer, data.test,
-                                     eval_noise(vae, seed, s["epochs"], data.n_test)))
-    witness = np.array(witness)
-    score_rel = float(np.max(np.abs(ref - witness) / np.abs(witness)))
+    witness, score_rel = witness_scores(scorer, vae, seeds, runs, ref, data, s["epochs"])
     teacher = teacher_forced(torch, data, ctx.seed)
 
     diff = ref - twin
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2,
-                       len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-    lo, hi = diff.mean() - half, diff.mean() + half
+    lo, hi = paired_interval(diff)
     checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
               "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,
               "adam": teacher.update_rel <= TOL}

@@ -19,11 +19,9 @@ Bernoulli logits (``decoder_heads: "body"``); greyscale MNIST in [0, 1], Adam 1e
 """
 from __future__ import annotations
 
-import math
 import tempfile
 
 import numpy as np
-from scipy import stats
 
 from refvae import NoiseSource
 from refvae.fast.model import fast_vae
@@ -37,12 +35,12 @@ from refvae.witness.conv import make_conv_vae
 from refvae.witness.modules import PlanTrainer, load_refvae_params, mean_neg_elbo
 
 try:
-    from validation.claim09_pytorch_examples import eval_noise
+    from validation.claim09_pytorch_examples import eval_noise, paired_interval, witness_scores
     from validation.common import Claim, Context, main, skipped
     from validation.mnist_models import greyscale_mnist, single_threaded
     from validation.teacher import TeacherForced, batch_plan
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from claim09_pytorch_examples import eval_noise
+    from claim09_pytorch_examples import eval_noise, paired_interval, witness_scores
     from common import Claim, Context, main, skipped
     from mnist_models import greyscale_mnist, single_threaded
     from teacher import TeacherForced, batch_plan
@@ -135,18 +133,10 @@ def _run(ctx: Context, s: dict, data, torch) -> Claim:
     ref = np.array([r for r, _ in runs])
     twin = np.array([twin_run(torch, vae, seed, data, s["epochs"]) for seed in seeds])
     scorer = make_conv_vae(SPEC, dtype=torch.float64)
-    witness = []
-    for seed, (_, params) in zip(seeds, runs):
-        load_refvae_params(scorer, params)
-        witness.append(mean_neg_elbo(scorer, data.test,
-                                     eval_noise(vae, seed, s["epochs"], data.n_test)))
-    witness = np.array(witness)
-    score_rel = float(np.max(np.abs(ref - witness) / np.abs(witness)))
+    witness, score_rel = witness_scores(scorer, vae, seeds, runs, ref, data, s["epochs"])
     teacher = teacher_forced(torch, data, ctx.seed)
     diff = ref - twin
-    t = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diff) - 1)
-    half = t * diff.std(ddof=1) / math.sqrt(len(diff))
-    lo, hi = diff.mean() - half, diff.mean() + half
+    lo, hi = paired_interval(diff)
     checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
               "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,
               "adam": teacher.update_rel <= TOL}

@@ -81,12 +81,7 @@ class MLP:
         return params
 
     def _out_weight(self, bk, params):
-        """The output matrix ``W_L``: the heads' weights stacked by rows (and its bias)."""
-        ws = [params[f"{n}.weight"] for n in self.head_names]
-        bs = [params[f"{n}.bias"] for n in self.head_names]
-        if len(ws) == 1:
-            return ws[0], bs[0]
-        return bk.xp.concatenate(ws, axis=0), bk.xp.concatenate(bs, axis=0)
+        return stacked_heads(bk, params, self.head_names)
 
     def split_heads(self, o) -> dict:
         """Concatenated output ``(..., P)`` -> ``{head: (..., d_head)}`` (views, no copies)."""
@@ -226,6 +221,16 @@ class MLP:
                 hess = hess + _bilinear(bk, jac[l], jac[l], w, full)
         k = self.in_dim
         return hess.reshape(*lead, k, k) if full else hess.reshape(*lead, k)
+
+
+def stacked_heads(bk, params, head_names) -> tuple:
+    """The output matrix ``W_L`` of a network with named linear heads: the heads' weights stacked
+    by rows, and their biases likewise (``(W_L, b_L)``)."""
+    ws = [params[f"{n}.weight"] for n in head_names]
+    bs = [params[f"{n}.bias"] for n in head_names]
+    if len(ws) == 1:
+        return ws[0], bs[0]
+    return bk.xp.concatenate(ws, axis=0), bk.xp.concatenate(bs, axis=0)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError, ShapeError
 from .layer_spec import parse_layer, shape_error
 from .layers import ActivationLayer, Layer, MaxPool2d, uniform_init
+from .mlp import stacked_heads
 
 CURVATURE_FORMS = ("diag", "block2", "full")
 
@@ -140,11 +141,7 @@ class Sequential:
                 for k in (*layer.param_shapes(), *layer.buffer_shapes())}
 
     def _out_weight(self, bk, params):
-        ws = [params[f"{n}.weight"] for n in self.head_names]
-        bs = [params[f"{n}.bias"] for n in self.head_names]
-        if len(ws) == 1:
-            return ws[0], bs[0]
-        return bk.xp.concatenate(ws, axis=0), bk.xp.concatenate(bs, axis=0)
+        return stacked_heads(bk, params, self.head_names)
 
     def split_heads(self, o) -> dict:
         """Concatenated output ``(..., P)`` -> ``{head: (..., d_head)}`` (views)."""
