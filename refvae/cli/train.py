@@ -205,16 +205,16 @@ def _cmd_train(args) -> int:
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
         if args.resume and not args.quiet:
             _say_if_finished(out, options.epochs, not args.no_figures)
-        staging = None if args.resume else rundir.make_staging(out, inside=lock.inside)
-        if rundir.in_place(staging, out) and not args.quiet:
-            print(rundir.IN_PLACE_NOTE.format(out=inputs.show(out), why="its folder is not "
-                                              "writable"), file=sys.stderr)
-        after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data, options.seed,
-                                   before)
-        try:
+        staging = None
+        try:  # from the staging folder's creation on: a signal at any moment removes it
+            staging = None if args.resume else rundir.make_staging(out, inside=lock.inside)
+            if rundir.in_place(staging, out) and not args.quiet:
+                print(rundir.IN_PLACE_NOTE.format(out=inputs.show(out), why="its folder is not "
+                                                  "writable"), file=sys.stderr)
+            after_epoch = _after_epoch(args, out, staging, config, backend, dtype, data,
+                                       options.seed, before)
             history = train(config, options, data, staging or out, backend, dtype,
-                            resume=args.resume,
-                            after_epoch=after_epoch)
+                            resume=args.resume, after_epoch=after_epoch)
         finally:
             rundir.discard(staging)
         if not args.no_figures:
