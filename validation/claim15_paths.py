@@ -298,7 +298,7 @@ def part_f(seed: int) -> list:
     batch = {"y": y, "eps": np.asarray(vae.draw_noise(noise, 4, 2))}
     rows = []
     for bug, want in (("none", None), ("sampler", "exp(logvar), the variance"),
-                      ("kl", "the KL per datum")):
+                      ("kl", "the ½ of the KL is missing")):
         loss, seen = _planted(bug)
         value, kl, rec, grads = autograd(loss, params, y, batch["eps"])
         theirs = {"loss": np.asarray(value), "kl_per_datum": kl, "reconstruction_per_datum": rec,
