@@ -206,7 +206,10 @@ MUTATIONS = {
             "r13": ("oracle: variance-as-scale sampler labelled as logvar-as-scale",
                     (("refvae/oracle/diagnose.py",
                       '"your sampler uses exp(logvar), the variance, as the "',
-                      '"your sampler uses logvar itself as the "'),),
+                      '"your sampler uses logvar itself as the "'),
+                     ("refvae/oracle/hypotheses.py",
+                      '"your sampler uses exp(logvar), the variance, as the standard deviation "',
+                      '"your sampler uses logvar itself as the standard deviation "')),
                     (PATHS, "tests/test_oracle_check_torch.py")),
         }.items()
     },
