@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile import npy_header_bytes, npz_with_member, set_encrypted_flag, zeros_deflated_member
 from refvae.math.config import VAEConfig
 from refvae.data.load import load_dataset
 from refvae.oracle import write_example
@@ -87,11 +90,23 @@ def calls(draw, root: Path):
     work = root / f"case{case}"
     work.mkdir(exist_ok=True)
     kind = draw(st.sampled_from(["train-options", "train-data", "train-config", "run-file",
-                                 "evaluate",
+                                 "archive", "evaluate",
                                  "sample", "gradcheck", "oracle-file", "bench"]))
     train_base = ["train", "--data", str(root / "d.npz"), "--epochs", "1", "--quiet",
                   "--no-figures",
                   "--out", str(work / "run"), *SMALL]
+    if kind == "archive":
+        run = work / "run"
+        if not run.exists():
+            import shutil
+
+            shutil.copytree(root / "run", run)
+        data = draw(st.sampled_from(("checkpoint.npz", "data.npz")))
+        ARCHIVES[draw(st.sampled_from(sorted(ARCHIVES)))](
+            run / "checkpoint.npz" if data == "checkpoint.npz" else work / data)
+        if data == "data.npz":
+            return train_base[:2] + [str(work / data)] + train_base[3:]
+        return _run_command(draw, run, work, train_base)
     if kind == "train-options":
         chosen = draw(st.lists(st.sampled_from(sorted(TRAIN_OPTIONS)), min_size=1, max_size=3,
                                unique=True))
@@ -120,8 +135,7 @@ def calls(draw, root: Path):
 
                 shutil.copytree(root / "run", run)
             (run / target).write_bytes(content)
-            return ["evaluate", "--quiet", str(run)] if draw(st.booleans()) else \
-                train_base[:-len(SMALL) - 1] + [str(run), *SMALL, "--resume", "--epochs", "2"]
+            return _run_command(draw, run, work, train_base)
         (work / target).write_bytes(content)
         if kind == "train-data":
             return (train_base[:2] + [str(work / target)] + train_base[3:]
@@ -145,6 +159,43 @@ def calls(draw, root: Path):
     return ["bench", "--arch", "examples", "--dtype", "float64", "--peer", str(work / "nopeer.py"),
             "--batch", draw(SIZE), "--steps", draw(st.sampled_from(["0", "1", "-2", "x"])),
             "--warmup", draw(st.sampled_from(["0", "-1", "1"]))]
+
+
+def _run_command(draw, run: Path, work: Path, train_base) -> list:
+    """A command that reads every file of the run directory ``run``: evaluate, sample or resume."""
+    which = draw(st.sampled_from(["evaluate", "sample", "resume"]))
+    if which == "evaluate":
+        return ["evaluate", "--quiet", str(run)]
+    if which == "sample":
+        return ["sample", str(run), "--n", "2", "--out", str(work / "s.png")]
+    return train_base[:-len(SMALL) - 1] + [str(run), *SMALL, "--resume", "--epochs", "2"]
+
+
+def _many_members(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(5000):
+            zf.writestr(f"m{i}.npy", b"")
+
+
+def _duplicate_members(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # zipfile warns about the duplicate name: it is the point
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("train.npy", npy_header_bytes((2, 2)))
+            zf.writestr("train.npy", npy_header_bytes((2, 2)))
+
+
+# Archives that lie: more members than any run writes, a name twice, an entry whose inflated size
+# is far beyond the budget, a header claiming a huge array, an unexpected name, encrypted flags.
+ARCHIVES = {
+    "many-members": _many_members,
+    "duplicate": _duplicate_members,
+    "deflate-bomb": lambda p: zeros_deflated_member(p, "train.npy", 40_000_000),
+    "huge-header": lambda p: npz_with_member(p, "train.npy", npy_header_bytes((10**6, 10**6))),
+    "unexpected": lambda p: npz_with_member(p, "payload.pkl", b"\x80\x04K\x01."),
+    "encrypted": lambda p: set_encrypted_flag(npz_with_member(p, "train.npy",
+                                                              npy_header_bytes((2, 2)))),
+}
 
 
 def run_batch(argvs) -> list[dict]:
@@ -180,6 +231,29 @@ def test_cli_fuzz(base, data):
             assert len(lines) == 1 and re.match(r"refvae( [a-z]+)*: error: ", lines[0]), where
             assert "out of memory" not in lines[0], where
         assert "Traceback" not in r["stderr"], where
+
+
+def test_every_lying_archive_against_every_run_command(base, tmp_path):
+    """Each archive of :data:`ARCHIVES` as a run's checkpoint, read by evaluate, sample and
+    --resume, and as a data file: one ``refvae: error:`` line each, never a traceback."""
+    argvs = []
+    for name, make in ARCHIVES.items():
+        run = tmp_path / name / "run"
+        import shutil
+
+        shutil.copytree(base / "run", run)
+        make(run / "checkpoint.npz")
+        make(tmp_path / name / "data.npz")
+        argvs += [["evaluate", "--quiet", str(run)],
+                  ["sample", str(run), "--n", "2", "--out", str(tmp_path / name / "s.png")],
+                  ["train", "--data", str(base / "d.npz"), "--quiet", "--no-figures", "--out",
+                   str(run), *SMALL, "--resume", "--epochs", "2"],
+                  ["train", "--data", str(tmp_path / name / "data.npz"), "--quiet",
+                   "--no-figures", "--out", str(tmp_path / name / "new"), *SMALL]]
+    for r in run_batch(argvs):
+        lines = r["stderr"].strip().splitlines()
+        assert r["code"] == 2 and len(lines) == 1, (r["argv"], r["stderr"][-2000:])
+        assert lines[0].startswith("refvae") and "error:" in lines[0], r["argv"]
 
 
 # ----- the Python API: random odd arguments raise only refvae's own errors (issue 26.6) --------
