@@ -110,3 +110,13 @@ def test_lines_are_at_most_100_characters():
             for i, line in enumerate((ROOT / name).read_text(encoding="utf-8").splitlines(), 1)
             if len(line) > 100]
     assert not long, f"{len(long)} lines over 100 characters, first: {long[:5]}"
+
+
+def test_the_readme_code_map_lists_every_module():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Code map")
+    code_map = text[start:text.index("\n## ", start)]
+    missing = [p.relative_to(ROOT).as_posix() for p in FILES if p.name != "__init__.py"
+               and p.relative_to(ROOT).as_posix() not in code_map
+               and f"`{p.name}`" not in code_map]
+    assert not missing, f"README.md's code map does not list {missing}"
