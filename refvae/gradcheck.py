@@ -54,6 +54,10 @@ class TensorCheck:
     max_rel: float
     passed: bool
     worst: list = field(default_factory=list)  # (index, analytic, numeric)
+    # max |a − n| / (atol + rtol·|n|): the error in units of the tolerance, ≤ 1 where it passes
+    of_tol: float = 0.0
+    # max |a − n| over the entries whose reference n is exactly 0 (no relative error there)
+    abs_at_zero: float = 0.0
 
 
 @dataclass
@@ -97,12 +101,16 @@ class GradcheckReport(CheckList):
 def table_lines(checks: list, labels=("analytic", "numeric")) -> list[str]:
     """One row per :class:`TensorCheck` (shape, max abs and rel error, ok/FAIL), then the worst
     entries of each failing tensor as ``index: <labels[0]> vs <labels[1]>``. Shared by gradcheck's
-    and the oracle's reports."""
+    and the oracle's reports. The relative error is taken over the entries whose reference is not
+    0; where it is 0 the absolute error is shown apart, and ``err/tol`` (≤ 1 passes) is the error
+    in units of the tolerance the row was judged by (float32's for a float32 model)."""
     width = max([len(c.name) for c in checks] + [6])
-    lines = [f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12}  result"]
+    lines = [f"{'tensor':<{width}}  {'shape':<14} {'max abs err':>12} {'max rel err':>12} "
+             f"{'err/tol':>9}  result"]
     for c in checks:
-        lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {c.max_abs:12.3e} {c.max_rel:12.3e}  "
-                     f"{'ok' if c.passed else 'FAIL'}")
+        zero = f"  (abs err {c.abs_at_zero:.3e} where the reference is 0)" if c.abs_at_zero else ""
+        lines.append(f"{c.name:<{width}}  {str(c.shape):<14} {c.max_abs:12.3e} {c.max_rel:12.3e} "
+                     f"{c.of_tol:9.2g}  {'ok' if c.passed else 'FAIL'}{zero}")
     for c in checks:
         if not c.passed:
             lines.append(f"worst entries of {c.name} (index: {labels[0]} vs {labels[1]}):")
@@ -121,16 +129,23 @@ def compare_arrays(name, analytic, numeric, rtol, atol, n_worst: int = 5) -> Ten
     if a.size == 0:
         return TensorCheck(name, a.shape, 0.0, 0.0, True)
     err = np.abs(a - n)
-    excess = np.nan_to_num(err - (atol + rtol * np.abs(n)), nan=np.inf)  # NaN is the worst
+    tol = atol + rtol * np.abs(n)
+    excess = np.nan_to_num(err - tol, nan=np.inf)  # NaN is the worst
     bad = excess > 0
-    rel = err / np.maximum(np.abs(n), 1e-300)
+    zero = n == 0
+    rel = err[~zero] / np.abs(n[~zero])
+    at_zero = err[zero]
     order = [int(j) for j in np.argsort(excess.ravel())[::-1][:n_worst]]
     if bool(bad.any()):  # list only failing entries when there are any
         order = [j for j in order if bool(excess.ravel()[j] > 0)]
     worst = [(tuple(int(i) for i in np.unravel_index(int(j), a.shape)), float(a.ravel()[j]),
               float(n.ravel()[j])) for j in order]
-    return TensorCheck(name, tuple(a.shape), _nanmax(np, err), _nanmax(np, rel),
-                       not bool(bad.any()), worst)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        of_tol = np.where(err == 0, 0.0, err / tol)      # 0 tolerance: any error is inf
+    return TensorCheck(name, tuple(a.shape), _nanmax(np, err),
+                       _nanmax(np, rel) if rel.size else 0.0, not bool(bad.any()), worst,
+                       _nanmax(np, np.nan_to_num(of_tol, nan=np.inf)),
+                       _nanmax(np, at_zero) if at_zero.size else 0.0)
 
 
 def _nanmax(xp, a) -> float:

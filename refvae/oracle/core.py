@@ -163,7 +163,8 @@ class OracleReport(CheckList):
                 "notes": list(self.notes), "diagnosis": list(self.hints),
                 "tensors": [{"name": c.name, "their_name": self.aliases.get(c.name, c.name),
                              "shape": list(c.shape), "max_abs_err": num(c.max_abs),
-                             "max_rel_err": num(c.max_rel), "passed": c.passed,
+                             "max_rel_err": num(c.max_rel), "err_per_tol": num(c.of_tol),
+                             "max_abs_err_where_zero": num(c.abs_at_zero), "passed": c.passed,
                              "rtol": self.tolerances.get(c.name, (self.rtol,))[0],
                              "atol": self.tolerances.get(c.name, (None, self.atol))[1],
                              "worst": [{"index": list(i), "theirs": num(t), "ours": num(o)}
