@@ -159,3 +159,87 @@ def test_a_conditional_model_without_its_condition_is_one_line(tmp_path):
         oracle.compute(tmp_path / "config.json", tmp_path / "params.npz", {**data, "condition": c},
                        condition=c)
     assert np.isfinite(res.loss)
+
+
+# ----- YongfeiYan's Gumbel-softmax VAE (PyTorch) -------------------------------------------------
+latent_dim, categorical_dim = 3, 4
+
+
+def sample_gumbel(shape, eps=1e-20):
+    U = torch.rand(shape, dtype=torch.float64)
+    return -torch.log(-torch.log(U + eps) + eps)
+
+
+def gumbel_softmax_sample(logits, temperature, divide=True):
+    y = logits + sample_gumbel(logits.size())
+    return F.softmax(y / temperature if divide else y, dim=-1)
+
+
+class VAE_gumbel(nn.Module):
+    def __init__(self, temp, divide=True):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 10), nn.Linear(10, 8)
+        self.fc3 = nn.Linear(8, latent_dim * categorical_dim)
+        self.fc4 = nn.Linear(latent_dim * categorical_dim, 8)
+        self.fc5, self.fc6 = nn.Linear(8, 10), nn.Linear(10, 12)
+        self.relu, self.sigmoid = nn.ReLU(), nn.Sigmoid()
+        self.temp, self.divide = temp, divide
+
+    def encode(self, x):
+        h1 = self.relu(self.fc1(x))
+        h2 = self.relu(self.fc2(h1))
+        return self.relu(self.fc3(h2))
+
+    def decode(self, z):
+        h4 = self.relu(self.fc4(z))
+        h5 = self.relu(self.fc5(h4))
+        return self.sigmoid(self.fc6(h5))
+
+    def forward(self, x):
+        q = self.encode(x.view(-1, 12))
+        q_y = q.view(q.size(0), latent_dim, categorical_dim)
+        z = gumbel_softmax_sample(q_y, self.temp, self.divide)
+        z = z.view(-1, latent_dim * categorical_dim)
+        return self.decode(z), F.softmax(q_y, dim=-1).reshape(*q.size())
+
+
+def gumbel_loss_function(recon_x, x, qy):
+    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 12), reduction="sum") / x.shape[0]
+    log_ratio = torch.log(qy * categorical_dim + 1e-20)
+    KLD = torch.sum(qy * log_ratio, dim=-1).mean()
+    return BCE + KLD
+
+
+def check_gumbel(divide=True, seed=3):
+    """The noise: check_torch records the torch.rand uniforms U and takes -log(-log U) as refvae's
+    Gumbel noise. Upstream's form -log(-log(U + 1e-20) + 1e-20) is bitwise the same in float64
+    when every U lies in [1e-3, 1 - 1e-3] (1e-20 is below half an ulp of U and of -log U there):
+    the seed is chosen so, and the test asserts it, so the comparison is exact."""
+    torch.manual_seed(seed)
+    model = VAE_gumbel(0.7, divide).double()
+    x = (torch.rand(5, 12) < 0.5).double()
+    state = torch.get_rng_state()
+    U = torch.rand(5, latent_dim, categorical_dim, dtype=torch.float64)
+    assert 1e-3 <= float(U.min()) and float(U.max()) <= 1 - 1e-3
+    torch.set_rng_state(state)
+    # the glue: config, names, the loss as their training loop computes it, the check
+    config = {"data_dim": 12, "latent_dim": latent_dim, "categories": categorical_dim,
+              "latent": "categorical", "encoder_hidden": [10, 8], "decoder_hidden": [8, 10],
+              "activation": "relu", "emission": "bernoulli", "head_activations": {"logits": "relu"}}
+    names = {"fc1": "encoder.0", "fc2": "encoder.1", "fc3": "encoder.logits", "fc4": "decoder.0",
+             "fc5": "decoder.1", "fc6": "decoder.out"}
+
+    def loss_fn(m, y):
+        recon_batch, qy = m(y)
+        return gumbel_loss_function(recon_batch, y, qy)
+    return oracle.check_torch(model, loss_fn, x, config, name_map=names, temperature=0.7)
+
+
+def test_yongfeiyan_gumbel_softmax_vae_passes():
+    report = check_gumbel()
+    assert report.passed, str(report)
+
+
+def test_yongfeiyan_gumbel_softmax_vae_without_the_temperature_fails():
+    report = check_gumbel(divide=False)
+    assert not report.passed, str(report)

@@ -157,7 +157,9 @@ def draw_dtypes(draws) -> set:
 def _targets(model, vae, layout: Layout) -> dict:
     """``{their module name: [(what to record, where, split sizes or None)]}`` for the modules the
     name map sends to refvae's heads and decoder layers."""
-    heads = {f"encoder.{h}": h for h, _ in vae.latent.heads()}
+    # a head with a head activation: the module's output precedes it, so it is not recorded
+    acts = dict(vae.config.head_activations)
+    heads = {f"encoder.{h}": h for h, _ in vae.latent.heads() if h not in acts}
     first, last = decoder_ends(vae)
     shapes = vae.param_shapes()
     targets = {}
