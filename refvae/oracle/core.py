@@ -56,6 +56,7 @@ class OracleResult:
     estimator: str
     reduction: str
     temperature: float | None = None
+    scale: float = 1.0
     inputs: OracleInputs | None = field(default=None, repr=False, compare=False)
 
     def arrays(self) -> dict:
@@ -71,7 +72,8 @@ class OracleResult:
         inp = self.inputs
         vae, bk = inp.vae, inp.vae.bk
         fp = vae.forward({k: bk.asarray(v) for k, v in inp.params.items()}, bk.asarray(inp.y),
-                         bk.asarray(inp.noise), self.estimator, inp.temperature)
+                         bk.asarray(inp.noise), self.estimator, inp.temperature,
+                         None if inp.condition is None else bk.asarray(inp.condition))
         out = {HEADS + h: bk.to_numpy(v) for h, v in fp.heads.items()}
         out["x"] = bk.to_numpy(fp.state.x)
         out["decoder_out"] = bk.to_numpy(fp.dec_out)[..., :vae.config.data_dim]
@@ -85,35 +87,41 @@ class OracleResult:
                       **{k: changes.pop(k) for k in ("noise", "params", "temperature", "vae")
                          if k in changes})
         return compute_inputs(inp, changes.get("estimator", self.estimator),
-                              changes.get("reduction", self.reduction))
+                              changes.get("reduction", self.reduction), self.scale)
 
 
 def compute_inputs(inputs: OracleInputs, estimator: str | None = None,
-                   reduction: str = "mean") -> OracleResult:
-    """:meth:`VAE.loss_and_grads` on validated inputs (fresh estimator state: deterministic)."""
+                   reduction: str = "mean", scale: float = 1.0) -> OracleResult:
+    """:meth:`VAE.loss_and_grads` on validated inputs (fresh estimator state: deterministic);
+    ``scale`` multiplies the loss and every gradient (an objective divided by D: ``1/D``)."""
     vae, bk = inputs.vae, inputs.vae.bk
     estimator = estimator or default_estimator(vae)
     params = {k: bk.asarray(v) for k, v in inputs.params.items()}
     res = vae.loss_and_grads(params, bk.asarray(inputs.y), bk.asarray(inputs.noise),
                              estimator=estimator,
                              reduction=reduction, check=False, temperature=inputs.temperature,
-                             estimator_state={})
+                             estimator_state={}, scale=scale,
+                             condition=None if inputs.condition is None
+                             else bk.asarray(inputs.condition))
     return OracleResult(res.loss, res.kl, res.reconstruction, bk.to_numpy(res.kl_per_datum),
                         bk.to_numpy(res.reconstruction_per_datum),
                         {k: np.asarray(bk.to_numpy(v), dtype=np.float64) for k,
                          v in res.grads.items()},
-                        estimator, reduction, inputs.temperature, inputs)
+                        estimator, reduction, inputs.temperature, scale, inputs)
 
 
 def compute(config, params, batch, *, estimator: str | None = None, reduction: str = "mean",
             temperature=None, name_map=None, backend: str = "numpy", layout=None,
-            split=None) -> OracleResult:
-    """refvae's loss, its parts and every parameter's gradient for the given files or objects."""
+            split=None, condition=None, scale: float = 1.0) -> OracleResult:
+    """refvae's loss, its parts and every parameter's gradient for the given files or objects;
+    ``condition`` (or the batch's ``condition`` array) is a conditional VAE's ``c``, ``scale`` the
+    objective's factor (beside ``reduction``: ``reduction="sum", scale=1/D`` for a loss divided by
+    D)."""
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
     return compute_inputs(load_inputs(config, params, batch, temperature, name_map, backend, layout,
-                                      split),
-                          estimator, reduction)
+                                      split, condition),
+                          estimator, reduction, scale)
 
 
 def write_npz(path, arrays: dict) -> None:
@@ -293,12 +301,13 @@ def compare(theirs, ours: OracleResult, *, rtol: float | None = None, atol: floa
 
 def check(config, params, batch, theirs, *, estimator: str | None = None, reduction: str = "mean",
           temperature=None, rtol: float | None = None, atol: float | None = None, name_map=None,
-          backend: str = "numpy", layout=None, split=None) -> OracleReport:
+          backend: str = "numpy", layout=None, split=None, condition=None,
+          scale: float = 1.0) -> OracleReport:
     """:func:`compute` then :func:`compare`: the meaning of ``refvae oracle compare``."""
     rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
     ours = compute(config, params, batch, estimator=estimator, reduction=reduction,
                    temperature=temperature, name_map=name_map, backend=backend, layout=layout,
-                   split=split)
+                   split=split, condition=condition, scale=scale)
     return compare(theirs, ours, rtol=rtol, atol=atol)
 
 

@@ -80,8 +80,8 @@ def kl_gradients(ours) -> dict:
     vae, bk = inp.vae, inp.vae.bk
     params = {k: bk.asarray(v) for k, v in inp.params.items()}
     fp = vae.forward(params, bk.asarray(inp.y), bk.asarray(inp.noise), ours.estimator,
-                     inp.temperature)
-    scale = 1.0 / inp.y.shape[0] if ours.reduction == "mean" else 1.0
+                     inp.temperature, None if inp.condition is None else bk.asarray(inp.condition))
+    scale = ours.scale / (inp.y.shape[0] if ours.reduction == "mean" else 1.0)
     kl_g = vae.latent.kl_grads(bk, fp.state)
     d_heads = bk.xp.concatenate([scale * kl_g[h] for h, _ in vae.latent.heads()], axis=-1)
     back = vae.encoder.backward(bk, params, fp.enc_cache, d_heads, input_grad=False)

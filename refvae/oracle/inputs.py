@@ -130,6 +130,7 @@ class OracleInputs:
     temperature: float | None
     origin: dict = field(default_factory=dict)
     layout: Layout = field(default_factory=Layout)
+    condition: np.ndarray | None = None   # (N, condition_dim) of a conditional VAE
 
 
 def default_estimator(vae: VAE) -> str:
@@ -184,8 +185,10 @@ def check_param_arrays(vae: VAE, named: dict, p_label: str) -> None:
 
 
 def load_inputs(config, params, batch, temperature=None, name_map=None, backend: str = "numpy",
-                layout=None, split=None) -> OracleInputs:
-    """Read and validate config, parameters and batch (paths or objects); one-line errors."""
+                layout=None, split=None, condition=None) -> OracleInputs:
+    """Read and validate config, parameters and batch (paths or objects); one-line errors. A
+    conditional VAE's condition ``c`` ``(N, condition_dim)`` is ``condition`` or the batch's
+    ``condition`` array."""
     vae = VAE(load_config(config), backend=backend, dtype="float64")
     lay = layout if isinstance(layout, Layout) else Layout.make(name_map, layout, split)
     p_label, b_label = label(params, "params"), label(batch, "batch")
@@ -205,7 +208,8 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     check_param_arrays(vae, named, p_label)
     data = arrays_of(batch, "batch")
     noise_name = vae.latent.noise_name
-    allowed = {"y", noise_name, "temperature"}
+    allowed = {"y", noise_name, "temperature"} | ({"condition"} if vae.config.condition_dim
+                                                  else set())
     if "y" not in data or noise_name not in data:
         missing = [k for k in ("y", noise_name) if k not in data]
         raise ShapeError(f"{b_label} has no array {' or '.join(map(repr, missing))} (latent "
@@ -216,13 +220,26 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
         raise ShapeError(f"{b_label} holds unexpected array(s) {', '.join(map(repr, extra))}; "
                          "latent "
                          f"{vae.config.latent!r} reads 'y', {noise_name!r} and optionally "
-                         "'temperature'")
+                         "'temperature'" + (" and 'condition'" if vae.config.condition_dim
+                                            else " ('condition' needs condition_dim > 0)"))
+    if condition is not None and "condition" in data:
+        raise ConfigError(f"a condition was given but {b_label} holds one too; give one of them")
+    if condition is not None:
+        data["condition"] = host(condition, "condition")
     data[noise_name] = with_samples_axis(data[noise_name], vae)
     try:
         eps = data[noise_name]
         vae.config.check_batch(f"{b_label}: the batch", eps.shape[0] if eps.ndim else 1,
                                eps.shape[1] if eps.ndim > 1 else 1)
         gates.check_batch(vae, data["y"], data[noise_name])
+        cond, c_dim = data.get("condition"), vae.config.condition_dim
+        if cond is None and c_dim:
+            raise ShapeError(f"the VAE is conditional (condition_dim {c_dim}): give its condition, "
+                             f"an (N, {c_dim}) array, as condition= or the batch's 'condition'")
+        if cond is not None:
+            cond = np.asarray(vae.bk.to_numpy(gates.check_condition(vae, cond,
+                                                                    data["y"].shape[0])),
+                              dtype=np.float64)
     except RefvaeError as exc:
         raise type(exc)(f"{b_label}: {exc}") from None
     if "temperature" in data:
@@ -241,4 +258,4 @@ def load_inputs(config, params, batch, temperature=None, name_map=None, backend:
     params64 = {k: np.asarray(named[k], dtype=np.float64) for k in vae.param_shapes()}
     return OracleInputs(vae, params64, np.asarray(data["y"], dtype=np.float64),
                         np.asarray(data[noise_name], dtype=np.float64), temperature,
-                        {k: v for k, v in origin.items() if v != k}, lay)
+                        {k: v for k, v in origin.items() if v != k}, lay, cond)

@@ -157,7 +157,9 @@ def draw_dtypes(draws) -> set:
 def _targets(model, vae, layout: Layout) -> dict:
     """``{their module name: [(what to record, where, split sizes or None)]}`` for the modules the
     name map sends to refvae's heads and decoder layers."""
-    heads = {f"encoder.{h}": h for h, _ in vae.latent.heads()}
+    # a head with a head activation: the module's output precedes it, so it is not recorded
+    acts = dict(vae.config.head_activations)
+    heads = {f"encoder.{h}": h for h, _ in vae.latent.heads() if h not in acts}
     first, last = decoder_ends(vae)
     shapes = vae.param_shapes()
     targets = {}
@@ -174,7 +176,7 @@ def _targets(model, vae, layout: Layout) -> dict:
         if ours in heads:
             todo.append(("heads", [ours], None))
         if ours == first:
-            todo.append(("x", None, None))
+            todo.append(("x", vae.config.condition_dim, None))   # [x, c]: x is recorded
         if ours == last:
             todo.append(("decoder_out", None, None))
         if todo:
@@ -186,7 +188,8 @@ def _hook(record: dict, heads: dict, todo):
     def hook(module, inputs, output):
         for what, parts, sizes in todo:
             if what == "x":
-                record.setdefault("x", []).append(inputs[0].detach().clone())
+                x = inputs[0][..., :inputs[0].shape[-1] - parts] if parts else inputs[0]
+                record.setdefault("x", []).append(x.detach().clone())
             elif what == "decoder_out":
                 out = output.flatten(-3) if output.ndim >= 4 else output   # an image: (N, C·H·W)
                 record.setdefault("decoder_out", []).append(out.detach().clone())
@@ -285,7 +288,7 @@ def run_torch(model, loss_fn, y, vae, layout: Layout) -> tuple:
 
 def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str = "mean",
                 estimator=None, layout=None, split=None, temperature=None, rtol=None, atol=None,
-                backend: str = "numpy", modules=None):
+                backend: str = "numpy", modules=None, condition=None, scale: float = 1.0):
     """Check a live PyTorch model in one call: ``loss_fn(model, y)`` returns the scalar loss exactly
     as the user's training code computes it (for pytorch/examples' VAE: ``recon, mu, logvar =
     model(y); return loss_function(recon, y, mu, logvar)``). Returns the
@@ -293,7 +296,8 @@ def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str
     ``(N, D)`` for refvae). Without a config it is read from the model's ``nn.Sequential``
     encoder and decoder and its Gaussian heads (:mod:`refvae.oracle.torch_modules`; ``modules``
     passes that reader's options: ``encoder``, ``decoder``, ``emission``, ``alpha``,
-    ``data_shape``)."""
+    ``data_shape``). A conditional VAE's ``condition`` ``c`` ``(N, condition_dim)`` is passed
+    here (``loss_fn`` feeds it to the model itself); ``scale`` is the objective's factor."""
     try:
         import torch  # noqa: F401, PLC0415 - the user's model is a PyTorch module
     except ImportError as exc:
@@ -309,9 +313,12 @@ def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str
     params, noise, theirs, dtypes = run_torch(model, loss_fn, y, vae, lay)
     y_host = host(y, "y").reshape(y.shape[0], -1)
     batch = {"y": y_host, vae.latent.noise_name: noise}
+    if condition is not None:
+        batch["condition"] = host(condition, "condition")
     try:
         report = check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
-                       temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay)
+                       temperature=temperature, rtol=rtol, atol=atol, backend=backend, layout=lay,
+                       scale=scale)
     except RefvaeError as exc:  # the advice in Python's words, not the CLI's
         if CLI_MAP_HINT not in str(exc):
             raise
@@ -320,7 +327,8 @@ def check_torch(model, loss_fn, y, config=None, *, name_map=None, reduction: str
     if not report.passed and "float64" in model_dtype and dtypes - {"float64"} and rtol is None:
         loose = check(cfg, params, batch, theirs, estimator=estimator, reduction=reduction,
                       temperature=temperature, rtol=TOLERANCES["float32"]["rtol"],
-                      atol=TOLERANCES["float32"]["atol"], backend=backend, layout=lay)
+                      atol=TOLERANCES["float32"]["atol"], backend=backend, layout=lay,
+                      scale=scale)
         likely = "the likely cause: everything passes at float32's tolerances" if loose.passed \
             else "it may explain part of the difference"
         report.hints.insert(0, f"your noise was drawn in {', '.join(sorted(dtypes - {'float64'}))} "
