@@ -115,6 +115,15 @@ def witness_scores(scorer, vae, seeds, runs, ref, data, epochs):
     return witness, float(np.max(np.abs(ref - witness) / np.abs(witness)))
 
 
+def paired_failures(lo, hi, score_rel, teacher, margin, tol) -> list:
+    """The names of the paired claim's rules that fail: the interval inside ±``margin``, the
+    witness's score, and the teacher-forced loss, gradients and Adam step within ``tol``."""
+    checks = {"equivalent": -margin < lo and hi < margin, "score": score_rel <= tol,
+              "loss": teacher.loss_rel <= tol, "grads": teacher.grad_rel <= tol,
+              "adam": teacher.update_rel <= tol}
+    return [k for k, ok in checks.items() if not ok]
+
+
 def paired_interval(diff) -> tuple[float, float]:
     """The :data:`CONFIDENCE` t-interval of the mean of the paired differences ``diff``."""
     half = stats.t.ppf(0.5 + CONFIDENCE / 2,
@@ -195,10 +204,7 @@ def _run(ctx: Context, s: dict, data) -> Claim:
 
     diff = ref - twin
     lo, hi = paired_interval(diff)
-    checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
-              "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,
-              "adam": teacher.update_rel <= TOL}
-    failed = [k for k, ok in checks.items() if not ok]
+    failed = paired_failures(lo, hi, score_rel, teacher, MARGIN, TOL)
     fig = _figure(ctx, refvae_curves, twin_curves)
     return Claim(
         TITLE, SOURCE, not failed,

@@ -35,12 +35,14 @@ from refvae.witness.conv import make_conv_vae
 from refvae.witness.modules import PlanTrainer, load_refvae_params, mean_neg_elbo
 
 try:
-    from validation.claim09_pytorch_examples import eval_noise, paired_interval, witness_scores
+    from validation.claim09_pytorch_examples import (eval_noise, paired_failures, paired_interval,
+                                                   witness_scores)
     from validation.common import Claim, Context, main, skipped
     from validation.mnist_models import greyscale_mnist, single_threaded
     from validation.teacher import TeacherForced, batch_plan
 except ImportError:  # pragma: no cover - run as a script from validation/
-    from claim09_pytorch_examples import eval_noise, paired_interval, witness_scores
+    from claim09_pytorch_examples import (eval_noise, paired_failures, paired_interval,
+                                          witness_scores)
     from common import Claim, Context, main, skipped
     from mnist_models import greyscale_mnist, single_threaded
     from teacher import TeacherForced, batch_plan
@@ -137,10 +139,7 @@ def _run(ctx: Context, s: dict, data, torch) -> Claim:
     teacher = teacher_forced(torch, data, ctx.seed)
     diff = ref - twin
     lo, hi = paired_interval(diff)
-    checks = {"equivalent": -MARGIN < lo and hi < MARGIN, "score": score_rel <= TOL,
-              "loss": teacher.loss_rel <= TOL, "grads": teacher.grad_rel <= TOL,
-              "adam": teacher.update_rel <= TOL}
-    failed = [k for k, ok in checks.items() if not ok]
+    failed = paired_failures(lo, hi, score_rel, teacher, MARGIN, TOL)
     scale = (f"{data.n_train} train / {data.n_test} test, {s['epochs']} epoch(s), batch {BATCH}, "
              f"{len(seeds)} paired seeds")
     rows = [[seed, ref[i], twin[i], diff[i], witness[i]] for i, seed in enumerate(seeds)]

@@ -84,12 +84,7 @@ class MLP:
         return stacked_heads(bk, params, self.head_names)
 
     def split_heads(self, o) -> dict:
-        """Concatenated output ``(..., P)`` -> ``{head: (..., d_head)}`` (views, no copies)."""
-        out, start = {}, 0
-        for name, width in self.heads:
-            out[name] = o[..., start:start + width]
-            start += width
-        return out
+        return split_heads(o, self.heads)
 
     # ----- forward --------------------------------------------------------------------------
     def forward(self, bk, params, x):
@@ -221,6 +216,16 @@ class MLP:
                 hess = hess + _bilinear(bk, jac[l], jac[l], w, full)
         k = self.in_dim
         return hess.reshape(*lead, k, k) if full else hess.reshape(*lead, k)
+
+
+def split_heads(o, heads) -> dict:
+    """Concatenated output ``(..., P)`` -> ``{head: (..., d_head)}`` for ``heads`` ``[(name,
+    width), …]`` (views, no copies)."""
+    out, start = {}, 0
+    for name, width in heads:
+        out[name] = o[..., start:start + width]
+        start += width
+    return out
 
 
 def stacked_heads(bk, params, head_names) -> tuple:

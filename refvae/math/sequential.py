@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError, ShapeError
 from .layer_spec import parse_layer, shape_error
 from .layers import ActivationLayer, Layer, MaxPool2d, uniform_init
-from .mlp import stacked_heads
+from .mlp import split_heads, stacked_heads
 
 CURVATURE_FORMS = ("diag", "block2", "full")
 
@@ -147,11 +147,7 @@ class Sequential:
         """Concatenated output ``(..., P)`` -> ``{head: (..., d_head)}`` (views)."""
         if not self.heads:
             raise ShapeError(f"{self.prefix}: a network without heads has nothing to split")
-        out, start = {}, 0
-        for name, width in self.heads:
-            out[name] = o[..., start:start + width]
-            start += width
-        return out
+        return split_heads(o, self.heads)
 
     # ----- forward and reverse pass ---------------------------------------------------------
     def forward(self, bk, params, x):
