@@ -108,11 +108,11 @@ class PlanarFlowGaussian(StandardNormalLatent):
         ``s = ||w||²``, ``p = ∂J/∂û · w``:
         ``∂J/∂u = ∂J/∂û + (p c'/s + ∂J/∂m σ(α)) w`` and
         ``∂J/∂w = (c/s) ∂J/∂û − (2 c p/s²) w + (p c'/s + ∂J/∂m σ(α)) u``."""
-        xp, sp = bk.xp, bk.special
+        xp, expit = bk.xp, bk.special.expit
         s = (w * w).sum(axis=-1)
         c = xp.logaddexp(0.0, -alpha) - 1.0
         p = (g_uhat * w).sum(axis=-1)
-        through_alpha = -p * sp.expit(-alpha) / s + g_m * sp.expit(alpha)
+        through_alpha = -p * expit(-alpha) / s + g_m * expit(alpha)
         g_u = g_uhat + through_alpha[..., None] * w
         g_w = (c / s)[..., None] * g_uhat - (2.0 * c * p / (s * s))[..., None] * w \
             + through_alpha[..., None] * u
