@@ -51,7 +51,9 @@ STRPREFIX = re.compile(r"^([rRbBuUfF]*)('''|\"\"\"|'|\")")
 
 
 def width(s: str) -> int:
-    return len(s)
+    """The width the limit applies to: UTF-8 bytes, as byte-counting tools (mawk's ``length``)
+    measure a line, so that a line within it is within 100 characters too."""
+    return len(s.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- tokens

@@ -52,8 +52,8 @@ def name_mismatch(missing, extra) -> str:
 
 
 def shape_mismatch(name: str, got, expected) -> str:
-    """``"<name> has shape (a, b), expected (b, a) (transposed? …)"`` — the transpose hint is given
-    when the shape is the reverse of the expected one (a weight exported as ``(in, out)``)."""
+    """``"<name> has shape (a, b), expected (b, a) (transposed? …)"`` — the transpose hint is
+    given when the shape is the reverse of the expected one (a weight exported as ``(in, out)``)."""
     got, expected = tuple(got), tuple(expected)
     hint = " (transposed? weights are (out, in) as in PyTorch)" \
         if len(expected) == 2 and got[::-1] == expected and got != expected else ""

@@ -5,12 +5,13 @@ Four independent witnesses, each used where it is meaningful:
 * closed forms evaluated to 40 digits with mpmath (every input, ±50, ±800 and beyond): the exact
   answer, so the implementation must keep *relative* precision wherever the true value is a normal
   float — the point of the stable forms (``sech² a`` instead of ``1 − tanh² a``);
-* different closed forms written here in NumPy (``1/cosh²``, ``1/(2(1 + cosh a))``, …), |a| ≤ 700;
+* different closed forms written here in NumPy (``1/cosh²``, ``1/(2(1 + cosh a))``, …), |a| ≤
+  700;
 * central differences in float64, with an error budget of truncation (relative, ~h²) plus
-  rounding (``ε·|φ|/h``, absolute); at ±50 the difference of the *first derivative* still resolves
-  φ'' to relative precision because φ' itself is exact there;
-* PyTorch autograd double-backward in float64 (|a| ≤ 4, where torch's own ``1 − y²``-style backward
-  formulas are still accurate).
+  rounding (``ε·|φ|/h``, absolute); at ±50 the difference of the *first derivative* still
+  resolves φ'' to relative precision because φ' itself is exact there;
+* PyTorch autograd double-backward in float64 (|a| ≤ 4, where torch's own ``1 − y²``-style
+  backward formulas are still accurate).
 """
 import math
 import warnings
@@ -57,8 +58,9 @@ def _mp_forms(mp, name, a):
     """(value, d1, d2, scale1, scale2) at the float ``a`` to 40 digits.
 
     ``scale`` is the sum of the magnitudes of the terms a float evaluation must add; it equals
-    |d| except for silu, whose φ' = σ(1 + aσ(−a)) and φ'' = σσ(−a)(2 − a tanh(a/2)) have roots
-    (a ≈ −1.278 and a ≈ ±2.399) where only absolute precision relative to the terms is possible.
+    |d| except for silu, whose φ' = σ(1 + aσ(−a)) and φ'' = σσ(−a)(2 − a tanh(a/2))
+    have roots (a ≈ −1.278 and a ≈ ±2.399) where only absolute precision relative to the
+    terms is possible.
     """
     a = mp.mpf(a)
     sig = 1 / (1 + mp.exp(-a))
@@ -87,8 +89,9 @@ def _mp_forms(mp, name, a):
 
 
 def _check_against_mpmath(bk, name, a_host, rtol=1e-12, tiny=1e-300):
-    """|got − exact| ≤ rtol·scale + tiny: relative precision wherever the exact value is a normal
-    float (tiny only forgives results deep in the subnormal range, where no float has 12 digits)."""
+    """|got − exact| ≤ rtol·scale + tiny: relative precision wherever the exact value is a
+    normal float (tiny only forgives results deep in the subnormal range, where no float has 12
+    digits)."""
     mp = pytest.importorskip("mpmath")
     got = _eval(bk, name, a_host)
     with mp.workdps(50):
@@ -170,7 +173,8 @@ def test_against_numpy_closed_forms(bk, name, a):
 
 
 def test_stable_forms_keep_relative_precision_at_50(np_bk):
-    """The values the naive forms get wrong: 1 − tanh²(50) and σ(50)(1 − σ(50)) are exactly 0."""
+    """The values the naive forms get wrong: 1 − tanh²(50) and σ(50)(1 − σ(50)) are exactly
+    0."""
     _, d1, d2 = _eval(np_bk, "tanh", [50.0, -50.0])
     exact = 4.0 * math.exp(-100.0) / (1.0 + math.exp(-100.0)) ** 2  # sech²(50) ≈ 1.49e-43
     np.testing.assert_allclose(d1, [exact, exact], rtol=1e-14)
@@ -198,11 +202,11 @@ ROOTS = {"silu": [-1.2784645427610738, 2.399357280515467, -2.399357280515467]}
 def _central_difference_check(bk, name, a):
     """φ' against the central difference of φ, φ'' against that of φ'.
 
-    Error budget per entry: 1e-6·|exact| (truncation is h²·|φ'''/φ'|/6 ≈ 1e-10 relative for these
-    functions, including their exponential tails) + 8ε·max|f(a ± h)| / (2h) (rounding of the two
-    evaluations) + 1e-300 (subnormal results). Points within 1e-3 of a root of the derivative being
-    checked (silu) are left to the closed-form tests: near a root only absolute accuracy is
-    possible. relu is not checked within 2h of its kink.
+    Error budget per entry: 1e-6·|exact| (truncation is h²·|φ'''/φ'|/6 ≈ 1e-10 relative for
+    these functions, including their exponential tails) + 8ε·max|f(a ± h)| / (2h) (rounding of
+    the two evaluations) + 1e-300 (subnormal results). Points within 1e-3 of a root of the
+    derivative being checked (silu) are left to the closed-form tests: near a root only absolute
+    accuracy is possible. relu is not checked within 2h of its kink.
     """
     a = np.asarray(a, dtype=np.float64)
     keep = np.ones(a.shape, bool)

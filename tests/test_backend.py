@@ -251,10 +251,10 @@ def test_gumbel_moments():
     """Standard Gumbel: mean γ (Euler–Mascheroni), variance π²/6, P(G ≤ 0) = e^{−1}.
 
     Tolerances: n = 200 000 draws; sd of the sample mean √(π²/6/n) ≈ 2.9e-3, of the sample
-    variance σ²√((κ − 1)/n) with kurtosis κ = 5.4 ≈ 7.7e-3, of the fraction √(p(1−p)/n) ≈ 1.1e-3.
-    Each check allows 5 standard errors (two-sided false-alarm rate ≈ 6e-7 for a random seed; the
-    seed is fixed, so the test is deterministic). A sign error (−γ), a wrong scale or the
-    maximum-vs-minimum Gumbel are each off by tens of standard errors.
+    variance σ²√((κ − 1)/n) with kurtosis κ = 5.4 ≈ 7.7e-3, of the fraction
+    √(p(1−p)/n) ≈ 1.1e-3. Each check allows 5 standard errors (two-sided false-alarm rate ≈
+    6e-7 for a random seed; the seed is fixed, so the test is deterministic). A sign error (−γ),
+    a wrong scale or the maximum-vs-minimum Gumbel are each off by tens of standard errors.
     """
     g = NoiseSource(2024).gumbel((200_000,))
     n = g.size

@@ -1,17 +1,17 @@
 """Bonnet's and Price's theorems (Eqs. 8.13–8.17) under Gauss–Hermite quadrature.
 
-For X ~ N(ν, Υ): Bonnet ``∂/∂ν E[f(X)] = E[∂f/∂x]`` and Price ``∂/∂Υ E[f(X)] = ½ E[∂²f/∂x∂xᵀ]``
-(``∂/∂Υ`` the symmetric gradient: ``dE = tr(G dΥ)`` for symmetric ``dΥ``). Tensor-product
-Gauss–Hermite quadrature computes the expectations, in 1, 2 and 3 dimensions, for
-``(x−k)ᵀA(x−k)`` and ``cos(kᵀx)`` (to rounding; left-hand sides in closed form) and for a tanh MLP
-with a squared-error output, whose derivatives come from refvae's reverse pass and exact input
-Hessian (to ~1e-9 relative with the node counts below, checked by doubling them; left-hand sides
-by central differences of the quadrature).
+For X ~ N(ν, Υ): Bonnet ``∂/∂ν E[f(X)] = E[∂f/∂x]`` and Price
+``∂/∂Υ E[f(X)] = ½ E[∂²f/∂x∂xᵀ]`` (``∂/∂Υ`` the symmetric gradient:
+``dE = tr(G dΥ)`` for symmetric ``dΥ``). Tensor-product Gauss–Hermite quadrature computes the
+expectations, in 1, 2 and 3 dimensions, for ``(x−k)ᵀA(x−k)`` and ``cos(kᵀx)`` (to rounding;
+left-hand sides in closed form) and for a tanh MLP with a squared-error output, whose derivatives
+come from refvae's reverse pass and exact input Hessian (to ~1e-9 relative with the node counts
+below, checked by doubling them; left-hand sides by central differences of the quadrature).
 
 Then the estimators as implemented: fed the quadrature nodes as "samples" and the quadrature
-weights as sample weights, ``price`` (diagonal: ``½ υ² ⟨H_kk⟩``; full: ``tril(2GR)`` mapped onto
-the ``scale_tril`` head) and ``pathwise`` give the exact gradient of ``E[f]`` with respect to the
-encoder heads.
+weights as sample weights, ``price`` (diagonal: ``½ υ² ⟨H_kk⟩``; full: ``tril(2GR)`` mapped
+onto the ``scale_tril`` head) and ``pathwise`` give the exact gradient of ``E[f]`` with respect to
+the encoder heads.
 """
 import numpy as np
 import pytest
@@ -27,8 +27,8 @@ NODES = {1: 50, 2: 40, 3: 24}
 
 
 class SmallMLP:
-    """``f = ½||MLP(x) − c||²``, tanh, widths K-5-4-2; ``f'`` from the reverse pass, ``f''`` from
-    the exact input Hessian (docs/DERIVATIONS.md#mlp-input-hessians)."""
+    """``f = ½||MLP(x) − c||²``, tanh, widths K-5-4-2; ``f'`` from the reverse pass, ``f''``
+    from the exact input Hessian (docs/DERIVATIONS.md#mlp-input-hessians)."""
 
     def __init__(self, k, rng, bk):
         self.bk = bk

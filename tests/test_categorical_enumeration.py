@@ -104,7 +104,8 @@ def test_the_unbiasedness_test_rejects_biased_estimators(model, estimator):
 
 
 def test_gumbel_softmax_bias_shrinks_as_temperature_falls(model, capsys):
-    """Bias = ‖mean estimate − exact gradient‖₂; its noise = √Σ SE² of the coordinates."""
+    """Bias = ‖mean estimate − exact gradient‖₂; its noise = √Σ SE² of the
+    coordinates."""
     vae, params, y, _, grads, _ = model
     exact = flat(grads, list(grads))
     table = {}

@@ -1,4 +1,5 @@
-"""The temperature schedule ``s_t = max(s_min, s_0 exp(−r · n⌊t/n⌋))`` (refvae.optim.schedules)."""
+"""The temperature schedule ``s_t = max(s_min, s_0 exp(−r · n⌊t/n⌋))``
+(refvae.optim.schedules)."""
 import json
 import math
 

@@ -3,11 +3,11 @@ refvae's own functions against an independent reference, with the printed form f
 reference. The rows are claim 1's (validation/claim01_errata.py); these tests run them at a small
 size and add direct checks where one is cheap:
 
-* E6: the mean gradient ⟨∂f/∂x⟩ of a gaussian_diag decoder against finite differences of SciPy's
-  density; ⟨∂E_emiss/∂x⟩ (no normalizer) fails;
+* E6: the mean gradient ⟨∂f/∂x⟩ of a gaussian_diag decoder against finite differences of
+  SciPy's density; ⟨∂E_emiss/∂x⟩ (no normalizer) fails;
 * E7: refvae's Gumbel noise has location 0 (P(G0 ≤ 0) = e^{−1}) and mean γ, not mean 0;
-* E8: d/dη E f(σ0(η + G0)) = π ⊙ (f − πᵀf) by exact enumeration; the average of the pathwise
-  derivatives through the argmax is 0;
+* E8: d/dη E f(σ0(η + G0)) = π ⊙ (f − πᵀf) by exact enumeration; the average of the
+  pathwise derivatives through the argmax is 0;
 * E9: the relaxed gradient needs σ((η + G0)/s), not σ(η + G0);
 * E10: the Hessian of E_post = −log p(x∣y) is H + I.
 """

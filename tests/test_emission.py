@@ -43,9 +43,9 @@ def _torch_surprisal(name, o, y, log_alpha=None):
 
 @pytest.mark.parametrize("name", ["bernoulli", "gaussian", "gaussian_diag"])
 def test_gradient_and_curvature_match_pytorch(name):
-    """∂f/∂o and ∂²f/∂o∂oᵀ against torch.autograd in float64. For gaussian_diag this pins the sign
-    of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where our earlier notes printed −(y −
-    μ)e^{−s}."""
+    """∂f/∂o and ∂²f/∂o∂oᵀ against torch.autograd in float64. For gaussian_diag this
+    pins the sign of the (μ_d, s_d) off-diagonal entry: +(y − μ)e^{−s}, where our earlier
+    notes printed −(y − μ)e^{−s}."""
     torch = pytest.importorskip("torch")
     em = make_emission(name, alpha=0.8)
     d = 3
@@ -122,8 +122,9 @@ def test_bernoulli_in_many_row_blocks_matches_direct_formulas(dtype, fast):
 
 
 def test_bernoulli_gradient_at_signed_zero_and_full_precision_tails():
-    """σ(±0) − y = ½ − y for both signed zeros; with y = 1[λ ≥ 0] the gradient ∓σ(−|λ|) keeps its
-    full relative precision far in the tails (no cancellation against 1)."""
+    """σ(±0) − y = ½ − y for both signed zeros; with y = 1[λ ≥ 0] the gradient
+    ∓σ(−|λ|) keeps its full relative precision far in the tails (no cancellation against
+    1)."""
     em = make_emission("bernoulli")
     for y in (0.0, 0.25, 1.0):
         df = em.terms(BK, np.array([0.0, -0.0]), np.array([y, y])).df_do

@@ -1,12 +1,12 @@
 """Price and score-function estimators for Gaussian latents, checked for a fixed noise.
 
 Evidence: PyTorch float64 on the same parameters and noise. For ``price`` the test takes the exact
-Hessian of the surprisal from ``torch.autograd.functional.hessian`` and plugs it into Eqs. 8.16–8.17
-as printed (``⟨g⟩ + ν``, ``G = ½(⟨H⟩ − Υ⁻¹ + I)``, ``∂F/∂ℓ_k = G_kk υ_k²`` or
-``∂F/∂R = tril(2GR)``), then backpropagates those head gradients through the encoder with autograd.
-For the score estimators the test takes the score from autograd of ``torch.distributions``
-log-densities and forms each control variate by its definition, sample by sample. Agreement is ≤
-1e-10 relative.
+Hessian of the surprisal from ``torch.autograd.functional.hessian`` and plugs it into Eqs.
+8.16–8.17 as printed (``⟨g⟩ + ν``, ``G = ½(⟨H⟩ − Υ⁻¹ + I)``,
+``∂F/∂ℓ_k = G_kk υ_k²`` or ``∂F/∂R = tril(2GR)``), then backpropagates those head
+gradients through the encoder with autograd. For the score estimators the test takes the score from
+autograd of ``torch.distributions`` log-densities and forms each control variate by its definition,
+sample by sample. Agreement is ≤ 1e-10 relative.
 """
 import json
 
@@ -43,9 +43,9 @@ def _reference(cfg, params, y, eps, reduction, head_grads, hessian=False):
     ∂(batch loss)/∂head, KL included) and the decoder is backpropagated as usual (Eq. 8.19).
 
     ``ctx`` offers, per datum n and sample l (torch float64): ``f``, ``g = ∂f/∂x``,
-    ``H = ∂²f/∂x∂xᵀ`` (autograd.functional.hessian; only with ``hessian=True``), ``score[head]``
-    (autograd of the log-density at fixed x), the heads and the KL gradient of each head (autograd
-    of the twin's closed-form KL)."""
+    ``H = ∂²f/∂x∂xᵀ`` (autograd.functional.hessian; only with ``hessian=True``),
+    ``score[head]`` (autograd of the log-density at fixed x), the heads and the KL gradient of each
+    head (autograd of the twin's closed-form KL)."""
     torch = pytest.importorskip("torch")
     full = cfg["latent"] == "gaussian_full"
     head_names = ["mean", "scale_tril"] if full else ["mean", "logvar"]

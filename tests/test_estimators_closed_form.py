@@ -2,12 +2,13 @@
 
 Linear encoder, linear decoder ``μ(x) = Wx + b``, ``gaussian`` emission with fixed α: the expected
 reconstruction is analytic,
-``E_q[f] = (1/(2α)) (||y − Wν − b||² + tr(W Υ Wᵀ)) + (D/2) log(2πα)``, and the KL is closed form, so
-the expected batch loss is an exact function of the parameters. Its gradient (central differences
-of that exact function, error ~1e-9) is the target. The sample mean of each estimator over
-``DRAWS`` independent noise draws (fixed seed) must lie within 4 standard errors of it, for every
-parameter entry, diagonal and full covariance. A negative control shows the test has power: the
-same means are far from the gradient of the loss that uses ``Υ z`` for ``Υ^{1/2} z`` (erratum E3).
+``E_q[f] = (1/(2α)) (||y − Wν − b||² + tr(W Υ Wᵀ)) + (D/2) log(2πα)``, and the KL is
+closed form, so the expected batch loss is an exact function of the parameters. Its gradient
+(central differences of that exact function, error ~1e-9) is the target. The sample mean of each
+estimator over ``DRAWS`` independent noise draws (fixed seed) must lie within 4 standard errors of
+it, for every parameter entry, diagonal and full covariance. A negative control shows the test has
+power: the same means are far from the gradient of the loss that uses ``Υ z`` for ``Υ^{1/2} z``
+(erratum E3).
 """
 import functools
 import math
@@ -24,8 +25,8 @@ ALPHA = 0.6
 DRAWS = 1000
 ESTIMATORS = ["pathwise", "price", "score", "score-loo", "score-running", "score-optimal"]
 # Absolute slack for the target itself: central differences (eps 1e-5) of the exact loss err by
-# ≤ 2e-9 here (measured). It matters only where an estimator has zero variance: for a linear decoder
-# the Hessian WᵀW/α is constant, so price's covariance gradient is exact for every draw.
+# ≤ 2e-9 here (measured). It matters only where an estimator has zero variance: for a linear
+# decoder the Hessian WᵀW/α is constant, so price's covariance gradient is exact for every draw.
 TARGET_ATOL = 1e-7
 
 
@@ -56,7 +57,8 @@ def _covariance(latent, p, y):
 
 def expected_loss(latent, p, y, e3_misprint=False):
     """Exact ``E_q[batch loss]`` (mean reduction) for the linear model. ``e3_misprint`` builds the
-    wrong loss of the negative control: reconstruction sampled as ``Υ z + ν`` (covariance Υ²)."""
+    wrong loss of the negative control: reconstruction sampled as ``Υ z + ν`` (covariance
+    Υ²)."""
     nu, ups = _covariance(latent, p, y)
     ups_rec = ups @ ups if e3_misprint else ups
     w, b = p["decoder.out.weight"], p["decoder.out.bias"]

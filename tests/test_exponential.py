@@ -1,9 +1,9 @@
 """The exponential by inverse CDF (Eq. 8.23) and its pathwise and score-function gradients.
 
 Evidence: the CDF of the transformed sample returns the uniform (so X ~ Expo(λ) exactly);
-finite differences of ∂x/∂λ and of the score; Gauss–Laguerre quadrature (exact integrals) of both
-gradient identities against the closed-form derivative of E[f] for f(x) = x² and f(x) = e^{−sx};
-Monte Carlo means of both estimators within 4 standard errors of the same closed forms.
+finite differences of ∂x/∂λ and of the score; Gauss–Laguerre quadrature (exact integrals) of
+both gradient identities against the closed-form derivative of E[f] for f(x) = x² and f(x) =
+e^{−sx}; Monte Carlo means of both estimators within 4 standard errors of the same closed forms.
 """
 import numpy as np
 import pytest
@@ -40,8 +40,9 @@ def test_derivatives_match_finite_differences(np_bk):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_identities_are_exact_under_gauss_laguerre_quadrature(np_bk, case):
-    """``E_λ[φ(X)] = ∫_0^∞ e^{−t} φ(t/λ) dt``: 60-node Gauss–Laguerre is exact to rounding for
-    these smooth integrands, so each estimator's expectation equals the closed-form derivative."""
+    """``E_λ[φ(X)] = ∫_0^∞ e^{−t} φ(t/λ) dt``: 60-node Gauss–Laguerre is exact to
+    rounding for these smooth integrands, so each estimator's expectation equals the closed-form
+    derivative."""
     f, df, exact = CASES[case]
     t, wts = np.polynomial.laguerre.laggauss(60)
     x = (t / RATE)[:, None]

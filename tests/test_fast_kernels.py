@@ -4,15 +4,15 @@ each dtype (docs/DERIVATIONS.md#fast-kernels).
 
 An ulp here is ``numpy.spacing`` of a *scale* at which both formulas are exact to rounding:
 
-- ``log1p(e^{−|a|})``, ``σ(−|a|)``, softplus and the Bernoulli surprisal are sums of non-negative
-  terms in both forms (``λ(H − y) ≥ 0``), so the scale is the result itself: a relative bound.
-  Each side makes at most four roundings (exp, add, log, the Fast2Sum correction, whose own error
-  is of order ulp²; NumPy/SciPy's log1p, expit and logaddexp are within an ulp or two), so
-  :data:`ULPS` = 4 ulps.
-- the Bernoulli gradient ``σ(λ) − y`` is a difference: fast ``(H − y) − sign(λ) σ(−|λ|)``, plain
-  ``(1 − y) σ(λ) − y σ(−λ)``. Both cancel by the same amount, so the scale is the larger term,
-  ``max(|H − y|, σ(−|λ|))``; where ``y = H`` (binary data on the likely side) no cancellation
-  happens and the bound is relative to the result.
+- ``log1p(e^{−|a|})``, ``σ(−|a|)``, softplus and the Bernoulli surprisal are sums of
+  non-negative terms in both forms (``λ(H − y) ≥ 0``), so the scale is the result itself: a
+  relative bound. Each side makes at most four roundings (exp, add, log, the Fast2Sum correction,
+  whose own error is of order ulp²; NumPy/SciPy's log1p, expit and logaddexp are within an ulp or
+  two), so :data:`ULPS` = 4 ulps.
+- the Bernoulli gradient ``σ(λ) − y`` is a difference: fast
+  ``(H − y) − sign(λ) σ(−|λ|)``, plain ``(1 − y) σ(λ) − y σ(−λ)``. Both cancel by
+  the same amount, so the scale is the larger term, ``max(|H − y|, σ(−|λ|))``; where ``y = H``
+  (binary data on the likely side) no cancellation happens and the bound is relative to the result.
 
 Below the smallest normal number (``finfo.tiny``) the bound is absolute, ``tiny``: SciPy's
 ``expit(x) = 1/(1 + e^{−x})`` flushes to 0 once ``e^{−x}`` overflows (x < −709.8 in float64,
@@ -53,7 +53,8 @@ def logits(dtype, shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=7)):
 
 
 def assert_ulps(fast, plain, scale, dtype, ulps=ULPS):
-    """``|fast − plain| ≤ max(ulps · spacing(scale), tiny)``; equal infinities count as equal."""
+    """``|fast − plain| ≤ max(ulps · spacing(scale), tiny)``; equal infinities count as
+    equal."""
     fast, plain = np.asarray(fast), np.asarray(plain)
     assert fast.dtype == plain.dtype == np.dtype(dtype)
     both_inf = np.isinf(fast) & (fast == plain)

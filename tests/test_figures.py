@@ -50,7 +50,8 @@ def closed(monkeypatch):
 
 def test_every_figure_has_its_pixel_size(tmp_path, closed):
     """8×8 images: a mosaic is enlarged to at least 800 px wide by a whole factor (143 px of 16
-    tiles → ×6), plus a 20 × 50 px margin for the title, 110 px more on the left for row labels."""
+    tiles → ×6), plus a 20 × 50 px margin for the title, 110 px more on the left for row
+    labels."""
     model, params = model_for(64)
     written = figures.make_figures(model, params, image_data((8, 8)), tmp_path, HISTORY)
     assert {p.name: png_size(p) for p in written} == {

@@ -45,10 +45,10 @@ def test_heads_and_parameter_names_from_the_config(np_bk):
        arrays(np.float64, (2, 2 * K), elements=st.floats(-10, 10).filter(lambda v: abs(v) > 1e-2)),
        arrays(np.float64, (2, 2), elements=st.floats(-30, 30)))
 def test_constraint_gives_w_dot_uhat_m_and_a_finite_log_det(u, w, b):
-    """Appendix A.1 of Rezende & Mohamed: ``wᵀû = softplus(wᵀu) − 1 > −1``, so every log-determinant
-    is finite, including where ``1 + tanh'(a) m`` would cancel to 0 in floating point (α ≪ 0).
-    The range keeps |α| ≤ 300: below α ≈ −745 softplus(α) itself underflows (a volume contraction
-    by more than e^−745, outside what float64 represents)."""
+    """Appendix A.1 of Rezende & Mohamed: ``wᵀû = softplus(wᵀu) − 1 > −1``, so every
+    log-determinant is finite, including where ``1 + tanh'(a) m`` would cancel to 0 in floating
+    point (α ≪ 0). The range keeps |α| ≤ 300: below α ≈ −745 softplus(α) itself
+    underflows (a volume contraction by more than e^−745, outside what float64 represents)."""
     bk = get_backend("numpy")
     alpha, uhat, sp = PlanarFlowGaussian.constrain(bk, u.reshape(2, 2, K), w.reshape(2, 2, K))
     np.testing.assert_allclose((w.reshape(2, 2, K) * uhat).sum(-1), sp - 1.0, rtol=1e-9,
@@ -61,8 +61,8 @@ def test_constraint_gives_w_dot_uhat_m_and_a_finite_log_det(u, w, b):
 
 
 def test_log_det_stays_finite_where_the_naive_formula_cancels(np_bk):
-    """α = wᵀu = −40 and a = 0: the naive ``log(1 + tanh'(a) m)`` is log(0); the stable form gives
-    ``log softplus(−40) ≈ −40``."""
+    """α = wᵀu = −40 and a = 0: the naive ``log(1 + tanh'(a) m)`` is log(0); the stable form
+    gives ``log softplus(−40) ≈ −40``."""
     latent = PlanarFlowGaussian(1, 1)
     heads = {"mean": np.zeros((1, 1)), "logvar": np.zeros((1, 1)), "flow_u": np.array([[-40.0]]),
              "flow_w": np.array([[1.0]]), "flow_b": np.zeros((1, 1))}

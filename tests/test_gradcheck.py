@@ -19,7 +19,8 @@ def _params(bk, dtype=None):
 
 
 def _f(bk):
-    """f(W, b) = Σ sin(W)·W² + Σ exp(b/2) ... with gradients cos(W)W² + 2W sin(W), ½exp(b/2)."""
+    """f(W, b) = Σ sin(W)·W² + Σ exp(b/2) ... with gradients cos(W)W² + 2W sin(W),
+    ½exp(b/2)."""
     xp = bk.xp
 
     def f(p):
@@ -154,7 +155,8 @@ A = np.array([[2.0, 0.5, -0.3], [0.5, 1.0, 0.2], [-0.3, 0.2, 3.0]])
 
 
 def _row_grad(x):
-    """f(x) = Σ_rows ½ xᵀAx + Σ sin x: ∂f/∂x = Ax + cos x, H = A − diag(sin x) per row."""
+    """f(x) = Σ_rows ½ xᵀAx + Σ sin x: ∂f/∂x = Ax + cos x, H = A − diag(sin x) per
+    row."""
     return x @ A.T + np.cos(x)
 
 

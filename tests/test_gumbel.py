@@ -133,8 +133,8 @@ def log_softmax_np(z):
 
 @pytest.mark.parametrize("s", [0.3, 1.0, 2.5])
 def test_vjp_finite_differences_and_erratum_e4(np_bk, s):
-    """``(1/s) Y ⊙ (u − ⟨u, Y⟩)`` is the derivative of f(Y(g)) for f(Y) = ⟨a, Y⟩ + ⟨Y, B Y⟩/2;
-    the printed formula (exp{g_m} in the numerator) fails the same check at s ≠ 1."""
+    """``(1/s) Y ⊙ (u − ⟨u, Y⟩)`` is the derivative of f(Y(g)) for f(Y) = ⟨a, Y⟩ + ⟨Y,
+    B Y⟩/2; the printed formula (exp{g_m} in the numerator) fails the same check at s ≠ 1."""
     rng = np.random.default_rng(1)
     g, a = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
     b = rng.standard_normal((5, 5))
@@ -175,10 +175,10 @@ def _logit_plane_log_pdf(eta, s, t):
 
 
 def _half_line(h=0.05):
-    """Nodes ``e^v`` and trapezoid weights ``h e^v`` for ∫_0^∞ dt, v on [−40, 8]: the integrands
-    below are analytic and decay doubly exponentially in v, so the trapezoid rule converges
-    exponentially in 1/h (measured: total-mass error 1.8e-9 at h = 0.1, 6e-14 at h = 0.05; moving
-    the ends to −80 or 12 changes nothing)."""
+    """Nodes ``e^v`` and trapezoid weights ``h e^v`` for ∫_0^∞ dt, v on [−40, 8]: the
+    integrands below are analytic and decay doubly exponentially in v, so the trapezoid rule
+    converges exponentially in 1/h (measured: total-mass error 1.8e-9 at h = 0.1, 6e-14 at h = 0.05;
+    moving the ends to −80 or 12 changes nothing)."""
     v = np.arange(-40.0, 8.0 + h / 2, h)
     return np.exp(v), h * np.exp(v)
 

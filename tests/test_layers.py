@@ -98,8 +98,8 @@ geometry = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st
        size=st.tuples(st.integers(1, 8), st.integers(1, 8)), gh=geometry, gw=geometry,
        seed=st.integers(0, 2**16))
 def test_transposed_convolution_is_the_adjoint(np_bk, c, o, size, gh, gw, seed):
-    """⟨conv(x), y⟩ = ⟨x, conv_T(y)⟩ with the same weight, for every geometry whose output is
-    not empty; the transposed convolution with output padding (H + 2p − d(k − 1) − 1) mod s
+    """⟨conv(x), y⟩ = ⟨x, conv_T(y)⟩ with the same weight, for every geometry whose output
+    is not empty; the transposed convolution with output padding (H + 2p − d(k − 1) − 1) mod s
     restores the input size exactly."""
     (kh, sh, ph, dh), (kw, sw, pw, dw) = gh, gw
     conv = L.Conv2d((c, *size), o, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias=False)

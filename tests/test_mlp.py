@@ -4,8 +4,8 @@ Gradients are checked two independent ways: central differences through ``refvae
 (every entry) and PyTorch autograd in float64 on the same parameters, loaded into a torch module
 whose ``state_dict`` must accept refvae's names and shapes unchanged (``nn.Linear`` layout).
 
-The scalar is ``e(o) = Σ r⊙o + ½ Σ q⊙o²`` summed over the batch, so ``∂e/∂o = r + q⊙o`` depends on
-the output (a wrong forward pass shows up in the gradient too).
+The scalar is ``e(o) = Σ r⊙o + ½ Σ q⊙o²`` summed over the batch, so
+``∂e/∂o = r + q⊙o`` depends on the output (a wrong forward pass shows up in the gradient too).
 """
 import math
 
@@ -168,8 +168,8 @@ def test_init_bounds_fill_the_range_and_are_uniform():
         assert np.all(np.abs(v) <= b), name
         n = v.size
         # The extremes of n uniforms sit within b·O(1/n) of the bounds. P(no draw above edge·b)
-        # = (1 − (1 − edge)/2)^n: for the weights (n ≥ 6400, edge 0.99) 0.995^6400 ≈ 1e-14; for
-        # the biases (n = 300, 400; edge 0.9) 0.95^300 ≈ 2e-7. The seed is fixed, so this only
+        # = (1 − (1 − edge)/2)^n: for the weights (n ≥ 6400, edge 0.99) 0.995^6400 ≈ 1e-14;
+        # for the biases (n = 300, 400; edge 0.9) 0.95^300 ≈ 2e-7. The seed is fixed, so this only
         # documents that a correct initialiser passes for essentially any seed.
         edge = 0.9 if n < 1000 else 0.99
         assert v.max() > edge * b and v.min() < -edge * b, name

@@ -1,10 +1,10 @@
 """Exact input Jacobians and input Hessians of the MLP (docs/DERIVATIONS.md#mlp-input-hessians).
 
 ``f(x) = e(o(x))`` per datum, with ``e`` built here so that its gradient and curvature are known:
-``e(o) = g·o + ½ oᵀ C o`` (``∂e/∂o = g + C o``, ``∂²e/∂o∂oᵀ = C``) with ``C`` in each of the three
-curvature forms the MLP accepts — ``diag`` (per-output vector, or a scalar such as ``1/α``
-broadcast over everything), ``block2`` (a 2×2 block per ``d`` coupling output ``d`` with output
-``D + d``) and ``full`` — plus the real surprisals of the three emissions.
+``e(o) = g·o + ½ oᵀ C o`` (``∂e/∂o = g + C o``, ``∂²e/∂o∂oᵀ = C``) with ``C`` in
+each of the three curvature forms the MLP accepts — ``diag`` (per-output vector, or a scalar such
+as ``1/α`` broadcast over everything), ``block2`` (a 2×2 block per ``d`` coupling output ``d``
+with output ``D + d``) and ``full`` — plus the real surprisals of the three emissions.
 
 Every Hessian (full matrix and diagonal) is checked against central differences of the analytic
 input gradient (``refvae.gradcheck.check_hessian``) and against
@@ -218,7 +218,8 @@ class Surprisal:
 
     gaussian_diag over (μ_d, s_d), e = ½[(y−μ)² e^{−s} + s + log 2π]:
     ∂e/∂μ = −(y−μ)e^{−s}, ∂e/∂s = ½(1 − (y−μ)² e^{−s}),
-    ∂²e/∂μ² = e^{−s}, ∂²e/∂μ∂s = +(y−μ)e^{−s}, ∂²e/∂s² = ½(y−μ)² e^{−s}.
+    ∂²e/∂μ² = e^{−s}, ∂²e/∂μ∂s = +(y−μ)e^{−s}, ∂²e/∂s² = ½(y−μ)²
+    e^{−s}.
     """
 
     def __init__(self, kind, batch, seed):

@@ -260,7 +260,8 @@ def test_manifold_has_axes_in_latent_coordinates(tmp_path, monkeypatch):
     ax = axes[0]
     assert ax.get_xlabel().startswith("z₁") and "ν₁ axis of latent.png" in ax.get_xlabel()
     labels = [float(t.get_text()) for t in ax.get_xticklabels()]
-    assert labels == pytest.approx([-1.28, 0.0, 1.28], abs=0.01)  # Φ⁻¹(0.1), Φ⁻¹(0.5), Φ⁻¹(0.9)
+    # Φ⁻¹(0.1), Φ⁻¹(0.5), Φ⁻¹(0.9)
+    assert labels == pytest.approx([-1.28, 0.0, 1.28], abs=0.01)
 
 
 def test_data_without_image_shape_get_a_note_and_sample_writes_arrays(tmp_path, capsys):

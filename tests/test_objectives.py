@@ -13,7 +13,8 @@ from refvae.math.vae import VAE
 
 def linear_gaussian_model(exact_posterior: bool, d=5, k=2, alpha=0.5, seed=0):
     """μ(x) = W x + b with orthogonal columns of W, so the exact posterior
-    N(Σ Wᵀ(y − b)/α, Σ), Σ = (I + WᵀW/α)⁻¹, is diagonal; the encoder is set to it (or perturbed)."""
+    N(Σ Wᵀ(y − b)/α, Σ), Σ = (I + WᵀW/α)⁻¹, is diagonal; the encoder is set to it (or
+    perturbed)."""
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(d, k)))
     w = q * np.array([2.0, 0.7])[:k]

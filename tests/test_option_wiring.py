@@ -159,8 +159,8 @@ def check_optimizer(run):
 
 
 def check_weight_decay(run):
-    """One SGD step on the whole batch: θ₁ = θ₀ − η(g + λθ₀), so the run with λ differs from the
-    run without by −ηλθ₀, θ₀ being the seed's initial parameters."""
+    """One SGD step on the whole batch: θ₁ = θ₀ − η(g + λθ₀), so the run with λ
+    differs from the run without by −ηλθ₀, θ₀ being the seed's initial parameters."""
     lr, decay = 0.1, 0.25
     flags = ("--optimizer", "sgd", "--lr", str(lr), "--epochs", "1", "--batch-size", str(N_TRAIN))
     run.train(*flags, "--weight-decay", "0")

@@ -1,7 +1,7 @@
 """``check_torch`` without a config on a convolutional PyTorch VAE written the way popular
 repositories write one (an ``nn.Sequential`` encoder ending in ``Flatten``, heads ``fc_mu`` and
-``fc_logvar``, a decoder ``Linear → Unflatten → ConvTranspose2d … → Sigmoid``, BCE summed): it
-passes in float64, three injected bugs fail, other head names are recognised or mapped, and every
+``fc_logvar``, a decoder ``Linear → Unflatten → ConvTranspose2d … → Sigmoid``, BCE summed):
+it passes in float64, three injected bugs fail, other head names are recognised or mapped, and every
 module that cannot be read is named in one line."""
 import numpy as np
 import pytest
@@ -144,8 +144,8 @@ class NumpyConvBernoulliVAE:
     """Written in the style of numpy-ml's ``BernoulliVAE`` (NHWC images, ``(in, out)`` dense
     weights, ``(kh, kw, in, out)`` kernels, one fused dense layer emitting ``[mean | log_var]``,
     a sigmoid output with binary cross-entropy, forward caches and hand-written backward):
-    Conv2D 3×3 same → ReLU → Pool2D max 2×2 → Flatten (channels first, as PyTorch) → FC ReLU →
-    FC (2K); decoder FC ReLU → FC sigmoid. The loss is the batch mean of BCE + KL."""
+    Conv2D 3×3 same → ReLU → Pool2D max 2×2 → Flatten (channels first, as PyTorch) → FC
+    ReLU → FC (2K); decoder FC ReLU → FC sigmoid. The loss is the batch mean of BCE + KL."""
 
     def __init__(self, rng, hw=6, channels=2, hidden=6, latent=2, ties="first"):
         self.hw, self.k, self.ties = hw, latent, ties

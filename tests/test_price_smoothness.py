@@ -18,8 +18,8 @@ from refvae.math.vae import VAE
 
 def _nodes(kinks_x, heads):
     """Standard-normal nodes and weights, Gauss–Legendre on each piece of [−12, 12] between the
-    decoder's kinks (mapped to z = (x − ν)/σ): the integrand is smooth on each piece, so the rule
-    is exact to rounding and moves smoothly with the heads (finite differences stay exact)."""
+    decoder's kinks (mapped to z = (x − ν)/σ): the integrand is smooth on each piece, so the
+    rule is exact to rounding and moves smoothly with the heads (finite differences stay exact)."""
     nu, sigma = heads["mean"][0, 0], np.exp(0.5 * heads["logvar"][0, 0])
     cuts = np.sort(np.clip((kinks_x - nu) / sigma, -12.0, 12.0))
     edges = np.concatenate([[-12.0], cuts, [12.0]])
@@ -30,7 +30,8 @@ def _nodes(kinks_x, heads):
 
 
 def _decoder_problem(np_bk, activation):
-    """``f(x) = ½||MLP(x) − c||²`` of a 1-D latent through a K-8-3 decoder, and a head (ν, ℓ)."""
+    """``f(x) = ½||MLP(x) − c||²`` of a 1-D latent through a K-8-3 decoder, and a head (ν,
+    ℓ)."""
     mlp = MLP.build("decoder", 1, (8,), [("out", 3)], activation)
     params = mlp.init_params(NoiseSource(5), np_bk)
     params["decoder.0.weight"] = params["decoder.0.weight"] * 3.0   # kinks inside the bulk

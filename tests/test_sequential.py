@@ -1,10 +1,10 @@
 """Sequential networks (refvae.math.sequential) against PyTorch float64 and central differences.
 
 Whole networks (convolutions, pooling, batch norm, activations, heads) against their PyTorch twin:
-output, parameter and input gradients, input Jacobians and — for smooth networks — the exact input
-Hessian of ``f(x) = e(o(x))`` with ``e(o) = g·o + ½ oᵀ C o`` in each curvature form, against
-``torch.autograd.functional.hessian``; then central differences, the layer-list parser's errors,
-and the same numbers on every backend (NumPy, the strict CuPy stand-in, CuPy).
+output, parameter and input gradients, input Jacobians and — for smooth networks — the exact
+input Hessian of ``f(x) = e(o(x))`` with ``e(o) = g·o + ½ oᵀ C o`` in each curvature form,
+against ``torch.autograd.functional.hessian``; then central differences, the layer-list parser's
+errors, and the same numbers on every backend (NumPy, the strict CuPy stand-in, CuPy).
 """
 import numpy as np
 import pytest

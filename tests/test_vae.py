@@ -85,7 +85,8 @@ def test_kl_matches_general_gaussian_kl():
 
 
 def test_linear_decoder_reconstruction_matches_closed_form():
-    """Boxed reconstruction (E2, E3): with μ(x) = W x + b, E_q f = (‖y − Wν − b‖² + tr(W Υ Wᵀ))/(2α)
+    """Boxed reconstruction (E2, E3): with μ(x) = W x + b, E_q f = (‖y − Wν − b‖² + tr(W
+    Υ Wᵀ))/(2α)
     + (D/2) log(2πα). The Monte Carlo mean over many samples must agree within 4 standard errors;
     a standard deviation used where a variance belongs (E3) or K in place of D (E2) fails."""
     cfg = dict(data_dim=5, latent_dim=3, encoder_hidden=[4], decoder_hidden=[], activation="tanh",

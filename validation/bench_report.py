@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     est_log = io.StringIO()
     est = run_estimators(out=est_log)
     print(est_log.getvalue(), end="")
-    est_rows = [[e["K"], e["estimator"], e["samples"], f"{e['ms']:.2f}", f"{e['vs_pathwise']:.2f}×",
+    est_rows = [[e["K"], e["estimator"], e["samples"], f"{e['ms']:.2f}",
+                 f"{e['vs_pathwise']:.2f}×",
                  f"{2 + e['K'] / 2:.0f}×" if e["estimator"] == "price" else ""] for e in est]
     price_ok = all(e["vs_pathwise"] <= 2 + e["K"] / 2 for e in est if e["estimator"] == "price")
     text = "\n".join([

@@ -49,7 +49,8 @@ TEMPERATURE = 0.5
 # A Gumbel value this large on one class makes it the argmax whatever the logits (here |η| < 10).
 SPIKE = 1e3
 # Central differences of the enumerated loss (refvae.gradcheck's float64 step 1e-6): truncation
-# O(eps²) ~ 1e-12 plus rounding ~ ulp·|loss|/eps ~ 1e-9 on a loss of a few nats (clean run, seed 0:
+# O(eps²) ~ 1e-12 plus rounding ~ ulp·|loss|/eps ~ 1e-9 on a loss of a few nats (clean run, seed
+# 0:
 # 5e-9 relative to the witness's autograd of the same sum); 1e-6 leaves a margin above that, while a
 # wrong term in the sum would be off by O(1).
 TARGET_RTOL = 1e-6
@@ -149,7 +150,8 @@ def report(out: dict) -> tuple[str, str, list]:
     s, c = out["score"], out["control"]
     summary = (f"At shared parameters of a {CFG['latent_dim']} × {CFG['categories']} categorical "
                "VAE (9 codes "
-               f"enumerated), the score estimator's mean over {DRAWS} draws × {COPIES} replicas is "
+               f"enumerated), the score estimator's mean over {DRAWS} draws × {COPIES} replicas "
+               "is "
                f"{s['max_z']:.2f} SE from the exact gradient at most, over all {out['entries']} "
                "entries "
                f"({'accepted' if s['accepted'] else 'REJECTED'}; "

@@ -1,5 +1,5 @@
-"""Claim 1: the chapter's misprints E1–E10 (docs/DERIVATIONS.md#errata). Each corrected row measures
-refvae's own function (MLP backward pass and input Hessian, the emissions' surprisals and
+"""Claim 1: the chapter's misprints E1–E10 (docs/DERIVATIONS.md#errata). Each corrected row
+measures refvae's own function (MLP backward pass and input Hessian, the emissions' surprisals and
 gradients, the diagonal and full-covariance samplers, the Gumbel noise, the Gumbel-softmax VJP, the
 categorical latent's Gumbel-max sample and score) against an independent reference: central finite
 differences, SciPy's densities, closed-form moments in Monte Carlo standard errors, exact
@@ -32,7 +32,8 @@ TITLE = ("Errata E1–E10: the printed forms fail, the corrected forms agree wit
 SOURCE = ("docs/DERIVATIONS.md#errata; chapter §8.2 (after Eq. 8.14, Eqs. 8.16, 8.18), §8.2.2 "
           "(after Eq. 8.26, boxed results), Gumbel perturbations, Eqs. 8.28–8.29 and the loss "
           "after them")
-FULL_MODE = "3.2 s (10⁶ Monte Carlo draws per sampler); measured"  # runtime of --full on two cores
+# runtime of --full on two cores
+FULL_MODE = "3.2 s (10⁶ Monte Carlo draws per sampler); measured"
 
 BK = get_backend()
 # Agreement of a corrected form with central differences: float64 differences at eps = 1e-6 are
@@ -58,8 +59,8 @@ def _decoder(seed):
 
 
 def e1_rows(seed):
-    """E1: ∂E/∂θ, ∂E/∂x and ∂²E/∂x∂xᵀ of E_emiss = ||y − μ||²/(2α): the printed forms are the
-    derivatives of −E_emiss."""
+    """E1: ∂E/∂θ, ∂E/∂x and ∂²E/∂x∂xᵀ of E_emiss = ||y − μ||²/(2α): the
+    printed forms are the derivatives of −E_emiss."""
     alpha = 0.7
     mlp, params, x, y = _decoder(seed)
 
@@ -86,7 +87,8 @@ def e1_rows(seed):
                rel(corrected.grads["decoder.out.weight"], fd_theta), "finite differences"),
         fd_row("E1", "∂E/∂x_k", rel(printed.d_input, fd_x), rel(corrected.d_input, fd_x),
                "finite differences"),
-        fd_row("E1", "∂²E/∂x_j∂x_k", rel(-hess_c, fd_h), rel(hess_c, fd_h), "differences of ∂E/∂x"),
+        fd_row("E1", "∂²E/∂x_j∂x_k", rel(-hess_c, fd_h), rel(hess_c, fd_h),
+               "differences of ∂E/∂x"),
     ]
 
 
@@ -111,10 +113,10 @@ def _z_max(estimate, target, se) -> float:
 
 
 def e3_rows(seed, samples):
-    """E3: the reparameterized sample is Υ^{1/2} z + ν; Υ z + ν has variance υ⁴, not υ². refvae's
-    diagonal sampler (mean ν, variance exp ℓ) and full-covariance sampler (covariance RRᵀ), each
-    against its closed-form moments in standard errors; the printed form is Υ z + ν on the same
-    z."""
+    """E3: the reparameterized sample is Υ^{1/2} z + ν; Υ z + ν has variance υ⁴, not υ².
+    refvae's diagonal sampler (mean ν, variance exp ℓ) and full-covariance sampler (covariance
+    RRᵀ), each against its closed-form moments in standard errors; the printed form is Υ z + ν
+    on the same z."""
     n = samples
     diag = DiagonalGaussian(2)
     nu, lv = np.array([[0.5, -1.0]]), np.log(np.array([[0.25, 4.0]]))
@@ -198,7 +200,8 @@ def e5_row(seed, samples):
 
 def bernoulli_row(seed):
     """No erratum: the third emission, so that every emission's gradient is measured. refvae's
-    Bernoulli surprisal and ∂f/∂λ against SciPy's bernoulli.logpmf and its central differences."""
+    Bernoulli surprisal and ∂f/∂λ against SciPy's bernoulli.logpmf and its central
+    differences."""
     rng = np.random.default_rng([seed, 6])
     lam, y = rng.normal(scale=2.0, size=(1, 6)), rng.integers(0, 2, size=(1, 6)).astype(float)
     terms = make_emission("bernoulli").terms(BK, lam, y)
@@ -210,8 +213,8 @@ def bernoulli_row(seed):
 
 
 def e6_rows():
-    """E6: with α learned (or Σ(x) per dimension) the normalizer ½ log|2πΣ| changes the gradients:
-    E_emiss alone gives the wrong ∂/∂log α and ∂/∂s."""
+    """E6: with α learned (or Σ(x) per dimension) the normalizer ½ log|2πΣ| changes the
+    gradients: E_emiss alone gives the wrong ∂/∂log α and ∂/∂s."""
     rng = np.random.default_rng(3)
     y, mu = rng.normal(size=(1, 5)), rng.normal(size=(1, 5))
     la = np.float64(-0.4)
@@ -236,11 +239,11 @@ def e6_rows():
 
 def e6_mean_gradient_row():
     """E6 in Eq. 8.16: with Σ(x) (gaussian_diag) the normalizer ½ Σ_d s_d(x) depends on x, so the
-    mean gradient ⟨∂f/∂x⟩ differs from ⟨∂E_emiss/∂x⟩. refvae's ⟨g⟩ (the emission's ∂f/∂o through
-    the decoder's reverse pass, averaged over L = 8 fixed samples x_l = ν + υ ⊙ z_l) against central
-    differences in ν of the same average of SciPy's −log N(y; μ(x), diag e^{s(x)}); the printed form
-    backpropagates E_emiss alone. Were the normalizer dropped from refvae's emission, its row would
-    equal the printed one and fail."""
+    mean gradient ⟨∂f/∂x⟩ differs from ⟨∂E_emiss/∂x⟩. refvae's ⟨g⟩ (the
+    emission's ∂f/∂o through the decoder's reverse pass, averaged over L = 8 fixed samples x_l =
+    ν + υ ⊙ z_l) against central differences in ν of the same average of SciPy's −log N(y;
+    μ(x), diag e^{s(x)}); the printed form backpropagates E_emiss alone. Were the normalizer
+    dropped from refvae's emission, its row would equal the printed one and fail."""
     noise = NoiseSource([6, 16])
     d = 3
     mlp = MLP.build("decoder", 2, [6], [("out", d), ("logvar", d)], "tanh")
@@ -265,27 +268,30 @@ def e6_mean_gradient_row():
 
 
 def e7_row(seed, samples):
-    """E7: the chapter calls η_k the "mean" of a Gumbel variable with CDF exp(−e^{−(g−η_k)}) and G0
-    "zero-mean"; η_k is the location, the mean is η_k + γ (γ = 0.5772…, Euler's constant), the
-    variance π²/6. refvae's standard Gumbel draws (NoiseSource.gumbel): sample mean against γ and
-    sample variance against π²/6 in standard errors; the printed zero mean against the same mean."""
+    """E7: the chapter calls η_k the "mean" of a Gumbel variable with CDF exp(−e^{−(g−η_k)})
+    and G0 "zero-mean"; η_k is the location, the mean is η_k + γ (γ = 0.5772…, Euler's
+    constant), the variance π²/6. refvae's standard Gumbel draws (NoiseSource.gumbel): sample mean
+    against γ and sample variance against π²/6 in standard errors; the printed zero mean against
+    the same mean."""
     g = NoiseSource([seed, 7]).gumbel((samples,))
     var = math.pi ** 2 / 6
     se_mean = math.sqrt(var / samples)
     # SE of a sample variance: σ² √((κ − 1)/n), with the Gumbel kurtosis κ = 3 + 12/5.
     se_var = var * math.sqrt((3 + 12 / 5 - 1) / samples)
     z = max(abs(g.mean() - np.euler_gamma) / se_mean, abs(g.var(ddof=1) - var) / se_var)
-    return ["E7", f"refvae's standard Gumbel G0: mean vs γ = 0.5772 (printed 0), variance vs π²/6 "
+    return ["E7",
+            f"refvae's standard Gumbel G0: mean vs γ = 0.5772 (printed 0), variance vs π²/6 "
             f"({samples} draws)", abs(g.mean()) / se_mean, z, Z, N_SE, "closed-form moments"]
 
 
 def e8_row(seed, draws=2000):
     """E8: the display before "Now making the approximation" moves d/dθ inside the average through
-    the argmax σ0. Its right side is 0 almost surely (the one-hot argmax is locally constant in η);
-    its left side is d/dη Σ_c π_c f(e_c) = π ⊙ (f − πᵀf). Left side: refvae's categorical latent,
-    enumerated exactly (Σ_c π_c f_c (onehot(c) − π), its score at each class c); reference: central
-    differences of SciPy's Σ_c softmax(η)_c f_c. Printed (right side): central differences of f at
-    refvae's Gumbel-max sample, on fixed noise, averaged over `draws` draws."""
+    the argmax σ0. Its right side is 0 almost surely (the one-hot argmax is locally constant in
+    η); its left side is d/dη Σ_c π_c f(e_c) = π ⊙ (f − πᵀf). Left side: refvae's
+    categorical latent, enumerated exactly (Σ_c π_c f_c (onehot(c) − π), its score at each
+    class c); reference: central differences of SciPy's Σ_c softmax(η)_c f_c. Printed (right
+    side): central differences of f at refvae's Gumbel-max sample, on fixed noise, averaged over
+    `draws` draws."""
     c = 4
     eta, fvals = np.array([[0.5, -1.0, 1.5, 0.0]]), np.array([1.0, -2.0, 0.5, 3.0])   # f(y) = fᵀy
     latent = Categorical(1, c)
@@ -305,18 +311,19 @@ def e8_row(seed, draws=2000):
     right = np.array([((latent.sample(BK, {"logits": eta + h * e}, g0, estimator="hard").hard
                         - latent.sample(BK, {"logits": eta - h * e}, g0, estimator="hard").hard)
                        .reshape(draws, c) @ fvals).mean() / (2 * h) for e in np.eye(c)])
-    return fd_row("E8", f"d/dη ⟨f(σ0(η + G0))⟩ (refvae, enumerated) vs ⟨d/dη f(σ0(η + G0))⟩ "
-                  f"({draws} draws)", rel(right, fd), rel(left, fd),
-                  "finite differences of SciPy's Σ_c π_c f_c")
+    return fd_row(
+        "E8", f"d/dη ⟨f(σ0(η + G0))⟩ (refvae, enumerated) vs ⟨d/dη f(σ0(η + G0))⟩ "
+        f"({draws} draws)", rel(right, fd), rel(left, fd),
+        "finite differences of SciPy's Σ_c π_c f_c")
 
 
 def e9_row(seed, draws=64):
-    """E9: "making the approximation" writes σ(η(θ) + G0), the softmax of Eq. 8.27 at temperature 1,
-    for the relaxed sample; it must be Eq. 8.29's Y = σ((η + G0)/s), with ∂σᵀ/∂g the Jacobian of
-    E4, (1/s)(diag Y − Y Yᵀ). refvae's chain (relaxed_sample and relaxed_sample_vjp at s = 0.5,
-    averaged over fixed draws of G0) against central differences in η of the same average of
-    f(SciPy softmax((η + G0)/s)); the printed form is the same chain at s = 1 (at s = 1 the two
-    coincide, so the row uses s = 0.5)."""
+    """E9: "making the approximation" writes σ(η(θ) + G0), the softmax of Eq. 8.27 at temperature
+    1, for the relaxed sample; it must be Eq. 8.29's Y = σ((η + G0)/s), with ∂σᵀ/∂g the
+    Jacobian of E4, (1/s)(diag Y − Y Yᵀ). refvae's chain (relaxed_sample and relaxed_sample_vjp
+    at s = 0.5, averaged over fixed draws of G0) against central differences in η of the same
+    average of f(SciPy softmax((η + G0)/s)); the printed form is the same chain at s = 1 (at s = 1
+    the two coincide, so the row uses s = 0.5)."""
     s, c = 0.5, 3
     rng = np.random.default_rng([seed, 9])
     eta, a, b = rng.normal(size=(1, 1, c)), rng.normal(size=c), rng.normal(size=c)
@@ -365,13 +372,14 @@ def e10_row(seed):
                             full=True)
     fd = numerical_hessian(grad, x)
     printed = numerical_hessian(lambda xx: grad(xx, emiss_only=True), x)
-    return fd_row("E10", "∂²E_post/∂x∂xᵀ = H + I (E_post = −log p(x∣y), gaussian_diag)",
+    return fd_row("E10",
+                  "∂²E_post/∂x∂xᵀ = H + I (E_post = −log p(x∣y), gaussian_diag)",
                   rel(printed, fd), rel(h_f + np.eye(2), fd), "differences of ∂E_joint/∂x")
 
 
 def equations_md_row():
-    """Our earlier notes printed the (μ_d, s_d) cross-curvature of gaussian_diag as −(y − μ)e^{−s};
-    the derivative ∂/∂s [(μ − y)e^{−s}] is +(y − μ)e^{−s}."""
+    """Our earlier notes printed the (μ_d, s_d) cross-curvature of gaussian_diag as −(y −
+    μ)e^{−s}; the derivative ∂/∂s [(μ − y)e^{−s}] is +(y − μ)e^{−s}."""
     rng = np.random.default_rng(4)
     y, mu, s = rng.normal(size=(1, 2)), rng.normal(size=(1, 2)), rng.normal(size=(1, 2))
     em = make_emission("gaussian_diag")

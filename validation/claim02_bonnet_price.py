@@ -1,18 +1,20 @@
 """Claim 2: Bonnet's and Price's theorems (Eqs. 8.16–8.17) under Gauss–Hermite quadrature.
 
 For ``x ~ N(ν, Υ)``: Bonnet ``∂/∂ν E[f(x)] = E[∂f/∂x]`` (Eq. 8.16) and Price
-``∂/∂Υ E[f(x)] = ½ E[∂²f/∂x∂xᵀ]`` (Eq. 8.17; ``∂/∂Υ`` the symmetric gradient, ``dE = tr(G dΥ)``).
-Tensor-product Gauss–Hermite quadrature computes every expectation, in K = 1, 2 and 3 dimensions.
+``∂/∂Υ E[f(x)] = ½ E[∂²f/∂x∂xᵀ]`` (Eq. 8.17; ``∂/∂Υ`` the symmetric gradient,
+``dE = tr(G dΥ)``). Tensor-product Gauss–Hermite quadrature computes every expectation, in K = 1,
+2 and 3 dimensions.
 
 A. The theorems, on nonlinear test functions:
    - ``(x − c)ᵀA(x − c)`` and ``cos(kᵀx)``: left-hand sides in closed form;
    - a small tanh decoder MLP (``refvae.math.mlp.MLP``, widths K-5-4-heads) followed by each of
      refvae's emissions (gaussian, bernoulli, gaussian_diag), and the same MLP with each other
-     smooth activation (softplus, silu, gelu: φ″ ≠ 0, so the Hessian's φ″ term is exercised beyond
-     tanh) followed by the gaussian emission, at a fixed observation ``y``: ``f`` is the
+     smooth activation (softplus, silu, gelu: φ″ ≠ 0, so the Hessian's φ″ term is exercised
+     beyond tanh) followed by the gaussian emission, at a fixed observation ``y``: ``f`` is the
      decoder's surprisal ``−log p(y|x)``; ``∂f/∂x`` comes from refvae's reverse pass and
-     ``∂²f/∂x∂xᵀ`` from its exact input Hessian. No closed form: the left-hand sides are central
-     differences (Richardson-extrapolated) of the quadrature of ``f`` alone, at a high node count.
+     ``∂²f/∂x∂xᵀ`` from its exact input Hessian. No closed form: the left-hand sides are
+     central differences (Richardson-extrapolated) of the quadrature of ``f`` alone, at a high node
+     count.
    Right-hand sides are quadratures of refvae's (or the closed-form) first and second derivatives.
    For the MLP the right-hand side is shown converging as the node count grows.
 B. The estimators as implemented: for one datum, feeding the quadrature nodes as the "samples" ``z``
@@ -60,8 +62,8 @@ EMISSIONS = ("gaussian", "bernoulli", "gaussian_diag")
 SMOOTH = ("softplus", "silu", "gelu")
 # Nodes per axis of the reference rule (tensor product: n^K nodes). tanh is analytic only in a strip
 # of the complex plane, so the MLP expectations converge more slowly than a polynomial's (figure);
-# these counts put them at ≲ 1e-10 relative, which the refinement column checks (the same quantities
-# with REFINE more nodes per axis).
+# these counts put them at ≲ 1e-10 relative, which the refinement column checks (the same
+# quantities with REFINE more nodes per axis).
 REF_NODES = {1: 120, 2: 80, 3: 40}
 REFINE = 8
 CONVERGENCE_NODES = [4, 8, 12, 16, 24, 32, 40, 60, 80, 120]
@@ -69,10 +71,10 @@ CONVERGENCE_NODES = [4, 8, 12, 16, 24, 32, 40, 60, 80, 120]
 # - closed-form families (quadratic, cosine): the rule is exact for the quadratic and converged to
 #   rounding for the cosine, so only float64 rounding of sums over ≤ 10⁵ nodes is left: 1e-10;
 # - MLP families and the estimators: the left side is a central difference of the quadrature of f
-#   with one Richardson step (h = 1e-3 and 5e-4: truncation O(h⁴) ≈ 1e-12, rounding ε|E|/h ≈ 1e-12
-#   relative; a plain central difference at 1e-5 leaves ~5e-9, too close to the threshold), so 1e-8
-#   leaves orders of magnitude of margin, while a missing factor ½, a wrong sign or a variance used
-#   for a standard deviation is off by O(1);
+#   with one Richardson step (h = 1e-3 and 5e-4: truncation O(h⁴) ≈ 1e-12, rounding
+#   ε|E|/h ≈ 1e-12 relative; a plain central difference at 1e-5 leaves ~5e-9, too close to
+#   the threshold), so 1e-8 leaves orders of magnitude of margin, while a missing factor ½, a
+#   wrong sign or a variance used for a standard deviation is off by O(1);
 # - the refinement must be below 1e-9, an order under 1e-8, so that the quadrature's own error
 #   cannot hide in the thresholds above.
 TOL_EXACT, TOL_FD, TOL_REFINE = 1e-10, 1e-8, 1e-9
@@ -82,17 +84,20 @@ FD_STEP = 1e-3
 def central(fn_of_step, h: float = FD_STEP) -> float:
     """Derivative at 0 of ``F(s)`` (the function shifted by ``s`` along one coordinate): central
     differences ``D(h) = (F(h) − F(−h)) / 2h`` at ``h`` and ``h/2`` combined as
-    ``(4D(h/2) − D(h))/3``, which cancels the O(h²) term (Richardson extrapolation): error O(h⁴)."""
+    ``(4D(h/2) − D(h))/3``, which cancels the O(h²) term (Richardson extrapolation): error
+    O(h⁴)."""
     def d(s):
         return (fn_of_step(s) - fn_of_step(-s)) / (2 * s)
     return (4 * d(h / 2) - d(h)) / 3
 
 
-# ----- test functions: derivs(x (M, K)) -> f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K) -------------
+# ----- test functions: derivs(x (M, K)) -> f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K)
+# -------------
 class DecoderSurprisal:
     """``f(x) = −log p(y | MLP(x))``: an MLP K-5-4-heads (tanh or another smooth activation) in
-    PyTorch's default initialisation and one of refvae's emissions (α = 0.5 for gaussian) at a fixed
-    ``y``. ``∂f/∂x`` by the reverse pass, ``∂²f/∂x∂xᵀ`` by the exact input Hessian."""
+    PyTorch's default initialisation and one of refvae's emissions (α = 0.5 for gaussian) at a
+    fixed ``y``. ``∂f/∂x`` by the reverse pass, ``∂²f/∂x∂xᵀ`` by the exact input
+    Hessian."""
 
     def __init__(self, k, rng, emission: str, data_dim: int = 3, activation: str = "tanh"):
         self.name = f"{activation} MLP + {emission}"
@@ -189,8 +194,8 @@ def estimator_rows(seed: int):
         rng = np.random.default_rng(seed + 100 + k)
         latent = latent_cls(k)
         fn = DecoderSurprisal(k, rng, "gaussian")
-        # the covariance head shifted by −0.5: posterior variances ≈ 0.4–0.6, narrower than the
-        # prior
+        # the covariance head shifted by −0.5: posterior variances ≈ 0.4–0.6, narrower than
+        # the prior
         heads = {h: 0.3 * rng.normal(size=(1, d)) - (0.0 if h == "mean" else 0.5) for h,
                  d in latent.heads()}
         z, w = gauss_hermite(k, REF_NODES[k])
@@ -200,7 +205,8 @@ def estimator_rows(seed: int):
         def hessian(full=False, hess=hess):
             return hess[None] if full else np.diagonal(hess, axis1=-2, axis2=-1)[None]
 
-        # score_function returns weight · Σ_l f_l s_l: the quadrature weights go into f, weight = 1.
+        # score_function returns weight · Σ_l f_l s_l: the quadrature weights go into f, weight
+        # = 1.
         signals = DecoderSignals(g[None], (w * f)[None], 1.0, hessian, {})
         target = head_gradient(latent.name, fn, heads, z, w)
         for est in ("pathwise", "price", "score"):
@@ -214,8 +220,9 @@ def estimator_rows(seed: int):
 
 
 def head_gradient(latent_name: str, fn, heads: dict, z, w) -> dict:
-    """``∂E[f]/∂(heads)`` by central differences of the quadrature ``Σ_m w_m f(ν + chol(Υ) z_m)``,
-    with ``(ν, Υ)`` from the heads by ``closed_forms.moments``."""
+    """``∂E[f]/∂(heads)`` by central differences of the quadrature
+    ``Σ_m w_m f(ν + chol(Υ) z_m)``, with ``(ν, Υ)`` from the heads by
+    ``closed_forms.moments``."""
     def expectation(hd):
         nu, ups = moments(latent_name, hd)
         return float(w @ fn.value(nu[0] + z @ np.linalg.cholesky(ups[0]).T))
@@ -248,7 +255,8 @@ def _figure(ctx, conv):
         for ax, col in zip(axes, (1, 2)):
             ax.loglog(n, [max(p[col], 1e-17) for p in pts], styles[k], color=colors[name],
                       label=f"{name}, K = {k}", ms=4)
-    for ax, title in zip(axes, ("Bonnet: E[∂f/∂x] against ∂E/∂ν", "Price: ½E[∂²f/∂x∂xᵀ] against "
+    for ax, title in zip(axes, ("Bonnet: E[∂f/∂x] against ∂E/∂ν",
+                                "Price: ½E[∂²f/∂x∂xᵀ] against "
                                                                   "∂E/∂Υ")):
         ax.axhline(TOL_FD, color="k", ls=":", lw=1)
         ax.set_title(title)
@@ -300,7 +308,8 @@ def _run(ctx: Context) -> Claim:
                             "central differences (their own error ≲ 1e-10); the reference rule "
                             "within "
                             f"{TOL_REFINE:g} of the rule with {REFINE} more nodes per axis"),
-                 tables=[("A. Bonnet (∂/∂ν) and Price (∂/∂Υ): quadrature of refvae's derivatives "
+                 tables=[("A. Bonnet (∂/∂ν) and Price (∂/∂Υ): quadrature of refvae's "
+                          "derivatives "
                           "against "
                           "the left-hand side; relative errors",
                           ["function", "K", "nodes", "left side by", "Bonnet", "Price",

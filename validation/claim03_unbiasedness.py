@@ -15,26 +15,27 @@ mean of refvae's loss, before it serves as the target.
 
 Test: ``DRAWS`` independent noise draws (fixed seed; the same draws for every estimator), each one
 ``loss_and_grads`` call on the N data repeated ``REPLICAS`` times with fresh noise for every row and
-L samples per datum — with the mean reduction that call returns the mean of ``REPLICAS`` independent
-gradients of the N-datum loss, so one call does the work of ``REPLICAS`` draws (every estimator here
-works per datum; ``score-running``'s baseline is a batch mean from earlier calls); per parameter
-entry ``z = (mean − exact) / SE`` with ``SE = sd/√DRAWS``. Pass: ``|z| ≤ 4`` for every entry of
-every estimator. (``score-running`` carries its state across draws, so its draws are not
-independent; each is unbiased given the past — β comes from earlier draws only — so they are
-uncorrelated and the standard error is still ``sd/√DRAWS``.) Entries an estimator computes without
-noise — Price's covariance-head gradients, because a linear decoder's Hessian ``WᵀW/α`` is constant
-— have ``SE = 0`` and must equal the exact gradient to rounding instead.
+L samples per datum — with the mean reduction that call returns the mean of ``REPLICAS``
+independent gradients of the N-datum loss, so one call does the work of ``REPLICAS`` draws (every
+estimator here works per datum; ``score-running``'s baseline is a batch mean from earlier calls);
+per parameter entry ``z = (mean − exact) / SE`` with ``SE = sd/√DRAWS``. Pass: ``|z| ≤ 4`` for
+every entry of every estimator. (``score-running`` carries its state across draws, so its draws are
+not independent; each is unbiased given the past — β comes from earlier draws only — so they
+are uncorrelated and the standard error is still ``sd/√DRAWS``.) Entries an estimator computes
+without noise — Price's covariance-head gradients, because a linear decoder's Hessian ``WᵀW/α``
+is constant — have ``SE = 0`` and must equal the exact gradient to rounding instead.
 
 Negative controls (the test's power):
 - the gradient of the loss with the E3 misprint (sample ``Υ z + ν``, covariance Υ² in the
   reconstruction) must be rejected (some ``|z| > 4``) by every estimator's mean;
 - a biased control variate — β = the mean of f over all L samples of the datum, *including* the
-  sample itself, which shrinks the reconstruction part of the score gradient by (L − 1)/L — must be
-  rejected against the exact gradient. It is built from refvae's own pieces
+  sample itself, which shrinks the reconstruction part of the score gradient by (L − 1)/L — must
+  be rejected against the exact gradient. It is built from refvae's own pieces
   (``refvae.math.estimators.score_function`` with that baseline) outside the estimator registry;
 - the pathwise draws with their covariance-head entries (``encoder.logvar.*``,
-  ``encoder.scale_tril.*``) multiplied by 1.05 — a 5 % error in ∂/∂ℓ — must be rejected against the
-  exact gradient: the test's power at the size of bias the pathwise resolution (≤ 2 %) promises.
+  ``encoder.scale_tril.*``) multiplied by 1.05 — a 5 % error in ∂/∂ℓ — must be rejected
+  against the exact gradient: the test's power at the size of bias the pathwise resolution (≤ 2 %)
+  promises.
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ TARGET_RTOL = 1e-7
 
 def setup(latent: str, seed: int):
     """The linear VAE, its parameters and a batch. Parameters: PyTorch's initialisation ×1.5, with
-    the covariance head's biases spread so that the eigenvalues of Υ range over ~0.1–50 (with seed
-    0), far from 1, where the E3 misprint's Υ² differs from Υ."""
+    the covariance head's biases spread so that the eigenvalues of Υ range over ~0.1–50 (with
+    seed 0), far from 1, where the E3 misprint's Υ² differs from Υ."""
     vae = VAE(dict(data_dim=D, latent_dim=K, encoder_hidden=[], decoder_hidden=[], latent=latent,
                    emission="gaussian", alpha=ALPHA, learn_alpha=True))
     src = NoiseSource(seed)
@@ -179,15 +180,16 @@ def _figure(ctx, results):
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylabel("z = (mean − target) / SE per parameter entry")
     axes[0].legend(fontsize=7, loc="lower left")
-    return [("Claim 3: z-scores per parameter entry (grey band: |z| ≤ 4; logarithmic beyond ±4). "
-             "Blue: each "
-             "estimator against the exact gradient (all entries); red: the same means against the "
-             "gradient "
-             "of the E3-misprinted loss (encoder entries); orange: a biased control variate; "
-             "purple: the "
-             f"pathwise draws with their covariance-head entries × {COV_SCALE:g}. Noiseless "
-             "entries (Price's covariance head) have no z and are not drawn",
-             savefig(fig, ctx, "claim03_z_scores.png"))]
+    return [
+        ("Claim 3: z-scores per parameter entry (grey band: |z| ≤ 4; logarithmic beyond ±4). "
+         "Blue: each "
+         "estimator against the exact gradient (all entries); red: the same means against the "
+         "gradient "
+         "of the E3-misprinted loss (encoder entries); orange: a biased control variate; "
+         "purple: the "
+         f"pathwise draws with their covariance-head entries × {COV_SCALE:g}. Noiseless "
+         "entries (Price's covariance head) have no z and are not drawn",
+         savefig(fig, ctx, "claim03_z_scores.png"))]
 
 
 def _estimator_rows(results) -> list:

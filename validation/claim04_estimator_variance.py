@@ -2,8 +2,8 @@
 
 The chapter (§8.2.1, "The score-function gradient estimator") argues that the score-function
 estimator's variance grows with the number of latent dimensions K, since its estimate is
-``(Σ_k ∂ log q(x_k|y)/∂φ) f(x, y)``, while the pathwise estimator's does not ("dimensions of the
-latent space that have little effect on the cost are guaranteed to have little effect on the
+``(Σ_k ∂ log q(x_k|y)/∂φ) f(x, y)``, while the pathwise estimator's does not ("dimensions of
+the latent space that have little effect on the cost are guaranteed to have little effect on the
 estimator"). This study measures, on one model per K and the same noise for every estimator:
 
 - the total variance (trace of the covariance over draws) of the gradient with respect to the
@@ -46,9 +46,9 @@ N_COST = 64  # a larger batch for timing, so that per-call overheads do not hide
 # the diagonal latent: the chapter's argument is about factorial recognition models, and there both
 # heads have K entries. It gives a slope near 1 for the score function (one variance term per
 # latent dimension) and no growth for pathwise. 0.5 and 0.3 sit between, far outside the slopes'
-# sampling error (variances from ≥ 100 draws are good to ~15%, ±0.1 in log over a 16-fold K range).
-# The full-covariance head has K(K+1)/2 entries, so its total variance may grow for any estimator;
-# it is reported, not judged.
+# sampling error (variances from ≥ 100 draws are good to ~15%, ±0.1 in log over a 16-fold K
+# range). The full-covariance head has K(K+1)/2 entries, so its total variance may grow for any
+# estimator; it is reported, not judged.
 SCORE_SLOPE_MIN, PATHWISE_SLOPE_MAX = 0.5, 0.3
 
 

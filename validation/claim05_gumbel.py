@@ -1,12 +1,12 @@
-"""Claim 5: the Gumbel-max trick samples softmax(η) (Eq. 8.28); the concrete density integrates to 1
-and puts mass π_k where coordinate k is the largest; the relaxed sample's gradient grows as the
+"""Claim 5: the Gumbel-max trick samples softmax(η) (Eq. 8.28); the concrete density integrates to
+1 and puts mass π_k where coordinate k is the largest; the relaxed sample's gradient grows as the
 temperature falls (the chapter's remark after Eq. 8.29).
 
 Three parts, each on refvae's own functions (:mod:`refvae.math.latent.categorical`):
 
-A. Gumbel-max. ``argmax(η + G0)`` with ``G0 = −log(−log U)`` (the chapter's noise, from uniforms)
-   for several η; a chi-square test of the class counts against ``softmax(η)``, and the same test
-   on ``argmax(η + Gaussian noise)`` to show that it can fail.
+A. Gumbel-max. ``argmax(η + G0)`` with ``G0 = −log(−log U)`` (the chapter's noise, from
+   uniforms) for several η; a chi-square test of the class counts against ``softmax(η)``, and the
+   same test on ``argmax(η + Gaussian noise)`` to show that it can fail.
 B. The concrete density (Maddison et al. 2017). Quadrature in the logit coordinates
    ``r_k = s (log Y_k − log Y_C)``, whose law does not depend on the temperature ``s`` (``r`` is
    ``η_k − η_C`` plus a difference of Gumbels), so one grid serves every ``s`` while the density
@@ -16,9 +16,9 @@ B. The concrete density (Maddison et al. 2017). Quadrature in the logit coordina
    wedge edges are exact. A misformed density (exponent ``s`` in place of ``s + 1``) is integrated
    too: the quadrature has the power to reject it.
 C. Gradient versus temperature. For a fixed f (a random refvae decoder MLP with a Bernoulli emission
-   at a fixed binary y, one variable of C = 10 classes), ``∂f/∂η`` of the relaxed sample (the VJP
-   with erratum E4) over many Gumbel draws at s ∈ {5, 2, 1, 0.5, 0.2, 0.1}: its mean norm, its total
-   variance, and the largest entry of the softmax Jacobian seen, against the bound ``1/(4s)``.
+   at a fixed binary y, one variable of C = 10 classes), ``∂f/∂η`` of the relaxed sample (the
+   VJP with erratum E4) over many Gumbel draws at s ∈ {5, 2, 1, 0.5, 0.2, 0.1}: its mean norm, its
+   total variance, and the largest entry of the softmax Jacobian seen, against the bound ``1/(4s)``.
 """
 from __future__ import annotations
 
@@ -39,10 +39,11 @@ except ImportError:  # run as a script from validation/
 
 TITLE = ("Gumbel-max samples softmax(η); the concrete density integrates to 1 with mass π_k on "
          "'Y_k largest'; relaxed gradients grow as the temperature falls")
-SOURCE = ("chapter Eqs. 8.28–8.29 and the remark after Eq. 8.29; Maddison et al. 2017 (ICLR), Eq. "
-          "1; "
-          "Jang et al. 2017 (ICLR); docs/DERIVATIONS.md#concrete-density-and-relaxed-kl, erratum "
-          "E4")
+SOURCE = (
+    "chapter Eqs. 8.28–8.29 and the remark after Eq. 8.29; Maddison et al. 2017 (ICLR), Eq. "
+    "1; "
+    "Jang et al. 2017 (ICLR); docs/DERIVATIONS.md#concrete-density-and-relaxed-kl, erratum "
+    "E4")
 FULL_MODE = "96 s (2·10⁶ draws); measured"  # runtime of --full on two cores
 
 BK = get_backend()
@@ -62,14 +63,15 @@ P_MIN, POWER_P_MAX = 1e-3, 1e-6
 MASS_TOL, REFINE_TOL, WRONG_MIN = 1e-9, 1e-11, 1e-2
 # C. "The gradient becomes unbounded as s → 0": the gradient is of size ~1/s on a set of Gumbel
 #    draws
-# of probability ~s, so its total variance grows like 1/s (slope −1 on log axes) while its mean norm
-# tends to a constant. PASS: (i) the total variance increases at each step 1 → 0.5 → 0.2 → 0.1 by
-# more than 3 standard errors of the difference (errors added in quadrature; the draws are shared
-# across temperatures, which correlates the estimates positively, so this is conservative); (ii) the
-# least-squares slope of log variance against log s over s ≤ 0.5 is below −0.5 (growth at least like
-# s^(−1/2); −1 is the limit); (iii) no Jacobian entry exceeds its bound 1/(4s), which is below 1 for
-# s ≥ 1 (the chapter: "gradient magnitudes are all manageable — indeed, less than 1"); (iv) for s ≤
-# 1 the largest entry seen reaches half the bound, i.e. the supremum grows like 1/s.
+# of probability ~s, so its total variance grows like 1/s (slope −1 on log axes) while its mean
+# norm tends to a constant. PASS: (i) the total variance increases at each step 1 → 0.5 → 0.2
+# → 0.1 by more than 3 standard errors of the difference (errors added in quadrature; the draws
+# are shared across temperatures, which correlates the estimates positively, so this is
+# conservative); (ii) the least-squares slope of log variance against log s over s ≤ 0.5 is below
+# −0.5 (growth at least like s^(−1/2); −1 is the limit); (iii) no Jacobian entry exceeds its
+# bound 1/(4s), which is below 1 for s ≥ 1 (the chapter: "gradient magnitudes are all manageable
+# — indeed, less than 1"); (iv) for s ≤ 1 the largest entry seen reaches half the bound, i.e.
+# the supremum grows like 1/s.
 N_SE, SLOPE_MAX, SUP_FRACTION = 3.0, -0.5, 0.5
 
 
@@ -96,10 +98,10 @@ def gumbel_max_test(eta, draws: int, seed: int, noise: str = "gumbel") -> dict:
 
 # ----- B. Concrete density by quadrature -------------------------------------------------------
 def logit_density(eta, s: float, r) -> np.ndarray:
-    """Density of ``r_k = s (log Y_k − log Y_C)``, ``k < C``, at points ``r`` ``(..., C−1)``, from
-    refvae's concrete density on the simplex: with ``t = r/s`` the map ``t ↦ (Y_1..Y_{C−1})`` of
-    ``Y = softmax([t, 0])`` has Jacobian determinant ``Π_{k≤C} Y_k``, and ``r = s t`` adds
-    ``s^{−(C−1)}``."""
+    """Density of ``r_k = s (log Y_k − log Y_C)``, ``k < C``, at points ``r`` ``(..., C−1)``,
+    from refvae's concrete density on the simplex: with ``t = r/s`` the map
+    ``t ↦ (Y_1..Y_{C−1})`` of ``Y = softmax([t, 0])`` has Jacobian determinant
+    ``Π_{k≤C} Y_k``, and ``r = s t`` adds ``s^{−(C−1)}``."""
     r = np.asarray(r, dtype=float)
     t = np.concatenate([r / s, np.zeros(r.shape[:-1] + (1,))], axis=-1)
     log_y = log_softmax(BK, BK.asarray(t))
@@ -145,8 +147,8 @@ def c3_masses(eta, s: float, angle_nodes: int = 96, radial_panels: int = 20, rad
     analytic with exponential tails in ``r`` (Gumbel differences), so Gauss–Legendre converges
     spectrally in the angle within a wedge and in the radius on panels up to 60 (moving the edge to
     80 changes nothing at 1e-15). The angle needs the nodes: far out the density is sharply peaked
-    in direction (measured on η = (0.8, −0.4, 0.1): error 1e-8 with 32 nodes, 5e-10 with 48, 3e-15
-    with 96)."""
+    in direction (measured on η = (0.8, −0.4, 0.1): error 1e-8 with 32 nodes, 5e-10 with 48,
+    3e-15 with 96)."""
     rho, w_rho = _composite_gauss_legendre(0.0, radius, radial_panels, 16)
     masses = []
     for a, b in C3_WEDGES:
@@ -159,8 +161,8 @@ def c3_masses(eta, s: float, angle_nodes: int = 96, radial_panels: int = 20, rad
 
 
 def concrete_rows(temperatures) -> tuple[list, float, float]:
-    """Rows (C, η, s, total − 1, max |mass_k − π_k|), the largest quadrature refinement change, and
-    the smallest error of the misformed density."""
+    """Rows (C, η, s, total − 1, max |mass_k − π_k|), the largest quadrature refinement
+    change, and the smallest error of the misformed density."""
     rows, refine, wrong = [], 0.0, math.inf
     for c, etas in CONCRETE_ETAS.items():
         for eta in etas:
@@ -196,8 +198,8 @@ def fixed_decoder(seed: int):
 
 
 def gradient_stats(model, params, y, eta, g0, s: float) -> dict:
-    """``∂f/∂η`` per Gumbel draw through the relaxed sample (Eq. 8.29 and its VJP, E4): mean norm,
-    total variance ``tr Cov`` with standard errors, and the largest softmax-Jacobian entry
+    """``∂f/∂η`` per Gumbel draw through the relaxed sample (Eq. 8.29 and its VJP, E4): mean
+    norm, total variance ``tr Cov`` with standard errors, and the largest softmax-Jacobian entry
     ``max_l Y_l (1 − Y_l)/s`` seen (the off-diagonal entries ``Y_l Y_m/s`` are never larger)."""
     log_y = log_relaxed_sample(BK, eta, g0, s)
     y_rel = BK.xp.exp(log_y)
@@ -341,11 +343,13 @@ def run(ctx: Context) -> Claim:
         + ("" if ok_c else f" — FAILED: {'; '.join(failures)}") + ".")
     threshold = (f"A: chi-square p > {P_MIN:g} for every η (fixed seeds) and p < {POWER_P_MAX:g} "
                  "for "
-                 f"Gaussian-noise argmax (power). B: |mass − 1| and |mass_k − π_k| < {MASS_TOL:g}, "
+                 "Gaussian-noise argmax (power). B: |mass − 1| and |mass_k − π_k| < "
+                 f"{MASS_TOL:g}, "
                  "the "
                  f"quadrature's change on doubling its nodes < {REFINE_TOL:g}, and the misformed "
                  "density off by "
-                 f"> {WRONG_MIN:g}. C: total variance grows at each step s = 1 → 0.5 → 0.2 → 0.1 "
+                 f"> {WRONG_MIN:g}. C: total variance grows at each step s = 1 → 0.5 → 0.2 → "
+                 "0.1 "
                  f"by > {N_SE:g} SE; "
                  f"log-variance slope over s ≤ 0.5 below {SLOPE_MAX}; every Jacobian entry ≤ "
                  "1/(4s) and, for "
@@ -358,11 +362,15 @@ def run(ctx: Context) -> Claim:
          + [[f"{GUMBEL_MAX_ETAS[1]} with Gaussian noise (power check)", power["C"], power["draws"],
              power["chi2"],
              power["p"], power["max_z"]]]),
-        ("B. Concrete density by quadrature: total mass − 1 and the largest |P(Y_k largest) − π_k|",
-         ["C", "η", "s", "mass − 1", "max |mass_k − π_k|", "misformed density's mass"], rows_b),
-        (f"C. ∂f/∂η of the relaxed sample for a fixed decoder f ({grad_draws} Gumbel draws per s, "
+        ("B. Concrete density by quadrature: total mass − 1 and the largest |P(Y_k largest) − "
+         "π_k|",
+         ["C", "η", "s", "mass − 1", "max |mass_k − π_k|", "misformed density's mass"],
+         rows_b),
+        (f"C. ∂f/∂η of the relaxed sample for a fixed decoder f ({grad_draws} Gumbel draws "
+         "per s, "
          "shared)",
-         ["s", "E‖∂f/∂η‖", "SE", "tr Cov", "SE", "largest |∂Y_l/∂g_m|", "bound 1/(4s)"],
+         ["s", "E‖∂f/∂η‖", "SE", "tr Cov", "SE", "largest |∂Y_l/∂g_m|",
+          "bound 1/(4s)"],
          [[r["s"], r["mean_norm"], r["mean_norm_se"], r["variance"], r["variance_se"],
            r["sup_jacobian"], r["bound"]]
           for r in rows_c]),

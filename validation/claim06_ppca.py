@@ -19,13 +19,13 @@ With standardised data, Adam 0.03 and 4,000 steps, D = 8 and 20 converged (gaps 
 but D = 50 stopped 0.117 nats per datum short, refvae and the witness alike (witness gap 0.117,
 teacher-forced gradients within 5e-12), with the principal subspace already found (angle 8e-5 rad)
 and α equal to the pPCA σ². What was left: the decoder's columns were not yet orthogonal (largest
-off-diagonal of WᵀW 24 % of its diagonal). The exact posterior's covariance is α(WᵀW + αI)⁻¹, so a
-diagonal Gaussian can equal it only for orthogonal columns (the ELBO's maximum has them, Lucas et
-al. 2019); the shortfall split into 0.069 nats of decoder and 0.049 of KL. Turning the columns is
-the stiffest-conditioned direction of the problem, and worse as D grows (the posterior variances
-fall like 1/D). It is not Monte Carlo noise: L = 16 samples left 0.121 nats. Adam 0.03 oscillated
-(gap spikes of 1.5 nats mid-run); at 0.01 with 12,000 steps the off-diagonal fell to 0.3 % and the
-gap to 2.3e-4 nats (8,000 steps: 3.4e-3). That protocol is used for every D.
+off-diagonal of WᵀW 24 % of its diagonal). The exact posterior's covariance is α(WᵀW +
+αI)⁻¹, so a diagonal Gaussian can equal it only for orthogonal columns (the ELBO's maximum has
+them, Lucas et al. 2019); the shortfall split into 0.069 nats of decoder and 0.049 of KL. Turning
+the columns is the stiffest-conditioned direction of the problem, and worse as D grows (the
+posterior variances fall like 1/D). It is not Monte Carlo noise: L = 16 samples left 0.121 nats.
+Adam 0.03 oscillated (gap spikes of 1.5 nats mid-run); at 0.01 with 12,000 steps the off-diagonal
+fell to 0.3 % and the gap to 2.3e-4 nats (8,000 steps: 3.4e-3). That protocol is used for every D.
 """
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ def ppca_data(n, d, k, seed):
 
 
 def ppca_max_log_likelihood(y, k):
-    """Tipping & Bishop (1999), Eqs. 7–8: σ² = mean of the D − K smallest eigenvalues of the sample
-    covariance S; log-likelihood per datum −½ [D log 2π + log|C| + tr(C⁻¹ S)], C = W Wᵀ + σ² I."""
+    """Tipping & Bishop (1999), Eqs. 7–8: σ² = mean of the D − K smallest eigenvalues of the
+    sample covariance S; log-likelihood per datum −½ [D log 2π + log|C| + tr(C⁻¹ S)], C = W
+    Wᵀ + σ² I."""
     n, d = y.shape
     s = np.cov(y.T, bias=True)
     lam, u = np.linalg.eigh(s)
@@ -282,16 +283,19 @@ def run(ctx: Context) -> Claim:
                  "angles below "
                  f"{max(r[5] for r in rows):.1e} rad; refvae's gradients equal the PyTorch "
                  "witness's at every "
-                 f"recorded step; {summary_cli}. Why this protocol: on raw data Adam drove exp(ℓ) "
+                 f"recorded step; {summary_cli}. Why this protocol: on raw data Adam drove "
+                 "exp(ℓ) "
                  "to overflow "
                  "and froze the decoder (both engines, step for step); at Adam 0.03 and 4,000 "
                  "steps D = 50 stopped "
                  "0.117 nats short (both engines), its decoder columns not yet orthogonal, which a "
                  "diagonal "
-                 "posterior needs (its exact covariance is α(WᵀW + αI)⁻¹): the slowest direction "
+                 "posterior needs (its exact covariance is α(WᵀW + αI)⁻¹): the slowest "
+                 "direction "
                  "of the "
                  "problem, slower as D grows",
-                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound, tight "
+                 threshold=f"0 ≤ gap < {TOL_NATS} nats per datum (the ELBO is a lower bound, "
+                           "tight "
                            "at the optimum); "
                            f"largest principal angle < {TOL_ANGLE} rad; a step along the "
                            "closed-form gradient "
@@ -302,7 +306,8 @@ def run(ctx: Context) -> Claim:
                           "data)",
                           ["D", "pPCA maximum", "refvae ELBO", "gap", "witness gap",
                            "largest angle (rad)",
-                           "max |∇F| / initial", "gain along ∇F", "teacher-forced rel. diff.", "α",
+                           "max |∇F| / initial", "gain along ∇F", "teacher-forced rel. diff.",
+                           "α",
                            "pPCA σ²", "pass"], rows)]
                  + ([("The CLI path (D = %d, minibatches of 100, 60 epochs, Adam 0.03, L = "
                       "1)" % dims[0],

@@ -3,7 +3,8 @@
 With the aggregated posterior ``q(x) = (1/N) Σ_n q(x|y_n)`` over the ``N`` training data, the
 average KL term of the ELBO splits exactly into the aggregate-posterior KL and the mutual
 information between data index and latent, ``E_y KL(q(x|y) || p(x)) = KL(q(x) || p(x)) + I_q``,
-and ``I_q ≤ log N``. On the shared trained MNIST model (:mod:`validation.mnist_models`) this claim:
+and ``I_q ≤ log N``. On the shared trained MNIST model (:mod:`validation.mnist_models`) this
+claim:
 
 1. compares the closed-form average KL with the Monte Carlo sum of the two terms that
    :func:`refvae.math.objectives.elbo_surgery` estimates, within Monte Carlo error;
@@ -51,9 +52,10 @@ INDEPENDENT_POINTS = 200   # the SciPy estimator costs N·K log-pdfs per point
 
 
 def within_datum_se(vae, params, y, noise: NoiseSource, samples: int) -> float:
-    """Monte Carlo standard error of ``mean_{n,s} [log q(x_ns|y_n) − log p(x_ns)]`` with ``samples``
-    draws per datum: ``sqrt(mean_n Var_n / (N·samples))`` from the within-datum variances only
-    (every datum is in the average, so the spread between data is no Monte Carlo error)."""
+    """Monte Carlo standard error of ``mean_{n,s} [log q(x_ns|y_n) − log p(x_ns)]`` with
+    ``samples`` draws per datum: ``sqrt(mean_n Var_n / (N·samples))`` from the within-datum
+    variances only (every datum is in the average, so the spread between data is no Monte Carlo
+    error)."""
     bk = vae.bk
     heads, _ = vae.encode(params, bk.asarray(y))
     state = vae.latent.sample(bk, heads, vae.draw_noise(noise, y.shape[0], max(samples, 2)))
@@ -133,7 +135,8 @@ def _run(ctx: Context, model) -> Claim:
                    "(within-datum variance); "
                    f"the independent estimates within {N_SE:g} combined SE; pointwise mixture log "
                    "densities within "
-                   f"{POINTWISE_TOL:g} nats (rounding only); MI ≤ log N (holds draw by draw, so no "
+                   f"{POINTWISE_TOL:g} nats (rounding only); MI ≤ log N (holds draw by draw, so "
+                   "no "
                    "error "
                    f"allowance); MI and aggregate KL not below −{N_SE:g} SE"),
         tables=[("The two terms of Eq. 8.21 on the training data",

@@ -8,9 +8,9 @@ fresh samples per k), this claim measures each step of the k ladder and checks t
 1. each increase is positive by more than 3 standard errors of the paired per-datum difference;
 2. ``L_1`` equals the ELBO with the closed-form KL (estimated from many samples) within 4 SE;
 3. (quick mode) per datum, on the very draws of the bound,
-   ``max_j log w_j − log k ≤ L_k ≤ max_j log w_j`` (the log-mean-exp of k numbers lies between their
-   maximum less ``log k`` and their maximum), which the two statistical tests cannot see: an IWAE
-   without its ``− log k`` still increases with k;
+   ``max_j log w_j − log k ≤ L_k ≤ max_j log w_j`` (the log-mean-exp of k numbers lies between
+   their maximum less ``log k`` and their maximum), which the two statistical tests cannot see: an
+   IWAE without its ``− log k`` still increases with k;
 4. on a linear-Gaussian model whose encoder is the exact posterior
    (``closed_forms.exact_posterior_case``) every weight equals ``p(y)``, so
    ``L_k = log N(y; b, WWᵀ + αI)`` to rounding for every k;
@@ -95,7 +95,8 @@ def ladder(quick: bool) -> tuple[tuple[int, ...], int]:
 
 
 def per_unit_kl(vae, params, y) -> np.ndarray:
-    """Average over the data of each latent unit's KL, ``½ (υ_k² + ν_k² − 1 − log υ_k²)``."""
+    """Average over the data of each latent unit's KL,
+    ``½ (υ_k² + ν_k² − 1 − log υ_k²)``."""
     heads, _ = vae.encode(params, vae.bk.asarray(y))
     nu, lv = (vae.bk.to_numpy(heads[h]) for h in ("mean", "logvar"))
     return (0.5 * (np.exp(lv) + nu ** 2 - 1.0 - lv)).mean(axis=0)
@@ -146,11 +147,13 @@ def _run(ctx: Context, model) -> Claim:
     checks = ([["data per bound and ELBO", f"the {n_eval} named",
                 sorted({len(b) for b in bounds.values()}),
                 n_eval, "pass" if counted else "FAIL"]]
-              + [[f"L_{k} in [max log w − log {k}, max log w]", "every datum (relative excess)", v,
+              + [[f"L_{k} in [max log w − log {k}, max log w]", "every datum (relative excess)",
+                  v,
                   BRACKET_RTOL,
                 "pass" if v <= BRACKET_RTOL else "FAIL"]
                for k, v in brackets.items()]
-              + [[f"linear-Gaussian, exact posterior: L_{k}", "|L_k − log N(y; b, WWᵀ + αI)|", e,
+              + [[f"linear-Gaussian, exact posterior: L_{k}", "|L_k − log N(y; b, WWᵀ + αI)|",
+                  e,
                   EXACT_TOL,
                   "pass" if e <= EXACT_TOL else "FAIL"] for k, e in exact_err.items()])
     bracket_text = ("every datum's L_k inside [max_j log w_j − log k, max_j log w_j] on its own "

@@ -17,8 +17,8 @@ is the one-sample negative ELBO per test datum, about 105.6 nats after 10 epochs
    tested (how its sampler uses the noise is); a loop that does not train on the minibatches it
    draws (unshuffled, say) unpairs the runs and widens the interval past the band. The twin
    takes the batch mean of the loss, as refvae does; pytorch/examples sums it, which with Adam is
-   ε/B in place of ε and, paired, ends 1.2 nats lower on average in quick mode (6 seeds, 0.6–1.7):
-   a different protocol, not a check.
+   ε/B in place of ε and, paired, ends 1.2 nats lower on average in quick mode (6 seeds,
+   0.6–1.7): a different protocol, not a check.
 2. Teacher-forced gradients: along the first steps of one seed's plan, the float64 witness put at
    refvae's parameters each step gives the same batch loss and gradients as refvae's plain model
    (:class:`refvae.math.vae.VAE`) and its training model (the fused kernels), and
@@ -212,7 +212,8 @@ def _run(ctx: Context, s: dict, data) -> Claim:
         "refvae "
         f"{ref.mean():.3f} ± {ref.std(ddof=1):.2f} (mean ± seed SD), the float32 PyTorch "
         f"twin {twin.mean():.3f}; "
-        f"refvae − twin {diff.mean():+.4f} nats, {CONFIDENCE:.1%} interval [{lo:+.4f}, {hi:+.4f}] "
+        f"refvae − twin {diff.mean():+.4f} nats, {CONFIDENCE:.1%} interval [{lo:+.4f}, "
+        f"{hi:+.4f}] "
         f"(paired SD {diff.std(ddof=1):.4f}). The witness's loss at refvae's trained parameters "
         "equals refvae's "
         f"reported loss to {score_rel:.1e} relative. Teacher-forced over {TEACHER_STEPS} Adam "

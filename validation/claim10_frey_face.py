@@ -74,7 +74,8 @@ def setting(quick: bool) -> dict:
 
 
 def refvae_bound(vae, params, y, eps) -> float:
-    """The one-sample lower bound per datum, ``−mean(KL + f)``, at the given noise ``(N, 1, K)``."""
+    """The one-sample lower bound per datum, ``−mean(KL + f)``, at the given noise
+    ``(N, 1, K)``."""
     fp = vae.forward(params, vae.bk.asarray(y), vae.bk.asarray(eps))
     return -vae.bk.to_float((fp.kl + fp.f.mean(axis=1)).mean())
 

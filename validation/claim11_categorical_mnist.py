@@ -13,8 +13,8 @@ datum and step (L = 2 samples: the score function's leave-one-out baseline needs
 The relaxation temperature follows Jang et al.'s schedule ``s = max(0.5, exp(−r t))`` (updated in
 steps), with ``r`` chosen so that ``s`` reaches 0.5 half-way through this run's shorter budget. All
 three are evaluated the same way: the negative ELBO on the test set with hard (one-hot) samples
-and the analytic KL — the true bound of the discrete model, what Jang et al. report — averaged over
-several samples per datum. Jang et al. reach 101.5 (Gumbel-softmax), 107.8 (straight-through
+and the analytic KL — the true bound of the discrete model, what Jang et al. report — averaged
+over several samples per datum. Jang et al. reach 101.5 (Gumbel-softmax), 107.8 (straight-through
 Gumbel-softmax) and 110.6 nats (score function) after 100 epochs on the full data; a two-core
 machine gets a few epochs, so the numbers here are far from those, and the question is which
 ordering appears at this budget.
@@ -49,8 +49,9 @@ except ImportError:  # run as a script from validation/
     from common import Claim, Context, main, mean_se, savefig
     from mnist_models import binary_mnist, data_note, single_threaded
 
-TITLE = ("Categorical VAE (20 × 10) on binarized MNIST: Gumbel-softmax, straight-through and score "
-         "function under the same budget, beside Jang et al. Table 1")
+TITLE = (
+    "Categorical VAE (20 × 10) on binarized MNIST: Gumbel-softmax, straight-through and score "
+    "function under the same budget, beside Jang et al. Table 1")
 SOURCE = ("Jang, Gu & Poole 2017 (ICLR), Table 1 and section 4.3; chapter Eqs. 8.27–8.29; "
           "docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax")
 # runtime of --full on two cores
@@ -85,9 +86,10 @@ class Budget:
 QUICK = Budget(n_train=10_000, n_test=2_000, hidden=(256,), epochs=4, lr=3e-3)
 FULL = Budget(n_train=None, n_test=None, hidden=(512, 256), epochs=8, lr=1e-3)
 
-# PASS: every estimator trains — its losses are finite and its final test negative ELBO is at least
-# MARGIN nats below the latent-free baseline (independent Bernoulli pixels at the training set's
-# frequencies, the best a decoder that ignores its input can do; every model starts above it, at
+# PASS: every estimator trains — its losses are finite and its final test negative ELBO is at
+# least MARGIN nats below the latent-free baseline (independent Bernoulli pixels at the training
+# set's frequencies, the best a decoder that ignores its input can do; every model starts above it,
+# at
 # ~543 nats, and a model that does not use its code cannot go below it). 10 nats is fifty times the
 # standard error of a paired test-set difference (~0.2 nats on 2,000 data).
 # The ordering is reported, not judged, because it is not robust at this budget. Quick mode, seeds

@@ -53,8 +53,9 @@ TITLE = ("Fixed-noise gradients are exact derivatives, estimators are what they 
          "flows, "
          "relaxed KL, exponential latent, activations, optimizers, shards, minibatch order, IWAE "
          "normalizer")
-SOURCE = ("chapter Eqs. 8.16–8.17, 8.24–8.29, §8.2.1; Burda et al. 2016 (IWAE); Kingma & Ba 2015 "
-          "(Adam)")
+SOURCE = (
+    "chapter Eqs. 8.16–8.17, 8.24–8.29, §8.2.1; Burda et al. 2016 (IWAE); Kingma & Ba 2015 "
+    "(Adam)")
 FULL_MODE = "the same run as quick (deterministic checks; under 30 s); measured"
 # Central differences in float64 with step 1e-6 are good to ~1e-8 relative; definitions recomputed
 # in NumPy agree to rounding (1e-10); a Monte Carlo mean within 4 standard errors.
@@ -147,13 +148,15 @@ def part_b(seed: int) -> list:
                                              DecoderSignals(g, f, 1.0, lambda full=False: hdiag))
     want = {"mean": g.sum(1), "logvar": 0.5 * np.exp(heads["logvar"]) * hdiag.sum(1)}
     err = max(rel(got[h], want[h]) for h in want)
-    rows.append(["B: price (Eqs. 8.16–8.17)", "⟨g⟩, ½ υ² ⟨H_kk⟩", err, TOL_EXACT, err < TOL_EXACT])
+    rows.append(["B: price (Eqs. 8.16–8.17)", "⟨g⟩, ½ υ² ⟨H_kk⟩", err, TOL_EXACT,
+                 err < TOL_EXACT])
     got = get_estimator("gaussian", "pathwise")(vae.bk, vae.latent, state,
                                                 DecoderSignals(g, f, 1.0))
     want = {"mean": g.sum(1), "logvar": 0.5 * std * (g * eps).sum(1)}
     err = max(rel(got[h], want[h]) for h in want) + rel(state.x,
                                                         heads["mean"][:, None] + std[:, None] * eps)
-    rows.append(["B: pathwise sample and gradient (Eq. 8.24)", "x = ν + e^{ℓ/2} z; ⟨g⟩, ½ υ ⟨g z⟩",
+    rows.append(["B: pathwise sample and gradient (Eq. 8.24)",
+                 "x = ν + e^{ℓ/2} z; ⟨g⟩, ½ υ ⟨g z⟩",
                  err,
                  TOL_EXACT, err < TOL_EXACT])
     rows += _categorical_rows(seed)
@@ -215,7 +218,8 @@ def part_d(seed: int) -> list:
     for kk in (1, 50):
         got = iwae_bound(vae, params, y, NoiseSource(seed), k=kk)
         err = float(np.abs(got - exact).max())
-        rows.append([f"D: IWAE L_{kk}, exact posterior", "log p(y) = log N(b, WWᵀ + αI)", err, 1e-9,
+        rows.append([f"D: IWAE L_{kk}, exact posterior", "log p(y) = log N(b, WWᵀ + αI)", err,
+                     1e-9,
                      err < 1e-9])
     return rows
 

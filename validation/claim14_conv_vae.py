@@ -1,10 +1,10 @@
 """Claim 14: a small convolutional VAE on MNIST (config format 2), trained by refvae and by an
 independent PyTorch twin, ends alike; claim 9's paired design (:mod:`validation.teacher`).
 
-The model: encoder ``Conv2d(1→4, 4, stride 2, pad 1) → ReLU → Conv2d(4→8, 4, 2, 1) → ReLU →
-Flatten`` with linear heads (K = 4); decoder ``Linear(4→392) → ReLU → Unflatten(8, 7, 7) →
-ConvTranspose2d(8→4, 4, 2, 1) → ReLU → ConvTranspose2d(4→1, 4, 2, 1)`` whose output is the
-Bernoulli logits (``decoder_heads: "body"``); greyscale MNIST in [0, 1], Adam 1e-3.
+The model: encoder ``Conv2d(1→4, 4, stride 2, pad 1) → ReLU → Conv2d(4→8, 4, 2, 1) → ReLU
+→ Flatten`` with linear heads (K = 4); decoder ``Linear(4→392) → ReLU → Unflatten(8, 7, 7)
+→ ConvTranspose2d(8→4, 4, 2, 1) → ReLU → ConvTranspose2d(4→1, 4, 2, 1)`` whose output is
+the Bernoulli logits (``decoder_heads: "body"``); greyscale MNIST in [0, 1], Adam 1e-3.
 
 1. Equivalence: for each seed refvae trains with its own loop (:func:`refvae.train.loop.train`,
    float64, its training model) and the twin (:func:`refvae.witness.conv.make_conv_vae`: torch's

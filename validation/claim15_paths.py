@@ -6,9 +6,9 @@ A. Three row shards (``refvae.fast.parallel.Workers(3)``) give one thread's loss
 B. An IWAE bound whose k samples span several chunks (``refvae.math.objectives``, running
    log-sum-exp) equals ``log p(y)`` in closed form on the exact-posterior linear-Gaussian case,
    and equals the one-chunk log-sum-exp over the same draws on a nonlinear VAE.
-C. SGD with momentum and dampening, SGD with Nesterov momentum, Adam, AdamW and Adagrad — the plain
-   rules (``refvae.optim.rules``) and the fast ones (``refvae.fast.optim``) — three steps equal
-   ``torch.optim``'s on the same gradients.
+C. SGD with momentum and dampening, SGD with Nesterov momentum, Adam, AdamW and Adagrad — the
+   plain rules (``refvae.optim.rules``) and the fast ones (``refvae.fast.optim``) — three steps
+   equal ``torch.optim``'s on the same gradients.
 D. A run trained 2 epochs and resumed to 4 is bit-identical to 4 epochs in one go (parameters,
    optimizer state, metrics without timings), with dynamic binarisation, a step schedule and an
    annealed categorical temperature, so the generator state, the step and the schedules must all be
@@ -388,7 +388,8 @@ def part_g(seed: int) -> list:
                   + [abs(u - temp(t)) for t, u in enumerate(used)])
         anneals = recorded[-1] < recorded[0] and len(set(used)) > 2
         rows.append(_row(f"G: temperature, --temperature-rate {rate} --temperature-every {every}",
-                         "max(s_min, s₀ e^{−r n⌊t/n⌋}): recorded per epoch and used per step",
+                         "max(s_min, s₀ e^{−r n⌊t/n⌋}): recorded per epoch and used per "
+                         "step",
                          f"{err:.1e} (recorded {', '.join(f'{s:.4g}' for s in recorded)}; "
                          f"{len(used)} steps)", 1e-12,
                          err < 1e-12 and anneals and len(used) == epochs * per_epoch))

@@ -6,10 +6,12 @@ Model: linear encoder heads ``h = W_h y + b_h`` (no hidden layers), recognition
 ``numpy.tril_indices`` order, diagonal through exp; ORACLE.md), linear decoder ``μ(x) = W x + b``
 and the ``gaussian`` emission ``N(μ, αI)`` with α fixed or learned as ``decoder.log_alpha``.
 
-Because ``μ`` is linear, ``E_q ||y − μ(x)||² = ||y − Wν − b||² + tr(W Υ Wᵀ)``, so the expected
-negative ELBO per datum is exact (docs/DERIVATIONS.md#the-objective; boxed results of §8.2.2):
+Because ``μ`` is linear, ``E_q ||y − μ(x)||² = ||y − Wν − b||² + tr(W Υ Wᵀ)``, so the
+expected negative ELBO per datum is exact (docs/DERIVATIONS.md#the-objective; boxed results of
+§8.2.2):
 
-    F = ½ (tr Υ + νᵀν − K − log|Υ|) + (||y − Wν − b||² + tr(W Υ Wᵀ)) / (2α) + (D/2) log(2πα)
+    F = ½ (tr Υ + νᵀν − K − log|Υ|)
+        + (||y − Wν − b||² + tr(W Υ Wᵀ)) / (2α) + (D/2) log(2πα)
 
 and so is its gradient (:func:`expected_loss_gradient`, derived by hand below and checked against
 central differences of :func:`expected_loss` by the claims that use it). ``e3_misprint=True`` gives
@@ -88,13 +90,14 @@ def expected_loss_gradient(latent: str, params: dict, y, alpha: float = 1.0,
                            e3_misprint: bool = False) -> dict:
     """The gradient of :func:`expected_loss` for every parameter, by hand.
 
-    With ``r = y − Wν − b`` and ``M = WᵀW``, per datum: ``∂F/∂ν = ν − Wᵀr/α``; the symmetric
-    gradient ``G = ∂F/∂Υ = ½ (I − Υ⁻¹) + M/(2α)`` (misprint: ``(MΥ + ΥM)/(2α)`` in the second term).
-    Heads: ``∂F/∂ℓ_k = υ_k² G_kk`` (diagonal); ``∂F/∂R = tril(2 G R)`` (full, from
-    ``dF = tr(G dΥ)``, ``dΥ = dR Rᵀ + R dRᵀ``), times ``R_kk`` on the raw diagonal. Decoder:
-    ``∂F/∂W = (−r νᵀ + W Υ_rec)/α``, ``∂F/∂b = −r/α``,
-    ``∂F/∂log α = D/2 − (||r||² + tr(W Υ_rec Wᵀ))/(2α)``. Linear encoder: ``∂/∂W_h = Σ_n d_h yᵀ``,
-    ``∂/∂b_h = Σ_n d_h``. Every term carries the batch mean's 1/N.
+    With ``r = y − Wν − b`` and ``M = WᵀW``, per datum: ``∂F/∂ν = ν − Wᵀr/α``; the
+    symmetric gradient ``G = ∂F/∂Υ = ½ (I − Υ⁻¹) + M/(2α)`` (misprint:
+    ``(MΥ + ΥM)/(2α)`` in the second term). Heads: ``∂F/∂ℓ_k = υ_k² G_kk`` (diagonal);
+    ``∂F/∂R = tril(2 G R)`` (full, from ``dF = tr(G dΥ)``, ``dΥ = dR Rᵀ + R dRᵀ``), times
+    ``R_kk`` on the raw diagonal. Decoder: ``∂F/∂W = (−r νᵀ + W Υ_rec)/α``,
+    ``∂F/∂b = −r/α``, ``∂F/∂log α = D/2 − (||r||² + tr(W Υ_rec Wᵀ))/(2α)``.
+    Linear encoder: ``∂/∂W_h = Σ_n d_h yᵀ``, ``∂/∂b_h = Σ_n d_h``. Every term carries
+    the batch mean's 1/N.
     """
     n, d = y.shape
     cov = COV_HEAD[latent]
@@ -131,9 +134,9 @@ def expected_loss_gradient(latent: str, params: dict, y, alpha: float = 1.0,
 
 
 def exact_posterior_case(seed: int, d: int = 5, k: int = 2, alpha: float = 0.5, n: int = 20):
-    """A linear-Gaussian VAE (decoder ``N(Wx + b, αI)`` with fixed α) whose diagonal encoder is the
-    exact posterior, so every importance weight equals ``p(y)``. ``W`` has orthogonal columns, which
-    makes the posterior covariance ``(I + WᵀW/α)⁻¹`` diagonal. Returns
+    """A linear-Gaussian VAE (decoder ``N(Wx + b, αI)`` with fixed α) whose diagonal encoder is
+    the exact posterior, so every importance weight equals ``p(y)``. ``W`` has orthogonal columns,
+    which makes the posterior covariance ``(I + WᵀW/α)⁻¹`` diagonal. Returns
     ``(config, params, y, log_p)`` with ``log_p`` the closed form ``log N(y; b, WWᵀ + αI)`` per
     datum."""
     rng = np.random.default_rng(seed)

@@ -3,11 +3,11 @@ from Lucas et al. (2019), not from refvae.
 
 Encoder heads ``ν = W_ν y + b_ν``, ``ℓ = W_ℓ y + b_ℓ`` (log-variances), sample
 ``x = ν + exp(ℓ/2) ε``, decoder mean ``W x + b``, emission ``N(W x + b, α I)`` with ``log α``
-learned. Per datum the loss is ``KL(N(ν, diag e^ℓ) ‖ N(0, I))`` (``torch.distributions``) plus the
-mean over the L samples of ``−log N(y; W x + b, α I)``; the batch loss is its mean over the batch.
-Parameters are held in a dict with refvae's ``state_dict`` names; gradients come from autograd, Adam
-from ``torch.optim``. torch is imported inside the functions, so that the claim runs (reporting the
-refvae side) without it.
+learned. Per datum the loss is ``KL(N(ν, diag e^ℓ) ‖ N(0, I))`` (``torch.distributions``) plus
+the mean over the L samples of ``−log N(y; W x + b, α I)``; the batch loss is its mean over the
+batch. Parameters are held in a dict with refvae's ``state_dict`` names; gradients come from
+autograd, Adam from ``torch.optim``. torch is imported inside the functions, so that the claim runs
+(reporting the refvae side) without it.
 """
 from __future__ import annotations
 

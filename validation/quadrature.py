@@ -2,8 +2,10 @@
 Bonnet and Price sides, shared by claim 2 (validation/claim02_bonnet_price.py) and its unit test
 (tests/test_bonnet_price.py).
 
-Each test function has ``derivs(x (M, K)) -> (f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K))`` and
-``exact(ν, Υ) -> (∂E/∂ν, ∂E/∂Υ)`` for ``x ~ N(ν, Υ)`` (``∂/∂Υ`` the symmetric gradient).
+Each test function has
+``derivs(x (M, K)) -> (f (M,), ∂f/∂x (M, K), ∂²f/∂x∂xᵀ (M, K, K))`` and
+``exact(ν, Υ) -> (∂E/∂ν, ∂E/∂Υ)`` for ``x ~ N(ν, Υ)`` (``∂/∂Υ`` the symmetric
+gradient).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def problem(k: int, seed: int):
 
 
 class Quadratic:
-    """``f = (x−c)ᵀA(x−c)``: ``E = (ν−c)ᵀA(ν−c) + tr(AΥ)``, ``∂E/∂ν = 2A(ν−c)``, ``∂E/∂Υ = A``."""
+    """``f = (x−c)ᵀA(x−c)``: ``E = (ν−c)ᵀA(ν−c) + tr(AΥ)``,
+    ``∂E/∂ν = 2A(ν−c)``, ``∂E/∂Υ = A``."""
 
     name = "quadratic"
 
@@ -49,7 +52,8 @@ class Quadratic:
 
 
 class Cosine:
-    """``f = cos(kᵀx)``: ``E = cos(kᵀν) e^{−½kᵀΥk}``, so ``∂E/∂ν = −sin(kᵀν) e^{…} k`` and
+    """``f = cos(kᵀx)``: ``E = cos(kᵀν) e^{−½kᵀΥk}``, so
+    ``∂E/∂ν = −sin(kᵀν) e^{…} k`` and
     ``∂E/∂Υ = −½ cos(kᵀν) e^{…} k kᵀ``."""
 
     name = "cosine"

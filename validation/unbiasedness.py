@@ -17,7 +17,8 @@ import numpy as np
 
 from refvae.math.estimators import score_function
 
-# Under unbiasedness each z is ~N(0, 1): P(|z| > 4) = 6.3e-5 per entry (Student's t at ≥ 1000 draws:
+# Under unbiasedness each z is ~N(0, 1): P(|z| > 4) = 6.3e-5 per entry (Student's t at ≥ 1000
+# draws:
 # 6.8e-5), so a few hundred entries rarely reach it while a bias of 4 SE does half the time. Each
 # claim states its number of entries and the resulting false-rejection bound.
 Z_MAX = 4.0
@@ -55,10 +56,10 @@ def draw_gradients(vae, params, y, noise, estimator: str):
 def inclusive_baseline_gradients(vae, params, y, noise, estimator: str | None = None):
     """Negative control: the score-function estimator with the *biased* baseline β = mean of f over
     all L samples of the datum (including the sample itself), which shrinks the reconstruction part
-    of the recognition gradient by (L − 1)/L; assembled like ``VAE.loss_and_grads`` (mean reduction)
-    from refvae's pieces. ``estimator`` is the sampling mode passed to the forward pass (``"score"``
-    for a categorical latent: one-hot samples). Encoder gradients only (the decoder's do not depend
-    on the estimator), ``(draws, P_encoder)``."""
+    of the recognition gradient by (L − 1)/L; assembled like ``VAE.loss_and_grads`` (mean
+    reduction) from refvae's pieces. ``estimator`` is the sampling mode passed to the forward pass
+    (``"score"`` for a categorical latent: one-hot samples). Encoder gradients only (the decoder's
+    do not depend on the estimator), ``(draws, P_encoder)``."""
     bk, latent = vae.bk, vae.latent
     rows = []
     for e in noise:

@@ -8,8 +8,8 @@ cores, writing its run directory to ``runs/default``. The rules that keep a run 
 On ``--resume`` the run's ``config.json`` and ``train.json`` supply every setting. A flag given
 anyway is applied when it does not change the numbers a continued run computes — ``--epochs`` (the
 new total; refused for a cosine schedule, which is planned over the original epochs), ``--threads``,
-``--backend``, ``--data``/``--data-dir`` (data that moved), and the output flags — and refused with
-one line when it would (the model, the optimisation options, ``--dtype``).
+``--backend``, ``--data``/``--data-dir`` (data that moved), and the output flags — and refused
+with one line when it would (the model, the optimisation options, ``--dtype``).
 """
 from __future__ import annotations
 

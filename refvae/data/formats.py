@@ -312,7 +312,7 @@ class Format:
     subdirs: tuple[str, ...]                  # folders under a data directory searched (then it)
     files: str                                # what a user places there (for messages)
     in_folder: Callable[[Path], Path | None]  # a folder → the path ``read`` takes, or None
-    of_file: Callable[[Path], Path | None]    # one of its files → the path ``read`` takes, or None
+    of_file: Callable[[Path], Path | None]  # one of its files → the path ``read`` takes, or None
     read: Callable[[Path, str | None, float], Dataset]  # (path, name or None, test_fraction)
 
 
@@ -378,7 +378,8 @@ def detect_path(path: Path, test_fraction: float) -> Dataset:
     if folder:
         n = len(list(path.glob("*.npz")))
         raise DataError(f"no known data set in {path}: expected MNIST IDX files "
-                        "(train-images-idx3-ubyte.gz …), binarized_mnist_*.amat, frey_rawface.mat "
+                        "(train-images-idx3-ubyte.gz …), binarized_mnist_*.amat, "
+                        "frey_rawface.mat "
                         "or "
                         f"exactly one .npz (found {n}); give the data file's path")
     raise DataError(f"unrecognised data file {path}; give an IDX directory, a binarized_mnist "

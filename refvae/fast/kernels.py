@@ -40,8 +40,8 @@ def log1p_exp_neg_abs(bk, a):
     log1p(e)`` and of ``σ(−|a|) = e/(1 + e)``, sharing one exponential and one logarithm.
 
     Replaces ``xp.log1p(xp.exp(−|a|))`` (NumPy's ``log1p`` runs element by element): with
-    ``u = fl(1 + e)``, the rounding error ``r = (u − 1) − e`` is exact (Fast2Sum, ``e ≤ 1``), and
-    ``log1p(e) = log u − log(1 + r/(1 + e)) = log u − r/u`` up to a term of order
+    ``u = fl(1 + e)``, the rounding error ``r = (u − 1) − e`` is exact (Fast2Sum, ``e ≤ 1``),
+    and ``log1p(e) = log u − log(1 + r/(1 + e)) = log u − r/u`` up to a term of order
     ``(r/u)² ≤ ulp²``; where ``u`` rounds to 1 this gives exactly ``e``.
     """
     xp = bk.xp
@@ -108,14 +108,15 @@ class FastBernoulli(Bernoulli):
     """Replaces :meth:`refvae.math.emission.Bernoulli.terms` (``softplus(λ) − yλ`` and
     ``σ(λ) − y``) by one fused pass per cache-sized row block (one kernel on a GPU).
 
-    With ``H = 1[λ ≥ 0]`` (by sign bit, so that ``−0.0`` counts as negative), ``s = σ(−|λ|)`` and
-    ``e = e^{−|λ|}``: ``softplus(λ) − yλ = λ(H − y) + log1p(e)`` and ``σ(λ) − y = (H − y) −
-    sign(λ) s``, exact in each branch (``y = H`` leaves ``−s`` or ``+s`` at full relative
-    precision).
+    With ``H = 1[λ ≥ 0]`` (by sign bit, so that ``−0.0`` counts as negative),
+    ``s = σ(−|λ|)`` and ``e = e^{−|λ|}``: ``softplus(λ) − yλ = λ(H − y) + log1p(e)``
+    and ``σ(λ) − y = (H − y) − sign(λ) s``, exact in each branch (``y = H`` leaves ``−s``
+    or ``+s`` at full relative precision).
     """
 
     def terms(self, bk, o, y, log_alpha=None, weight: float = 1.0) -> EmissionTerms:
-        """:meth:`Bernoulli.terms`; ``weight`` ``w`` gives ``w ∂f/∂o`` in place of ``∂f/∂o``."""
+        """:meth:`Bernoulli.terms`; ``weight`` ``w`` gives ``w ∂f/∂o`` in place of
+        ``∂f/∂o``."""
         xp = bk.xp
         y = xp.broadcast_to(y, o.shape)
         f = xp.empty(o.shape[:-1], dtype=o.dtype)

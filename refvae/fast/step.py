@@ -16,8 +16,8 @@ every array operation is a kernel launch and the step is otherwise launch-bound:
   packed loss (:data:`LOSS_PACK`). Other models run the plain reverse pass and copy.
 
 Every kernel makes the plain operations in the plain order; the one reassociation is the KL's
-``½ Σ_k t_k`` summed as ``Σ_k ½ t_k`` (equal, since halving is exact, unless a term is subnormal).
-On NumPy the numbers are the plain model's (tests/test_fast_step.py).
+``½ Σ_k t_k`` summed as ``Σ_k ½ t_k`` (equal, since halving is exact, unless a term is
+subnormal). On NumPy the numbers are the plain model's (tests/test_fast_step.py).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Hidden-layer activations φ with their first and second derivatives, side by side.
 
-docs/DERIVATIONS.md#activations lists ``φ, φ', φ''``; the MLP's reverse pass needs ``φ'`` and the
-input Hessian (Eq. 8.17) needs ``φ''``. Every derivative is written in a form that keeps full
-relative precision at large |a| (e.g. ``sech² a`` rather than ``1 − tanh² a``, which is exactly 0 in
-floating point once ``tanh a`` rounds to ±1), so the derivatives stay correct at ±50 and beyond.
+docs/DERIVATIONS.md#activations lists ``φ, φ', φ''``; the MLP's reverse pass needs ``φ'`` and
+the input Hessian (Eq. 8.17) needs ``φ''``. Every derivative is written in a form that keeps full
+relative precision at large |a| (e.g. ``sech² a`` rather than ``1 − tanh² a``, which is exactly
+0 in floating point once ``tanh a`` rounds to ±1), so the derivatives stay correct at ±50 and
+beyond.
 
 Each function takes the backend ``bk`` and the pre-activation ``a``; derivative functions also take
 the value ``h = φ(a)`` so that they can reuse it.
@@ -70,9 +71,9 @@ SIGMOID = Activation(
 
 
 def softplus(bk, a):
-    """``softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{−|a|})``: no overflow, and full relative
-    precision for every finite ``a`` (the second term is exact where it is below an ulp of the
-    first)."""
+    """``softplus(a) = log(1 + e^a) = max(a, 0) + log1p(e^{−|a|})``: no overflow, and full
+    relative precision for every finite ``a`` (the second term is exact where it is below an ulp of
+    the first)."""
     xp = bk.xp
     return xp.maximum(a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
 
@@ -132,7 +133,8 @@ ACTIVATIONS = {act.name: act for act in (TANH, SIGMOID, SOFTPLUS, RELU, IDENTITY
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Activation:
-    """leaky relu: φ = a (a > 0), s·a (a ≤ 0); φ' = 1[a > 0] + s·1[a ≤ 0] (PyTorch: s at 0)."""
+    """leaky relu: φ = a (a > 0), s·a (a ≤ 0); φ' = 1[a > 0] + s·1[a ≤ 0] (PyTorch: s at
+    0)."""
     s = float(negative_slope)
     return Activation(
         "leaky_relu",
@@ -146,8 +148,8 @@ def leaky_relu(negative_slope: float = 0.01) -> Activation:
 
 
 def elu(alpha: float = 1.0) -> Activation:
-    """elu: φ = a (a > 0), α(eᵃ − 1) (a ≤ 0); φ' = 1 or αeᵃ, φ'' = 0 or αeᵃ. At exactly 0
-    PyTorch takes φ'(0) = α and φ''(0) = 0, and so does this.
+    """elu: φ = a (a > 0), α(eᵃ − 1) (a ≤ 0); φ' = 1 or αeᵃ, φ'' = 0 or αeᵃ. At
+    exactly 0 PyTorch takes φ'(0) = α and φ''(0) = 0, and so does this.
 
     Not C² for any α: φ'' jumps from α to 0 at 0 (and for α ≠ 1 φ' jumps too)."""
     al = float(alpha)

@@ -261,7 +261,8 @@ class VAEConfig:
 
     @property
     def decoder_in(self) -> int:
-        """Width of the decoder's input: K, or K·C for a categorical latent (flattened one-hots)."""
+        """Width of the decoder's input: K, or K·C for a categorical latent (flattened
+        one-hots)."""
         return self.latent_dim * (self.categories or 1)
 
 

@@ -1,15 +1,16 @@
 """Two-dimensional convolution, its adjoint and pooling, by summing over kernel offsets.
 
 docs/DERIVATIONS.md#convolution: with stride ``s``, padding ``p`` and dilation ``d`` (per axis),
-kernel tap ``(i, j)`` of output position ``(h, w)`` reads padded input row ``s·h + d·i`` and column
-``s·w + d·j``, i.e. unpadded ``(s·h + d·i − p, s·w + d·j − p)``. For one tap the rows read by all
-``h`` are the strided slice ``d·i : d·i + s·(H_out − 1) + 1 : s``, so a convolution is a sum over
-the ``kh·kw`` taps of a channel-mixing matrix product on one strided view of the padded input; the
-adjoint adds the same products back into the same views (no two positions of one view coincide, so
-``+=`` on a view is exact on NumPy and CuPy alike). No ``as_strided``, no index arrays. For speed
-the taps' views are copied side by side into one matrix (``(M·H_out·W_out, kh·kw·C)``, "im2col")
-so that one matrix product serves every tap, in the forward map, the adjoint and the weight
-gradient alike; the sum over taps is then inside that product.
+kernel tap ``(i, j)`` of output position ``(h, w)`` reads padded input row ``s·h + d·i`` and
+column ``s·w + d·j``, i.e. unpadded ``(s·h + d·i − p, s·w + d·j − p)``. For one tap the
+rows read by all ``h`` are the strided slice ``d·i : d·i + s·(H_out − 1) + 1 : s``, so a
+convolution is a sum over the ``kh·kw`` taps of a channel-mixing matrix product on one strided view
+of the padded input; the adjoint adds the same products back into the same views (no two positions
+of one view coincide, so ``+=`` on a view is exact on NumPy and CuPy alike). No ``as_strided``, no
+index arrays. For speed the taps' views are copied side by side into one matrix
+(``(M·H_out·W_out, kh·kw·C)``, "im2col") so that one matrix product serves every tap, in the
+forward map, the adjoint and the weight gradient alike; the sum over taps is then inside that
+product.
 
 Arrays are NCHW, ``(M, C, H, W)``; ``w`` is ``(O, C, kh, kw)`` as in ``nn.Conv2d``. Every function
 takes the backend ``bk`` and uses ``bk.xp`` only.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 
 def conv_out_size(n: int, k: int, s: int, p: int, d: int) -> int:
-    """Output length of a convolution: ``⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1`` (PyTorch's formula)."""
+    """Output length of a convolution: ``⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1`` (PyTorch's
+    formula)."""
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
@@ -118,7 +120,8 @@ def conv2d_weight_grad(bk, x, dy, kernel, stride, padding, dilation):
     ho, wo = dy.shape[2:]
     xpad = _pad_hw(xp, x, padding).transpose(0, 2, 3, 1)
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
-    # (colsᵀ dy)ᵀ, not dyᵀ cols: OpenBLAS is 10–100 times slower on a short-and-wide left factor
+    # (colsᵀ dy)ᵀ, not dyᵀ cols: OpenBLAS is 10–100 times slower on a short-and-wide left
+    # factor
     grad = (_columns(xp, xpad, kernel, (ho, wo), stride, dilation).T @ dy2).T
     return grad.reshape(dy.shape[1], *kernel, x.shape[1]).transpose(0, 3, 1, 2)
 
@@ -153,9 +156,9 @@ def avg_pool2d_adjoint(bk, dy, in_hw, kernel, stride, padding):
 
 
 def max_pool2d(bk, x, kernel, stride, padding, dilation):
-    """``y = max_{i,j} x_pad[..., s·h + d·i, s·w' + d·j]`` with −∞ padding; returns ``(y, arg)``
-    where ``arg`` is the winning tap ``i·kw + j``, the first in row-major order on ties (as
-    PyTorch's CPU kernel; docs/DERIVATIONS.md#pooling)."""
+    """``y = max_{i,j} x_pad[..., s·h + d·i, s·w' + d·j]`` with −∞ padding; returns
+    ``(y, arg)`` where ``arg`` is the winning tap ``i·kw + j``, the first in row-major order on
+    ties (as PyTorch's CPU kernel; docs/DERIVATIONS.md#pooling)."""
     xp = bk.xp
     out_hw = tuple(conv_out_size(n, k, s, p, d)
                    for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation))

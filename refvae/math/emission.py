@@ -2,9 +2,9 @@
 to the decoder output, and its curvature (for the Hessian of Eq. 8.17).
 
 docs/DERIVATIONS.md#emissions: ``gaussian`` N(μ, αI) with α fixed or learned as ``log α`` (Eq.
-8.26), ``gaussian_diag`` N(μ, diag σ²) with heads μ and s = log σ² (Eq. 8.15), and ``bernoulli``
-with logits λ. Every surprisal keeps its normalizer (erratum E6: Eq. 8.18's ``E_emiss`` alone is not
-enough once Σ depends on x or θ).
+8.26), ``gaussian_diag`` N(μ, diag σ²) with heads μ and s = log σ² (Eq. 8.15), and
+``bernoulli`` with logits λ. Every surprisal keeps its normalizer (erratum E6: Eq. 8.18's
+``E_emiss`` alone is not enough once Σ depends on x or θ).
 
 Shapes: the decoder output ``o`` is ``(..., P)``; ``y`` broadcasts against ``o``'s data dimension
 (``(N, 1, D)`` against ``(N, L, P)``). ``f`` is summed over the D observation dimensions.
@@ -30,13 +30,14 @@ class EmissionTerms:
 
 
 class Bernoulli:
-    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``; ``∂²f/∂λ² = σ(λ)σ(−λ)``
-    (docs/DERIVATIONS.md#emissions).
+    """``f = Σ_d softplus(λ_d) − y_d λ_d``; ``∂f/∂λ = σ(λ) − y``;
+    ``∂²f/∂λ² = σ(λ)σ(−λ)`` (docs/DERIVATIONS.md#emissions).
 
     Written for ``y ∈ [0, 1]`` as ``(1 − y) softplus(λ) + y softplus(−λ)`` and
-    ``(1 − y) σ(λ) − y σ(−λ)`` (since ``softplus(λ) − λ = softplus(−λ)`` and ``σ(λ) − 1 = −σ(−λ)``):
-    no term cancels against ``λ`` when ``y`` is 0 or 1, so binary data keep full relative precision
-    at any |λ|. :class:`refvae.fast.kernels.FastBernoulli` computes the same in fewer passes.
+    ``(1 − y) σ(λ) − y σ(−λ)`` (since ``softplus(λ) − λ = softplus(−λ)`` and
+    ``σ(λ) − 1 = −σ(−λ)``): no term cancels against ``λ`` when ``y`` is 0 or 1, so binary
+    data keep full relative precision at any |λ|. :class:`refvae.fast.kernels.FastBernoulli`
+    computes the same in fewer passes.
     """
 
     name = "bernoulli"
@@ -65,7 +66,8 @@ class Bernoulli:
 class Gaussian:
     """Isotropic ``N(μ, αI)`` (Eq. 8.26; E2: the normalizer counts D, not K):
     ``f = ||y − μ||² / (2α) + (D/2) log(2πα)``, with ``a = log α``:
-    ``∂f/∂μ = (μ − y)/α``, ``∂f/∂a = D/2 − ||y − μ||²/(2α)``, ``∂²f/∂μ∂μᵀ = I/α``.
+    ``∂f/∂μ = (μ − y)/α``, ``∂f/∂a = D/2 − ||y − μ||²/(2α)``,
+    ``∂²f/∂μ∂μᵀ = I/α``.
     """
 
     name = "gaussian"
@@ -104,13 +106,14 @@ class Gaussian:
 
 
 class GaussianDiag:
-    """Heteroscedastic ``N(μ, diag e^s)`` with heads μ (``decoder.out``) and s (``decoder.logvar``):
-    ``f = ½ Σ_d [(y_d − μ_d)² e^{−s_d} + s_d + log 2π]``;
+    """Heteroscedastic ``N(μ, diag e^s)`` with heads μ (``decoder.out``) and s
+    (``decoder.logvar``): ``f = ½ Σ_d [(y_d − μ_d)² e^{−s_d} + s_d + log 2π]``;
     ``∂f/∂μ = (μ − y) e^{−s}``, ``∂f/∂s = ½ (1 − (y − μ)² e^{−s})``;
     curvature per d, over (μ_d, s_d):
     ``[[e^{−s}, (y − μ) e^{−s}], [(y − μ) e^{−s}, ½ (y − μ)² e^{−s}]]``.
 
-    The off-diagonal entry is ``∂/∂s [(μ − y) e^{−s}] = −(μ − y) e^{−s} = (y − μ) e^{−s}``
+    The off-diagonal entry is
+    ``∂/∂s [(μ − y) e^{−s}] = −(μ − y) e^{−s} = (y − μ) e^{−s}``
     (docs/DERIVATIONS.md#errata: the sign, checked against PyTorch's Hessian in
     tests/test_emission.py).
     """

@@ -8,16 +8,17 @@ signature, ``estimate(bk, latent, state, signals) -> {head: gradient}``
 name and an estimator's name to it. The generative gradients never depend on the estimator: they
 are ordinary backpropagation of ``f`` (Eq. 8.19).
 
-Weights: the batch loss is ``scale · Σ_n [KL_n + (1/L) Σ_l f_nl]`` with ``scale`` = 1/N (mean) or 1
-(sum), so every per-sample quantity enters with the weight ``w = scale / L``; ``g`` and the Hessian
-arrive already multiplied by ``w``, ``f`` does not.
+Weights: the batch loss is ``scale · Σ_n [KL_n + (1/L) Σ_l f_nl]`` with ``scale`` = 1/N (mean) or
+1 (sum), so every per-sample quantity enters with the weight ``w = scale / L``; ``g`` and the
+Hessian arrive already multiplied by ``w``, ``f`` does not.
 
 - ``pathwise`` — reparameterization (Eqs. 8.16, 8.24; docs/DERIVATIONS.md#pathwise-gradient):
   :meth:`latent.pathwise`. For a categorical latent the same chain rule runs through the relaxed
   sample of Eq. 8.29: ``gumbel-softmax`` (the decoder saw ``Y``) and ``straight-through`` (it saw
   the one-hot sample, docs/DERIVATIONS.md#straight-through).
-- ``price`` — Bonnet's and Price's theorems (Eqs. 8.16–8.17; docs/DERIVATIONS.md#bonnet-and-price):
-  :meth:`latent.price`, from the exact Hessian ``H = ∂²f/∂x∂xᵀ`` at the samples; no ``g zᵀ`` term.
+- ``price`` — Bonnet's and Price's theorems (Eqs. 8.16–8.17;
+  docs/DERIVATIONS.md#bonnet-and-price): :meth:`latent.price`, from the exact Hessian
+  ``H = ∂²f/∂x∂xᵀ`` at the samples; no ``g zᵀ`` term.
 - the score-function estimator of §8.2.1 on the reconstruction term (KL analytic, added by the
   model), ``w Σ_l (f_l − β_l) s_l`` with the score ``s_l = ∂ log q(x_l|y)/∂head``
   (:meth:`latent.score`, :func:`score_function`) and a control variate β selected by name
@@ -32,10 +33,10 @@ arrive already multiplied by ``w``, ``f`` does not.
     step), fixed before this step's samples are drawn: unbiased. The state holds plain floats
     (``score_running_mean``, ``score_running_steps``), so it survives a JSON checkpoint.
   - ``score-optimal`` — per gradient component j the variance-minimising coefficient
-    ``β_j = E[s_j² f]/E[s_j²]`` of the control variate ``s_j`` (E[s_j] = 0), estimated on the other
-    half of datum n's samples: samples ``0..⌊L/2⌋−1`` use the coefficient from samples
-    ``⌊L/2⌋..L−1`` and vice versa. The halves are independent draws, so β_lj is independent of
-    sample l: unbiased (estimating it from the same samples would not be). Needs L ≥ 2.
+    ``β_j = E[s_j² f]/E[s_j²]`` of the control variate ``s_j`` (E[s_j] = 0), estimated on the
+    other half of datum n's samples: samples ``0..⌊L/2⌋−1`` use the coefficient from samples
+    ``⌊L/2⌋..L−1`` and vice versa. The halves are independent draws, so β_lj is independent
+    of sample l: unbiased (estimating it from the same samples would not be). Needs L ≥ 2.
 
 Each is unbiased for the gradient of the expected loss under its own hypotheses:
 
@@ -70,10 +71,11 @@ STATEFUL = frozenset({"score-running"})
 class DecoderSignals:
     """What the decoder pass offers an estimator.
 
-    ``g`` — ``w · ∂f/∂x`` at the samples, ``(N, L, K_in)``; ``f`` — the surprisal per sample
-    ``(N, L)``, unweighted; ``weight`` — ``w``; ``hessian(full)`` — ``w · ∂²f/∂x∂xᵀ`` (diagonal
-    ``(N, L, K)`` or full ``(N, L, K, K)``), computed on demand by forward-mode Jacobians;
-    ``state`` — a caller-owned dict kept across steps (running-mean control variates).
+    ``g`` — ``w · ∂f/∂x`` at the samples, ``(N, L, K_in)``; ``f`` — the surprisal per
+    sample ``(N, L)``, unweighted; ``weight`` — ``w``; ``hessian(full)`` —
+    ``w · ∂²f/∂x∂xᵀ`` (diagonal ``(N, L, K)`` or full ``(N, L, K, K)``), computed on
+    demand by forward-mode Jacobians; ``state`` — a caller-owned dict kept across steps
+    (running-mean control variates).
     """
 
     g: object
@@ -103,8 +105,8 @@ def _baseline_none(bk, s, f, store):
 
 
 def leave_one_out_mean(f):
-    """``β_l = (Σ_{l'} f_{l'} − f_l)/(L − 1)`` over the samples axis 1 of ``f`` ``(N, L)``: the mean
-    of the other samples of the same datum, independent of sample ``l``."""
+    """``β_l = (Σ_{l'} f_{l'} − f_l)/(L − 1)`` over the samples axis 1 of ``f`` ``(N, L)``:
+    the mean of the other samples of the same datum, independent of sample ``l``."""
     samples = f.shape[1]
     return (f.sum(axis=1, keepdims=True) - f) / (samples - 1)
 
@@ -121,8 +123,8 @@ def _baseline_running(bk, s, f, store):
 def _baseline_optimal(bk, s, f, store):
     """Per component ``j`` the variance-minimising ``β_j = E[s_j² f]/E[s_j²]`` (for the estimator
     ``s (f − β)``, with ``E[s] = 0``), estimated on the other half of the samples: samples
-    ``0..h−1`` (``h = ⌊L/2⌋``) get the coefficient estimated from samples ``h..L−1`` and vice
-    versa."""
+    ``0..h−1`` (``h = ⌊L/2⌋``) get the coefficient estimated from samples ``h..L−1`` and
+    vice versa."""
     xp = bk.xp
     half = f.shape[1] // 2
     s2f = s * s * f[..., None]

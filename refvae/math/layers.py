@@ -26,7 +26,8 @@ from .activations import Activation
 
 
 def uniform_init(noise, bk, shape, fan_in: int):
-    """PyTorch's default init for weights and biases: U(±1/√fan_in) (kaiming_uniform, a = √5)."""
+    """PyTorch's default init for weights and biases: U(±1/√fan_in) (kaiming_uniform, a =
+    √5)."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return bk.asarray(bound * (2.0 * noise.uniform(shape) - 1.0))
 
@@ -178,7 +179,8 @@ class ConvTranspose2d(Conv2d):
         return (y + _per_channel(p["bias"], 2) if self.bias else y), {"x": x}
 
     def backward(self, bk, p, cache, dy, input_grad=True):
-        # y = Aᵀx with A the convolution of weight W: ∂J/∂x = A dy and ∂J/∂W = ∂⟨A dy, x⟩/∂W.
+        # y = Aᵀx with A the convolution of weight W: ∂J/∂x = A dy and ∂J/∂W = ∂⟨A dy,
+        # x⟩/∂W.
         grads = {"weight": C.conv2d_weight_grad(bk, dy, cache["x"], self.kernel_size,
                                                 *self._geometry())}
         if self.bias:
@@ -294,8 +296,8 @@ class MaxPool2d(Layer):
 @dataclass(frozen=True)
 class BatchNorm(Layer):
     """Evaluation-mode batch normalisation, a per-channel affine map:
-    ``y = (x − μ)/√(σ² + ε) · γ + β`` on channel axis 1, with the running statistics ``μ, σ²``
-    fixed buffers (docs/DERIVATIONS.md#reshaping-and-batch-normalisation)."""
+    ``y = (x − μ)/√(σ² + ε) · γ + β`` on channel axis 1, with the running statistics
+    ``μ, σ²`` fixed buffers (docs/DERIVATIONS.md#reshaping-and-batch-normalisation)."""
 
     eps: float = 1e-5
     kind: ClassVar[str] = "batch_norm"

@@ -122,8 +122,9 @@ class MLP:
         """Reverse pass for the upstream gradient ``d_out = ∂f/∂o`` of shape ``(..., P)``.
 
         docs/DERIVATIONS.md#mlp-reverse-pass: ``δ_L = ∂e/∂o``; ``u_l = W_{l+1}ᵀ δ_{l+1}`` (=
-        ∂f/∂h_l); ``δ_l = u_l ⊙ φ'(a_l)``; ``g = W_1ᵀ δ_1``. Parameter gradients are summed over
-        every leading batch dimension. ``input_grad=False`` skips the last product (encoders).
+        ∂f/∂h_l); ``δ_l = u_l ⊙ φ'(a_l)``; ``g = W_1ᵀ δ_1``. Parameter gradients are
+        summed over every leading batch dimension. ``input_grad=False`` skips the last product
+        (encoders).
         """
         delta = d_out.reshape(-1, self.out_dim)
         if delta.shape[0] != cache["h"][0].shape[0]:
@@ -171,23 +172,25 @@ class MLP:
 
     def input_hessian(self, bk, params, cache, back: "MLPBackward", curvature,
                       form: str = "diag", full: bool = False, jacobians=None):
-        """Exact Hessian ``∂²f/∂x∂xᵀ`` of ``f = e(o(x))`` (docs/DERIVATIONS.md#mlp-input-hessians):
+        """Exact Hessian ``∂²f/∂x∂xᵀ`` of ``f = e(o(x))``
+        (docs/DERIVATIONS.md#mlp-input-hessians):
 
         ``H = A_Lᵀ C A_L + Σ_{l<L} A_lᵀ diag(u_l ⊙ φ''(a_l)) A_l``
 
         with ``C = ∂²e/∂o∂oᵀ`` given by ``curvature`` in one of three forms:
-        ``"diag"`` — shape broadcastable to ``(..., P)``; ``"block2"`` — ``(..., D, 2, 2)`` coupling
-        output ``d`` with output ``D + d`` (P = 2D; the gaussian_diag emission's ``(μ_d, s_d)``);
-        ``"full"`` — ``(..., P, P)``. ``back`` is this forward pass's :meth:`backward` result
-        (it supplies ``u_l``). Returns the diagonal ``(..., K)`` (cost O(K) per hidden unit) or,
-        with ``full=True``, the matrix ``(..., K, K)``.
+        ``"diag"`` — shape broadcastable to ``(..., P)``; ``"block2"`` — ``(..., D, 2, 2)``
+        coupling output ``d`` with output ``D + d`` (P = 2D; the gaussian_diag emission's
+        ``(μ_d, s_d)``); ``"full"`` — ``(..., P, P)``. ``back`` is this forward pass's
+        :meth:`backward` result (it supplies ``u_l``). Returns the diagonal ``(..., K)`` (cost O(K)
+        per hidden unit) or, with ``full=True``, the matrix ``(..., K, K)``.
         """
         xp = bk.xp
         lead = cache["lead"]
         m, p = cache["h"][0].shape[0], self.out_dim
         jac = self.input_jacobians(bk, params, cache) if jacobians is None else jacobians
         a_out = jac[-1]
-        curvature = xp.asarray(curvature, dtype=a_out.dtype)  # a Python float (1/α) must not upcast
+        # a Python float (1/α) must not upcast
+        curvature = xp.asarray(curvature, dtype=a_out.dtype)
         if form == "diag":
             c = xp.broadcast_to(curvature, (*lead, p)).reshape(m, p)
             hess = _bilinear(bk, a_out, a_out, c, full)
@@ -241,7 +244,8 @@ def stacked_heads(bk, params, head_names) -> tuple:
 @dataclass
 class MLPBackward:
     """Result of :meth:`MLP.backward`: parameter gradients (``state_dict`` order), ``∂f/∂x``
-    (or ``None``), and ``upstream[l] = u_l = ∂f/∂h_l`` per hidden layer (used by the Hessian)."""
+    (or ``None``), and ``upstream[l] = u_l = ∂f/∂h_l`` per hidden layer (used by the
+    Hessian)."""
 
     grads: dict
     d_input: object

@@ -59,8 +59,8 @@ def neg_elbo_terms(vae, params, y, noise: NoiseSource, samples: int = 1, batch_s
 
 
 def log_weights(vae, params, y, eps):
-    """``log p(y, x_i) − log q(x_i|y) = −f(x_i, y) + log p(x_i) − log q(x_i|y)``, shape ``(N, k)``
-    (docs/DERIVATIONS.md#importance-weighted-bound)."""
+    """``log p(y, x_i) − log q(x_i|y) = −f(x_i, y) + log p(x_i) − log q(x_i|y)``, shape
+    ``(N, k)`` (docs/DERIVATIONS.md#importance-weighted-bound)."""
     fp = vae.forward(params, y, eps, vae.latent.evaluation_estimator)
     return -fp.f + vae.latent.log_prior(vae.bk, fp.state) - vae.latent.log_q(vae.bk, fp.state)
 
@@ -113,8 +113,8 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
     posterior ``q(x) = (1/N) Σ_n q(x|y_n)`` over the ``N`` rows of ``y``.
 
     For each datum, ``samples`` draws ``x ~ q(x|y_n)``;
-    ``log q(x) = logsumexp_m log q(x|y_m) − log N`` is exact for the finite mixture. Returns a dict
-    with the closed-form average KL, its Monte Carlo twin ``E[log q(x|y) − log p(x)]``, the
+    ``log q(x) = logsumexp_m log q(x|y_m) − log N`` is exact for the finite mixture. Returns a
+    dict with the closed-form average KL, its Monte Carlo twin ``E[log q(x|y) − log p(x)]``, the
     aggregate KL, the mutual information, its bound ``log N`` and standard errors of the two Monte
     Carlo terms. Needs ``latent.log_q_cross``.
     """

@@ -175,8 +175,8 @@ class Sequential:
         return o.reshape(*lead, self.out_dim), cache
 
     def backward(self, bk, params, cache, d_out, input_grad: bool = True) -> "SequentialBackward":
-        """Reverse pass for ``d_out = ∂J/∂o`` of shape ``(..., P)``: each layer's ``backward`` in
-        reverse order; parameter gradients summed over every leading batch dimension
+        """Reverse pass for ``d_out = ∂J/∂o`` of shape ``(..., P)``: each layer's ``backward``
+        in reverse order; parameter gradients summed over every leading batch dimension
         (docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians)."""
         m = cache["m"]
         delta = d_out.reshape(-1, self.out_dim)
@@ -206,8 +206,8 @@ class Sequential:
     def input_jacobians(self, bk, params, cache) -> list:
         """``J_i = ∂z_i/∂x`` for ``i = 0..n`` (``z_0 = x``, ``z_i`` the input of layer ``i``,
         ``z_n`` the last layer's output), then ``∂o/∂x`` when there are heads: the last entry is
-        always ``∂o/∂x``. Shapes ``(B, size_i, K)`` as the MLP's, ``B = 1`` until a layer makes the
-        Jacobian depend on the datum. Each layer's ``jvp`` pushes all ``K`` input directions."""
+        always ``∂o/∂x``. Shapes ``(B, size_i, K)`` as the MLP's, ``B = 1`` until a layer makes
+        the Jacobian depend on the datum. Each layer's ``jvp`` pushes all ``K`` input directions."""
         xp = bk.xp
         k = math.prod(self.in_shape)
         t = xp.eye(k, dtype=bk.dtype).reshape(1, k, *self.in_shape)

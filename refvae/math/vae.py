@@ -141,8 +141,8 @@ class VAE:
         return heads, cache
 
     def head_activations_backward(self, d_heads: dict, heads: dict, enc_cache: dict) -> dict:
-        """Chain rule through the head activations: ``∂/∂a = ∂/∂head ⊙ φ'(a)`` for each head
-        ``head = φ(a)`` named in ``head_activations``
+        """Chain rule through the head activations: ``∂/∂a = ∂/∂head ⊙ φ'(a)`` for each
+        head ``head = φ(a)`` named in ``head_activations``
         (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
         out = dict(d_heads)
         for h, act in self.head_activations.items():
@@ -174,13 +174,14 @@ class VAE:
                      temperature: float | None = None, estimator_state: dict | None = None,
                      condition=None) -> ReversePass:
         """The reverse pass of the batch loss ``scale · Σ_n F(y_n)``
-        (docs/DERIVATIONS.md#the-objective): emission ``∂f/∂o`` -> decoder reverse pass (generative
-        gradients, Eq. 8.19, and ``g = ∂f/∂x``; docs/DERIVATIONS.md#mlp-reverse-pass) -> the
-        estimator's recognition gradients plus the KL gradient -> head activations -> encoder
-        reverse pass. With ``kl: "monte_carlo"`` and a score-function estimator, the per-sample KL
-        ``log q − log p`` joins ``f`` in the score estimate and the KL gets no separate gradient
-        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
-        Inputs are trusted."""
+        (docs/DERIVATIONS.md#the-objective): emission ``∂f/∂o`` -> decoder reverse pass
+        (generative gradients, Eq. 8.19, and ``g = ∂f/∂x``;
+        docs/DERIVATIONS.md#mlp-reverse-pass) -> the estimator's recognition gradients plus the KL
+        gradient -> head activations -> encoder reverse pass. With ``kl: "monte_carlo"`` and a
+        score-function estimator, the per-sample KL ``log q − log p`` joins ``f`` in the score
+        estimate and the KL gets no separate gradient
+        (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning). Inputs
+        are trusted."""
         bk, w, k = self.bk, scale / noise.shape[1], self.latent.decoder_in
         fp = self.forward(params, y, noise, estimator, temperature, condition)
         dec_back = self.decoder.backward(bk, params, fp.dec_cache, fp.terms.df_do * w)
@@ -189,7 +190,8 @@ class VAE:
             grads[LOG_ALPHA] = (fp.terms.df_dlog_alpha.sum() * w).reshape(())
 
         def hessian(full: bool = False):
-            """``w · ∂²f/∂x∂xᵀ`` at the samples (docs/DERIVATIONS.md#mlp-input-hessians)."""
+            """``w · ∂²f/∂x∂xᵀ`` at the samples
+            (docs/DERIVATIONS.md#mlp-input-hessians)."""
             curvature = self.emission.curvature(bk, fp.dec_out, y[:, None, :],
                                                 params.get(LOG_ALPHA))
             hess = self.decoder.input_hessian(bk, params, fp.dec_cache, dec_back, curvature * w,

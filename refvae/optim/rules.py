@@ -162,9 +162,10 @@ class Optimizer(OptimizerState):
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
 
-    With momentum μ and dampening τ: ``b ← g`` on the first step, then ``b ← μb + (1 − τ)g``;
-    the step direction is ``b`` (heavy ball, Polyak 1964) or ``g + μb`` (Nesterov, in the form of
-    Sutskever et al. 2013); ``θ ← θ − η·direction``. ``g`` includes the L2 term ``λθ``.
+    With momentum μ and dampening τ: ``b ← g`` on the first step, then
+    ``b ← μb + (1 − τ)g``; the step direction is ``b`` (heavy ball, Polyak 1964) or
+    ``g + μb`` (Nesterov, in the form of Sutskever et al. 2013); ``θ ← θ − η·direction``.
+    ``g`` includes the L2 term ``λθ``.
     """
 
     name = "sgd"
@@ -204,9 +205,9 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba 2015, Algorithm 1), as ``torch.optim.Adam``; AdamW with ``decoupled``.
 
     ``m ← β₁m + (1 − β₁)g``, ``v ← β₂v + (1 − β₂)g²``, then
-    ``θ ← θ − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)`` (ε added after the bias correction, as
-    PyTorch does). Weight decay: ``g ← g + λθ`` (Adam), or ``θ ← (1 − ηλ)θ`` before the update
-    (AdamW, Loshchilov & Hutter 2019).
+    ``θ ← θ − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)`` (ε added
+    after the bias correction, as PyTorch does). Weight decay: ``g ← g + λθ`` (Adam), or
+    ``θ ← (1 − ηλ)θ`` before the update (AdamW, Loshchilov & Hutter 2019).
     """
 
     name = "adam"
@@ -239,8 +240,8 @@ class Adam(Optimizer):
         require(self.eps >= 0, f"adam: eps must be >= 0, got {self.eps}; e.g. 1e-8")
 
     def step_sizes(self, lr: float) -> tuple[float, float]:
-        """``(η √(1 − β₂ᵗ)/(1 − β₁ᵗ), ε √(1 − β₂ᵗ))``: the bias corrections folded into two
-        scalars."""
+        """``(η √(1 − β₂ᵗ)/(1 − β₁ᵗ), ε √(1 − β₂ᵗ))``: the bias
+        corrections folded into two scalars."""
         bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
         return lr * bc2_sqrt / (1.0 - self.beta1 ** self.t), self.eps * bc2_sqrt
 
@@ -262,8 +263,8 @@ class Adagrad(Optimizer):
     """Diagonal Adagrad (Duchi, Hazan & Singer 2011), as ``torch.optim.Adagrad``.
 
     ``s ← s + g²`` (``s`` starts at ``initial_accumulator``), then
-    ``θ ← θ − η_t · g / (√s + ε)`` with ``η_t = η / (1 + (t − 1)·lr_decay)``. This is the optimizer
-    of Kingma & Welling (2014), section 5.
+    ``θ ← θ − η_t · g / (√s + ε)`` with ``η_t = η / (1 + (t − 1)·lr_decay)``. This
+    is the optimizer of Kingma & Welling (2014), section 5.
     """
 
     name = "adagrad"

@@ -7,8 +7,8 @@ of them (:func:`make_schedule`).
 
 Temperature of the Gumbel-softmax relaxation (Jang et al. 2017, "Categorical Reparameterization
 with Gumbel-Softmax", ICLR, the VAE experiments):
-``s_t = max(s_min, s_0 · exp(−r · t_n))`` where ``t_n = n ⌊t/n⌋`` is the last step at which the
-temperature was updated (every ``n`` steps). Jang et al. use ``s_0 = 1``, ``s_min = 0.5``,
+``s_t = max(s_min, s_0 · exp(−r · t_n))`` where ``t_n = n ⌊t/n⌋`` is the last step at which
+the temperature was updated (every ``n`` steps). Jang et al. use ``s_0 = 1``, ``s_min = 0.5``,
 ``r ∈ {1e-5, 1e-4}`` and ``n ∈ {500, 1000}``. The schedule is a small object with one piece of
 state, the step count ``t``; its :meth:`~TemperatureSchedule.state_dict` is JSON-ready (numbers
 only) so a checkpoint can store it and :meth:`~TemperatureSchedule.from_state_dict` rebuilds the
@@ -69,7 +69,8 @@ def _decayed(base_lr: float, gamma: float, power: int, name: str) -> float:
 
 
 class StepLR(Schedule):
-    """Step decay: ``η_t = η · γ^⌊t / step_size⌋`` (as ``torch.optim.lr_scheduler.StepLR``)."""
+    """Step decay: ``η_t = η · γ^⌊t / step_size⌋`` (as
+    ``torch.optim.lr_scheduler.StepLR``)."""
 
     def __init__(self, base_lr: float, step_size: int, gamma: float = 0.1):
         require(int(step_size) >= 1, f"step schedule: step_size must be >= 1, got {step_size}")
@@ -92,7 +93,8 @@ class ExponentialLR(Schedule):
 
 class CosineLR(Schedule):
     """Cosine annealing without restarts (Loshchilov & Hutter 2017, "SGDR", ICLR, Eq. 5):
-    ``η_t = η_min + (η − η_min)(1 + cos(π·min(t, T)/T))/2``, constant at ``η_min`` after ``T``."""
+    ``η_t = η_min + (η − η_min)(1 + cos(π·min(t, T)/T))/2``, constant at ``η_min`` after
+    ``T``."""
 
     def __init__(self, base_lr: float, total_steps: int, min_lr: float = 0.0):
         require(int(total_steps) >= 1, "cosine schedule: total_steps must be >= 1, "
@@ -108,7 +110,8 @@ class CosineLR(Schedule):
 
 class LinearWarmup(Schedule):
     """Linear warmup (Goyal et al. 2017, "Accurate, Large Minibatch SGD", section 2.2):
-    ``η_t = η·(t + 1)/W`` for ``t < W``, then ``after(t − W)`` (or ``η`` when ``after`` is None)."""
+    ``η_t = η·(t + 1)/W`` for ``t < W``, then ``after(t − W)`` (or ``η`` when ``after`` is
+    None)."""
 
     def __init__(self, base_lr: float, warmup_steps: int,
                  after: Callable[[int], float] | None = None):

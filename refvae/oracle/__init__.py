@@ -5,9 +5,10 @@ A user writes, from their own code, the architecture (``config.json``), the para
 kernels, fused heads split by ``split``), the batch and the base noise their model drew
 (``batch.npz``), and their loss and gradients (``theirs.npz``: ``loss``, ``kl``,
 ``reconstruction``, ``kl_per_datum``, ``reconstruction_per_datum``, the intermediates
-``heads/<name>``, ``x``, ``decoder_out`` — all optional — and ``grad/<parameter name>`` for every
-parameter). refvae computes the same quantities with :meth:`refvae.math.vae.VAE.loss_and_grads` and
-compares them tensor by tensor; a failing report carries a diagnosis.
+``heads/<name>``, ``x``, ``decoder_out`` — all optional — and ``grad/<parameter name>`` for
+every parameter). refvae computes the same quantities with
+:meth:`refvae.math.vae.VAE.loss_and_grads` and compares them tensor by tensor; a failing report
+carries a diagnosis.
 
 Python API (every argument may be a path or the object itself; arrays may be NumPy arrays, CPU or
 GPU PyTorch tensors, CuPy or JAX arrays)::

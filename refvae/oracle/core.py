@@ -26,9 +26,9 @@ HEADS = "heads/"
 # |theirs − ours| ≤ atol·s + rtol·|ours|, with s = max(1, max|ours|) over the tensor: rounding
 # errors of a sum scale with its terms, not with the (possibly cancelled) result, so an entry that
 # cancels to nearly zero is judged on the tensor's scale. float64: both sides are float64 and
-# differ only in the order of roundings, ~1e-16 · sqrt(number of terms) · conditioning, so rtol 1e-7
-# keeps about eight orders of margin while a real error (a wrong factor, sign or term; one entry
-# perturbed by 1e-6 relative) fails. float32: their rounding (~6e-8 per operation) dominates;
+# differ only in the order of roundings, ~1e-16 · sqrt(number of terms) · conditioning, so rtol
+# 1e-7 keeps about eight orders of margin while a real error (a wrong factor, sign or term; one
+# entry perturbed by 1e-6 relative) fails. float32: their rounding (~6e-8 per operation) dominates;
 # PyTorch float32 twins needed rtol ≤ 1e-6 at atol 1e-5 (measured on a 784-400-20 model, N up to
 # 512, summed loss), so the defaults keep a margin of about 100; tests/test_oracle_torch.py checks
 # a margin of at least 10 on every emission. Each tensor is judged by its own dtype: one float32
@@ -156,7 +156,8 @@ class OracleReport(CheckList):
     def __str__(self) -> str:
         lines = [f"oracle comparison: {'PASS' if self.passed else 'FAIL'} "
                  f"({sum(c.passed for c in self.checks)}/{len(self.checks)} tensors pass; "
-                 f"pass when |theirs − ours| ≤ {self._rule()}, s = max(1, max|ours|) per tensor)"]
+                 f"pass when |theirs − ours| ≤ {self._rule()}, s = max(1, max|ours|) per "
+                 "tensor)"]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"diagnosis: {h}" for h in self.hints]
         lines += table_lines([replace(c, name=self.label(c.name)) for c in self.checks],

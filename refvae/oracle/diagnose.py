@@ -154,7 +154,8 @@ def kl_hint(theirs, mine, ours, agrees, per_datum: bool) -> str:
 def constant_name(per_datum: float, ours) -> str:
     """`` (= K/2: ...)`` when a per-datum constant is one we know, else ``""``."""
     c = ours.inputs.vae.config
-    known = [(c.latent_dim / 2, "K/2: the 1 in KL = −½ Σ(1 + log σ² − μ² − σ²) is missing"),
+    known = [(c.latent_dim / 2,
+              "K/2: the 1 in KL = −½ Σ(1 + log σ² − μ² − σ²) is missing"),
              (-c.latent_dim / 2, "−K/2: the KL's 1 is counted twice"),
              (c.data_dim / 2 * math.log(2 * math.pi), "D/2·log 2π: the Gaussian emission's "
                                                       "normaliser"),

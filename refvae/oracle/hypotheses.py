@@ -159,7 +159,8 @@ def _affine_hypotheses(ctx: Context) -> list:
     hyps.append(Hypothesis("reconstruction:0", "your loss is the KL alone: the reconstruction term "
                                                "is "
                            "missing", affine(a_r=0.0)))
-    kl_factors = [(2.0, 1.0, "2", "the ½ of the KL is missing (KL = ½ Σ_k (σ² + μ² − 1 − log σ²))"),
+    kl_factors = [(2.0, 1.0, "2",
+                   "the ½ of the KL is missing (KL = ½ Σ_k (σ² + μ² − 1 − log σ²))"),
                   (0.5, 1.0, "1/2", "the KL carries ½ twice"),
                   (-1.0, 1.0, "-1", "your loss is reconstruction − KL: the KL term has the wrong "
                                     "sign "
@@ -189,8 +190,10 @@ def _affine_hypotheses(ctx: Context) -> list:
                            "detached heads", affine(grad_k=0.0)))
     if c.latent in ("gaussian", "gaussian_full"):
         hyps.append(Hypothesis("kl:+K/2", f"the KL is off by {k / 2:g} per datum = K/2: the 1 in "
-                               "KL = −½ Σ(1 + log σ² − μ² − σ²) is missing", affine(c_k=k / 2)))
-        hyps.append(Hypothesis("kl:-K/2", f"the KL is off by {-k / 2:g} per datum = −K/2: the KL's "
+                               "KL = −½ Σ(1 + log σ² − μ² − σ²) is missing",
+                               affine(c_k=k / 2)))
+        hyps.append(Hypothesis("kl:-K/2",
+                               f"the KL is off by {-k / 2:g} per datum = −K/2: the KL's "
                                           "1 "
                                "is counted twice", affine(c_k=-k / 2)))
     if c.latent == "categorical":
@@ -214,7 +217,8 @@ def _affine_hypotheses(ctx: Context) -> list:
             hyps.append(Hypothesis("emission:mse", "your reconstruction is the summed squared "
                                                    "error "
                                    "(mse_loss(..., reduction='sum')), not the Gaussian surprisal "
-                                   "Σ (y − μ)²/(2α) + D/2·log(2πα): the ½/α and the normaliser "
+                                   "Σ (y − μ)²/(2α) + D/2·log(2πα): the ½/α and the "
+                                   "normaliser "
                                    "differ",
                                    affine(a_r=2 * alpha,
                                           c_r=-alpha * d * math.log(2 * math.pi * alpha))))
@@ -224,9 +228,10 @@ def _affine_hypotheses(ctx: Context) -> list:
 # ----- mistaken samplers of a diagonal Gaussian
 # ----------------------------------------------------
 class MistakenSampler(DiagonalGaussian):
-    """A diagonal Gaussian whose sample is ``x = a(ν, ℓ) + b(ν, ℓ) ⊙ ε``; ``loc``/``scale`` return
-    the value and its elementwise partial derivatives in ν and ℓ, which give the hand-derived
-    pathwise gradient ``∂/∂ν = Σ_l g (∂a/∂ν + ε ∂b/∂ν)`` (the same for ℓ). KL unchanged."""
+    """A diagonal Gaussian whose sample is ``x = a(ν, ℓ) + b(ν, ℓ) ⊙ ε``; ``loc``/``scale``
+    return the value and its elementwise partial derivatives in ν and ℓ, which give the
+    hand-derived pathwise gradient ``∂/∂ν = Σ_l g (∂a/∂ν + ε ∂b/∂ν)`` (the same for
+    ℓ). KL unchanged."""
 
     def __init__(self, k, loc, scale):
         super().__init__(k)
@@ -261,10 +266,11 @@ SAMPLERS = {
                          _mean, lambda xp, nu, lv: (1.0 + 0 * lv, 0.0, 0.0)),
     "sampler:no-noise": (f"your sample is the mean alone: the noise is not added: {SAMPLER}",
                          _mean, lambda xp, nu, lv: (0 * lv, 0.0, 0.0)),
-    "sampler:detached": ("no gradient flows through the standard deviation exp(ℓ/2) of your sample "
-                         "(a .detach(), .data or no_grad in the sampler): the log-variance head's "
-                         "gradients ({logvar}) are the KL's alone",
-                         _mean, lambda xp, nu, lv: (xp.exp(0.5 * lv), 0.0, 0.0)),
+    "sampler:detached": (
+        "no gradient flows through the standard deviation exp(ℓ/2) of your sample "
+        "(a .detach(), .data or no_grad in the sampler): the log-variance head's "
+        "gradients ({logvar}) are the KL's alone",
+        _mean, lambda xp, nu, lv: (xp.exp(0.5 * lv), 0.0, 0.0)),
     "sampler:swapped": ("your sampler takes the mean from the log-variance head and the scale from "
                         "the "
                         f"mean head (the KL reads them right): {SAMPLER}",
@@ -315,8 +321,8 @@ def _sampler_hypotheses(ctx: Context, label) -> list:
 # --------------------------------------------------------
 def _score_own_sample(ctx: Context) -> dict:
     """A baseline that includes the sample's own f (the mean over all L samples): every sample's
-    ``f_l − β`` is ``(L − 1)/L`` of the leave-one-out one, so the estimator's share of the encoder
-    gradients shrinks by that factor (the KL's share does not)."""
+    ``f_l − β`` is ``(L − 1)/L`` of the leave-one-out one, so the estimator's share of the
+    encoder gradients shrinks by that factor (the KL's share does not)."""
     shrink = (ctx.samples - 1) / ctx.samples
     return affine(grad_r=1.0)(ctx) | {
         k: shrink * (v - ctx.kl_share[k]) + ctx.kl_share[k]
@@ -339,7 +345,8 @@ def _other_hypotheses(ctx: Context) -> list:
             hyps.append(Hypothesis("straight-through:relaxed-forward",
                                    "your straight-through forward "
                                    "pass feeds the relaxed sample, not the one-hot argmax (that is "
-                                   "gumbel-softmax: y_hard − y_soft.detach() + y_soft is missing)",
+                                   "gumbel-softmax: y_hard − y_soft.detach() + y_soft is "
+                                   "missing)",
                                    lambda c: c.rerun(estimator="gumbel-softmax")))
         if est == "gumbel-softmax" and s is not None:
             hyps.append(Hypothesis("gumbel-softmax:hard-forward", "your forward pass feeds the "

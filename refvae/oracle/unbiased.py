@@ -6,9 +6,9 @@ each draw with fresh noise) at fixed parameters and data. refvae supplies the ex
 
 * exactly, where the gradient is a polynomial of degree ≤ 3 in the Gaussian noise (Gaussian
   latents with a linear decoder and the ``gaussian`` emission: the reconstruction is quadratic in
-  x): the symmetric cubature rule with the 2K points ``±√K e_k`` and equal weights integrates such
-  polynomials exactly against N(0, I), so refvae's pathwise gradient with those 2K points as its
-  L samples *is* the expectation;
+  x): the symmetric cubature rule with the 2K points ``±√K e_k`` and equal weights integrates
+  such polynomials exactly against N(0, I), so refvae's pathwise gradient with those 2K points as
+  its L samples *is* the expectation;
 * exactly, for categorical latents small enough to enumerate (analytic KL): the ``score``
   estimator with two samples (leave-one-out baseline) is unbiased, so its average over every
   ordered pair of configurations, weighted by their posterior probabilities, is the gradient;
@@ -134,8 +134,8 @@ def cubature_applies(config) -> bool:
 
 
 def cubature_noise(n: int, k: int) -> np.ndarray:
-    """The 2K points ``±√K e_k`` for every datum, ``(N, 2K, K)``: exact for polynomials of degree ≤
-    3."""
+    """The 2K points ``±√K e_k`` for every datum, ``(N, 2K, K)``: exact for polynomials of degree
+    ≤ 3."""
     points = math.sqrt(k) * np.concatenate([np.eye(k), -np.eye(k)])
     return np.broadcast_to(points, (n, 2 * k, k)).copy()
 
@@ -216,10 +216,11 @@ def _draws(draws, inputs, layout_label: str) -> tuple:
     shapes = inputs.vae.param_shapes()
     counts = {v.shape[0] if v.ndim else 0 for v in raw.values()}
     if len(counts) != 1 or min(counts) < 2:
-        raise ShapeError(f"{layout_label}: every draws array must be (M, *shape) with the same M ≥ "
-                         "2 "
-                         f"(found M = {sorted(counts)}); stack M independent gradient draws along "
-                         "axis 0")
+        raise ShapeError(
+            f"{layout_label}: every draws array must be (M, *shape) with the same M ≥ "
+            "2 "
+            f"(found M = {sorted(counts)}); stack M independent gradient draws along "
+            "axis 0")
     m = counts.pop()
     per_draw = [translate({k: v[i] for k, v in raw.items()}, inputs.layout, shapes, layout_label,
                           GRAD)

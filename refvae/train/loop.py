@@ -1,8 +1,8 @@
 """The training loop: seeded, reproducible, resumable, and stopped cleanly on divergence.
 
 One :class:`~refvae.backend.NoiseSource` seeded by ``seed`` owns every random draw of a run — the
-initial parameters, the minibatch order, the base noise and dynamic binarization — and its state is
-saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
+initial parameters, the minibatch order, the base noise and dynamic binarization — and its state
+is saved in each checkpoint, so the same seed gives the same numbers and a resumed run continues
 exactly where an uninterrupted one would have been (bit for bit).
 
 ``threads`` > 1 splits each batch into row shards on a :class:`~refvae.fast.parallel.Workers` pool

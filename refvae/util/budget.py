@@ -3,7 +3,8 @@
 The budget is ``--max-memory`` (CLI), else ``$REFVAE_MAX_MEMORY``, else 80 % of the memory the
 machine has available when first asked. :func:`check` refuses a request above it with one
 :class:`~refvae.errors.BudgetError` line naming the field, the bytes and the budget, so a config
-width of 10⁹, an IDX header claiming 5·10⁶ images or ``--samples 10⁷`` fail before NumPy tries.
+width of 10⁹, an IDX header claiming 5·10⁶ images or ``--samples 10⁷`` fail before NumPy
+tries.
 """
 from __future__ import annotations
 

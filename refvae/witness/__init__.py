@@ -5,8 +5,8 @@ the parameter names and layouts (docs/ORACLE.md). The tests, the validation clai
 
 * :mod:`refvae.witness.functional` — every Gaussian recognition model (diagonal, full covariance,
   planar flows) and emission as a loss of a dict of tensors; losses and autograd gradients as NumPy.
-* :mod:`refvae.witness.categorical` — the categorical VAE (Gumbel-softmax, straight-through, score)
-  and its exact loss by enumeration.
+* :mod:`refvae.witness.categorical` — the categorical VAE (Gumbel-softmax, straight-through,
+  score) and its exact loss by enumeration.
 * :mod:`refvae.witness.modules` — the same forward pass as an ``nn.Module`` (torch's own
   initialisation, ``torch.optim`` training loops) and the step ``refvae bench`` times.
 

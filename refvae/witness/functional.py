@@ -119,8 +119,8 @@ def full_latent(p, enc, eps):
 
 def planar_flows(z, u, w, b):
     """Rezende & Mohamed (2015) planar flows with the invertibility fix of their Appendix A.1:
-    ``z ← z + û tanh(wᵀz + b)``; returns ``(z_T, Σ_t log|1 + ûᵀψ_t|)``. ``u, w`` ``(N, T, K)``,
-    ``b`` ``(N, T)``, ``z`` ``(N, L, K)``."""
+    ``z ← z + û tanh(wᵀz + b)``; returns ``(z_T, Σ_t log|1 + ûᵀψ_t|)``. ``u, w``
+    ``(N, T, K)``, ``b`` ``(N, T)``, ``z`` ``(N, L, K)``."""
     t = _torch()
     log_det = t.zeros(z.shape[:2], dtype=z.dtype)
     for i in range(u.shape[1]):
@@ -219,7 +219,8 @@ def per_sample(d, x):
 
 def _forms_pieces(cfg, p, y, eps, c):
     """Encoder on ``[y, c]`` with its head activations, q as a torch distribution, the sample,
-    ``log q − log p`` per sample (a flow's by Eq. 8.25) and the analytic KL (None for a flow)."""
+    ``log q − log p`` per sample (a flow's through its layers) and the analytic KL (None for a
+    flow)."""
     t = _torch()
     dist = t.distributions
     inp = y if c is None else t.cat([y, c], -1)
@@ -249,11 +250,11 @@ def _forms_pieces(cfg, p, y, eps, c):
 
 def forms_loss_fn(cfg, estimator="pathwise", reduction="mean", scale=1.0):
     """``loss(p, y, eps, c) -> (surrogate, loss, kl per datum, rec per datum)``: the batch loss
-    ``scale · Σ_n [KL_n + ⟨f⟩_n]`` (÷ N for ``mean``) with every model form, and a surrogate whose
-    autograd gradient is the estimator's: the loss itself (``pathwise``); with ``score``,
-    ``⟨f⟩ + ⟨f̄ log q(x̄)⟩`` at detached samples (a Monte Carlo KL joins ``f̄``); with ``price``,
-    Eqs. 8.16–8.17 as ``ν·⟨ḡ⟩ + ½ Σ_ij ⟨H̄⟩_ij Υ_ij`` with autograd's g and Hessian (bars:
-    detached)."""
+    ``scale · Σ_n [KL_n + ⟨f⟩_n]`` (÷ N for ``mean``) with every model form, and a surrogate
+    whose autograd gradient is the estimator's: the loss itself (``pathwise``); with ``score``,
+    ``⟨f⟩ + ⟨f̄ log q(x̄)⟩`` at detached samples (a Monte Carlo KL joins ``f̄``); with
+    ``price``, Eqs. 8.16–8.17 as ``ν·⟨ḡ⟩ + ½ Σ_ij ⟨H̄⟩_ij Υ_ij`` with autograd's g
+    and Hessian (bars: detached)."""
     t = _torch()
 
     def loss(p, y, eps, c=None):

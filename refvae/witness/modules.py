@@ -49,8 +49,8 @@ def make_vae(config: dict, dtype=None, seed: int | None = None):
             self._loss = loss_fn(cfg)
 
         def neg_elbo(self, y, eps):
-            """Per datum: KL(q(x|y) || N(0, I)) and ``−log p(y|x)`` at ``x = μ + σ ε``, averaged
-            over the draws (``eps`` ``(N, K)``: one draw per datum, or ``(N, L, K)``)."""
+            """Per datum: KL(q(x|y) || N(0, I)) and ``−log p(y|x)`` at ``x = μ + σ ε``,
+            averaged over the draws (``eps`` ``(N, K)``: one draw per datum, or ``(N, L, K)``)."""
             eps = eps[:, None, :] if eps.dim() == 2 else eps
             _, kl, rec = self._loss(dict(self.named_parameters()), y, eps)
             return kl, rec

@@ -4,8 +4,8 @@ docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax).
 ``K`` independent categorical variables of ``C`` classes each (Jang et al. 2017, "Categorical
 Reparameterization with Gumbel-Softmax", ICLR; Maddison et al. 2017, "The Concrete Distribution",
 ICLR). The encoder head ``encoder.logits`` emits ``η`` ``(N, K·C)``, read as ``(N, K, C)``, and
-``π = softmax(η)`` per variable. The caller's base noise is standard Gumbel ``G0`` ``(N, L, K, C)``.
-The decoder sees the flattened ``(N, L, K·C)`` sample:
+``π = softmax(η)`` per variable. The caller's base noise is standard Gumbel ``G0``
+``(N, L, K, C)``. The decoder sees the flattened ``(N, L, K·C)`` sample:
 
 * relaxed ``Y = softmax((η + G0)/s)`` (Eq. 8.29) for the ``gumbel-softmax`` estimator;
 * the one-hot ``argmax(η + G0)`` (Eq. 8.28) for ``straight-through`` (whose backward pass uses the
@@ -44,9 +44,9 @@ def gumbel_from_uniform(bk, u):
 
     Accurate at both ends as written, because no ``1 − U`` is ever formed: near 0, ``−log U`` is
     large and exact; near 1, ``log U`` of the exactly representable ``U`` is still correct to an
-    ulp (≈ ``U − 1``), and the outer log of that small positive number is exact too, so the upper
-    tail reaches ``−log(2⁻⁵³) ≈ 36.7`` instead of overflowing. ``U`` must lie in the open interval
-    (0, 1); 0 and 1 would give ∓inf.
+    ulp (≈ ``U − 1``), and the outer log of that small positive number is exact too, so the
+    upper tail reaches ``−log(2⁻⁵³) ≈ 36.7`` instead of overflowing. ``U`` must lie in the
+    open interval (0, 1); 0 and 1 would give ∓inf.
     """
     xp = bk.xp
     u = bk.asarray(u)
@@ -86,9 +86,10 @@ def relaxed_sample(bk, logits, g0, temperature):
 
 def relaxed_sample_vjp(y, upstream, temperature):
     """The derivative after Eq. 8.29 with erratum E4
-    (docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax), ``∂Y_l/∂g_m = (1/s) Y_l (1[l=m] − Y_m)``,
-    applied to an upstream gradient ``u = ∂f/∂Y``: ``∂f/∂g = (1/s) Y ⊙ (u − ⟨u, Y⟩)``. With
-    ``g = η + G0`` this is also ``∂f/∂η``. Shapes ``(..., C)``."""
+    (docs/DERIVATIONS.md#gumbel-max-and-gumbel-softmax),
+    ``∂Y_l/∂g_m = (1/s) Y_l (1[l=m] − Y_m)``, applied to an upstream gradient
+    ``u = ∂f/∂Y``: ``∂f/∂g = (1/s) Y ⊙ (u − ⟨u, Y⟩)``. With ``g = η + G0`` this is
+    also ``∂f/∂η``. Shapes ``(..., C)``."""
     return y * (upstream - (upstream * y).sum(axis=-1, keepdims=True)) / temperature
 
 
@@ -120,8 +121,9 @@ def concrete_log_density_grads(bk, log_y, logits, temperature):
     (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl).
 
     With ``w = softmax(log π − s log Y)`` (the weights of the last log-sum-exp):
-    ``∂/∂ log Y_c = −(s+1) + C s w_c`` and ``∂/∂η_c = 1 − C w_c`` (the ``log Σ exp η`` terms of
-    ``Σ log π`` and of the last term cancel). ``logits`` must have the shape of ``log_y``.
+    ``∂/∂ log Y_c = −(s+1) + C s w_c`` and ``∂/∂η_c = 1 − C w_c`` (the
+    ``log Σ exp η`` terms of ``Σ log π`` and of the last term cancel). ``logits`` must have the
+    shape of ``log_y``.
     """
     c = log_y.shape[-1]
     w = bk.xp.exp(log_softmax(bk, log_softmax(bk, logits) - temperature * log_y))
@@ -303,8 +305,8 @@ class Categorical:
         return state.pi.reshape(state.pi.shape[0], -1)
 
     def log_q(self, bk, state: CategoricalState):
-        """``log q(x|y)`` at the samples the decoder saw, ``(N, L)``: ``Σ_k log π_{k,c_k}`` for hard
-        samples (Eq. 8.27), ``Σ_k`` concrete log-densities for relaxed ones
+        """``log q(x|y)`` at the samples the decoder saw, ``(N, L)``: ``Σ_k log π_{k,c_k}`` for
+        hard samples (Eq. 8.27), ``Σ_k`` concrete log-densities for relaxed ones
         (docs/DERIVATIONS.md#concrete-density-and-relaxed-kl)."""
         if self._relaxed(state):
             return concrete_log_density(bk, state.log_y, state.logits[:, None],
@@ -313,15 +315,15 @@ class Categorical:
 
     def log_q_cross(self, bk, heads: dict, x):
         """``log q(x_p | y_m)`` for one-hot points ``x`` ``(P, K·C)`` (hard samples) under every
-        datum's posterior (heads over ``M`` data): ``Σ_k log π_{m,k,c_k}``, ``(P, M)``. Used for the
-        aggregated posterior of Eq. 8.21."""
+        datum's posterior (heads over ``M`` data): ``Σ_k log π_{m,k,c_k}``, ``(P, M)``. Used for
+        the aggregated posterior of Eq. 8.21."""
         m = heads["logits"].shape[0]
         log_pi = log_softmax(bk, heads["logits"].reshape(m, self.k, self.c)).reshape(m, -1)
         return x @ log_pi.T
 
     def log_prior(self, bk, state: CategoricalState):
-        """``log p(x)``, ``(N, L)``: ``−K log C`` (uniform prior) for hard samples; for relaxed ones
-        the concrete density with uniform logits at the prior temperature."""
+        """``log p(x)``, ``(N, L)``: ``−K log C`` (uniform prior) for hard samples; for relaxed
+        ones the concrete density with uniform logits at the prior temperature."""
         if self._relaxed(state):
             zeros = bk.xp.zeros_like(state.log_y)
             return concrete_log_density(bk, state.log_y, zeros, self._prior_s(state)).sum(axis=-1)
@@ -343,6 +345,7 @@ class Categorical:
 
     def score(self, bk, state: CategoricalState) -> dict:
         """The REINFORCE score of Eq. 8.27 at the one-hot samples ``c_l``, ``(N, L, K·C)``:
-        ``∂ log q(c)/∂η = onehot(c) − π`` (docs/DERIVATIONS.md#categorical-score-estimator)."""
+        ``∂ log q(c)/∂η = onehot(c) − π``
+        (docs/DERIVATIONS.md#categorical-score-estimator)."""
         s = state.hard - state.pi[:, None]
         return {"logits": s.reshape(s.shape[0], s.shape[1], -1)}

@@ -2,13 +2,13 @@
 docs/DERIVATIONS.md#inverse-cdf-transforms): a pathwise transform that is not a location-scale
 family, with both of its gradient estimators.
 
-``u ~ U(0, 1)``, ``x = g(u, λ) = −log(1 − u)/λ`` gives ``x ~ Expo(λ)`` (rate λ, mean 1/λ). For
-``E[f(X)]`` with ``X ~ Expo(λ)``:
+``u ~ U(0, 1)``, ``x = g(u, λ) = −log(1 − u)/λ`` gives ``x ~ Expo(λ)`` (rate λ, mean 1/λ).
+For ``E[f(X)]`` with ``X ~ Expo(λ)``:
 
-- pathwise (Eq. 8.23 with the law of the unconscious statistician): ``d/dλ E[f] = E[f'(x) ∂x/∂λ]``
-  with ``∂x/∂λ = −x/λ``;
-- score function (§8.2.1): ``d/dλ E[f] = E[f(x) ∂ log q(x)/∂λ]`` with ``log q = log λ − λx`` and
-  ``∂ log q/∂λ = 1/λ − x``.
+- pathwise (Eq. 8.23 with the law of the unconscious statistician):
+  ``d/dλ E[f] = E[f'(x) ∂x/∂λ]`` with ``∂x/∂λ = −x/λ``;
+- score function (§8.2.1): ``d/dλ E[f] = E[f(x) ∂ log q(x)/∂λ]`` with
+  ``log q = log λ − λx`` and ``∂ log q/∂λ = 1/λ − x``.
 
 A standalone building block (no VAE uses it yet): every function takes the backend ``bk`` and
 arrays that broadcast; the caller owns the uniform noise ``u`` (``NoiseSource.uniform``, never 0).
@@ -44,5 +44,6 @@ def pathwise_gradient(x, rate, df_dx, axis: int = 0):
 
 def score_gradient(x, rate, f, baseline=0.0, axis: int = 0):
     """Score-function estimate of ``d/dλ E[f(X)]``: the mean over ``axis`` of
-    ``(f(x) − β)(1/λ − x)``; unbiased for any ``β`` independent of the sample it multiplies."""
+    ``(f(x) − β)(1/λ − x)``; unbiased for any ``β`` independent of the sample it
+    multiplies."""
     return ((f - baseline) * score(x, rate)).mean(axis=axis)

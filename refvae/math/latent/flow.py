@@ -7,18 +7,19 @@ Gaussian's ``z_0 = ν + υ ⊙ ε`` (Eq. 8.24); then for ``t = 1..T``
 
     ``z_t = z_{t−1} + û_t tanh(w_tᵀ z_{t−1} + b_t)``,   ``x = z_T``,
 
-and by Eq. 8.25 ``log q(x|y) = log N(z_0; ν, diag υ²) − Σ_t log |1 + û_tᵀ ψ_t(z_{t−1})|`` with
+and by Eq. 8.25
+``log q(x|y) = log N(z_0; ν, diag υ²) − Σ_t log |1 + û_tᵀ ψ_t(z_{t−1})|`` with
 ``ψ_t(z) = tanh'(w_tᵀ z + b_t) w_t``, so ``1 + û_tᵀ ψ_t = 1 + tanh'(a_t) m_t`` with
 ``m_t = w_tᵀ û_t``.
 
 Invertibility (Rezende & Mohamed, Appendix A.1): the raw ``u_t`` is replaced by
-``û_t = u_t + (m(w_tᵀ u_t) − w_tᵀ u_t) w_t / ||w_t||²`` with ``m(α) = −1 + softplus(α)``, so that
-``w_tᵀ û_t = m(α) > −1`` and ``1 + tanh'(a) m > 0``: the determinant never vanishes. It is computed
-as ``D = tanh²(a) + tanh'(a) softplus(α)`` (equal, since ``tanh' = 1 − tanh²``), a sum of two
-non-negative terms, because ``1 + tanh'(a) m`` cancels catastrophically when α ≪ 0 and ``a ≈ 0``
-(``m`` rounds to −1); it can still underflow to 0 only where softplus(α) does (α < −745, a
-volume contraction beyond float64's range). (A ``w_t`` that is exactly zero leaves ``û_t``
-undefined; random initialisation never produces one.)
+``û_t = u_t + (m(w_tᵀ u_t) − w_tᵀ u_t) w_t / ||w_t||²`` with
+``m(α) = −1 + softplus(α)``, so that ``w_tᵀ û_t = m(α) > −1`` and ``1 + tanh'(a) m > 0``:
+the determinant never vanishes. It is computed as ``D = tanh²(a) + tanh'(a) softplus(α)`` (equal,
+since ``tanh' = 1 − tanh²``), a sum of two non-negative terms, because ``1 + tanh'(a) m`` cancels
+catastrophically when α ≪ 0 and ``a ≈ 0`` (``m`` rounds to −1); it can still underflow to 0
+only where softplus(α) does (α < −745, a volume contraction beyond float64's range). (A ``w_t``
+that is exactly zero leaves ``û_t`` undefined; random initialisation never produces one.)
 
 Parameters are amortized, a choice of this library: the encoder outputs them per datum, so the
 flow adds encoder heads and nothing else to the parameter layout. Besides ``mean`` and ``logvar``
@@ -103,9 +104,9 @@ class PlanarFlowGaussian(StandardNormalLatent):
 
     @staticmethod
     def constrain_backward(bk, u, w, alpha, g_uhat, g_m):
-        """Reverse of :meth:`constrain`: upstream ``∂J/∂û`` ``(..., K)`` and ``∂J/∂m`` ``(...)`` ->
-        ``(∂J/∂u, ∂J/∂w)``. With ``c(α) = softplus(−α) − 1``, ``c' = −σ(−α)``, ``m' = σ(α)``,
-        ``s = ||w||²``, ``p = ∂J/∂û · w``:
+        """Reverse of :meth:`constrain`: upstream ``∂J/∂û`` ``(..., K)`` and ``∂J/∂m``
+        ``(...)`` -> ``(∂J/∂u, ∂J/∂w)``. With ``c(α) = softplus(−α) − 1``,
+        ``c' = −σ(−α)``, ``m' = σ(α)``, ``s = ||w||²``, ``p = ∂J/∂û · w``:
         ``∂J/∂u = ∂J/∂û + (p c'/s + ∂J/∂m σ(α)) w`` and
         ``∂J/∂w = (c/s) ∂J/∂û − (2 c p/s²) w + (p c'/s + ∂J/∂m σ(α)) u``."""
         xp, expit = bk.xp, bk.special.expit
@@ -136,7 +137,8 @@ class PlanarFlowGaussian(StandardNormalLatent):
 
     def _layers(self, bk, z0, uhat, w, b, sp):
         """The T planar layers applied to ``z0`` ``(N, L, K)``: every ``z_t``, ``a_t``,
-        ``tanh(a_t)`` and ``Σ_t log D_t`` with ``D_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)``."""
+        ``tanh(a_t)`` and ``Σ_t log D_t`` with
+        ``D_t = tanh²(a_t) + tanh'(a_t) softplus(α_t)``."""
         xp = bk.xp
         zs, pre, hs = [z0], [], []
         log_det = xp.zeros(z0.shape[:2], dtype=z0.dtype)
@@ -157,10 +159,11 @@ class PlanarFlowGaussian(StandardNormalLatent):
 
         Per layer, with ``h' = tanh'(a)``, ``h'' = tanh''(a)``, ``D = 1 + h' m`` (computed as
         ``h² + h' softplus(α)``) and ``G = ∂J/∂z_t``:
-        ``δ_a = (G·û) h' + γ h'' m / D``; ``∂J/∂z_{t−1} = G + δ_a w``; ``∂J/∂û = Σ_l G h``;
-        ``∂J/∂m = Σ_l γ h'/D``; ``∂J/∂w = Σ_l δ_a z_{t−1}`` (plus the route through û and m,
-        :meth:`constrain_backward`); ``∂J/∂b = Σ_l δ_a``. The base Gaussian's pathwise rule then
-        maps ``∂J/∂z_0`` onto ``ν`` and ``ℓ`` (Eq. 8.24).
+        ``δ_a = (G·û) h' + γ h'' m / D``; ``∂J/∂z_{t−1} = G + δ_a w``;
+        ``∂J/∂û = Σ_l G h``; ``∂J/∂m = Σ_l γ h'/D``; ``∂J/∂w = Σ_l δ_a z_{t−1}``
+        (plus the route through û and m, :meth:`constrain_backward`); ``∂J/∂b = Σ_l δ_a``.
+        The base Gaussian's pathwise rule then maps ``∂J/∂z_0`` onto ``ν`` and ``ℓ`` (Eq.
+        8.24).
         """
         xp = bk.xp
         n = state.base.nu.shape[0]
@@ -195,8 +198,9 @@ class PlanarFlowGaussian(StandardNormalLatent):
         """Exact gradient of the Monte Carlo KL (:meth:`StandardNormalLatent.kl`, the same
         estimate as the Gaussian latents' ``kl: "monte_carlo"``) at fixed ε: ``log p`` contributes
         ``−x/L`` upstream on ``x`` (negated: ``+x/L``), the log-determinant enters with weight
-        ``γ = −1/L``, and ``log N(z_0; ν, υ²) = −½ Σ_k (ε_k² + 2 log υ_k + log 2π)`` gives
-        ``−d log υ/dh`` directly (``−½`` for ℓ; :meth:`DiagonalGaussian.log_q_direct`)."""
+        ``γ = −1/L``, and ``log N(z_0; ν, υ²) = −½ Σ_k (ε_k² + 2 log υ_k + log 2π)``
+        gives ``−d log υ/dh`` directly (``−½`` for ℓ;
+        :meth:`DiagonalGaussian.log_q_direct`)."""
         samples = state.x.shape[1]
         out = self.backward(bk, state, state.x / samples, gamma=-1.0 / samples)
         direct = self.base.log_q_direct(bk, state.base)
@@ -210,15 +214,17 @@ class PlanarFlowGaussian(StandardNormalLatent):
 
     def mean(self, bk, state: PlanarFlowState):
         """A deterministic location of q (used for active units): E_q[x] has no closed form under a
-        flow, so this is the flow's image of the base mean, ``f_T ∘ … ∘ f_1(ν)`` (E_q[x] itself when
-        the flow is linear over q's support, e.g. the identity). Unlike a sample mean it carries no
-        posterior noise, so a collapsed unit (ν and the flow independent of y) stays inactive."""
+        flow, so this is the flow's image of the base mean, ``f_T ∘ … ∘ f_1(ν)`` (E_q[x]
+        itself when the flow is linear over q's support, e.g. the identity). Unlike a sample mean it
+        carries no posterior noise, so a collapsed unit (ν and the flow independent of y) stays
+        inactive."""
         zs, _, _, _ = self._layers(bk, state.base.nu[:, None, :], state.uhat, state.w, state.b,
                                    state.sp)
         return zs[-1][:, 0]
 
     def log_q(self, bk, state: PlanarFlowState):
-        """Eq. 8.25: ``log q(x_T|y) = −½ Σ_k (ε_k² + ℓ_k + log 2π) − Σ_t log(1 + tanh'(a_t) m_t)``,
+        """Eq. 8.25:
+        ``log q(x_T|y) = −½ Σ_k (ε_k² + ℓ_k + log 2π) − Σ_t log(1 + tanh'(a_t) m_t)``,
         ``(N, L)``."""
         return self.base.log_q(bk, state.base) - state.log_det
 

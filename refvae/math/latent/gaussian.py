@@ -1,5 +1,5 @@
-"""Diagonal Gaussian recognition model q(x|y) = N(ν, diag υ²) (Eqs. 8.12, 8.26), with ℓ = log υ²
-(docs/DERIVATIONS.md#diagonal-gaussian-recognition).
+"""Diagonal Gaussian recognition model q(x|y) = N(ν, diag υ²) (Eqs. 8.12, 8.26), with ℓ = log
+υ² (docs/DERIVATIONS.md#diagonal-gaussian-recognition).
 
 The encoder emits ``ν`` (``encoder.mean``) and ``ℓ`` (``encoder.logvar``); with the config field
 ``scale_head`` the head ``h`` of ``encoder.logvar`` may instead be ``log υ``, or give
@@ -7,8 +7,8 @@ The encoder emits ``ν`` (``encoder.mean``) and ``ℓ`` (``encoder.logvar``); wi
 ``υ``, ``log υ`` and ``d log υ/dh`` once, and the sample, KL, score and every estimator go
 through that map (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning).
 The sampling transform
-(Eq. 8.24, erratum E3: the scale is υ = Υ^{1/2}, not Υ) is ``x = ν + υ ⊙ z`` with the caller's base
-noise ``z`` ~ N(0, I) of shape ``(N, L, K)``.
+(Eq. 8.24, erratum E3: the scale is υ = Υ^{1/2}, not Υ) is ``x = ν + υ ⊙ z`` with the
+caller's base noise ``z`` ~ N(0, I) of shape ``(N, L, K)``.
 """
 from __future__ import annotations
 
@@ -169,32 +169,34 @@ class DiagonalGaussian(StandardNormalLatent):
         return 0.5 * (sc.var + nu * nu - 1.0 - 2.0 * sc.log_std).sum(axis=-1)
 
     def analytic_kl_grads(self, bk, state: GaussianState) -> dict:
-        """``∂KL/∂ν = ν``, ``∂KL/∂h = (υ² − 1) d log υ/dh`` (= ``½ (υ² − 1)`` for ℓ; written
-        ``expm1(2 log υ)``, exact near υ = 1) (docs/DERIVATIONS.md#the-objective,
+        """``∂KL/∂ν = ν``, ``∂KL/∂h = (υ² − 1) d log υ/dh`` (= ``½ (υ² − 1)``
+        for ℓ; written ``expm1(2 log υ)``, exact near υ = 1) (docs/DERIVATIONS.md#the-objective,
         docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
         sc = state.scale
         return {"mean": state.nu, "logvar": bk.xp.expm1(2.0 * sc.log_std) * sc.dlog}
 
     def log_q_direct(self, bk, state: GaussianState) -> dict:
         """``∂ log q(x|y)/∂head`` at fixed base noise ``z``, averaged over the samples: from
-        ``log q = −½ Σ_k (z_k² + 2 log υ_k + log 2π)``, ``0`` for ν and ``−d log υ/dh`` for h."""
+        ``log q = −½ Σ_k (z_k² + 2 log υ_k + log 2π)``, ``0`` for ν and ``−d log υ/dh``
+        for h."""
         return {"mean": bk.xp.zeros_like(state.nu), "logvar": -state.scale.dlog}
 
     def pathwise(self, bk, state: GaussianState, g) -> dict:
         """Pathwise (reparameterization) gradients of the reconstruction term (Eqs. 8.16, 8.24;
         docs/DERIVATIONS.md#pathwise-gradient):
-        ``∂/∂ν = Σ_l g_l`` and ``∂/∂h_k = Σ_l g_lk z_lk · dυ_k/dh_k`` (``υ_k / 2`` for ℓ), where
-        ``g`` ``(N, L, K)`` is ∂f/∂x already weighted by the Monte Carlo average (1/L) and the
-        batch reduction."""
+        ``∂/∂ν = Σ_l g_l`` and ``∂/∂h_k = Σ_l g_lk z_lk · dυ_k/dh_k`` (``υ_k / 2`` for
+        ℓ), where ``g`` ``(N, L, K)`` is ∂f/∂x already weighted by the Monte Carlo average
+        (1/L) and the batch reduction."""
         sc = state.scale
         return {"mean": g.sum(axis=1), "logvar": sc.std * sc.dlog * (g * state.eps).sum(axis=1)}
 
     def price(self, bk, state: GaussianState, g, hessian) -> dict:
-        """Eqs. 8.16–8.17 for diagonal Υ (docs/DERIVATIONS.md#bonnet-and-price): ``∂/∂ν = ⟨g⟩``
+        """Eqs. 8.16–8.17 for diagonal Υ (docs/DERIVATIONS.md#bonnet-and-price):
+        ``∂/∂ν = ⟨g⟩``
         (Bonnet) and, from ``∂F/∂Υ_kk = ½ (⟨H_kk⟩ − 1/υ_k² + 1)`` and
         ``∂Υ_kk/∂h_k = 2 υ_k² d log υ_k/dh_k`` (``υ_k²`` for ℓ), the reconstruction part
-        ``∂/∂h_k = υ_k² (d log υ_k/dh_k) ⟨H_kk⟩`` (the KL part is added by the model). Only the
-        Hessian's diagonal is formed (``hessian(full=False)``)."""
+        ``∂/∂h_k = υ_k² (d log υ_k/dh_k) ⟨H_kk⟩`` (the KL part is added by the model).
+        Only the Hessian's diagonal is formed (``hessian(full=False)``)."""
         sc = state.scale
         return {"mean": g.sum(axis=1), "logvar": sc.var * sc.dlog * hessian(full=False).sum(axis=1)}
 
@@ -211,8 +213,8 @@ class DiagonalGaussian(StandardNormalLatent):
         return state.nu
 
     def log_q(self, bk, state: GaussianState):
-        """``log q(x|y) = −½ Σ_k (z_k² + 2 log υ_k + log 2π)`` at the drawn samples, ``(N, L)``
-        (Eq. 8.12; docs/DERIVATIONS.md#diagonal-gaussian-recognition)."""
+        """``log q(x|y) = −½ Σ_k (z_k² + 2 log υ_k + log 2π)`` at the drawn samples,
+        ``(N, L)`` (Eq. 8.12; docs/DERIVATIONS.md#diagonal-gaussian-recognition)."""
         log_var = 2.0 * state.scale.log_std[:, None, :]
         return -0.5 * (state.eps ** 2 + log_var + LOG_2PI).sum(axis=-1)
 

@@ -3,10 +3,10 @@ docs/DERIVATIONS.md#full-covariance-gaussian-recognition), with ``R`` lower tria
 diagonal.
 
 The encoder emits ``ν`` (head ``mean``, K entries) and the raw lower triangle of ``R`` (head
-``scale_tril``, K(K+1)/2 entries in ``numpy.tril_indices(K)`` order: (0,0), (1,0), (1,1), (2,0), …);
-off-diagonal entries are used as they are, diagonal entries through exp (``R_kk = exp(r_kk)``), as
-ORACLE.md specifies. The sampling transform (Eq. 8.24) is ``x = ν + R z`` with the caller's base
-noise ``z`` ~ N(0, I) of shape ``(N, L, K)``.
+``scale_tril``, K(K+1)/2 entries in ``numpy.tril_indices(K)`` order: (0,0), (1,0), (1,1), (2,0),
+…); off-diagonal entries are used as they are, diagonal entries through exp
+(``R_kk = exp(r_kk)``), as ORACLE.md specifies. The sampling transform (Eq. 8.24) is
+``x = ν + R z`` with the caller's base noise ``z`` ~ N(0, I) of shape ``(N, L, K)``.
 
 Gradients with respect to ``R`` are lower-triangular matrices; :func:`_tril_to_raw` maps them onto
 the ``scale_tril`` head by the chain rule (``∂/∂r_kk = R_kk ∂/∂R_kk`` on the diagonal).
@@ -32,8 +32,8 @@ class FullGaussianState:
 
 class FullCovarianceGaussian(StandardNormalLatent):
     """``latent: "gaussian_full"``: sampling, closed-form KL, log-density, score, and the
-    recognition gradients of the reconstruction term by the pathwise route (``tril(⟨g zᵀ⟩)``) and
-    by Price's theorem (``tril(2 G R)``, Eq. 8.17). Its estimators are listed in
+    recognition gradients of the reconstruction term by the pathwise route (``tril(⟨g zᵀ⟩)``)
+    and by Price's theorem (``tril(2 G R)``, Eq. 8.17). Its estimators are listed in
     :mod:`refvae.math.estimators`."""
 
     name = "gaussian_full"
@@ -66,9 +66,9 @@ class FullCovarianceGaussian(StandardNormalLatent):
         return r
 
     def _tril_to_raw(self, bk, grad_r, r):
-        """Chain rule from ``∂/∂R`` ``(N, K, K)`` (only its lower triangle is read) to ``∂/∂r``
-        ``(N, K(K+1)/2)``: off-diagonal entries pass through, diagonal ones are multiplied by
-        ``R_kk`` (the derivative of exp)."""
+        """Chain rule from ``∂/∂R`` ``(N, K, K)`` (only its lower triangle is read) to
+        ``∂/∂r`` ``(N, K(K+1)/2)``: off-diagonal entries pass through, diagonal ones are
+        multiplied by ``R_kk`` (the derivative of exp)."""
         out = grad_r[:, self.rows, self.cols]
         d = list(range(self.k))
         out[:, self.diag_pos] = out[:, self.diag_pos] * r[:, d, d]
@@ -83,23 +83,25 @@ class FullCovarianceGaussian(StandardNormalLatent):
         return FullGaussianState(nu, raw, r, eps, x)
 
     def analytic_kl(self, bk, state: FullGaussianState):
-        """KL(N(ν, RRᵀ) || N(0, I)) = ½ (tr Υ + νᵀν − K − log|Υ|) with ``tr Υ = ||R||_F²`` and
-        ``log|Υ| = 2 Σ_k log R_kk = 2 Σ_k r_kk`` (docs/DERIVATIONS.md#the-objective), per datum."""
+        """KL(N(ν, RRᵀ) || N(0, I)) = ½ (tr Υ + νᵀν − K − log|Υ|) with
+        ``tr Υ = ||R||_F²`` and ``log|Υ| = 2 Σ_k log R_kk = 2 Σ_k r_kk``
+        (docs/DERIVATIONS.md#the-objective), per datum."""
         r, nu = state.R, state.nu
         log_det = 2.0 * state.raw[:, self.diag_pos].sum(axis=-1)
         return 0.5 * ((r * r).sum(axis=(-2, -1)) + (nu * nu).sum(axis=-1) - self.k - log_det)
 
     def analytic_kl_grads(self, bk, state: FullGaussianState) -> dict:
-        """``∂KL/∂ν = ν``; ``∂KL/∂R = tril(R) − diag(1/R_kk)`` (= tril((I − Υ⁻¹) R), the KL part
-        of Eq. 8.17), so on the head: ``R_ij`` off the diagonal and ``R_kk² − 1`` on it."""
+        """``∂KL/∂ν = ν``; ``∂KL/∂R = tril(R) − diag(1/R_kk)`` (= tril((I − Υ⁻¹)
+        R), the KL part of Eq. 8.17), so on the head: ``R_ij`` off the diagonal and ``R_kk² − 1``
+        on it."""
         g = state.raw.copy()
         g[:, self.diag_pos] = bk.xp.expm1(2.0 * state.raw[:, self.diag_pos])
         return {"mean": state.nu, "scale_tril": g}
 
     def log_q_direct(self, bk, state: FullGaussianState) -> dict:
         """``∂ log q(x|y)/∂head`` at fixed base noise ``z``:
-        ``log q = −½ zᵀz − Σ_k r_kk − (K/2) log 2π`` gives ``−1`` on the head's diagonal entries
-        and ``0`` elsewhere
+        ``log q = −½ zᵀz − Σ_k r_kk − (K/2) log 2π`` gives ``−1`` on the head's
+        diagonal entries and ``0`` elsewhere
         (docs/DERIVATIONS.md#scale-heads-head-activations-monte-carlo-kl-and-conditioning)."""
         d = bk.xp.zeros_like(state.raw)
         d[:, self.diag_pos] = -1.0
@@ -109,28 +111,30 @@ class FullCovarianceGaussian(StandardNormalLatent):
     def pathwise(self, bk, state: FullGaussianState, g) -> dict:
         """Reparameterization with ``x = ν + R z`` (Eq. 8.24, the chapter's O(K²) route, its ref.
         [41]; docs/DERIVATIONS.md#pathwise-gradient):
-        ``∂/∂ν = Σ_l g_l``, ``∂/∂R = tril(Σ_l g_l z_lᵀ)``; ``g`` ``(N, L, K)`` is ∂f/∂x already
-        weighted by 1/L and the batch reduction."""
+        ``∂/∂ν = Σ_l g_l``, ``∂/∂R = tril(Σ_l g_l z_lᵀ)``; ``g`` ``(N, L, K)`` is
+        ∂f/∂x already weighted by 1/L and the batch reduction."""
         grad_r = g.transpose(0, 2, 1) @ state.eps
         return {"mean": g.sum(axis=1), "scale_tril": self._tril_to_raw(bk, grad_r, state.R)}
 
     def price(self, bk, state: FullGaussianState, g, hessian) -> dict:
         """Bonnet's and Price's theorems (Eqs. 8.16–8.17; docs/DERIVATIONS.md#bonnet-and-price):
         ``∂/∂ν = Σ_l g_l`` and, with the
-        reconstruction part of ``G = ∂F/∂Υ``, ``G_rec = ½ Σ_l H_l``, ``∂/∂R = tril(2 G_rec R)``
-        (Υ = RRᵀ and G symmetric give ``dF = tr(G dΥ) = 2 tr(G R dRᵀ)``). ``hessian(full=True)``
-        ``(N, L, K, K)`` is the exact Hessian ∂²f/∂x∂xᵀ at the samples, weighted like ``g``. No
-        ``g zᵀ`` term."""
+        reconstruction part of ``G = ∂F/∂Υ``, ``G_rec = ½ Σ_l H_l``,
+        ``∂/∂R = tril(2 G_rec R)`` (Υ = RRᵀ and G symmetric give
+        ``dF = tr(G dΥ) = 2 tr(G R dRᵀ)``). ``hessian(full=True)`` ``(N, L, K, K)`` is the exact
+        Hessian ∂²f/∂x∂xᵀ at the samples, weighted like ``g``. No ``g zᵀ`` term."""
         grad_r = hessian(full=True).sum(axis=1) @ state.R
         return {"mean": g.sum(axis=1), "scale_tril": self._tril_to_raw(bk, grad_r, state.R)}
 
     def score(self, bk, state: FullGaussianState) -> dict:
-        """Score ``∂ log q(x|y)/∂(heads)`` at fixed ``x``, per sample ``(N, L, ·)`` (score-function
-        estimator, §8.2.1; docs/DERIVATIONS.md#score-function-and-control-variates). With
-        ``z = R⁻¹(x − ν)`` and ``log q = −½ zᵀz − Σ_k log R_kk + c``: ``∂/∂ν = R⁻ᵀ z`` and
-        ``∂/∂R = tril(R⁻ᵀ (z zᵀ − I))``; since ``R⁻ᵀ`` is upper triangular with diagonal ``1/R_kk``,
-        the lower-triangle entries are ``a_i z_j − δ_ij / R_ii`` with ``a = R⁻ᵀ z``, and on the
-        head's diagonal ``R_ii a_i z_i − 1``."""
+        """Score ``∂ log q(x|y)/∂(heads)`` at fixed ``x``, per sample ``(N, L, ·)``
+        (score-function estimator, §8.2.1;
+        docs/DERIVATIONS.md#score-function-and-control-variates). With ``z = R⁻¹(x − ν)`` and
+        ``log q = −½ zᵀz − Σ_k log R_kk + c``: ``∂/∂ν = R⁻ᵀ z`` and
+        ``∂/∂R = tril(R⁻ᵀ (z zᵀ − I))``; since ``R⁻ᵀ`` is upper triangular with
+        diagonal ``1/R_kk``,
+        the lower-triangle entries are ``a_i z_j − δ_ij / R_ii`` with ``a = R⁻ᵀ z``, and on
+        the head's diagonal ``R_ii a_i z_i − 1``."""
         xp = bk.xp
         a = xp.linalg.solve(
             state.R.transpose(0, 2, 1), state.eps.transpose(0, 2, 1)).transpose(0, 2, 1)
@@ -146,8 +150,8 @@ class FullCovarianceGaussian(StandardNormalLatent):
         return state.nu
 
     def log_q(self, bk, state: FullGaussianState):
-        """``log q(x|y) = −½ Σ_k (z_k² + log 2π) − Σ_k log R_kk`` at the drawn samples, ``(N, L)``
-        (docs/DERIVATIONS.md#full-covariance-gaussian-recognition)."""
+        """``log q(x|y) = −½ Σ_k (z_k² + log 2π) − Σ_k log R_kk`` at the drawn samples,
+        ``(N, L)`` (docs/DERIVATIONS.md#full-covariance-gaussian-recognition)."""
         log_det_r = state.raw[:, self.diag_pos].sum(axis=-1)
         return -0.5 * (state.eps ** 2 + LOG_2PI).sum(axis=-1) - log_det_r[:, None]
 
