@@ -184,39 +184,15 @@ class MLP:
         :meth:`backward` result (it supplies ``u_l``). Returns the diagonal ``(..., K)`` (cost O(K)
         per hidden unit) or, with ``full=True``, the matrix ``(..., K, K)``.
         """
-        xp = bk.xp
         lead = cache["lead"]
-        m, p = cache["h"][0].shape[0], self.out_dim
+        m = cache["h"][0].shape[0]
         jac = self.input_jacobians(bk, params, cache) if jacobians is None else jacobians
         a_out = jac[-1]
-        # a Python float (1/α) must not upcast
-        curvature = xp.asarray(curvature, dtype=a_out.dtype)
-        if form == "diag":
-            c = xp.broadcast_to(curvature, (*lead, p)).reshape(m, p)
-            hess = _bilinear(bk, a_out, a_out, c, full)
-        elif form == "block2":
-            if p % 2:
-                raise ShapeError(f"{self.prefix}: block2 curvature needs an even output size, "
-                                 f"got {p}")
-            d = p // 2
-            c = xp.broadcast_to(curvature, (*lead, d, 2, 2)).reshape(m, d, 2, 2)
-            a_mu, a_s = a_out[:, :d], a_out[:, d:]
-            hess = (_bilinear(bk, a_mu, a_mu, c[:, :, 0, 0], full)
-                    + _bilinear(bk, a_mu, a_s, c[:, :, 0, 1], full)
-                    + _bilinear(bk, a_s, a_mu, c[:, :, 1, 0], full)
-                    + _bilinear(bk, a_s, a_s, c[:, :, 1, 1], full))
-        elif form == "full":
-            c = xp.broadcast_to(curvature, (*lead, p, p)).reshape(m, p, p)
-            a = xp.broadcast_to(a_out, (m, p, self.in_dim))
-            hess = a.transpose(0, 2, 1) @ c @ a
-            if not full:
-                hess = xp.diagonal(hess, axis1=1, axis2=2).copy()
-        else:
-            raise ValueError(f"unknown curvature form {form!r}; choose one of {CURVATURE_FORMS}")
+        hess = output_curvature(bk, a_out, curvature, form, full, lead, m, self.prefix)
         if not self.activation.piecewise_linear:
             for l in range(len(self.hidden)):
                 w = back.upstream[l] * self.activation.d2(bk, cache["a"][l], cache["h"][l + 1])
-                hess = hess + _bilinear(bk, jac[l], jac[l], w, full)
+                hess = hess + bilinear(bk, jac[l], jac[l], w, full)
         k = self.in_dim
         return hess.reshape(*lead, k, k) if full else hess.reshape(*lead, k)
 
@@ -252,7 +228,35 @@ class MLPBackward:
     upstream: list = field(default_factory=list)
 
 
-def _bilinear(bk, a, b, w, full: bool):
+def output_curvature(bk, a_out, curvature, form: str, full: bool, lead, m: int, prefix: str):
+    """``A_oᵀ C A_o`` (or its diagonal) for the three curvature forms of :meth:`MLP.input_hessian`
+    (also :class:`~refvae.math.sequential.Sequential`'s); ``a_out`` is the output Jacobian
+    ``(M or 1, P, K)``, ``lead`` the leading batch shape of the ``M`` rows."""
+    xp = bk.xp
+    p, k = a_out.shape[1:]
+    curvature = xp.asarray(curvature, dtype=a_out.dtype)  # a Python float (1/α) must not upcast
+    if form == "diag":
+        c = xp.broadcast_to(curvature, (*lead, p)).reshape(m, p)
+        return bilinear(bk, a_out, a_out, c, full)
+    if form == "block2":
+        if p % 2:
+            raise ShapeError(f"{prefix}: block2 curvature needs an even output size, got {p}")
+        d = p // 2
+        c = xp.broadcast_to(curvature, (*lead, d, 2, 2)).reshape(m, d, 2, 2)
+        a_mu, a_s = a_out[:, :d], a_out[:, d:]
+        return (bilinear(bk, a_mu, a_mu, c[:, :, 0, 0], full)
+                + bilinear(bk, a_mu, a_s, c[:, :, 0, 1], full)
+                + bilinear(bk, a_s, a_mu, c[:, :, 1, 0], full)
+                + bilinear(bk, a_s, a_s, c[:, :, 1, 1], full))
+    if form == "full":
+        c = xp.broadcast_to(curvature, (*lead, p, p)).reshape(m, p, p)
+        a = xp.broadcast_to(a_out, (m, p, k))
+        hess = a.transpose(0, 2, 1) @ c @ a
+        return hess if full else xp.diagonal(hess, axis1=1, axis2=2).copy()
+    raise ValueError(f"unknown curvature form {form!r}; choose one of {CURVATURE_FORMS}")
+
+
+def bilinear(bk, a, b, w, full: bool):
     """``Aᵀ diag(w) B`` per datum — ``(M, K, K)`` — or its diagonal ``Σ_p w_p A_pk B_pk`` —
     ``(M, K)``.
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError, ShapeError
 from .layer_spec import parse_layer, shape_error
 from .layers import ActivationLayer, Layer, MaxPool2d, uniform_init
-from .mlp import split_heads, stacked_heads
-
-CURVATURE_FORMS = ("diag", "block2", "full")
+from .mlp import bilinear, output_curvature, split_heads, stacked_heads
 
 
 def build_layers(spec: list[dict], in_shape) -> list[Layer]:
@@ -231,12 +229,12 @@ class Sequential:
         (docs/DERIVATIONS.md#sequential-networks-reverse-pass-jacobians-and-hessians)."""
         lead, m = cache["lead"], cache["m"]
         jac = self.input_jacobians(bk, params, cache) if jacobians is None else jacobians
-        hess = _output_curvature(bk, jac[-1], curvature, form, full, lead, m, self.prefix)
+        hess = output_curvature(bk, jac[-1], curvature, form, full, lead, m, self.prefix)
         for i, layer in enumerate(self.layers):
             if isinstance(layer, ActivationLayer) and not layer.activation.piecewise_linear:
                 c = cache["layers"][i]
                 w = back.upstream[i] * layer.d2(bk, c).reshape(m, -1)
-                hess = hess + _bilinear(bk, jac[i], jac[i], w, full)
+                hess = hess + bilinear(bk, jac[i], jac[i], w, full)
         k = math.prod(self.in_shape)
         return hess.reshape(*lead, k, k) if full else hess.reshape(*lead, k)
 
@@ -250,41 +248,3 @@ class SequentialBackward:
     grads: dict
     d_input: object
     upstream: list = field(default_factory=list)
-
-
-def _output_curvature(bk, a_out, curvature, form, full, lead, m, prefix):
-    """``J_oᵀ C J_o`` (or its diagonal) for the three curvature forms; ``a_out`` ``(B, P, K)``."""
-    xp = bk.xp
-    p, k = a_out.shape[1:]
-    curvature = xp.asarray(curvature, dtype=a_out.dtype)
-    if form == "diag":
-        c = xp.broadcast_to(curvature, (*lead, p)).reshape(m, p)
-        return _bilinear(bk, a_out, a_out, c, full)
-    if form == "block2":
-        if p % 2:
-            raise ShapeError(f"{prefix}: block2 curvature needs an even output size, got {p}")
-        d = p // 2
-        c = xp.broadcast_to(curvature, (*lead, d, 2, 2)).reshape(m, d, 2, 2)
-        a_mu, a_s = a_out[:, :d], a_out[:, d:]
-        return (_bilinear(bk, a_mu, a_mu, c[:, :, 0, 0], full)
-                + _bilinear(bk, a_mu, a_s, c[:, :, 0, 1], full)
-                + _bilinear(bk, a_s, a_mu, c[:, :, 1, 0], full)
-                + _bilinear(bk, a_s, a_s, c[:, :, 1, 1], full))
-    if form == "full":
-        c = xp.broadcast_to(curvature, (*lead, p, p)).reshape(m, p, p)
-        a = xp.broadcast_to(a_out, (m, p, k))
-        hess = a.transpose(0, 2, 1) @ c @ a
-        return hess if full else xp.diagonal(hess, axis1=1, axis2=2).copy()
-    raise ValueError(f"unknown curvature form {form!r}; choose one of {CURVATURE_FORMS}")
-
-
-def _bilinear(bk, a, b, w, full: bool):
-    """``Aᵀ diag(w) B`` per datum ``(M, K, K)``, or its diagonal ``(M, K)``; ``a``, ``b`` are
-    ``(M, P, K)`` or ``(1, P, K)``, ``w`` is ``(M, P)``."""
-    if not full:
-        if a.shape[0] == 1 and b.shape[0] == 1:
-            return w @ (a[0] * b[0])
-        return bk.xp.einsum("mp,mpk->mk", w, a * b)
-    if a.shape[0] == 1 and b.shape[0] == 1:
-        return (a[0].T[None] * w[:, None, :]) @ b[0]
-    return (a * w[:, :, None]).transpose(0, 2, 1) @ b
