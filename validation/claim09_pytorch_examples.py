@@ -39,21 +39,18 @@ from scipy import stats
 from refvae import NoiseSource
 from refvae.math.config import VAEConfig
 from refvae.fast.model import fast_vae
-from refvae.fast.optim import make_optimizer
-from refvae.optim.rules import FlatParams
 from refvae.train.loop import TrainOptions, load_run, train
-from refvae.math.vae import VAE
 from refvae.witness import torch_or_none
 from refvae.witness.modules import PlanTrainer, load_refvae_params, make_twin, mean_neg_elbo
 
 try:
     from validation.common import Claim, Context, main, savefig, skipped
     from validation.mnist_models import greyscale_mnist, single_threaded
-    from validation.teacher import TeacherForced, batch_plan
+    from validation.teacher import TeacherForced, adam_teacher_forced, batch_plan
 except ImportError:  # pragma: no cover - run as a script from validation/
     from common import Claim, Context, main, savefig, skipped
     from mnist_models import greyscale_mnist, single_threaded
-    from teacher import TeacherForced, batch_plan
+    from teacher import TeacherForced, adam_teacher_forced, batch_plan
 
 TITLE = ("pytorch/examples' MNIST VAE (784-400-20): refvae and a PyTorch twin train and score it "
          "alike")
@@ -162,24 +159,8 @@ def twin_run(torch, vae, seed: int, data, epochs: int) -> list:
 def teacher_forced(torch, data, seed: int) -> TeacherForced:
     """The first :data:`TEACHER_STEPS` steps of ``seed``'s plan, stepped by refvae's Adam on its
     training model's gradients, with the witness checking both refvae models and the step."""
-    plain, fast = VAE(CONFIG), fast_vae(CONFIG)
-    noise = NoiseSource(seed)
-    flat = FlatParams.from_dict(plain.bk, plain.init_params(noise))
-    opt = make_optimizer("adam", plain.bk, flat.size, lr=LR)
-    teacher = TeacherForced(make_twin(784, LATENT, HIDDEN, "relu", "bernoulli",
-                                      dtype=torch.float64), "Adam", LR)
-    for step, idx, eps in batch_plan(noise, data.n_train, LATENT, 1, BATCH):
-        if step == TEACHER_STEPS:
-            break
-        yb = data.train[idx]
-        results = [model.loss_and_grads(flat.params, yb, eps, check=False) for model
-                   in (plain, fast)]
-        teacher.check(flat.to_numpy(), yb, eps, *results)
-        grads = {k: plain.bk.to_numpy(v) for k, v in results[1].grads.items()}
-        flat.set_grads(grads)
-        opt.step(flat)
-        teacher.check_update(grads, flat.to_numpy())
-    return teacher
+    witness = make_twin(784, LATENT, HIDDEN, "relu", "bernoulli", dtype=torch.float64)
+    return adam_teacher_forced(CONFIG, witness, LR, seed, data, BATCH, TEACHER_STEPS)
 
 
 def _run(ctx: Context, s: dict, data) -> Claim:

@@ -25,10 +25,7 @@ import numpy as np
 
 from refvae import NoiseSource
 from refvae.fast.model import fast_vae
-from refvae.fast.optim import make_optimizer
 from refvae.math.config import VAEConfig
-from refvae.math.vae import VAE
-from refvae.optim.rules import FlatParams
 from refvae.train.loop import TrainOptions, load_run, train
 from refvae.witness import torch_or_none
 from refvae.witness.conv import make_conv_vae
@@ -39,13 +36,13 @@ try:
                                                    witness_scores)
     from validation.common import Claim, Context, main, skipped
     from validation.mnist_models import greyscale_mnist, single_threaded
-    from validation.teacher import TeacherForced, batch_plan
+    from validation.teacher import TeacherForced, adam_teacher_forced, batch_plan
 except ImportError:  # pragma: no cover - run as a script from validation/
     from claim09_pytorch_examples import (eval_noise, paired_failures, paired_interval,
                                           witness_scores)
     from common import Claim, Context, main, skipped
     from mnist_models import greyscale_mnist, single_threaded
-    from teacher import TeacherForced, batch_plan
+    from teacher import TeacherForced, adam_teacher_forced, batch_plan
 
 TITLE = "A convolutional VAE on MNIST (config format 2): refvae and a PyTorch twin train it alike"
 SOURCE = ("the convolutional VAE of popular PyTorch repositories (Conv2d encoder, linear Gaussian "
@@ -110,22 +107,10 @@ def twin_run(torch, vae, seed: int, data, epochs: int) -> float:
 
 
 def teacher_forced(torch, data, seed: int) -> TeacherForced:
-    plain, fast = VAE(CONFIG), fast_vae(CONFIG)
-    noise = NoiseSource(seed)
-    flat = FlatParams.from_dict(plain.bk, plain.init_params(noise))
-    opt = make_optimizer("adam", plain.bk, flat.size, lr=LR)
-    teacher = TeacherForced(make_conv_vae(SPEC, dtype=torch.float64), "Adam", LR)
-    for step, idx, eps in batch_plan(noise, data.n_train, LATENT, 1, BATCH):
-        if step == TEACHER_STEPS:
-            break
-        yb = data.train[idx]
-        results = [m.loss_and_grads(flat.params, yb, eps, check=False) for m in (plain, fast)]
-        teacher.check(flat.to_numpy(), yb, eps, *results)
-        grads = {k: plain.bk.to_numpy(v) for k, v in results[1].grads.items()}
-        flat.set_grads(grads)
-        opt.step(flat)
-        teacher.check_update(grads, flat.to_numpy())
-    return teacher
+    """The first :data:`TEACHER_STEPS` steps of ``seed``'s plan, stepped by refvae's Adam on its
+    training model's gradients, with the witness checking both refvae models and the step."""
+    witness = make_conv_vae(SPEC, dtype=torch.float64)
+    return adam_teacher_forced(CONFIG, witness, LR, seed, data, BATCH, TEACHER_STEPS)
 
 
 def _run(ctx: Context, s: dict, data, torch) -> Claim:

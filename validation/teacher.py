@@ -1,11 +1,15 @@
-"""What claims 9 and 10 share to follow refvae's training with the PyTorch witness: the plan of
-minibatches and noise drawn from one generator, and the teacher-forced comparison (the witness's
+"""What claims 9, 10 and 14 share to follow refvae's training with the PyTorch witness: the plan
+of minibatches and noise drawn from one generator, and the teacher-forced comparison (the witness's
 loss, gradients and optimizer update at refvae's parameters of each step).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from refvae import VAE, NoiseSource
+from refvae.fast.model import fast_vae
+from refvae.fast.optim import make_optimizer
+from refvae.optim.rules import FlatParams
 from refvae.witness.modules import grads_at, state_numpy
 
 try:
@@ -65,3 +69,26 @@ class TeacherForced:
         theirs = {k: after[k] - self._before[k] for k in after}
         ours = {k: params_after[k] - self._before[k] for k in after}
         self.update_rel = max(self.update_rel, rel_tensors(theirs, ours))
+
+
+def adam_teacher_forced(config, witness, lr: float, seed: int, data, batch: int,
+                        steps: int) -> "TeacherForced":
+    """The first ``steps`` steps of ``seed``'s plan (:func:`batch_plan`, one sample per datum),
+    stepped by refvae's Adam on its training model's gradients, with ``witness`` (a float64 twin)
+    checking the plain and the fast model and every step."""
+    plain, fast = VAE(config), fast_vae(config)
+    noise = NoiseSource(seed)
+    flat = FlatParams.from_dict(plain.bk, plain.init_params(noise))
+    opt = make_optimizer("adam", plain.bk, flat.size, lr=lr)
+    teacher = TeacherForced(witness, "Adam", lr)
+    for step, idx, eps in batch_plan(noise, data.n_train, plain.config.latent_dim, 1, batch):
+        if step == steps:
+            break
+        yb = data.train[idx]
+        results = [m.loss_and_grads(flat.params, yb, eps, check=False) for m in (plain, fast)]
+        teacher.check(flat.to_numpy(), yb, eps, *results)
+        grads = {k: plain.bk.to_numpy(v) for k, v in results[1].grads.items()}
+        flat.set_grads(grads)
+        opt.step(flat)
+        teacher.check_update(grads, flat.to_numpy())
+    return teacher
