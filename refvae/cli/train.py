@@ -116,12 +116,17 @@ def _resume_settings(args, out: Path):
     return saved, opts, spec, args.backend or info.get("backend", "numpy"), dtype
 
 
+def _latent_default(config: VAEConfig) -> str:
+    """The latent's own estimator (``pathwise``, or ``gumbel-softmax`` for a categorical one)."""
+    from ..math.latent import make_latent  # noqa: PLC0415
+
+    return make_latent(config).default_estimator
+
+
 def _effective_options(config: VAEConfig, recorded: dict) -> dict:
     """The recorded options with what None means filled in (the latent's own estimator; a relaxed
     latent's temperature 1), so that a flag naming the value the run used is not a change."""
-    from ..math.vae import VAE  # noqa: PLC0415
-
-    latent_default = VAE(config).default_estimator
+    latent_default = _latent_default(config)
     effective = dict(recorded)
     if effective.get("estimator") is None:
         effective["estimator"] = latent_default
@@ -195,8 +200,7 @@ def _cmd_train(args) -> int:
             opts["log_interval"] = args.log_interval
         options = TrainOptions.from_dict(opts)
         _check_flags_apply(args, config, options)
-        estimator = options.estimator or ("gumbel-softmax" if config.latent == "categorical"
-                                          else "pathwise")
+        estimator = options.estimator or _latent_default(config)
         if not args.quiet:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
