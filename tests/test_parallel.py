@@ -195,3 +195,44 @@ def test_a_gpu_backend_runs_one_shard(monkeypatch):
     with Workers(2) as workers:
         loss_and_grads(model, workers, params, y, eps)
     assert rows == [10]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("extra,samples", [
+    ({"activation": "relu", "emission": "bernoulli"}, 1),
+    ({"activation": "tanh", "emission": "bernoulli", "decoder_hidden": [70, 66]}, 2),
+    ({"activation": "softplus", "emission": "gaussian", "learn_alpha": True}, 3),
+], ids=["relu", "tanh-deep-two-samples", "softplus-gaussian-alpha"])
+def test_the_fused_pass_split_over_threads_agrees_with_the_plain_model(extra, samples, threads):
+    """The fused pass (refvae.fast.fused_pass) on ``threads`` threads: rows split into shards and
+    the weight gradients by output units (widths ≥ 2 × MIN_SPLIT_UNITS, so they are split), every
+    gradient written once into the flat buffer."""
+    from refvae.fast.fused_pass import MIN_SPLIT_UNITS, FusedPass
+    from refvae.fast.model import fast_vae
+    from refvae.fast.step import fused
+
+    cfg = {"data_dim": 97, "latent_dim": 3, "encoder_hidden": [72], "decoder_hidden": [68],
+           **extra}
+    model, plain = fast_vae(cfg), VAE(cfg)
+    noise = NoiseSource(5)
+    params = plain.init_params(noise)
+    y = noise.uniform((29, 97))
+    eps = plain.draw_noise(noise, 29, samples)
+    assert fused(model, "pathwise")
+    flat = FlatParams.from_dict(model.bk, params)
+    flat.grad.fill(np.nan)                               # every entry must be written
+    fp = FusedPass(model, flat.params, y, eps, 1.0, flat.grads)
+    split = [job[3] for job in fp.weight_jobs(threads) if job[3] != slice(0, job[0].shape[1])]
+    assert len(split) >= threads and min(s.stop - s.start for s in split) >= MIN_SPLIT_UNITS // 2
+    with Workers(threads) as workers:
+        got = loss_and_grads(model, workers, flat.params, y, eps, grads_out=flat.grads,
+                             grad_buffer=flat.grad)
+    one = plain.loss_and_grads(params, y, eps)
+    assert got.loss == pytest.approx(one.loss, rel=1e-13)
+    np.testing.assert_allclose(got.kl_per_datum, one.kl_per_datum, rtol=1e-13)
+    np.testing.assert_allclose(got.reconstruction_per_datum, one.reconstruction_per_datum,
+                               rtol=1e-13)
+    for name, g in one.grads.items():
+        assert np.shares_memory(got.grads[name], flat.grad), name
+        np.testing.assert_allclose(got.grads[name], g, rtol=1e-11, atol=1e-14 * np.abs(g).max(),
+                                   err_msg=name)

@@ -133,7 +133,8 @@ def refvae_step(config: dict, batch: int, backend="numpy", dtype="float32", esti
     def step():
         eps = model.draw_noise(noise, batch, samples)
         parallel.loss_and_grads(model, pool, flat.params, y, eps, estimator, check=False,
-                                temperature=temperature, grads_out=flat.grads)
+                                temperature=temperature, grads_out=flat.grads,
+                                grad_buffer=flat.grad)
         opt.step(flat, workers=pool)
 
     return step, model.bk

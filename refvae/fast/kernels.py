@@ -114,13 +114,13 @@ class FastBernoulli(Bernoulli):
     or ``+s`` at full relative precision).
     """
 
-    def terms(self, bk, o, y, log_alpha=None, weight: float = 1.0) -> EmissionTerms:
+    def terms(self, bk, o, y, log_alpha=None, weight: float = 1.0, out=None) -> EmissionTerms:
         """:meth:`Bernoulli.terms`; ``weight`` ``w`` gives ``w ∂f/∂o`` in place of
-        ``∂f/∂o``."""
+        ``∂f/∂o``; ``out``: the arrays ``(f, df)`` to write them into."""
         xp = bk.xp
         y = xp.broadcast_to(y, o.shape)
-        f = xp.empty(o.shape[:-1], dtype=o.dtype)
-        df = xp.empty_like(o)
+        f, df = out if out is not None else (xp.empty(o.shape[:-1], dtype=o.dtype),
+                                             xp.empty_like(o))
         w = scalar(bk, weight)
         for rows in row_blocks(bk, o.shape[0], o[0].size) if o.ndim > 1 else [...]:
             t = xp.empty_like(o[rows])
@@ -166,23 +166,32 @@ ACTIVATION_GRAD = {
 }
 
 
-def bias_activation(bk, activation, a, b):
-    """``a += b`` and ``h = φ(a)`` (returned), as :meth:`refvae.math.mlp.MLP.forward` computes
-    them: one kernel for relu and tanh, the activation's own function otherwise."""
+def bias_activation(bk, activation, a, b, out=None):
+    """``a += b`` and ``h = φ(a)`` (returned; written into ``out`` when given), as
+    :meth:`refvae.math.mlp.MLP.forward` computes them: one kernel for relu and tanh, the
+    activation's own function otherwise."""
     kernel = BIAS_ACTIVATION.get(activation.name)
     if kernel is None:
         a += b
-        return activation.value(bk, a)
-    h = bk.xp.empty_like(a)
+        return _into(out, activation.value(bk, a))
+    h = bk.xp.empty_like(a) if out is None else out
     kernel(bk, b, a, h)
     return h
 
 
-def activation_grad(bk, activation, u, a, h):
-    """``u ⊙ φ'(a)`` (the reverse pass's ``δ_l``): one kernel for relu and tanh."""
+def activation_grad(bk, activation, u, a, h, out=None):
+    """``u ⊙ φ'(a)`` (the reverse pass's ``δ_l``; written into ``out`` when given): one kernel
+    for relu and tanh."""
     kernel = ACTIVATION_GRAD.get(activation.name)
     if kernel is None:
-        return u * activation.d1(bk, a, h)
-    d = bk.xp.empty_like(u)
+        return _into(out, u * activation.d1(bk, a, h))
+    d = bk.xp.empty_like(u) if out is None else out
     kernel(bk, u, a, d)
     return d
+
+
+def _into(out, value):
+    if out is None:
+        return value
+    out[...] = value
+    return out

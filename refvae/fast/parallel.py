@@ -22,7 +22,7 @@ from ..math.estimators import STATEFUL
 from ..util import gates
 from ..util.results import LossResult
 from ..util.checked import checked
-from .step import loss_and_grads_into
+from .step import fused, loss_and_grads_into
 from .threads import blas_thread_limit
 
 
@@ -93,9 +93,12 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     # On a GPU one shard already fills the device; shards would only add kernel launches.
     one_shard = chosen in STATEFUL or model.bk.name == "cupy"
     shards = [slice(0, n)] if one_shard else workers.split(n)
-    if len(shards) == 1 and grads_out is not None and grad_buffer is not None:
+    into = grads_out is not None and grad_buffer is not None
+    if into and (len(shards) == 1 or fused(model, chosen, detect_anomaly)):
+        # The fused pass splits by rows and by output units itself (refvae.fast.fused_pass).
         return loss_and_grads_into(model, params, y, noise, grads_out, grad_buffer, estimator,
-                                   reduction, temperature, estimator_state, detect_anomaly)
+                                   reduction, temperature, estimator_state, detect_anomaly,
+                                   None if one_shard else workers)
 
     def run(rows: slice) -> LossResult:
         return model.loss_and_grads(params, y[rows], noise[rows], estimator, reduction, check=False,
