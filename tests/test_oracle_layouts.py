@@ -57,6 +57,37 @@ def test_a_wrong_entry_of_the_fused_kernel_is_named_in_both_names(ex):
     assert report.failures()[0].worst[0][0] == (1, 1)   # (out, in) under refvae's layout
 
 
+def stax_tree(flat: dict) -> tuple:
+    """refvae's flat arrays as stax holds them: ``(encoder, decoder)`` lists of ``(W, b)`` pairs
+    with ``W`` ``(in, out)``, ``()`` for the parameterless layers (Relu, FanOut, Softplus)."""
+    def dense(name):
+        return flat[f"{name}.weight"].T, flat[f"{name}.bias"]
+    return ([dense("encoder.0"), (), (), (dense("encoder.mean"), [dense("encoder.logvar"), ()])],
+            [dense("decoder.0"), (), dense("decoder.out")])
+
+
+STAX_NAMES = {"0.0": "encoder.0", "0.3.0": "encoder.mean", "0.3.1.0": "encoder.logvar",
+              "1.0": "decoder.0", "1.2": "decoder.out"}
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_stax_lists_as_params_and_as_the_gradient_tree(ex, wrong):
+    """``{"grad": tree}`` takes a stax tree (lists and tuples), not only a dict: the gradients a
+    JAX user gets from ``jax.grad`` on stax's parameters go in as they are."""
+    paths, _, _ = ex
+    params, theirs = oracle.load_npz(paths["params"]), oracle.load_npz(paths["theirs"])
+    grads = {k[len("grad/"):]: v for k, v in theirs.items() if k.startswith("grad/")}
+    if wrong:
+        grads["decoder.out.bias"] = grads["decoder.out.bias"] + 0.1
+    report = oracle.check(paths["config"], stax_tree(params), paths["batch"],
+                          {"loss": theirs["loss"], "grad": stax_tree(grads)},
+                          name_map=STAX_NAMES, layout="in_out")
+    assert report.passed is not wrong and len(report.checks) == 11
+    assert "grad/encoder.logvar.weight (0.3.1.0.weight)" in str(report)
+    if wrong:
+        assert [c.name for c in report.failures()] == ["grad/decoder.out.bias"]
+
+
 def test_kernels_without_the_layout_get_the_layout_hint(ex):
     paths, params, theirs = ex
     with pytest.raises(ShapeError, match=r"pass layout='in_out' \(--layout in-out\)"):

@@ -8,8 +8,8 @@ that FAILs, so the checks can fail.
   eps)`` noise.
 - HIPS autograd's VAE (``autograd.numpy``): ``(W, b)`` lists, log-std head, Monte Carlo KL,
   objective divided by D; its batch normalisation is replaced by fixed statistics.
-Not here yet: jax's stax VAE (its ``softplus(Dense)`` variance head is ``scale_head:
-"softplus_var"``), which needs JAX to be written as upstream writes it.
+- jax's stax VAE: in tests/test_upstream_jax.py (it needs JAX, and skips without it): stax's
+  nested ``(W, b)`` lists, its ``softplus(Dense)`` variance head as ``scale_head: "softplus_var"``.
 """
 
 import json

@@ -67,13 +67,15 @@ def flatten(tree, what: str = "", prefix: str = "") -> dict:
 
 
 def flatten_results(tree: dict, what: str) -> dict:
-    """theirs.npz's arrays from a flat or nested dict: ``{"grad": {...tree...}}`` becomes
-    ``grad/<dotted name>`` and ``{"heads": {...}}`` ``heads/<name>``."""
+    """theirs.npz's arrays from a flat or nested dict: ``{"grad": tree}`` becomes
+    ``grad/<dotted name>`` and ``{"heads": tree}`` ``heads/<name>``, the tree any container
+    :func:`children` reads (a Flax dict, a stax list of ``(W, b)`` tuples, …)."""
     out = {}
     for key, value in tree.items():
-        if str(key) in TREE_PREFIXES and isinstance(value, dict):
+        container = not hasattr(value, "shape") and children(value) is not None
+        if str(key) in TREE_PREFIXES and container:
             out.update({f"{key}/{k}": v for k, v in flatten(value, what).items()})
-        elif isinstance(value, dict):
+        elif container:
             out.update(flatten(value, what, f"{key}."))
         else:
             out[str(key)] = value
