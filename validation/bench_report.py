@@ -1,7 +1,7 @@
 """The performance table of issue 8: ``refvae bench`` run in rounds, written to
 ``validation/BENCH.md``.
 
-    python -m validation.bench_report                 # 3 rounds × 20 steps per case, 2 and 1 threads
+    python -m validation.bench_report           # 3 rounds × 20 steps per case, 2 and 1 threads
     python -m validation.bench_report --rounds 5 --threads 1
 
 Each round times every case (refvae, then the PyTorch peer, both on the same number of threads)

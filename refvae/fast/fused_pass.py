@@ -5,9 +5,9 @@ splits across threads without any thread computing a whole weight gradient:
 1. **rows** (:meth:`FusedPass.rows`): the forward pass, the emission, the sample and every layer's
    ``δ`` — each row of the batch independent of the others, so row shards run on separate threads
    and write their rows of arrays allocated once for the whole batch;
-2. **weights** (:meth:`FusedPass.weight_jobs`): each layer's ``∂/∂W = δᵀ h`` and ``∂/∂b = Σ δ``,
-   products over all rows, split by output units (contiguous rows of the gradient, written into
-   the flat gradient buffer): no per-shard gradients and no sum of them.
+2. **weights** (:meth:`FusedPass.weight_jobs`): each layer's ``∂/∂W = δᵀh`` and
+   ``∂/∂b = Σ δ``, products over all rows, split by output units (contiguous rows of the
+   gradient, written into the flat gradient buffer): no per-shard gradients and no sum of them.
 
 On one thread the operations are those of the plain reverse pass on the whole batch, in the same
 order per value (``tests/test_fast_step.py``: bit-identical); across threads the row shards make
@@ -75,8 +75,8 @@ GAUSSIAN_HEAD_GRADS = Elementwise(
 
 class _Net:
     """An MLP's whole-batch arrays: ``h[l]`` the input of layer ``l`` (``h[0]`` the net's input),
-    ``pre[l]`` the pre-activations of hidden layer ``l``, ``delta[l]`` its ``δ``, ``out`` the output
-    product and ``d_out`` the output's ``δ``."""
+    ``pre[l]`` the pre-activations of hidden layer ``l``, ``delta[l]`` its ``δ``, ``out`` the
+    output product and ``d_out`` the output's ``δ``."""
 
     def __init__(self, bk, net, params, x, d_out):
         xp, rows, dt = bk.xp, x.shape[0], x.dtype
@@ -196,7 +196,7 @@ class FusedPass:
         return self.dec.jobs(parts) + self.enc.jobs(parts)
 
     def weights(self, job) -> None:
-        """One job of phase 2: output units ``o`` of ``∂/∂W = δᵀ h`` and ``∂/∂b = Σ_rows δ``."""
+        """One job of phase 2: output units ``o`` of ``∂/∂W = δᵀh`` and ``∂/∂b = Σ δ``."""
         delta, h, name, o = job
         d = delta[:, o]
         self.bk.xp.matmul(d.T, h, out=self.grads[f"{name}.weight"][o])
