@@ -196,7 +196,7 @@ class FusedPass:
         return self.dec.jobs(parts) + self.enc.jobs(parts)
 
     def weights(self, job) -> None:
-        """One job of phase 2: output units ``o`` of ``∂/∂W = δᵀh`` and ``∂/∂b = Σ δ``."""
+        """Phase 2, one job: units ``o`` of ``∂/∂W = δᵀh`` and ``∂/∂b = Σ δ``."""
         delta, h, name, o = job
         d = delta[:, o]
         self.bk.xp.matmul(d.T, h, out=self.grads[f"{name}.weight"][o])
