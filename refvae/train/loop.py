@@ -259,14 +259,17 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     ``after_epoch(out, record, params)``, when given, runs after each epoch's checkpoint and returns
     the directory to continue in (the CLI moves a staged run into place after its first epoch).
 
+    A conditional ``config`` (``condition_dim`` > 0) trains on ``data.train_condition`` and is
+    evaluated with ``data.test_condition`` (:mod:`refvae.train.condition`).
+
     Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
     not finite; the checkpoint of the last finished epoch is left in place.
     """
+    out = rio.ensure_writable_dir(out_dir)
     model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options, resume)
     c_train, c_test = conditional.conditions(config, data)  # None, None: unconditional
-    out = rio.ensure_writable_dir(out_dir)
     estimator = options.estimator or model.default_estimator
     config.check_batch("batch_size × samples", options.batch_size, options.samples, estimator)
     if getattr(data, "test", None) is not None:
