@@ -25,6 +25,7 @@ from ..train import rundir
 from ..math.config import VAEConfig, check_fields_apply
 from ..errors import CheckpointError, ConfigError
 from ..util.checked import checked
+from .condition import eval_condition, sample_condition, with_condition_dim
 from .train_args import (ARCH_FLAGS, DEFAULT_ARCH, DEFAULT_OPTIONS, OPTION_FLAGS,
                          register_evaluate, register_sample, register_train)
 
@@ -51,9 +52,12 @@ def _arch_from_flags(args, arch: dict) -> dict:
     return arch
 
 
-def _model_config(args, data_dim: int) -> VAEConfig:
-    """Architecture: the built-in default, then ``--config FILE``, then individual flags."""
+def _model_config(args, data_dim: int, condition_dim: int = 0) -> VAEConfig:
+    """Architecture: the built-in default, then ``--config FILE``, then individual flags (and
+    ``--condition``: the data's ``condition_dim``)."""
     arch = _arch_from_flags(args, DEFAULT_ARCH)
+    if args.condition is not None:
+        arch = with_condition_dim(arch, condition_dim)
     given = checked(arch.get("data_dim"), "config field 'data_dim'", integer=True, minimum=1,
                     none=True)
     if given is not None and given != data_dim:
@@ -92,6 +96,8 @@ def _resume_settings(args, out: Path):
                 for k in OPTION_FLAGS if k not in APPLIED_ON_RESUME
                 and getattr(args, k) is not None and getattr(args, k) != effective.get(k)]
     dtype = info.get("dtype", "float64")
+    if args.condition is not None and args.condition != rundir.condition_source(info):
+        changed.append(f"--condition {args.condition} (run: {rundir.condition_source(info)})")
     if args.dtype is not None and args.dtype != dtype:
         changed.append(f"--dtype {args.dtype} (run: {dtype})")
     if changed:
@@ -155,7 +161,7 @@ def _check_epochs_reached(out: Path, epochs: int) -> None:
                           f"{done} epochs; pass --epochs {done} or more")
 
 
-def _load_data(spec, args, quiet: bool):
+def _load_data(spec, args, quiet: bool, condition=None):
     from ..data.load import load_dataset  # noqa: PLC0415 - keep `refvae --help` light
 
     t0 = time.perf_counter()
@@ -163,7 +169,7 @@ def _load_data(spec, args, quiet: bool):
         print(f"refvae: loading {spec or 'digits'} …", file=sys.stderr, flush=True)
     data_dir = None if args.data_dir is None else _data_dir(args.data_dir)
     data = load_dataset(spec, data_dir=data_dir, download=getattr(args, "download", False),
-                        progress=not quiet, hints="cli")
+                        progress=not quiet, hints="cli", condition=condition)
     if not quiet and time.perf_counter() - t0 > 1.0:
         print(f"refvae: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return data
@@ -183,10 +189,11 @@ def _cmd_train(args) -> int:
         before = rundir.entries(out)  # what the staged run may replace: nothing saved after this
         if args.resume:
             config, opts, spec, backend, dtype = _resume_settings(args, out)
-            data = _load_data(spec, args, args.quiet)
+            data = _load_data(spec, args, args.quiet,
+                              rundir.condition_source(rundir.read_train_json(out)))
         else:
-            data = _load_data(args.data, args, args.quiet)
-            config = _model_config(args, data.train.shape[1])
+            data = _load_data(args.data, args, args.quiet, args.condition)
+            config = _model_config(args, data.train.shape[1], data.condition_dim)
             opts = dict(DEFAULT_OPTIONS, threads="auto")
             opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
             backend, dtype = args.backend or "numpy", args.dtype or "float64"
@@ -205,6 +212,9 @@ def _cmd_train(args) -> int:
             print(f"refvae train: {data.name} ({data.train.shape[0]} train, "
                   f"{0 if data.test is None else data.test.shape[0]} test, D={config.data_dim}); "
                   f"{config.latent} latent K={config.latent_dim}, {config.emission} emission; "
+                  + (f"condition: {data.condition_source or 'none'} (C={config.condition_dim}"
+                     f"{', one-hot' if data.condition_source == 'labels' else ''}); "
+                     if config.condition_dim else "") +
                   f"estimator {estimator}, {options.samples} sample(s) per datum; "
                   f"{options.threads} thread(s); out {inputs.show(out)}", file=sys.stderr)
         if args.resume and not args.quiet:
@@ -285,7 +295,8 @@ def _cmd_evaluate(args) -> int:
     spec = args.data if args.data is not None else rundir.data_source(info, data_dir)
     if spec is None:
         raise rundir.no_data_record(args.run)
-    data = _load_data(spec, args, args.quiet or args.json)
+    data = _load_data(spec, args, args.quiet or args.json,
+                      rundir.condition_source(info) if model.config.condition_dim else None)
     y = getattr(data, args.split)
     if y is None:
         raise ConfigError(f"the data set {data.name!r} has no {args.split} split")
@@ -294,16 +305,17 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError(f"the {args.split} data have {y.shape[1]} values per datum but the run's "
                           f"model has data_dim {model.config.data_dim}; give the run's data")
     model.config.check_batch("--samples", min(len(y), 500), args.samples)
+    cond = eval_condition(model.config, data, args.split)
     if args.iwae:
         # The bound on k: one datum's k samples at once must fit the memory budget (they are
         # processed in chunks, but a k beyond that is work no run finishes).
         model.config.check_batch("--iwae", 1, args.iwae)
         if not args.quiet:
-            _iwae_estimate(model, params, y, args.iwae)
+            _iwae_estimate(model, params, y, args.iwae, cond)
     meter = Meter(f"iwae k={args.iwae}", int(y.shape[0]), bool(args.iwae) and not args.quiet,
                   unit="rows", log_interval=max(1, int(y.shape[0]) // 10))
     result = evaluate(model, params, y, seed=args.seed, samples=args.samples, iwae_k=args.iwae,
-                      progress=meter.advance)
+                      progress=meter.advance, condition=cond)
     if args.iwae:
         meter.line(f"iwae k={args.iwae}: {y.shape[0]} rows done")
     if args.json:
@@ -318,7 +330,7 @@ IWAE_NOTICE_SECONDS = 30.0  # an --iwae run estimated to take longer is announce
 LARGE_K = 100  # from this K on, the estimate is printed whatever it is
 
 
-def _iwae_estimate(model, params, y, k: int) -> float:
+def _iwae_estimate(model, params, y, k: int, condition=None) -> float:
     """Time a small pilot of the importance-weighted bound (its own noise: the results are
     unchanged), extrapolate to ``k`` samples of every row, and print the estimate before starting
     when ``k ≥`` :data:`LARGE_K` or the run is long. Returns the estimate in seconds."""
@@ -328,7 +340,8 @@ def _iwae_estimate(model, params, y, k: int) -> float:
 
     rows, pilot_k = min(len(y), 20), min(k, 256)
     t0 = time.perf_counter()
-    iwae_bound(model, params, y[:rows], NoiseSource(0), pilot_k, rows)
+    iwae_bound(model, params, y[:rows], NoiseSource(0), pilot_k, rows,
+               condition=None if condition is None else condition[:rows])
     seconds = (time.perf_counter() - t0) * (len(y) / rows) * (k / pilot_k)
     if seconds > IWAE_NOTICE_SECONDS or k >= LARGE_K:
         print(f"refvae evaluate: --iwae {k} over {len(y)} rows will take about {clock(seconds)} "
@@ -358,8 +371,10 @@ def _cmd_sample(args) -> int:
     args.run = Path(args.run).expanduser()
     backend, dtype = run_engine(args)
     model, params, info = load_run(args.run, backend, dtype)
+    model.config.check_batch("--n", args.n)
+    condition = sample_condition(args, model.config, args.n)
     if Path(args.out).suffix.lower() == ".npy":
-        return _write_sample_array(model, params, args)
+        return _write_sample_array(model, params, args, condition)
     shape = args.image_shape or rundir.image_shape(info)
     if shape is None and isinstance(info.get("data"), str):  # a run of an older refvae
         from ..data.load import load_dataset  # noqa: PLC0415
@@ -375,12 +390,13 @@ def _cmd_sample(args) -> int:
                           f"with ROWS·COLS = {model.config.data_dim}")
     out = _png_path(args.out)
     model.config.check_batch("--n", args.n)
-    sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape))
+    sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape),
+                condition=condition)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
-def _write_sample_array(model, params, args) -> int:
+def _write_sample_array(model, params, args, condition=None) -> int:
     """``sample --out FILE.npy``: the decoded means of ``--n`` prior draws, ``(n, data_dim)``."""
     import numpy as np  # noqa: PLC0415 - host side
 
@@ -390,7 +406,7 @@ def _write_sample_array(model, params, args) -> int:
     out = _png_path(args.out)
     model.config.check_batch("--n", args.n)
     means = decoded_means(model, params, prior_inputs(model, NoiseSource(args.seed), args.n),
-                          clip=False)
+                          clip=False, condition=condition)
     rio.atomic_write(out, lambda f: np.save(f, means, allow_pickle=False), "samples")
     print(f"wrote {out} ({args.n} × {means.shape[1]} decoded means)", file=sys.stderr)
     return 0

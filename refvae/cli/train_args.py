@@ -14,6 +14,7 @@ from ..math.config import LATENTS
 from ..math.emission import EMISSIONS
 from ..math.activations import ACTIVATIONS
 from ..util.checked import cli_int
+from .condition import add_sample_flags, add_train_flag
 
 # The built-in default: small enough for about a minute on two cores, 2-D so that every figure
 # (latent means, manifold) is drawn.
@@ -107,6 +108,7 @@ def register_train(sub, func) -> None:
                    help="Bernoulli emission: keep greyscale (none, default), binarize once "
                         "(static) or "
                         "every epoch (dynamic)")
+    add_train_flag(d)
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None,
@@ -209,4 +211,5 @@ def register_sample(sub, func) -> None:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="runs of older refvae versions only (no image shape recorded): where their "
                         "data are")
+    add_sample_flags(p)
     p.set_defaults(func=func)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, DataError, ShapeError
+from .condition import check_fields
 
 KINDS = ("greyscale", "binary", "real")
 DEFAULT_TEST_FRACTION = 0.1
@@ -21,7 +22,10 @@ class Dataset:
     validation split where the data set defines one (binarized MNIST), else None. ``source`` is a
     spec that :func:`load_dataset` accepts to load the same data again (``"digits"`` or a path).
     ``train_labels``/``test_labels`` are the class of each row where the format has them (digits,
-    MNIST, Fashion-MNIST), else None.
+    MNIST, Fashion-MNIST, an ``.npz``'s ``labels``), else None. ``train_condition``/
+    ``test_condition`` are a conditional VAE's condition, one vector per row, ``(n, C)``, and
+    ``condition_source`` what they hold (``"labels"`` one-hot, or ``"vectors"``):
+    :mod:`refvae.data.condition`.
     """
 
     name: str
@@ -33,6 +37,9 @@ class Dataset:
     source: str = ""
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    train_condition: np.ndarray | None = None
+    test_condition: np.ndarray | None = None
+    condition_source: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -59,6 +66,12 @@ class Dataset:
                 raise ShapeError(f"{self.name}: image_shape {self.image_shape} does not hold "
                                  f"{self.dim} values; give (rows, cols) with rows·cols "
                                  f"= {self.dim}")
+        check_fields(self)
+
+    @property
+    def condition_dim(self) -> int:
+        """C, the width of the condition (0 when the data carry none)."""
+        return 0 if self.train_condition is None else int(self.train_condition.shape[1])
 
     @property
     def dim(self) -> int:

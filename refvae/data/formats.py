@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..util import budget, inputs
+from . import condition
 from .dataset import DEFAULT_TEST_FRACTION, Dataset, split_last, infer_kind
 from ..errors import CheckpointError, DataError
 
@@ -253,13 +254,14 @@ def _rows_and_shape(a: np.ndarray, what: str):
     return a, None
 
 
-_NPZ_NAMES = ("train", "test", "valid", "image_shape", "y")
+_NPZ_NAMES = ("train", "test", "valid", "image_shape", "y") + condition.NPZ_KEYS
 
 
 def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
     """An ``.npz`` holding ``train`` (optionally ``test``, ``valid``, ``image_shape``) or a single
     ``y``; or an ``.npy`` holding one array. Without ``test`` the last ``test_fraction`` of the rows
-    is the test split. Arrays may be ``(n, D)`` or ``(n, rows, cols)`` images."""
+    is the test split. Arrays may be ``(n, D)`` or ``(n, rows, cols)`` images. Labels and
+    condition vectors: :mod:`refvae.data.condition`."""
     from ..util.files import load_npz_checked  # noqa: PLC0415 - host-side, avoids a cycle at import
 
     path = Path(path)
@@ -271,9 +273,12 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
         try:
             arrays, _ = load_npz_checked(path, require_meta=False, names=_NPZ_NAMES.__contains__,
                                          expected="'train' (and optionally 'test', 'valid', "
-                                                  "'image_shape') or a single 'y'")
+                                                  "'image_shape', labels, condition) or a "
+                                                  "single 'y'")
         except CheckpointError as exc:
             raise DataError(str(exc)) from exc
+    extra_keys = {k: arrays[k] for k in condition.NPZ_KEYS if k in arrays}
+    arrays = {k: v for k, v in arrays.items() if k not in extra_keys}
     names = set(arrays) - {"image_shape"}
     if "train" in names and names <= {"train", "test", "valid"}:
         train, test, valid = arrays["train"], arrays.get("test"), arrays.get("valid")
@@ -294,11 +299,13 @@ def load_npz_dataset(path, test_fraction: float = DEFAULT_TEST_FRACTION) -> Data
         if a is not None and a.dtype.kind not in "biuf":
             raise DataError(f"{path}: {what} has dtype {a.dtype}; give numeric data "
                             "(real numbers: complex values are refused)")
+    extra = condition.from_npz(extra_keys, path, train, test)
     if test is None:
         train, test = split_last(train, test_fraction, f"{path}: train")
+        extra = condition.split(extra, len(train))
     kind = infer_kind(*(np.asarray(a) for a in (train, valid, test) if a is not None)) \
         if all(np.isfinite(a).all() for a in (train, valid, test) if a is not None) else "real"
-    return Dataset(path.stem, train, test, shape, kind, valid=valid, source=str(path))
+    return Dataset(path.stem, train, test, shape, kind, valid=valid, source=str(path), **extra)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ..backend import NoiseSource, array_module
 from .dataset import DEFAULT_TEST_FRACTION, Dataset
 from ..util.gates import check_support
 from ..errors import ConfigError, DataError, ShapeError
+from .condition import select
 from .formats import FORMATS, IDX_FILES, detect_path, find_named
 
 BINARIZATIONS = ("none", "static", "dynamic")
@@ -252,7 +253,7 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *,
                  seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
                  download: bool = False,
                  cache_dir=None, base_url: str | None = None, progress: bool = False,
-                 hints: str = "api") -> Dataset:
+                 hints: str = "api", condition: str | None = None) -> Dataset:
     """Load a data set by name or path, then apply ``binarization`` (see
     :func:`apply_binarization`).
 
@@ -262,6 +263,9 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *,
     download cache (``cache_dir``, default :func:`default_cache_dir`), fetched there first when
     ``download=True`` (with a progress display when ``progress``); anything else — a path to a
     data directory or file, whose format is detected.
+
+    ``condition`` (``"labels"`` or ``"vectors"``) fills the data set's condition for a
+    conditional VAE (:func:`refvae.data.condition.select`); None leaves it as loaded.
 
     ``hints="cli"`` words the advice of an error as command-line flags (``--download``,
     ``--data-dir``) instead of this function's arguments.
@@ -306,4 +310,5 @@ def load_dataset(spec: str | os.PathLike | None = None, data_dir=None, *,
     for split, a in (("train", ds.train), ("test", ds.test), ("valid", ds.valid)):
         if a is not None:
             check_support(a, "gaussian", f"{ds.name} {split} split")
+    ds = select(ds, condition, "--condition" if cli else "condition=")
     return apply_binarization(ds, binarization, seed)

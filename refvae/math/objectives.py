@@ -44,29 +44,37 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(start + batch_size, n))
 
 
-def neg_elbo_terms(vae, params, y, noise: NoiseSource, samples: int = 1, batch_size: int = 500):
+def _rows(vae, condition, sl):
+    """The condition of the rows ``sl`` on the device (None for an unconditional VAE)."""
+    return None if condition is None else vae.bk.asarray(condition[sl])
+
+
+def neg_elbo_terms(vae, params, y, noise: NoiseSource, samples: int = 1, batch_size: int = 500,
+                   condition=None):
     """Per-datum KL and reconstruction ``(1/L) Σ_l f(x_l, y)`` with ``L = samples`` (Eq. 8.20;
-    docs/DERIVATIONS.md#the-objective); host arrays."""
+    docs/DERIVATIONS.md#the-objective); host arrays. ``condition``: a conditional VAE's, one row
+    per row of ``y`` (as in every function here)."""
     bk = vae.bk
     kls, recs = [], []
     for sl in _batches(y.shape[0], batch_size):
         yb = bk.asarray(y[sl])
         eps = vae.draw_noise(noise, yb.shape[0], samples)
-        fp = vae.forward(params, yb, eps, vae.latent.evaluation_estimator)
+        fp = vae.forward(params, yb, eps, vae.latent.evaluation_estimator,
+                         condition=_rows(vae, condition, sl))
         kls.append(fp.kl)
         recs.append(fp.f.mean(axis=1))
     return bk.to_numpy(bk.xp.concatenate(kls)), bk.to_numpy(bk.xp.concatenate(recs))
 
 
-def log_weights(vae, params, y, eps):
+def log_weights(vae, params, y, eps, condition=None):
     """``log p(y, x_i) − log q(x_i|y) = −f(x_i, y) + log p(x_i) − log q(x_i|y)``, shape
     ``(N, k)`` (docs/DERIVATIONS.md#importance-weighted-bound)."""
-    fp = vae.forward(params, y, eps, vae.latent.evaluation_estimator)
+    fp = vae.forward(params, y, eps, vae.latent.evaluation_estimator, condition=condition)
     return -fp.f + vae.latent.log_prior(vae.bk, fp.state) - vae.latent.log_q(vae.bk, fp.state)
 
 
 def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: int = 100,
-               progress=None):
+               progress=None, condition=None):
     """Per-datum ``log (1/k) Σ_i p(y, x_i)/q(x_i|y)`` (Burda et al. 2016, Eq. 8), a lower bound on
     ``log p(y)`` that increases with ``k`` (their Theorem 1). Samples are processed in chunks with a
     running log-sum-exp, so k = 5000 fits in memory. Returns host array of the bound per datum.
@@ -83,7 +91,8 @@ def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: in
         acc = None
         for start in range(0, k, chunk):
             m = min(chunk, k - start)
-            lw = log_weights(vae, params, yb, vae.draw_noise(noise, n, m))
+            lw = log_weights(vae, params, yb, vae.draw_noise(noise, n, m),
+                             _rows(vae, condition, sl))
             part = bk.special.logsumexp(lw, axis=1)
             acc = part if acc is None else xp.logaddexp(acc, part)
         out.append(acc - math.log(k))
@@ -92,7 +101,8 @@ def iwae_bound(vae, params, y, noise: NoiseSource, k: int = 5000, batch_size: in
     return bk.to_numpy(xp.concatenate(out))
 
 
-def active_units(vae, params, y, threshold: float = 0.01, batch_size: int = 500):
+def active_units(vae, params, y, threshold: float = 0.01, batch_size: int = 500,
+                 condition=None):
     """Burda et al. (2016; docs/DERIVATIONS.md#importance-weighted-bound): unit k is active when
     ``Cov_y(E_q[x_k|y]) > threshold``.
     Returns ``(count, variances)`` with the per-unit variance across the data (host)."""
@@ -100,7 +110,7 @@ def active_units(vae, params, y, threshold: float = 0.01, batch_size: int = 500)
     means = []
     for sl in _batches(y.shape[0], batch_size):
         yb = bk.asarray(y[sl])
-        heads, _ = vae.encode(params, yb)
+        heads, _ = vae.encode(params, yb, _rows(vae, condition, sl))
         state = vae.latent.sample(bk, heads, vae.draw_noise(NoiseSource(0), yb.shape[0], 1),
                                   estimator=vae.latent.evaluation_estimator)
         means.append(vae.latent.mean(bk, state))
@@ -153,17 +163,19 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
 
 
 def evaluate(vae, params, y, seed: int = 0, samples: int = 1, iwae_k: int = 0,
-             batch_size: int = 500, threshold: float = 0.01, progress=None) -> dict:
+             batch_size: int = 500, threshold: float = 0.01, progress=None,
+             condition=None) -> dict:
     """What ``refvae evaluate`` prints: ``neg_elbo``, ``kl``, ``reconstruction`` (nats per datum),
     ``nll_iwae`` (when ``iwae_k`` > 0: minus the importance-weighted bound), ``active_units``,
     ``n``."""
     noise = NoiseSource(seed)
-    kl, rec = neg_elbo_terms(vae, params, y, noise, samples, batch_size)
+    kl, rec = neg_elbo_terms(vae, params, y, noise, samples, batch_size, condition)
     out = {"neg_elbo": float((kl + rec).mean()), "kl": float(kl.mean()),
            "reconstruction": float(rec.mean())}
     if iwae_k:
         out["nll_iwae"] = float(-iwae_bound(vae, params, y, noise, iwae_k,
-                                            max(1, batch_size // 5), progress).mean())
-    out["active_units"] = active_units(vae, params, y, threshold, batch_size)[0]
+                                            max(1, batch_size // 5), progress,
+                                            condition).mean())
+    out["active_units"] = active_units(vae, params, y, threshold, batch_size, condition)[0]
     out["n"] = int(y.shape[0])
     return out

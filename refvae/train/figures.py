@@ -102,12 +102,17 @@ def _save(plt, fig, path) -> None:
         plt.close(fig)
 
 
-def decoded_means(model, params, x, clip: bool = True) -> np.ndarray:
-    """E[y|x] for latent inputs ``x`` ``(n, K_in)``, on the host, clipped to [0, 1] for display
-    (``clip=False``: as they are)."""
-    o, _ = model.decode(params, model.bk.asarray(x))
+def decoded_means(model, params, x, clip: bool = True, condition=None) -> np.ndarray:
+    """E[y|x] (a conditional VAE's E[y|x, c]) for latent inputs ``x`` ``(n, K_in)`` and the
+    condition ``c`` ``(n, C)``, on the host, clipped to [0, 1] for display (``clip=False``: as
+    they are)."""
+    o, _ = model.decode(params, model.bk.asarray(x), _device(model, condition))
     mean = model.bk.to_numpy(model.emission.mean(model.bk, o))
     return np.clip(mean, 0.0, 1.0) if clip else mean
+
+
+def _device(model, condition):
+    return None if condition is None else model.bk.asarray(condition)
 
 
 def prior_inputs(model, noise: NoiseSource, n: int):
@@ -115,18 +120,22 @@ def prior_inputs(model, noise: NoiseSource, n: int):
     return model.latent.prior_sample(noise, n, model.bk)
 
 
-def sample_grid(model, params, path, n: int = 64, seed: int = 0, image_shape=None):
-    mean = decoded_means(model, params, prior_inputs(model, NoiseSource(seed), n))
-    _save_image(_tile(mean, image_shape, int(math.sqrt(n)) or 1), path,
-                "samples from the prior (means)")
+def sample_grid(model, params, path, n: int = 64, seed: int = 0, image_shape=None,
+                condition=None, title: str = "samples from the prior (means)"):
+    """``n`` prior draws decoded (given ``condition`` ``(n, C)`` for a conditional VAE)."""
+    mean = decoded_means(model, params, prior_inputs(model, NoiseSource(seed), n),
+                         condition=condition)
+    _save_image(_tile(mean, image_shape, int(math.sqrt(n)) or 1), path, title)
 
 
-def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: int = 16):
+def reconstructions(model, params, y, path, seed: int = 0, image_shape=None, n: int = 16,
+                    condition=None):
     """A row of ``n`` inputs above the row of their reconstructions (the decoded mean of one
     posterior sample each), labelled."""
     y = y[:n]
     eps = model.draw_noise(NoiseSource(seed), y.shape[0], 1)
-    fp = model.forward(params, model.bk.asarray(y), eps, model.latent.evaluation_estimator)
+    fp = model.forward(params, model.bk.asarray(y), eps, model.latent.evaluation_estimator,
+                       condition=None if condition is None else _device(model, condition[:n]))
     rec = np.clip(model.bk.to_numpy(model.emission.mean(model.bk, fp.dec_out[:, 0])), 0.0, 1.0)
     rows_img = image_shape[0]
     canvas = _tile(np.concatenate([y, rec]), image_shape, y.shape[0])
@@ -162,10 +171,10 @@ def loss_curves(history, path):
     _save(plt, fig, path)
 
 
-def latent_means(model, params, y, path, labels=None):
+def latent_means(model, params, y, path, labels=None, condition=None):
     """The encoder means of ``y`` in the plane, coloured by class with a legend when ``labels``."""
     plt = _plt()
-    heads, _ = model.encode(params, model.bk.asarray(y))
+    heads, _ = model.encode(params, model.bk.asarray(y), _device(model, condition))
     nu = model.bk.to_numpy(heads["mean"])
     fig, ax = plt.subplots(figsize=(6, 6), dpi=DPI)
     if labels is None:
@@ -218,6 +227,19 @@ def _eval_split(data):
     return data.train, getattr(data, "train_labels", None)
 
 
+def _eval_condition(model, data, n: int | None = None):
+    """A conditional VAE's condition of the split :func:`_eval_split` picks (None otherwise);
+    with ``n``, its first rows repeated to ``n`` rows (the conditions of the sample figures)."""
+    if not model.config.condition_dim:
+        return None
+    test = getattr(data, "test", None) is not None and len(data.test)
+    c = getattr(data, "test_condition" if test else "train_condition", None)
+    return c if n is None or c is None else np.resize(c, (n, c.shape[1]))
+
+
+SAMPLES_GIVEN = "samples given the first conditions of the test data (means)"
+
+
 def make_figures(model, params, data, out_dir, history, seed: int = 0) -> list[Path]:
     """Every figure that applies to this model and data; returns the paths written."""
     out = Path(out_dir)
@@ -227,15 +249,18 @@ def make_figures(model, params, data, out_dir, history, seed: int = 0) -> list[P
         written.append(out / "loss.png")
     shape = getattr(data, "image_shape", None)
     test, labels = _eval_split(data)
+    cond, conditional = _eval_condition(model, data), bool(model.config.condition_dim)
     if shape is not None:
-        sample_grid(model, params, out / "samples.png", seed=seed, image_shape=shape)
+        sample_grid(model, params, out / "samples.png", seed=seed, image_shape=shape,
+                    condition=_eval_condition(model, data, 64),
+                    **({"title": SAMPLES_GIVEN} if conditional else {}))
         reconstructions(model, params, test, out / "reconstructions.png", seed=seed,
-                        image_shape=shape)
+                        image_shape=shape, condition=cond)
         written += [out / "samples.png", out / "reconstructions.png"]
     if model.config.latent == "gaussian" and model.config.latent_dim == 2:
-        latent_means(model, params, test, out / "latent.png", labels)
+        latent_means(model, params, test, out / "latent.png", labels, cond)
         written.append(out / "latent.png")
-        if shape is not None:
+        if shape is not None and not conditional:  # a manifold per condition: not drawn
             manifold(model, params, out / "manifold.png", shape)
             written.append(out / "manifold.png")
     return written
@@ -251,6 +276,10 @@ def snapshot(model, params, data, directory, epoch: int, seed: int = 0) -> list[
     directory.mkdir(exist_ok=True)
     paths = [directory / f"epoch-{epoch:04d}-samples.png",
              directory / f"epoch-{epoch:04d}-reconstructions.png"]
-    sample_grid(model, params, paths[0], seed=seed, image_shape=shape)
-    reconstructions(model, params, _eval_split(data)[0], paths[1], seed=seed, image_shape=shape)
+    conditional = bool(model.config.condition_dim)
+    sample_grid(model, params, paths[0], seed=seed, image_shape=shape,
+                condition=_eval_condition(model, data, 64),
+                **({"title": SAMPLES_GIVEN} if conditional else {}))
+    reconstructions(model, params, _eval_split(data)[0], paths[1], seed=seed, image_shape=shape,
+                    condition=_eval_condition(model, data))
     return paths

@@ -34,6 +34,7 @@ import numpy as np  # host side: data order and per-epoch summaries
 from ..util import inputs
 from ..util import files as rio
 from . import rundir
+from . import condition as conditional
 from ..fast import parallel
 from ..backend import DeviceNoise, NoiseSource
 from ..math.config import VAEConfig
@@ -258,19 +259,17 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     ``after_epoch(out, record, params)``, when given, runs after each epoch's checkpoint and returns
     the directory to continue in (the CLI moves a staged run into place after its first epoch).
 
+    A conditional ``config`` (``condition_dim`` > 0) trains on ``data.train_condition`` and is
+    evaluated with ``data.test_condition`` (:mod:`refvae.train.condition`).
+
     Raises :class:`TrainingDiverged` naming the step and the tensor when the loss or a gradient is
     not finite; the checkpoint of the last finished epoch is left in place.
     """
-    if config.condition_dim:
-        raise ConfigError(f"training a conditional VAE (condition_dim {config.condition_dim}) is "
-                          "not "
-                          "supported by refvae train yet: the data formats carry no condition; "
-                          "call "
-                          "VAE.loss_and_grads(..., condition=c) from Python")
     out = rio.ensure_writable_dir(out_dir)
     model = fast_vae(config, backend, dtype)
     bk = model.bk
     _check_data(model, data, options, resume)
+    c_train, c_test = conditional.conditions(config, data)  # None, None: unconditional
     estimator = options.estimator or model.default_estimator
     config.check_batch("batch_size × samples", options.batch_size, options.samples, estimator)
     if getattr(data, "test", None) is not None:
@@ -284,7 +283,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     temperature = options.temperature_schedule(model.latent)
     noise = NoiseSource(options.seed)
     params = model.init_params(noise)
-    _preflight(model, params, data, options, estimator, temperature)
+    _preflight(model, params, data, options, estimator, temperature, c_train)
     start_epoch, step, estimator_state = 0, 0, {}
     flat = FlatParams.from_dict(bk, params)
     opt = make_optimizer(options.optimizer, bk, flat.size, lr=options.lr,
@@ -313,7 +312,8 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         history = [m for m in _read_metrics(out / METRICS) if m["epoch"] <= start_epoch]
     rio.save_json(out / "config.json", config.to_dict())
     rio.save_json(out / "train.json",
-                  {"options": options.to_dict(), "data": rundir.data_record(data),
+                  {"options": options.to_dict(), "data": rundir.data_record(data,
+                                                                            c_train is not None),
                    "backend": backend, "dtype": dtype})
     _write_metrics(out / METRICS, history)
 
@@ -323,6 +323,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
     per_epoch = math.ceil(n / options.batch_size)
     schedule = _schedule(options, per_epoch)
     y_dev = bk.asarray(y_train) if options.binarize != "dynamic" else None
+    c_dev = None if c_train is None else bk.asarray(c_train)
 
     run_t0 = time.perf_counter()
     for epoch in range(start_epoch + 1, options.epochs + 1):
@@ -344,10 +345,15 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         with parallel.Workers(options.threads) as workers:
             for b in range(per_epoch):
                 idx = order[b * options.batch_size:(b + 1) * options.batch_size]
-                yb = y_epoch[order_dev[b * options.batch_size:(b + 1) * options.batch_size]]
+                rows = order_dev[b * options.batch_size:(b + 1) * options.batch_size]
+                yb = y_epoch[rows]
                 eps = model.draw_noise(draws, len(idx), options.samples)
                 try:
-                    res = parallel.loss_and_grads(
+                    # A conditional VAE's step: one shard (parallel takes no condition).
+                    res = conditional.step(
+                        model, flat, yb, eps, c_dev[rows], estimator,
+                        temperature(step) if temperature else None, estimator_state,
+                        options.detect_anomaly) if c_dev is not None else parallel.loss_and_grads(
                         model, workers, flat.params, yb, eps, estimator, check=False,
                         temperature=temperature(step) if temperature else None,
                         estimator_state=estimator_state,
@@ -373,7 +379,7 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
         if bad:
             raise _diverged(epoch, step, f"the parameter {bad} became NaN or inf", ckpt_path,
                             start_epoch, history)
-        record.update(_test_metrics(model, flat.params, data, options, epoch))
+        record.update(_test_metrics(model, flat.params, data, options, epoch, c_test))
         bad = [k for k, v in record.items() if not math.isfinite(v)]
         if bad:
             raise _diverged(epoch, step, f"{', '.join(bad)} is NaN or inf", ckpt_path, start_epoch,
@@ -401,13 +407,14 @@ def _schedule(options: TrainOptions, per_epoch: int):
     return make_schedule(options.schedule, options.lr, **kw)
 
 
-def _preflight(model, params, data, options, estimator, temperature):
+def _preflight(model, params, data, options, estimator, temperature, condition=None):
     """One loss evaluation on a few training rows with throwaway noise before anything is written,
     so that an estimator, sample count or temperature that does not fit fails at once."""
     n = min(len(data.train), options.batch_size)
     eps = model.draw_noise(NoiseSource(0), n, options.samples)
     model.loss_and_grads(params, data.train[:n], eps, estimator,
-                         temperature=temperature(0) if temperature else None)
+                         temperature=temperature(0) if temperature else None,
+                         condition=None if condition is None else condition[:n])
 
 
 def _check_data(model, data, options, resume: bool = False):
@@ -425,13 +432,13 @@ def _check_data(model, data, options, resume: bool = False):
                               f"{model.config.data_dim}; {advice}")
 
 
-def _test_metrics(model, params, data, options, epoch) -> dict:
+def _test_metrics(model, params, data, options, epoch, condition=None) -> dict:
     test = getattr(data, "test", None)
     if test is None or len(test) == 0:
         return {}
     # A generator of its own per epoch, so evaluation never shifts the training stream.
     kl, rec = neg_elbo_terms(model, params, test, NoiseSource([options.seed, epoch, 1]),
-                             options.eval_samples)
+                             options.eval_samples, condition=condition)
     return {"test_neg_elbo": float((kl + rec).mean()), "test_kl": float(kl.mean()),
             "test_reconstruction": float(rec.mean())}
 

@@ -446,8 +446,10 @@ def discard(staging) -> None:
 # ---------------------------------------------------------------------------------------------
 # What train.json records about the data
 # ---------------------------------------------------------------------------------------------
-def data_record(data) -> dict:
-    """The data set by name, an absolute source (built-in names stay names) and image shape."""
+def data_record(data, conditional: bool = False) -> dict:
+    """The data set by name, an absolute source (built-in names stay names) and image shape; for a
+    conditional run also ``condition``, the source of its condition (``labels`` or ``vectors``:
+    :mod:`refvae.data.condition`), so that a resumed run loads the same."""
     source = str(getattr(data, "source", "") or "")
     if source and Path(source).exists():
         source = str(Path(source).resolve())
@@ -455,7 +457,8 @@ def data_record(data) -> dict:
     return {"name": getattr(data, "name", None), "source": source or None,
             "image_shape": list(shape) if shape else None,
             "n_train": int(len(data.train)),
-            "n_test": 0 if getattr(data, "test", None) is None else int(len(data.test))}
+            "n_test": 0 if getattr(data, "test", None) is None else int(len(data.test)),
+            **({"condition": getattr(data, "condition_source", None)} if conditional else {})}
 
 
 def data_source(info: dict, data_dir=None):
@@ -572,6 +575,15 @@ def _check_data_record(path: Path, data) -> None:
         value = data.get(field)
         if value is not None and (type(value) is not int or value < 0):  # noqa: E721 - not bool
             raise _bad(path, f"data.{field}", f"must be an integer 0 or more, got {value!r}")
+    if data.get("condition") not in (None, "labels", "vectors"):
+        raise _bad(path, "data.condition", f"must be labels, vectors or null, got "
+                                           f"{data.get('condition')!r}")
+
+
+def condition_source(info: dict):
+    """The source of a conditional run's condition (``labels``, ``vectors``), else None."""
+    data = info.get("data")
+    return data.get("condition") if isinstance(data, dict) else None
 
 
 def read_config(run):

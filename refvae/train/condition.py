@@ -1,0 +1,50 @@
+"""Training a conditional VAE (``condition_dim`` C > 0): the data set's condition, checked against
+the model, and the step that passes each batch's condition to the loss.
+
+The condition comes from the data set (:mod:`refvae.data.condition`: labels one-hot, or an
+``.npz``'s vectors): ``train_condition`` for the steps, ``test_condition`` for the test metrics.
+The step runs :meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` on the whole batch
+(one shard): :func:`refvae.fast.parallel.loss_and_grads` takes no condition.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..util.results import LossResult
+
+
+def conditions(config, data):
+    """``(train, test)`` host condition arrays of ``data`` for ``config`` (None, None when the model
+    is unconditional); a ConfigError in one line when the data carry none or another width."""
+    c = config.condition_dim
+    if not c:
+        return None, None
+    train = getattr(data, "train_condition", None)
+    name = getattr(data, "name", "the data")
+    if train is None:
+        raise ConfigError(f"the model is conditional (condition_dim {c}) but the data set {name!r} "
+                          "carries no condition; train with --condition labels (data with labels) "
+                          "or --condition vectors (an .npz with 'condition'), or set "
+                          "condition_dim 0")
+    test = getattr(data, "test_condition", None)
+    if getattr(data, "test", None) is not None and len(data.test) and test is None:
+        raise ConfigError(f"the data set {name!r} has a condition for its train split only; give "
+                          "the test split one too")
+    if train.shape[1] != c:
+        raise ConfigError(f"the data's condition has {train.shape[1]} values per datum but the "
+                          f"model's condition_dim is {c}; set condition_dim to {train.shape[1]} "
+                          "(or leave it out with --condition)")
+    return train, test
+
+
+def step(model, flat, y, noise, condition, estimator, temperature, estimator_state,
+         detect_anomaly) -> LossResult:
+    """One batch's loss and gradients of a conditional VAE, the gradients written into
+    ``flat.grads`` (what the optimizer reads), as :func:`refvae.fast.parallel.loss_and_grads`
+    does for the others."""
+    res = model.loss_and_grads(flat.params, y, noise, estimator, check=False,
+                               temperature=temperature, estimator_state=estimator_state,
+                               detect_anomaly=detect_anomaly, condition=condition)
+    for name, g in res.grads.items():
+        flat.grads[name][...] = g
+    return LossResult(res.loss, res.kl, res.reconstruction, res.kl_per_datum,
+                      res.reconstruction_per_datum, flat.grads, res.grads_finite)
