@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from refvae import ConfigError, NoiseSource
+from refvae import ConfigError, NoiseSource, ShapeError
 from refvae.fast.threads import blas_threads
 from refvae.fast.optim import make_optimizer
 from refvae.optim.rules import FlatParams
@@ -236,3 +236,27 @@ def test_the_fused_pass_split_over_threads_agrees_with_the_plain_model(extra, sa
         assert np.shares_memory(got.grads[name], flat.grad), name
         np.testing.assert_allclose(got.grads[name], g, rtol=1e-11, atol=1e-14 * np.abs(g).max(),
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["shards", "flat-buffer"])
+def test_a_conditional_vae_splits_its_condition_with_the_rows(into):
+    cfg = {"data_dim": 9, "latent_dim": 3, "encoder_hidden": [8], "decoder_hidden": [7],
+           "activation": "tanh", "condition_dim": 4}
+    model = VAE(cfg)
+    noise = NoiseSource(2)
+    params = model.init_params(noise)
+    y, c = noise.uniform((13, 9)), noise.normal((13, 4))
+    eps = model.draw_noise(noise, 13, 1)
+    one = model.loss_and_grads(params, y, eps, condition=c)
+    flat = FlatParams.from_dict(model.bk, params)
+    out = dict(grads_out=flat.grads, grad_buffer=flat.grad) if into else {}
+    with Workers(2) as workers:
+        got = loss_and_grads(model, workers, flat.params, y, eps, condition=c, **out)
+        other = loss_and_grads(model, workers, flat.params, y, eps, condition=c[::-1].copy())
+    assert got.loss == pytest.approx(one.loss, rel=1e-13)
+    assert other.loss != pytest.approx(one.loss, rel=1e-6)     # the condition is used
+    for name, g in one.grads.items():
+        np.testing.assert_allclose(got.grads[name], g, rtol=1e-11, atol=1e-14 * np.abs(g).max(),
+                                   err_msg=name)
+    with pytest.raises(ShapeError, match="condition"):
+        loss_and_grads(model, Workers(1), flat.params, y, eps)

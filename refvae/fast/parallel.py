@@ -76,7 +76,8 @@ class Workers:
 def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: str | None = None,
                    reduction: str = "mean", check: bool = True, temperature: float | None = None,
                    estimator_state: dict | None = None, detect_anomaly: bool = False,
-                   grads_out: dict | None = None, grad_buffer=None) -> LossResult:
+                   grads_out: dict | None = None, grad_buffer=None,
+                   condition=None) -> LossResult:
     """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of the whole batch, computed
     as row shards on ``workers``; the same arguments and result. ``grads_out`` (e.g.
     :attr:`FlatParams.grads <refvae.optim.rules.FlatParams.grads>`) receives the summed gradients in
@@ -84,11 +85,13 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
     the flat vector behind ``grads_out`` (:attr:`FlatParams.grad
     <refvae.optim.rules.FlatParams.grad>`), one shard writes its gradients there directly and
     finiteness is checked once on it (:func:`refvae.fast.step.loss_and_grads_into`).
+    ``condition``: a conditional VAE's condition per row (split with the rows).
     """
     chosen = estimator or model.default_estimator
     if check:
         params = gates.check_params(model, params)
         y, noise = gates.check_batch(model, y, noise)
+        condition = gates.check_condition(model, condition, y.shape[0])
     n = noise.shape[0]
     # On a GPU one shard already fills the device; shards would only add kernel launches.
     one_shard = chosen in STATEFUL or model.bk.name == "cupy"
@@ -98,12 +101,13 @@ def loss_and_grads(model, workers: Workers, params: dict, y, noise, estimator: s
         # The fused pass splits by rows and by output units itself (refvae.fast.fused_pass).
         return loss_and_grads_into(model, params, y, noise, grads_out, grad_buffer, estimator,
                                    reduction, temperature, estimator_state, detect_anomaly,
-                                   None if one_shard else workers)
+                                   None if one_shard else workers, condition)
 
     def run(rows: slice) -> LossResult:
         return model.loss_and_grads(params, y[rows], noise[rows], estimator, reduction, check=False,
                                     temperature=temperature, estimator_state=estimator_state,
-                                    detect_anomaly=detect_anomaly, batch_size=n)
+                                    detect_anomaly=detect_anomaly, batch_size=n,
+                                    condition=None if condition is None else condition[rows])
 
     parts = workers.map(run, shards)
     xp = model.bk.xp

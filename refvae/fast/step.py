@@ -54,19 +54,21 @@ def fused(model, estimator: str, detect_anomaly: bool = False) -> bool:
 def loss_and_grads_into(model, params: dict, y, noise, grads: dict, grad_buffer,
                         estimator: str | None = None, reduction: str = "mean",
                         temperature: float | None = None, estimator_state: dict | None = None,
-                        detect_anomaly: bool = False, workers=None) -> LossResult:
+                        detect_anomaly: bool = False, workers=None, condition=None) -> LossResult:
     """:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` of a trusted batch with
     the gradients written into ``grads`` (views of ``grad_buffer``, every parameter's, e.g.
     :attr:`FlatParams.grads <refvae.optim.rules.FlatParams.grads>`); the result's ``grads`` are
     those views. With ``workers`` (:class:`refvae.fast.parallel.Workers`) the fused pass splits
-    across its threads (:func:`~refvae.fast.fused_pass.fused_pass`)."""
+    across its threads (:func:`~refvae.fast.fused_pass.fused_pass`); ``condition``: a conditional
+    VAE's condition per row (such models take the plain reverse pass)."""
     estimator = model.default_estimator if estimator is None else estimator
     model.check_estimator(estimator)
     scale = 1.0 / noise.shape[0] if reduction == "mean" else 1.0
     if fused(model, estimator, detect_anomaly):
         kl, f = fused_pass(model, params, y, noise, scale, grads, workers)
     else:
-        rp = model.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state)
+        rp = model.reverse_pass(params, y, noise, scale, estimator, temperature, estimator_state,
+                                condition)
         if detect_anomaly:
             anomaly.first_anomaly(model.bk, anomaly.intermediates(rp, estimator))
         for name, g in {**rp.dec_grads, **rp.enc_grads}.items():

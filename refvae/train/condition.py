@@ -3,13 +3,11 @@ the model, and the step that passes each batch's condition to the loss.
 
 The condition comes from the data set (:mod:`refvae.data.condition`: labels one-hot, or an
 ``.npz``'s vectors): ``train_condition`` for the steps, ``test_condition`` for the test metrics.
-The step runs :meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` on the whole batch
-(one shard): :func:`refvae.fast.parallel.loss_and_grads` takes no condition.
+Each step passes its rows' condition to :func:`refvae.fast.parallel.loss_and_grads`.
 """
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..util.results import LossResult
 
 
 def conditions(config, data):
@@ -34,17 +32,3 @@ def conditions(config, data):
                           f"model's condition_dim is {c}; set condition_dim to {train.shape[1]} "
                           "(or leave it out with --condition)")
     return train, test
-
-
-def step(model, flat, y, noise, condition, estimator, temperature, estimator_state,
-         detect_anomaly) -> LossResult:
-    """One batch's loss and gradients of a conditional VAE, the gradients written into
-    ``flat.grads`` (what the optimizer reads), as :func:`refvae.fast.parallel.loss_and_grads`
-    does for the others."""
-    res = model.loss_and_grads(flat.params, y, noise, estimator, check=False,
-                               temperature=temperature, estimator_state=estimator_state,
-                               detect_anomaly=detect_anomaly, condition=condition)
-    for name, g in res.grads.items():
-        flat.grads[name][...] = g
-    return LossResult(res.loss, res.kl, res.reconstruction, res.kl_per_datum,
-                      res.reconstruction_per_datum, flat.grads, res.grads_finite)

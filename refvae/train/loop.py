@@ -349,16 +349,12 @@ def train(config: VAEConfig, options: TrainOptions, data, out_dir, backend: str 
                 yb = y_epoch[rows]
                 eps = model.draw_noise(draws, len(idx), options.samples)
                 try:
-                    # A conditional VAE's step: one shard (parallel takes no condition).
-                    res = conditional.step(
-                        model, flat, yb, eps, c_dev[rows], estimator,
-                        temperature(step) if temperature else None, estimator_state,
-                        options.detect_anomaly) if c_dev is not None else parallel.loss_and_grads(
+                    res = parallel.loss_and_grads(
                         model, workers, flat.params, yb, eps, estimator, check=False,
                         temperature=temperature(step) if temperature else None,
                         estimator_state=estimator_state,
                         detect_anomaly=options.detect_anomaly, grads_out=flat.grads,
-                        grad_buffer=flat.grad)
+                        grad_buffer=flat.grad, condition=None if c_dev is None else c_dev[rows])
                 except NonFiniteError as exc:
                     raise _diverged(epoch, step, str(exc), ckpt_path, start_epoch, history) from exc
                 bad = None if res.grads_finite else _first_nonfinite(bk, res.grads)
