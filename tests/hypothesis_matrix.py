@@ -3,6 +3,9 @@ tests/test_oracle_hypotheses_flax.py: a Flax one): the model's sizes and configs
 injected, the export levels, the properties asserted, and the table docs/ORACLE.md shows. Each
 matrix writes the bugs in its framework's style; the keys and levels are these.
 """
+from pathlib import Path
+
+ORACLE_MD = Path(__file__).resolve().parent.parent / "docs" / "ORACLE.md"
 N, D, H, K = 5, 12, 10, 3
 BERNOULLI = {"format": 1, "data_dim": D, "latent_dim": K, "encoder_hidden": [H],
              "decoder_hidden": [H],
@@ -66,3 +69,14 @@ def table(diagnosed) -> str:
                          else ", ".join(f"`{n}`" for n in named(report)) or "—")
         rows.append(f"| `{bug}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def documented(script: str) -> str:
+    """The table docs/ORACLE.md prints after the line that says ``python tests/<script>``
+    regenerates it."""
+    text = ORACLE_MD.read_text(encoding="utf-8")
+    start = text.index(f"`python tests/{script}`")
+    lines = text[start:].split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("| bug injected"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[first:end])

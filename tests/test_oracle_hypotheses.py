@@ -21,7 +21,7 @@ F = torch.nn.functional
 from refvae.oracle.torch_adapter import noise_from_draws, record_draws  # noqa: E402
 from refvae.math.vae import VAE as RefVAE  # noqa: E402
 from hypothesis_matrix import (BERNOULLI, BUGS, D, H, K, LEVELS, N, assert_named,  # noqa: E402
-                               named, table)
+                               documented, named, table)
 
 NAMES = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
          "fc4": "decoder.out"}
@@ -72,10 +72,6 @@ def bce(recon, y):
 
 def kld(mu, logvar):
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-
-
-def gauss(recon, y):
-    return 0.5 * ((recon - y) ** 2).sum() + y.numel() / 2 * math.log(2 * math.pi)
 
 
 def sampler(fn):
@@ -198,6 +194,10 @@ def test_the_catalogue_is_hand_derived_and_covers_every_named_bug():
         for k, v in pred.items():
             if v is not None:
                 assert np.shape(v) == np.shape(ctx.base[k]) and np.isfinite(v).all(), (h.key, k)
+
+
+def test_the_table_in_oracle_md_is_this_matrix():
+    assert documented("test_oracle_hypotheses.py") == table(diagnosed)
 
 
 if __name__ == "__main__":   # docs/ORACLE.md's table
