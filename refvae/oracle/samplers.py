@@ -38,9 +38,10 @@ def correct(config) -> str:
 
 
 class MistakenSampler(DiagonalGaussian):
-    """A diagonal Gaussian whose sample is ``x = a(ν, h) + b(ν, h) ⊙ ε``; ``loc``/``scale``
-    ``(bk, ν, h, Scale of h) -> (value, ∂/∂ν, ∂/∂h)`` elementwise, which give the hand-derived
-    pathwise gradient ``∂/∂ν = Σ_l g (∂a/∂ν + ε ∂b/∂ν)`` (the same for h). KL unchanged."""
+    """A diagonal Gaussian whose sample is ``x = a(ν, h) + b(ν, h) ⊙ ε``;
+    ``loc``/``scale`` ``(bk, ν, h, Scale of h) -> (value, ∂/∂ν, ∂/∂h)``
+    elementwise, which give the hand-derived pathwise gradient
+    ``∂/∂ν = Σ_l g (∂a/∂ν + ε ∂b/∂ν)`` (the same for h). KL unchanged."""
 
     def __init__(self, latent, loc, scale):
         super().__init__(latent.k, latent.scale_head, latent.floor, latent.kl_form)
@@ -106,8 +107,9 @@ def diagonal_mistakes(latent, logvar_grads: str) -> list:
 # ----- full covariance ---------------------------------------------------------------------------
 class MistakenFullSampler(FullCovarianceGaussian):
     """A full-covariance Gaussian whose sample is ``x = ν + M ε``: ``mistake`` is ``transposed``
-    (M = Rᵀ: ``∂/∂R = tril(Σ_l ε_l g_lᵀ)``), ``raw-diagonal`` (M = R with the raw diagonal r_kk:
-    ``∂/∂r = tril(Σ_l g_l ε_lᵀ)`` without the factor R_kk), ``unscaled`` (M = I), ``no-noise``
+    (M = Rᵀ: ``∂/∂R = tril(Σ_l ε_l g_lᵀ)``), ``raw-diagonal`` (M = R with the raw
+    diagonal r_kk: ``∂/∂r = tril(Σ_l g_l ε_lᵀ)`` without the factor R_kk),
+    ``unscaled`` (M = I), ``no-noise``
     (M = 0) or ``detached`` (M = R without gradient); the last three give the scale head no
     gradient but the KL's. KL unchanged."""
 
