@@ -236,3 +236,34 @@ def test_cli_verb(linear, tmp_path, capsys):
         cli.main(argv + ["--level", "nan"])
     assert info.value.code == 2
     assert "level" in capsys.readouterr().err
+
+
+# ----- a conditional VAE ------------------------------------------------------------------------
+CONDITIONAL = {**LINEAR, "condition_dim": 2}
+
+
+def conditional_draws(vae, params, y, c, m, seed=7):
+    src, out = NoiseSource(seed), {}
+    for _ in range(m):
+        g = vae.loss_and_grads(params, y, vae.draw_noise(src, len(y), 1), condition=c).grads
+        for k, v in g.items():
+            out.setdefault("grad/" + k, []).append(v)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def test_check_unbiased_takes_the_condition_of_a_conditional_vae():
+    """refvae's pathwise draws under the condition c pass against the exact (cubature) gradient,
+    given as condition= or as the batch's 'condition'; draws made under another condition are
+    flagged; without a condition the call is a one-line error."""
+    vae, params, y = setup(CONDITIONAL)
+    c = NoiseSource(3).normal((len(y), 2))
+    d = conditional_draws(vae, params, y, c, 300)
+    report = oracle.check_unbiased(CONDITIONAL, params, y, d, condition=c)
+    assert report.passed, str(report)
+    assert report.reference.startswith("the exact expected gradient (cubature over 4 points)")
+    assert oracle.check_unbiased(CONDITIONAL, params, {"y": y, "condition": c}, d).passed
+    other = conditional_draws(vae, params, y, -c, 300)
+    assert not oracle.check_unbiased(CONDITIONAL, params, y, other, condition=c).passed
+    with pytest.raises(ShapeError, match="the VAE is conditional") as err:
+        oracle.check_unbiased(CONDITIONAL, params, y, d)
+    assert "\n" not in str(err.value)
