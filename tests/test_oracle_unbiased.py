@@ -108,38 +108,83 @@ def test_gumbel_softmax_is_biased_for_the_hard_elbo(categorical):
 
 
 # ----- another implementation's score estimators (torch.autograd) ------------------------------
+def torch_score_grads(cfg, p, y, eps, baseline):
+    """A user's score-function gradient of the negative ELBO at the noise ``eps`` (N, L, K)
+    (diagonal Gaussian latent, linear decoder, gaussian emission; ``p``: tensors with
+    ``requires_grad``), ``baseline(f)`` giving each sample's baseline from the (N, L) losses:
+    ``(loss, {grad/<name>: array})``, the loss being the Monte Carlo negative ELBO averaged over
+    the batch."""
+    torch = pytest.importorskip("torch")
+    yt, alpha = torch.as_tensor(y), cfg["alpha"]
+    h = torch.tanh(yt @ p["encoder.0.weight"].T + p["encoder.0.bias"])
+    mu = h @ p["encoder.mean.weight"].T + p["encoder.mean.bias"]
+    lv = h @ p["encoder.logvar.weight"].T + p["encoder.logvar.bias"]
+    x = (mu[:, None] + torch.exp(0.5 * lv)[:, None] * eps).detach()
+    out_mu = x @ p["decoder.out.weight"].T + p["decoder.out.bias"]
+    f = (0.5 * ((yt[:, None] - out_mu) ** 2).sum(-1) / alpha
+         + 0.5 * cfg["data_dim"] * np.log(2 * np.pi * alpha))
+    log_q = (-0.5 * ((x - mu[:, None]) ** 2 / torch.exp(lv)[:, None] + lv[:, None])).sum(-1)
+    kl = 0.5 * (torch.exp(lv) + mu ** 2 - 1 - lv).sum(-1)
+    adv = (f - baseline(f)).detach()
+    surrogate = (f.mean(1) + (adv * log_q).mean(1) + kl).mean()
+    grads = torch.autograd.grad(surrogate, list(p.values()))
+    return (f.mean(1) + kl).mean().item(), {"grad/" + k: g.numpy() for k, g in zip(p, grads)}
+
+
 def torch_score_draws(cfg, params, y, m, baseline, samples=4, seed=0):
-    """Score-function gradients of the negative ELBO (diagonal Gaussian latent, linear decoder,
-    gaussian emission), ``baseline(f)`` giving each sample's baseline from the (N, L) losses."""
+    """``m`` independent draws of :func:`torch_score_grads`, fresh noise each."""
     torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(seed)
     p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    yt, alpha = torch.tensor(y), cfg["alpha"]
     out = {}
     for _ in range(m):
-        h = torch.tanh(yt @ p["encoder.0.weight"].T + p["encoder.0.bias"])
-        mu = h @ p["encoder.mean.weight"].T + p["encoder.mean.bias"]
-        lv = h @ p["encoder.logvar.weight"].T + p["encoder.logvar.bias"]
         eps = torch.randn(len(y), samples, cfg["latent_dim"], generator=gen, dtype=torch.float64)
-        x = (mu[:, None] + torch.exp(0.5 * lv)[:, None] * eps).detach()
-        out_mu = x @ p["decoder.out.weight"].T + p["decoder.out.bias"]
-        f = (0.5 * ((yt[:, None] - out_mu) ** 2).sum(-1) / alpha
-             + 0.5 * cfg["data_dim"] * np.log(2 * np.pi * alpha))
-        log_q = (-0.5 * ((x - mu[:, None]) ** 2 / torch.exp(lv)[:, None] + lv[:, None])).sum(-1)
-        kl = 0.5 * (torch.exp(lv) + mu ** 2 - 1 - lv).sum(-1)
-        adv = (f - baseline(f)).detach()
-        surrogate = (f.mean(1) + (adv * log_q).mean(1) + kl).mean()
-        grads = torch.autograd.grad(surrogate, list(p.values()))
-        for k, g in zip(p, grads):
-            out.setdefault("grad/" + k, []).append(g.numpy())
+        for k, g in torch_score_grads(cfg, p, y, eps, baseline)[1].items():
+            out.setdefault(k, []).append(g)
     return {k: np.stack(v) for k, v in out.items()}
 
 
+def leave_one_out(f):
+    return (f.sum(1, keepdim=True) - f) / (f.shape[1] - 1)
+
+
+def mean_of_all(f):   # leave-one-out done wrong: the sample's own f is in its baseline
+    return f.mean(1, keepdim=True)
+
+
 def test_score_with_leave_one_out_baseline_passes(linear):
-    d = torch_score_draws(LINEAR, linear[1], linear[2], 400,
-                          lambda f: (f.sum(1, keepdim=True) - f) / (f.shape[1] - 1))
+    d = torch_score_draws(LINEAR, linear[1], linear[2], 400, leave_one_out)
     report = oracle.check_unbiased(LINEAR, linear[1], linear[2], d)
     assert report.passed, str(report)
+
+
+def test_score_with_a_baseline_that_includes_its_sample_is_flagged_biased(linear):
+    """Leave-one-out done wrong (the mean over all L = 4 samples): the score part of the encoder
+    gradients is (L − 1)/L of the unbiased one."""
+    d = torch_score_draws(LINEAR, linear[1], linear[2], 400, mean_of_all)
+    report = oracle.check_unbiased(LINEAR, linear[1], linear[2], d)
+    assert not report.passed, str(report)
+    assert all(r.name.startswith("grad/encoder.") for r in report.failures())
+
+
+@pytest.mark.parametrize("baseline", [leave_one_out, mean_of_all])
+def test_the_diagnosis_names_a_baseline_that_includes_its_sample(linear, baseline):
+    """One draw at recorded noise, compared with refvae's score-loo estimator: the leave-one-out
+    user passes; the one whose baseline is the mean over all L samples is named
+    score:own-sample-baseline, and nothing else."""
+    torch = pytest.importorskip("torch")
+    _, params, y = linear
+    eps = torch.randn(len(y), 4, LINEAR["latent_dim"], dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(3))
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    loss, grads = torch_score_grads(LINEAR, p, y, eps, baseline)
+    report = oracle.check(LINEAR, params, {"y": y, "eps": eps.numpy()}, {"loss": loss, **grads},
+                          estimator="score-loo")
+    if baseline is leave_one_out:
+        assert report.passed, str(report)
+        return
+    keys = [h.split("[hypothesis ")[1].split(" ")[0] for h in report.hints if "[hypothesis " in h]
+    assert keys == ["score:own-sample-baseline"], str(report)
 
 
 def test_score_with_a_baseline_from_its_own_sample_is_flagged(linear):
@@ -191,3 +236,34 @@ def test_cli_verb(linear, tmp_path, capsys):
         cli.main(argv + ["--level", "nan"])
     assert info.value.code == 2
     assert "level" in capsys.readouterr().err
+
+
+# ----- a conditional VAE ------------------------------------------------------------------------
+CONDITIONAL = {**LINEAR, "condition_dim": 2}
+
+
+def conditional_draws(vae, params, y, c, m, seed=7):
+    src, out = NoiseSource(seed), {}
+    for _ in range(m):
+        g = vae.loss_and_grads(params, y, vae.draw_noise(src, len(y), 1), condition=c).grads
+        for k, v in g.items():
+            out.setdefault("grad/" + k, []).append(v)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def test_check_unbiased_takes_the_condition_of_a_conditional_vae():
+    """refvae's pathwise draws under the condition c pass against the exact (cubature) gradient,
+    given as condition= or as the batch's 'condition'; draws made under another condition are
+    flagged; without a condition the call is a one-line error."""
+    vae, params, y = setup(CONDITIONAL)
+    c = NoiseSource(3).normal((len(y), 2))
+    d = conditional_draws(vae, params, y, c, 300)
+    report = oracle.check_unbiased(CONDITIONAL, params, y, d, condition=c)
+    assert report.passed, str(report)
+    assert report.reference.startswith("the exact expected gradient (cubature over 4 points)")
+    assert oracle.check_unbiased(CONDITIONAL, params, {"y": y, "condition": c}, d).passed
+    other = conditional_draws(vae, params, y, -c, 300)
+    assert not oracle.check_unbiased(CONDITIONAL, params, y, other, condition=c).passed
+    with pytest.raises(ShapeError, match="the VAE is conditional") as err:
+        oracle.check_unbiased(CONDITIONAL, params, y, d)
+    assert "\n" not in str(err.value)

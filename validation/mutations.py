@@ -207,7 +207,7 @@ MUTATIONS = {
                     (("refvae/oracle/diagnose.py",
                       '"your sampler uses exp(logvar), the variance, as the "',
                       '"your sampler uses logvar itself as the "'),
-                     ("refvae/oracle/hypotheses.py",
+                     ("refvae/oracle/samplers.py",
                       '"your sampler uses exp(logvar), the variance, as the standard deviation "',
                       '"your sampler uses logvar itself as the standard deviation "')),
                     (PATHS, "tests/test_oracle_check_torch.py")),

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from . import hypotheses
-from .hypotheses import GRAD, HEADS, SAMPLER, kl_gradients  # noqa: F401  (kl_gradients: API)
+from . import hypotheses, samplers
+from .hypotheses import GRAD, HEADS, kl_gradients  # noqa: F401  (kl_gradients: API)
 
 RELAXED = "Y = softmax((η + G)/s) (Eq. 8.29)"
 ORDER = ("x", "decoder_out", "kl_per_datum", "reconstruction_per_datum", "kl", "reconstruction",
@@ -114,10 +114,12 @@ def sampler_hint(theirs, mine, ours, agrees, heads_known: bool) -> str:
     base = "the latent sample x differs while the encoder heads agree" if heads_known \
         else "the latent sample x is the first exported quantity that differs"
     nu, lv = mine.get(HEADS + "mean"), mine.get(HEADS + "logvar")
-    if ours.inputs.vae.config.latent == "categorical":
+    config = ours.inputs.vae.config
+    if config.latent == "categorical":
         return f"{base}: look at your relaxed sample, {RELAXED}, or the one-hot argmax (Eq. 8.28)"
-    if nu is None or lv is None:
-        return f"{base}: look at your sampling transform"
+    right = samplers.correct(config)
+    if nu is None or lv is None or config.scale_head != "logvar":   # the candidates read ℓ
+        return f"{base}: look at your sampling transform, {right}"
     eps = ours.inputs.noise
     nu, lv = nu[:, None, :], lv[:, None, :]
     candidates = [
@@ -132,8 +134,8 @@ def sampler_hint(theirs, mine, ours, agrees, heads_known: bool) -> str:
     ]
     for value, cause in candidates:
         if agrees("x", value):
-            return f"{base}: {cause} ({SAMPLER})"
-    return f"{base}: look at your sampling transform, {SAMPLER}"
+            return f"{base}: {cause} ({right})"
+    return f"{base}: look at your sampling transform, {right}"
 
 
 def kl_hint(theirs, mine, ours, agrees, per_datum: bool) -> str:
@@ -202,7 +204,7 @@ def patterns(theirs, mine, failed, ours, agrees, label) -> list:
 def encoder_hint(ours) -> str:
     """Decoder gradients right, encoder gradients wrong, no hypothesis fits: where to look."""
     categorical = ours.inputs.vae.config.latent == "categorical"
-    sample = RELAXED if categorical else SAMPLER
+    sample = RELAXED if categorical else samplers.correct(ours.inputs.vae.config)
     return ("decoder gradients agree and encoder gradients differ: the mistake is between the "
             "encoder "
             "heads and the sample or in the KL: look at the KL (§8.2.2) and the sample "

@@ -6,8 +6,9 @@ per-datum arrays, ``grad/<name>``, ``heads/<name>``, ``x``, ``decoder_out``) and
 numbers when every quantity they exported agrees with its prediction at that tensor's tolerance
 (float32 or float64, by their dtype). Two kinds:
 
-* **reruns**: refvae's hand-derived passes on a modified model: a diagonal Gaussian whose sampler
-  is the mistaken one, with its own hand-derived pathwise derivative (:class:`MistakenSampler`),
+* **reruns**: refvae's hand-derived passes on a modified model: a Gaussian latent whose sampler
+  is the mistaken one, with its own hand-derived pathwise derivative (:mod:`.samplers`, every
+  scale head of the diagonal Gaussian and the full-covariance one),
   the heads' parameters swapped, another temperature or estimator of a categorical latent;
 * **affine**: mistakes that scale or shift the reconstruction and the KL terms (a missing ½, a
   reduction over N, D or L, a missing constant, a KL without gradient). Their effect on the loss
@@ -27,10 +28,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..math.latent.gaussian import DiagonalGaussian, GaussianState, scale_from_head
+from . import samplers
 
 GRAD, HEADS = "grad/", "heads/"
-SAMPLER = "x = ν + exp(ℓ/2)·ε (Eq. 8.24)"
 
 
 @dataclass(frozen=True)
@@ -225,64 +225,11 @@ def _affine_hypotheses(ctx: Context) -> list:
     return hyps
 
 
-# ----- mistaken samplers of a diagonal Gaussian
-# ----------------------------------------------------
-class MistakenSampler(DiagonalGaussian):
-    """A diagonal Gaussian whose sample is ``x = a(ν, ℓ) + b(ν, ℓ) ⊙ ε``; ``loc``/``scale``
-    return the value and its elementwise partial derivatives in ν and ℓ, which give the
-    hand-derived pathwise gradient ``∂/∂ν = Σ_l g (∂a/∂ν + ε ∂b/∂ν)`` (the same for
-    ℓ). KL unchanged."""
-
-    def __init__(self, k, loc, scale):
-        super().__init__(k)
-        self.loc, self.scale = loc, scale
-
-    def sample(self, bk, heads, eps, estimator=None, temperature=None) -> GaussianState:
-        nu, lv = heads["mean"], heads["logvar"]
-        a, b = self.loc(bk.xp, nu, lv)[0], self.scale(bk.xp, nu, lv)[0]
-        right = scale_from_head(bk, "logvar", lv)       # the KL reads the heads right
-        return GaussianState(nu, lv, right.std, eps, a[:, None, :] + b[:, None, :] * eps, right)
-
-    def pathwise(self, bk, state, g) -> dict:
-        xp, nu, lv = bk.xp, state.nu, state.logvar
-        _, a_nu, a_lv = self.loc(xp, nu, lv)
-        _, b_nu, b_lv = self.scale(xp, nu, lv)
-        gs, ge = g.sum(axis=1), (g * state.eps).sum(axis=1)
-        return {"mean": a_nu * gs + b_nu * ge, "logvar": a_lv * gs + b_lv * ge}
-
-
-def _mean(xp, nu, lv):
-    return nu, 1.0, 0.0
-
-
-SAMPLERS = {
-    "sampler:exp": ("your sampler uses exp(logvar), the variance, as the standard deviation "
-                    f"(std = exp(ℓ)); the scale is exp(logvar/2): {SAMPLER}",
-                    _mean, lambda xp, nu, lv: (xp.exp(lv), 0.0, xp.exp(lv))),
-    "sampler:logvar": ("your sampler uses logvar itself as the standard deviation (std = "
-                       f"ℓ): {SAMPLER}",
-                       _mean, lambda xp, nu, lv: (lv, 0.0, 1.0)),
-    "sampler:unscaled": (f"your sampler adds the noise unscaled (x = ν + ε): {SAMPLER}",
-                         _mean, lambda xp, nu, lv: (1.0 + 0 * lv, 0.0, 0.0)),
-    "sampler:no-noise": (f"your sample is the mean alone: the noise is not added: {SAMPLER}",
-                         _mean, lambda xp, nu, lv: (0 * lv, 0.0, 0.0)),
-    "sampler:detached": (
-        "no gradient flows through the standard deviation exp(ℓ/2) of your sample "
-        "(a .detach(), .data or no_grad in the sampler): the log-variance head's "
-        "gradients ({logvar}) are the KL's alone",
-        _mean, lambda xp, nu, lv: (xp.exp(0.5 * lv), 0.0, 0.0)),
-    "sampler:swapped": ("your sampler takes the mean from the log-variance head and the scale from "
-                        "the "
-                        f"mean head (the KL reads them right): {SAMPLER}",
-                        lambda xp, nu, lv: (lv, 0.0, 1.0),
-                        lambda xp, nu, lv: (xp.exp(0.5 * nu), 0.5 * xp.exp(0.5 * nu), 0.0)),
-}
-
-
-def _sampler(loc, scale):
+# ----- mistaken samplers of Gaussian latents (:mod:`.samplers`) -----------------------------------
+def _rerun_with(latent):
     def predict(ctx: Context) -> dict:
         vae = copy.copy(ctx.inputs.vae)
-        vae.latent = MistakenSampler(ctx.config.latent_dim, loc, scale)
+        vae.latent = latent
         return ctx.rerun(vae=vae)
     return predict
 
@@ -302,18 +249,23 @@ def _swapped_heads(ctx: Context) -> dict:
 
 
 def _sampler_hypotheses(ctx: Context, label) -> list:
-    c = ctx.config
-    if c.latent != "gaussian" or c.flow_length or ctx.ours.estimator != "pathwise" \
-            or c.scale_head != "logvar" or c.head_activations or c.condition_dim:
-        return []   # the mistakes below are of the logvar head's sampler
+    """The sampler's mistakes (:mod:`.samplers`) for a Gaussian latent with the pathwise
+    estimator: every scale head of the diagonal one, and the full-covariance one; not offered
+    with a flow, head activations or a condition."""
+    c, latent = ctx.config, ctx.inputs.vae.latent
+    if c.latent not in ("gaussian", "gaussian_full") or c.flow_length \
+            or ctx.ours.estimator != "pathwise" or c.head_activations or c.condition_dim:
+        return []
+    if c.latent == "gaussian_full":
+        return [Hypothesis(f"sampler:{m}", f"{text}: {samplers.correct(c)}",
+                           _rerun_with(samplers.MistakenFullSampler(latent, m)))
+                for m, text in samplers.FULL_MISTAKES.items()]
     logvar = ", ".join(label(GRAD + f"encoder.logvar.{leaf}") for leaf in ("weight", "bias"))
-    hyps = [Hypothesis(key, text.format(logvar=logvar), _sampler(loc, scale))
-            for key, (text, loc, scale) in SAMPLERS.items()]
-    hyps.append(Hypothesis("heads:swapped", "your model uses the mean head as the log-variance and "
-                                            "the "
-                           "log-variance head as the mean: the heads are swapped (a wrong head); "
-                           "swap "
-                           "them in the model or in name_map (--map)", _swapped_heads))
+    hyps = [Hypothesis(key, text, _rerun_with(samplers.MistakenSampler(latent, loc, scale)))
+            for key, text, loc, scale in samplers.diagonal_mistakes(latent, logvar)]
+    hyps.append(Hypothesis("heads:swapped", "your model uses the mean head as the scale head and "
+                           "the scale head as the mean: the heads are swapped (a wrong head); "
+                           "swap them in the model or in name_map (--map)", _swapped_heads))
     return hyps
 
 

@@ -140,13 +140,14 @@ def cubature_noise(n: int, k: int) -> np.ndarray:
     return np.broadcast_to(points, (n, 2 * k, k)).copy()
 
 
-def _grads(vae, params, y, noise, estimator, reduction, batch_size=None) -> dict:
+def _grads(vae, params, y, noise, estimator, reduction, batch_size=None, condition=None) -> dict:
     bk = vae.bk
     res = vae.loss_and_grads({k: bk.asarray(v) for k, v in params.items()}, bk.asarray(y),
                              bk.asarray(noise),
                              estimator=estimator, reduction=reduction, check=False,
                              estimator_state={},
-                             batch_size=batch_size)
+                             batch_size=batch_size,
+                             condition=None if condition is None else bk.asarray(condition))
     return {k: np.asarray(bk.to_numpy(v), dtype=np.float64) for k, v in res.grads.items()}
 
 
@@ -155,11 +156,13 @@ def enumeration_calls(vae, n: int) -> int:
     return n * (c.categories ** c.latent_dim) ** 2
 
 
-def enumerated(vae, params, y, reduction) -> dict:
+def enumerated(vae, params, y, reduction, condition=None) -> dict:
     """The exact gradient of a categorical VAE: the two-sample ``score`` estimator averaged over all
     ordered pairs of configurations with weights q(c|y)·q(c'|y), one datum at a time."""
     k, c = vae.config.latent_dim, vae.config.categories
-    heads, _ = vae.encode({n: vae.bk.asarray(v) for n, v in params.items()}, vae.bk.asarray(y))
+    cond = None if condition is None else vae.bk.asarray(condition)
+    heads, _ = vae.encode({n: vae.bk.asarray(v) for n, v in params.items()}, vae.bk.asarray(y),
+                          cond)
     log_pi = vae.bk.to_numpy(log_softmax(vae.bk, heads["logits"].reshape(len(y), k, c)))
     configs = list(itertools.product(range(c), repeat=k))
     total = {name: np.zeros(shape) for name, shape in vae.param_shapes().items()}
@@ -170,19 +173,19 @@ def enumerated(vae, params, y, reduction) -> dict:
                 continue
             g0 = np.zeros((1, 2, k, c))
             g0[0, 0, range(k), a] = g0[0, 1, range(k), b] = 1e3 + 2 * np.abs(log_pi[i]).max()
-            g = _grads(vae, params, y[i:i + 1], g0, "score", reduction, batch_size=len(y))
+            g = _grads(vae, params, y[i:i + 1], g0, "score", reduction, batch_size=len(y),
+                       condition=None if condition is None else condition[i:i + 1])
             for name in total:
                 total[name] += weight * g[name]
     return total
 
 
 def replicated(vae, params, y, estimator, reduction, replicates: int, samples: int,
-               seed: int) -> tuple:
+               seed: int, condition=None) -> tuple:
     """Mean and standard error over ``replicates`` runs of refvae's estimator, ``samples`` each."""
     source = NoiseSource(seed)
     runs = [_grads(vae, params, y, vae.bk.to_numpy(vae.draw_noise(source, len(y), samples)),
-                   estimator,
-                   reduction) for _ in range(replicates)]
+                   estimator, reduction, condition=condition) for _ in range(replicates)]
     mean = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
     se = {k: np.std([r[k] for r in runs], axis=0, ddof=1) / math.sqrt(replicates) for k in runs[0]}
     return mean, se
@@ -190,21 +193,22 @@ def replicated(vae, params, y, estimator, reduction, replicates: int, samples: i
 
 def reference(inputs, estimator, reduction, replicates, samples, seed) -> tuple:
     """``(expected gradient, its standard error, how it was obtained)``."""
-    vae, params, y = inputs.vae, inputs.params, inputs.y
+    vae, params, y, cond = inputs.vae, inputs.params, inputs.y, inputs.condition
     c = vae.config
     zero = {k: np.zeros(s) for k, s in vae.param_shapes().items()}
     if estimator is None and cubature_applies(c):
-        exact = _grads(vae, params, y, cubature_noise(len(y), c.latent_dim), "pathwise", reduction)
+        exact = _grads(vae, params, y, cubature_noise(len(y), c.latent_dim), "pathwise", reduction,
+                       condition=cond)
         return exact, zero, f"the exact expected gradient (cubature over {2 * c.latent_dim} points)"
     categorical = c.latent == "categorical"
     if estimator is None and categorical and c.categorical_kl == "analytic" \
             and enumeration_calls(vae, len(y)) <= MAX_ENUMERATION_CALLS:
-        return (enumerated(vae, params, y, reduction), zero,
+        return (enumerated(vae, params, y, reduction, cond), zero,
                 f"the exact expected gradient (enumeration of {c.categories ** c.latent_dim} "
                 "configurations)")
     estimator = estimator or ("score" if categorical else "pathwise")
     samples = max(samples, 2) if estimator.startswith("score") else samples
-    mean, se = replicated(vae, params, y, estimator, reduction, replicates, samples, seed)
+    mean, se = replicated(vae, params, y, estimator, reduction, replicates, samples, seed, cond)
     return mean, se, (f"refvae's {estimator} estimator ({replicates} replicates of {samples} "
                       "samples)")
 
@@ -252,19 +256,20 @@ def rounding_band(draws: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def check_unbiased(config, params, y, draws, *, estimator: str | None = None, level: float = 1e-3,
                    reduction: str = "mean", name_map=None, layout=None, split=None,
                    reference_replicates: int = 200, reference_samples: int = 32,
-                   seed: int = 0) -> UnbiasedReport:
+                   seed: int = 0, condition=None) -> UnbiasedReport:
     """Test M independent draws of a gradient estimator (``draws``: ``grad/<name>`` arrays of shape
     ``(M, *shape)``, or a nested ``{"grad": tree}``, or an ``.npz`` path) for bias against refvae's
     expected gradient of the batch's negative ELBO at ``params`` (see the module docstring).
     ``estimator`` names refvae's unbiased estimator to use as the reference instead of an exact
-    one."""
+    one; ``condition`` (or the batch's ``condition`` array, where ``y`` is a batch) is a
+    conditional VAE's ``c`` ``(N, condition_dim)``, as in :func:`~refvae.oracle.check`."""
     level = checked(level, "level", minimum=0, maximum=1, open_min=True)
     if reduction not in ("mean", "sum"):
         raise ConfigError(f"unknown reduction {reduction!r}; choose mean or sum")
     for what, value in (("reference_replicates", reference_replicates),
                         ("reference_samples", reference_samples)):
         checked(value, what, integer=True, minimum=2)
-    inputs = _inputs(config, params, y, name_map, layout, split)
+    inputs = _inputs(config, params, y, name_map, layout, split, condition)
     stacked, aliases = _draws(draws, inputs, label(draws, "draws"))
     m = next(iter(stacked.values())).shape[0]
     ref, ref_se, how = reference(inputs, estimator, reduction, reference_replicates,
@@ -290,8 +295,10 @@ def check_unbiased(config, params, y, draws, *, estimator: str | None = None, le
     return UnbiasedReport(rows, m, float(level), how, entries, aliases)
 
 
-def _inputs(config, params, y, name_map, layout, split):
-    """Validated parameters and data; the noise is a placeholder (the draws brought their own)."""
+def _inputs(config, params, y, name_map, layout, split, condition=None):
+    """Validated parameters, data and condition; the noise is a placeholder (the draws brought
+    their own)."""
+    batch = {}
     if hasattr(y, "shape") or isinstance(y, (list, tuple)):
         y_arr = y
     else:
@@ -300,7 +307,9 @@ def _inputs(config, params, y, name_map, layout, split):
             raise ShapeError(f"{label(y, 'batch')} has no array 'y'; "
                              f"found: {', '.join(map(repr, data)) or 'nothing'}")
         y_arr = data["y"]
+        batch = {k: data[k] for k in ("condition",) if k in data}
     vae = VAE(load_config(config))
     placeholder = np.zeros(vae.latent.noise_shape(np.shape(y_arr)[0] if np.ndim(y_arr) else 1, 1))
-    return load_inputs(vae.config, params, {"y": y_arr, vae.latent.noise_name: placeholder}, None,
-                       name_map, "numpy", layout, split)
+    batch.update({"y": y_arr, vae.latent.noise_name: placeholder})
+    return load_inputs(vae.config, params, batch, None, name_map, "numpy", layout, split,
+                       condition)

@@ -1,0 +1,82 @@
+"""What the two hypothesis matrices share (tests/test_oracle_hypotheses.py: a PyTorch user model;
+tests/test_oracle_hypotheses_flax.py: a Flax one): the model's sizes and configs, the bugs
+injected, the export levels, the properties asserted, and the table docs/ORACLE.md shows. Each
+matrix writes the bugs in its framework's style; the keys and levels are these.
+"""
+from pathlib import Path
+
+ORACLE_MD = Path(__file__).resolve().parent.parent / "docs" / "ORACLE.md"
+N, D, H, K = 5, 12, 10, 3
+BERNOULLI = {"format": 1, "data_dim": D, "latent_dim": K, "encoder_hidden": [H],
+             "decoder_hidden": [H],
+             "activation": "relu", "latent": "gaussian", "emission": "bernoulli"}
+GAUSSIAN = {**BERNOULLI, "emission": "gaussian"}
+LEVELS = {"loss": ("loss",), "grads": ("loss", "grad"), "heads": ("loss", "grad", "heads"),
+          "logits": ("loss", "grad", "heads", "decoder_out"), "x": ("loss", "grad", "heads", "x"),
+          "all": ("loss", "grad", "heads", "x", "decoder_out")}
+MATRIX_LEVELS = ("loss", "grads", "logits", "x")   # the table's columns
+
+# bug injected: (config, samples L). The key is the hypothesis the report names for a loss that
+# sums over the batch (pytorch/examples); MEAN_KEYS: what the same mistake is in a loss that
+# averages over the batch (Flax's examples), where torch.mean-style averaging over all entries
+# divides by K or D alone.
+BUGS = {
+    "sampler:exp": (BERNOULLI, 1), "sampler:logvar": (BERNOULLI, 1),
+    "sampler:unscaled": (BERNOULLI, 1), "sampler:no-noise": (BERNOULLI, 1),
+    "sampler:detached": (BERNOULLI, 1), "heads:swapped": (BERNOULLI, 1),
+    "kl:2": (BERNOULLI, 1), "kl:-1": (BERNOULLI, 1), "kl:0": (BERNOULLI, 1),
+    "kl:+K/2": (BERNOULLI, 1), "kl:1/(N·K)": (BERNOULLI, 1), "kl:detached": (BERNOULLI, 1),
+    "reconstruction:1/(N·D)": (BERNOULLI, 1), "reconstruction:L": (BERNOULLI, 2),
+    "reduction:N": (BERNOULLI, 1),   # refvae is told reduction="mean", the loss sums
+    "emission:-normaliser": (GAUSSIAN, 1), "emission:mse": (GAUSSIAN, 1),
+}
+MEAN_KEYS = {"kl:1/(N·K)": "kl:1/K", "reconstruction:1/(N·D)": "reconstruction:1/D"}
+# hypotheses that the exported numbers cannot tell from the injected bug (they predict the same)
+SAME: dict = {}
+# which quantities each bug leaves unchanged, so that levels exporting only those must pass
+INVISIBLE = {"sampler:detached": {"loss", "heads", "x", "decoder_out"},
+             "kl:detached": {"loss", "heads", "x", "decoder_out"}}
+
+
+def named(report) -> list:
+    """The hypothesis keys a report names, in its order."""
+    return [h.split("[hypothesis ")[1].split(" ")[0] for h in report.hints if "[hypothesis " in h]
+
+
+def assert_named(bug: str, level: str, report, expected: str | None = None) -> None:
+    """The matrix's property: a bug the level's exports cannot show passes; otherwise the report
+    fails, names ``expected`` (the bug's key unless given) and nothing that is not the same."""
+    key = expected or bug
+    if set(LEVELS[level]) <= INVISIBLE.get(bug, set()):
+        assert report.passed, str(report)   # nothing exported can show it
+        return
+    assert not report.passed, str(report)
+    keys = named(report)
+    assert key in keys, str(report)
+    assert set(keys) <= {key} | SAME.get(key, set()), str(report)
+
+
+def table(diagnosed) -> str:
+    """The Markdown table of ORACLE.md: bug × export level → the hypotheses named, from
+    ``diagnosed(bug, level) -> report``."""
+    rows = ["| bug injected | " + " | ".join(MATRIX_LEVELS) + " |",
+            "| --- |" + " --- |" * len(MATRIX_LEVELS)]
+    for bug in BUGS:
+        cells = []
+        for level in MATRIX_LEVELS:
+            report = diagnosed(bug, level)
+            cells.append("PASS (invisible)" if report.passed
+                         else ", ".join(f"`{n}`" for n in named(report)) or "—")
+        rows.append(f"| `{bug}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def documented(script: str) -> str:
+    """The table docs/ORACLE.md prints after the line that says ``python tests/<script>``
+    regenerates it."""
+    text = ORACLE_MD.read_text(encoding="utf-8")
+    start = text.index(f"`python tests/{script}`")
+    lines = text[start:].split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("| bug injected"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[first:end])
