@@ -163,7 +163,8 @@ MUTATIONS = {
                      '"step": {"step_size": options.lr_step_size}'),), (WIRING,)),
             "r2": ("evaluation ignores --eval-samples",
                    ((LOOP, "NoiseSource([options.seed, epoch, 1]),\n                             "
-                           "options.eval_samples)", "NoiseSource([options.seed, epoch, 1]))"),),
+                           "options.eval_samples, condition=condition)",
+                     "NoiseSource([options.seed, epoch, 1]), condition=condition)"),),
                    (WIRING,)),
             "r3": ("temperature fixed at its start value in the steps",
                    ((LOOP, "temperature=temperature(step) if temperature else None",
