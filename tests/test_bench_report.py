@@ -1,0 +1,62 @@
+"""validation/bench_report's parts (issue 28): the profile's categories, the whole-epoch comparison
+and the targets' verdicts. What they measure is reported in validation/BENCH.md, never asserted;
+these tests check how they measure."""
+import pytest
+
+from validation import bench_epoch, bench_profile, bench_report
+
+
+@pytest.mark.parametrize("file,function,want", [
+    ("/x/refvae/fast/fused_pass.py", "forward", "matrix products"),
+    ("/x/refvae/fast/fused_pass.py", "weights", "matrix products"),
+    ("/x/refvae/fast/fused_pass.py", "rows", "rest"),
+    ("/x/refvae/fast/optim.py", "_adam_numpy", "optimizer"),
+    ("/x/refvae/optim/rules.py", "step_sizes", "rest"),
+    ("/x/refvae/fast/kernels.py", "_bernoulli_numpy", "elementwise"),
+    ("/x/refvae/fast/fused_pass.py", "_head_grads_numpy", "elementwise"),
+    ("~", "<method 'reduce' of 'numpy.ufunc' objects>", "elementwise"),
+    ("/x/refvae/backend.py", "normal", "noise"),
+])
+def test_each_function_lands_in_its_category(file, function, want):
+    assert bench_profile.category(file, function) == want
+
+
+def test_the_breakdown_accounts_for_the_whole_one_thread_step():
+    r = bench_profile.breakdown("examples", 16, "float64", steps=2)
+    parts = [r[c] for c in bench_profile.CATEGORIES]
+    assert sum(parts) == pytest.approx(r["one_ms"], rel=1e-9)
+    assert r["matrix products"] > 0 and r["elementwise"] > 0 and r["optimizer"] > 0
+    assert r["threading"] == pytest.approx(r["two_ms"] - r["one_ms"] / 2)
+    assert "matrix products ms" in bench_profile.rows_text([r])
+
+
+def test_an_epoch_of_each_engine_is_timed_in_alternating_turns(monkeypatch):
+    pytest.importorskip("torch")
+    calls = []
+    for name in ("refvae_epoch", "torch_epoch"):
+        real = getattr(bench_epoch, name)
+
+        def wrapped(*a, _real=real, _name=name):
+            run = _real(*a)
+            return lambda: (calls.append(_name), run())
+
+        monkeypatch.setattr(bench_epoch, name, wrapped)
+    monkeypatch.setattr(bench_epoch.time, "sleep", lambda s: None)
+    r = bench_epoch.compare("examples", 32, "float64", 1, n_train=64, n_test=8, turns=2)
+    assert calls == ["refvae_epoch", "torch_epoch"] * 3      # one untimed epoch each, then turns
+    assert r["refvae_s"] > 0 and r["torch_s"] > 0 and r["ratio"] > 0
+    assert "PyTorch s" in bench_epoch.rows_text([r])
+
+
+def test_the_step_table_checks_every_row_and_the_blas_share():
+    def case(arch, batch, dtype, ratio, gflops):
+        return {"arch": arch, "batch": batch, "dtype": dtype, "refvae_ms": 1.0, "peer_ms": 1.0,
+                "ratio": ratio, "samples_per_s": 1.0, "peak_mb": 1.0, "gflops": gflops,
+                "blas_gflops": 100.0}
+    rounds = [[case("examples", 128, "float32", 0.7, 60.0),
+               case("examples", 1024, "float64", 0.85, 10.0)]]
+    text, verdicts = bench_report.step_table(rounds, 2)
+    assert verdicts == [True, True, False]
+    assert "≥ 50% BLAS — met" in text and "≤ 0.8× — NOT met" in text
+    _, one = bench_report.step_table(rounds, 1)
+    assert one == [True, True]
