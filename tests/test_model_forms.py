@@ -386,11 +386,14 @@ def test_condition_gate_and_scale_are_checked(np_bk):
         vae.encode(params, y)
 
 
-def test_refvae_train_refuses_a_conditional_vae_in_one_line(tmp_path):
-    from refvae.train.loop import train
+def test_refvae_train_refuses_a_conditional_vae_on_data_without_a_condition(tmp_path):
+    """Training a conditional VAE is tests/test_conditional_train.py's; data that carry no
+    condition are refused in one line naming the fix."""
+    from refvae.data.dataset import Dataset
+    from refvae.train.loop import TrainOptions, train
 
     cfg = VAEConfig(data_dim=4, latent_dim=2, condition_dim=2)
-    with pytest.raises(ConfigError, match="conditional VAE .* not supported by refvae "
-                                          "train") as info:
-        train(cfg, None, None, tmp_path / "run")
-    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+    data = Dataset("plain", np.full((6, 4), 0.5), np.full((2, 4), 0.5))
+    with pytest.raises(ConfigError, match="carries no condition.*--condition labels") as info:
+        train(cfg, TrainOptions(epochs=1, batch_size=3, progress=False), data, tmp_path / "run")
+    assert "\n" not in str(info.value) and not (tmp_path / "run" / "checkpoint.npz").exists()

@@ -90,7 +90,7 @@ def test_using_it_command_lines_run_as_written(tmp_path, monkeypatch, capsys):
                 m.setenv("REFVAE_CACHE_DIR", str(tmp_path / "real-cache"))
             assert main(args) == 0, (line, capsys.readouterr().err)
         ran.append(args[0])
-    assert ran.count("train") == 6 and {"evaluate", "sample", "gradcheck", "bench"} <= set(ran)
+    assert ran.count("train") == 7 and {"evaluate", "sample", "gradcheck", "bench"} <= set(ran)
     assert (work / "samples.png").is_file()
     mnist = json.loads((work / "runs" / "mnist" / "train.json").read_text())
     assert mnist["options"]["epochs"] == 2 and mnist["options"]["lr"] == 1e-3
