@@ -129,20 +129,26 @@ def test_split_is_contiguous_nonempty_and_balanced(n, threads):
     assert len(parts) == min(n, threads) and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
 
 
-def test_map_runs_on_the_pool_and_reraises():
+def test_map_runs_on_the_pool_and_the_caller_and_reraises():
     names = set()
+    started = threading.Barrier(3, timeout=5)   # three items at once: three threads took them
 
     def fn(i):
         names.add(threading.current_thread().name)
+        if i < 3:
+            started.wait()
         if i == 3:
             raise ValueError("item 3")
         return i * i
 
-    with Workers(2) as workers:
+    with Workers(3) as workers:
         assert workers.map(fn, [0, 1, 2]) == [0, 1, 4]
+        started.reset()
         with pytest.raises(ValueError, match="item 3"):
             workers.map(fn, range(5))
-    assert all(n.startswith("refvae") for n in names)
+    me = threading.current_thread().name
+    assert me in names and len(names) == 3
+    assert all(n.startswith("refvae") for n in names - {me})
 
 
 def test_map_raises_only_after_every_item_has_finished():

@@ -16,6 +16,7 @@ order of floating-point additions changes (agreement with one shard to rounding,
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..math.estimators import STATEFUL
@@ -35,7 +36,8 @@ class Workers:
 
     def __init__(self, threads: int = 1):
         self.threads = threads = checked(threads, "threads", integer=True, minimum=1)
-        self._pool = ThreadPoolExecutor(threads,
+        # The calling thread takes a share of every map: the pool holds the other threads - 1.
+        self._pool = ThreadPoolExecutor(threads - 1,
                                         thread_name_prefix="refvae") if threads > 1 else None
         self._blas_limit = None
 
@@ -57,14 +59,33 @@ class Workers:
             self._pool = None
 
     def map(self, fn, items) -> list:
-        """``[fn(item) for item in items]``, the items spread over the threads; once every item
-        has finished, the exception of the first item (in order) that raised one is raised here."""
+        """``[fn(item) for item in items]``, the items taken in order by the calling thread and
+        the pool's threads, each the next one free; once every item has finished, the exception of
+        the first item (in order) that raised one is raised here."""
         items = list(items)
         if self._pool is None or len(items) < 2:
             return [fn(item) for item in items]
-        futures = [self._pool.submit(fn, item) for item in items]
-        wait(futures)
-        return [f.result() for f in futures]
+        results, errors = [None] * len(items), [None] * len(items)
+        order, lock = iter(range(len(items))), threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    i = next(order, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = fn(items[i])
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, in item order
+                    errors[i] = exc
+
+        helpers = [self._pool.submit(drain) for _ in range(min(self.threads, len(items)) - 1)]
+        drain()
+        wait(helpers)
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return results
 
     def split(self, n: int) -> list[slice]:
         """``range(n)`` as at most ``threads`` contiguous, non-empty slices of near-equal size."""
