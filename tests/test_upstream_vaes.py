@@ -307,3 +307,19 @@ def test_hips_autograd_vae_passes():
 def test_hips_autograd_vae_with_a_bug_fails():
     report = check_hips(kl_sign=-1.0)
     assert not report.passed, str(report)
+
+
+def test_cli_compare_takes_the_objectives_scale(tmp_path, capsys):
+    """``--scale`` on the command line is ``scale=`` of the API: the files of a loss divided by D
+    pass with ``--scale 1/D`` and fail without it."""
+    paths = oracle.write_example(tmp_path / "ex", seed=3)
+    theirs = dict(np.load(paths["theirs"]))
+    d = json.loads((tmp_path / "ex" / "config.json").read_text())["data_dim"]
+    np.savez(tmp_path / "scaled.npz", **{k: v if k.endswith("per_datum") else v / d
+                                          for k, v in theirs.items()})  # the objective's terms
+    args = ["oracle", "compare", "--config", paths["config"], "--params", paths["params"],
+            "--batch", paths["batch"], "--grads", str(tmp_path / "scaled.npz")]
+    assert cli.main(args + ["--scale", repr(1 / d)]) == 0
+    assert cli.main(args) == 1
+    assert cli.main(args + ["--scale", "0"]) == 2
+    assert "--scale" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def _cmd_compute(args) -> int:
     _expand(args)
     result = oracle.compute(args.config, args.params, args.batch, estimator=args.estimator,
                             reduction=args.reduction, temperature=args.temperature,
-                            backend=args.backend, **_layout(args))
+                            backend=args.backend, scale=args.scale, **_layout(args))
     oracle.write_npz(args.out, result.arrays())
     if args.json:
         _emit(json.dumps({"out": os.fspath(args.out), "loss": result.loss, "kl": result.kl,
@@ -70,7 +70,8 @@ def _cmd_compare(args) -> int:
     report = oracle.check(args.config, args.params, args.batch, args.grads,
                           estimator=args.estimator,
                           reduction=args.reduction, temperature=args.temperature, rtol=args.rtol,
-                          atol=args.atol, backend=args.backend, **_layout(args))
+                          atol=args.atol, backend=args.backend, scale=args.scale,
+                          **_layout(args))
     _emit(json.dumps(report.to_dict()) if args.json else report)
     return 0 if report.passed else 1
 
@@ -113,6 +114,9 @@ def _model_options(p, out_help: str) -> None:
     p.add_argument("--batch", required=True, help="batch.npz: y, the noise (eps or gumbel), "
                                                   "optional temperature")
     _run_options(p)
+    p.add_argument("--scale", type=cli_float(0, open_min=True), default=1.0,
+                   help="a factor of your whole objective beside --reduction, e.g. 0.00127551 "
+                        "for a loss divided by D = 784 (default 1)")
     _layout_options(p)
     p.add_argument("--backend", default="numpy", help="numpy or cupy (default: numpy)")
     p.add_argument("--json", action="store_true", help=out_help)
