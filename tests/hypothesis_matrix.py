@@ -11,6 +11,22 @@ BERNOULLI = {"format": 1, "data_dim": D, "latent_dim": K, "encoder_hidden": [H],
              "decoder_hidden": [H],
              "activation": "relu", "latent": "gaussian", "emission": "bernoulli"}
 GAUSSIAN = {**BERNOULLI, "emission": "gaussian"}
+# the categorical model (a Gumbel-softmax VAE: tanh layers enc, logits, dec, out; CAT_NAMES maps
+# them) and its bugs, injected in both frameworks
+KC, C, TAU = 2, 3, 0.5
+CATEGORICAL = {"format": 1, "data_dim": D, "latent_dim": KC, "categories": C, "encoder_hidden": [H],
+               "decoder_hidden": [H], "activation": "tanh", "latent": "categorical",
+               "emission": "bernoulli"}
+CAT_NAMES = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0",
+             "out": "decoder.out"}
+# bug: (the sample: "relaxed", "no-temperature" or "straight-through"; whether the KL has K·log C;
+# the estimator told to refvae)
+CAT_BUGS = {
+    "temperature:missing": ("no-temperature", True, None),
+    "straight-through:relaxed-forward": ("relaxed", True, "straight-through"),
+    "gumbel-softmax:hard-forward": ("straight-through", True, None),
+    "kl:-KlogC": ("relaxed", False, None),
+}
 LEVELS = {"loss": ("loss",), "grads": ("loss", "grad"), "heads": ("loss", "grad", "heads"),
           "logits": ("loss", "grad", "heads", "decoder_out"), "x": ("loss", "grad", "heads", "x"),
           "all": ("loss", "grad", "heads", "x", "decoder_out")}

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 from refvae.oracle.torch_adapter import noise_from_draws, record_draws  # noqa: E402
 from refvae.math.vae import VAE as RefVAE  # noqa: E402
-from hypothesis_matrix import (BERNOULLI, BUGS, D, H, K, LEVELS, N, assert_named,  # noqa: E402
-                               documented, named, table)
+from hypothesis_matrix import (BERNOULLI, BUGS, C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H,  # noqa: E402
+                               K, KC, LEVELS, N, TAU, assert_named, documented, named, table)
 
 NAMES = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
          "fc4": "decoder.out"}
@@ -205,12 +205,6 @@ if __name__ == "__main__":   # docs/ORACLE.md's table
 
 
 # ----- categorical latents ------------------------------------------------------------------------
-KC, C, TAU = 2, 3, 0.5
-CATEGORICAL = {"format": 1, "data_dim": D, "latent_dim": KC, "categories": C, "encoder_hidden": [H],
-               "decoder_hidden": [H], "activation": "tanh", "latent": "categorical",
-               "emission": "bernoulli"}
-CAT_NAMES = {"enc": "encoder.0", "logits": "encoder.logits", "dec": "decoder.0",
-             "out": "decoder.out"}
 
 
 class CatVAE(torch.nn.Module):
@@ -242,21 +236,13 @@ def cat_loss(log_c=True):
     return loss_fn
 
 
-CAT_BUGS = {  # bug: (model mode, loss, estimator told to refvae)
-    "temperature:missing": ("no-temperature", cat_loss(), None),
-    "straight-through:relaxed-forward": ("relaxed", cat_loss(), "straight-through"),
-    "gumbel-softmax:hard-forward": ("straight-through", cat_loss(), None),
-    "kl:-KlogC": ("relaxed", cat_loss(log_c=False), None),
-}
-
-
 @pytest.mark.parametrize("bug", list(CAT_BUGS))
 def test_categorical_bugs_are_named_through_check_torch(bug):
-    mode, loss_fn, estimator = CAT_BUGS[bug]
+    mode, log_c, estimator = CAT_BUGS[bug]
     torch.manual_seed(1)
     model = CatVAE(mode).double()
     y = (torch.rand(N, D) < 0.5).double()
-    report = oracle.check_torch(model, loss_fn, y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
+    report = oracle.check_torch(model, cat_loss(log_c), y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
                                 temperature=TAU, estimator=estimator)
     assert named(report) == [bug], str(report)
     assert not any("exp(ℓ/2)" in h or "ν +" in h for h in report.hints), str(report)
