@@ -1,0 +1,124 @@
+"""The categorical bugs (hypothesis_matrix.CAT_BUGS) and the score-function baseline that includes
+its own sample, with Flax/JAX user code: the twins of the PyTorch tests in
+tests/test_oracle_hypotheses.py (``CatVAE``) and tests/test_oracle_unbiased.py
+(``torch_score_grads``).
+
+A Gumbel-softmax VAE written in Flax's style (flax.linen Dense layers enc, logits, dec, out; the
+noise drawn by a key, ``jax.random.gumbel`` or ``-log(-log(uniform))``; ``jax.nn.softmax((logits
++ g) / tau)``; straight-through with ``jax.lax.stop_gradient``; the KL to the uniform prior; the
+loss averaged over the batch as optax users write it), each bug injected, exported at every level
+(gradients from jax.value_and_grad as the ``params`` tree, ``layout="in_out"``; the Gumbel noise
+redrawn with the same key and passed as the batch's ``gumbel``): the report names the injected bug
+and nothing else; the correct model passes. float64 inside ``jax.enable_x64(True)`` only.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+from refvae import oracle
+from hypothesis_matrix import (C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H, KC, LEVELS, N, TAU,
+                               named)
+
+jax = pytest.importorskip("jax")
+nn = pytest.importorskip("flax.linen")
+jnp, random = jax.numpy, jax.random
+
+NOISE = {   # how the user draws standard Gumbel noise from a key
+    "gumbel": lambda key, shape, dtype: random.gumbel(key, shape, dtype),
+    "uniform": lambda key, shape, dtype: -jnp.log(-jnp.log(random.uniform(key, shape, dtype))),
+}
+
+
+class CatVAE(nn.Module):
+    """``mode``: "relaxed", "no-temperature" (the temperature:missing bug) or "straight-through"
+    (hard forward, relaxed backward)."""
+    mode: str = "relaxed"
+    tau: float = TAU
+    noise: str = "gumbel"
+
+    @nn.compact
+    def __call__(self, y, key):
+        h = jnp.tanh(nn.Dense(H, name="enc")(y))
+        logits = nn.Dense(KC * C, name="logits")(h).reshape(-1, KC, C)
+        g = NOISE[self.noise](key, logits.shape, logits.dtype)
+        tau = 1.0 if self.mode == "no-temperature" else self.tau
+        z = jax.nn.softmax((logits + g) / tau, axis=-1)
+        if self.mode == "straight-through":
+            hard = jax.nn.one_hot(jnp.argmax(z, axis=-1), C, dtype=z.dtype)
+            z = z + jax.lax.stop_gradient(hard - z)
+        z = z.reshape(-1, KC * C)
+        self.sow("intermediates", "z", z)
+        return nn.Dense(D, name="out")(jnp.tanh(nn.Dense(H, name="dec")(z))), logits
+
+
+def kl_categorical(logits, log_c=True):
+    """KL(q ‖ uniform) per datum: Σ π (log π + log C) over the K variables and C categories."""
+    log_pi = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(log_pi) * (log_pi + (jnp.log(C) if log_c else 0.0)), axis=(-2, -1))
+
+
+def sigmoid_binary_cross_entropy(logits, labels):   # optax's, elementwise
+    return -labels * nn.log_sigmoid(logits) - (1. - labels) * nn.log_sigmoid(-logits)
+
+
+def cat_loss(model, log_c=True):
+    def loss(params, y, key):
+        recon, logits = model.apply({"params": params}, y, key)
+        rec = sigmoid_binary_cross_entropy(recon, y).sum(-1)
+        return jnp.mean(rec + kl_categorical(logits, log_c))
+    return loss
+
+
+@functools.lru_cache(maxsize=None)
+def export(mode="relaxed", log_c=True, noise="gumbel"):
+    """``(params, y, gumbel, every exportable quantity)`` in float64 (numpy)."""
+    with jax.enable_x64(True):
+        model = CatVAE(mode=mode, noise=noise)
+        y = jnp.asarray((np.random.default_rng(1).random((N, D)) < 0.5) * 1.0)
+        params = model.init(random.key(0), y, random.key(1))["params"]
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        key = random.key(2)
+        value, grads = jax.value_and_grad(cat_loss(model, log_c))(params, y, key)
+        (recon, logits), state = model.apply({"params": params}, y, key,
+                                             mutable=["intermediates"])
+        gumbel = NOISE[noise](key, (N, KC, C), jnp.float64)   # the same key, shape and dtype
+        theirs = {"loss": value, "grad": grads, "heads": {"logits": logits.reshape(N, KC * C)},
+                  "x": state["intermediates"]["z"][0], "decoder_out": recon}
+        to_host = functools.partial(jax.tree.map, np.asarray)
+        return to_host(params), np.asarray(y), np.asarray(gumbel), to_host(theirs)
+
+
+def diagnosed(bug, level, noise="gumbel"):
+    mode, log_c, estimator = CAT_BUGS[bug] if bug else ("relaxed", True, None)
+    params, y, gumbel, everything = export(mode, log_c, noise)
+    theirs = {k: v for k, v in everything.items() if k in LEVELS[level]}
+    return oracle.check(CATEGORICAL, {"params": params}, {"y": y, "gumbel": gumbel}, theirs,
+                        reduction="mean", temperature=TAU, estimator=estimator,
+                        name_map=CAT_NAMES, layout="in_out")
+
+
+@pytest.mark.parametrize("noise", list(NOISE))
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_the_correct_flax_gumbel_softmax_vae_passes(level, noise):
+    report = diagnosed("", level, noise)
+    compared = {"loss": 1, "grads": 9, "heads": 10, "logits": 11, "x": 11, "all": 12}[level]
+    assert report.passed and len(report.checks) == compared, str(report)
+
+
+def test_gumbel_noise_from_another_key_fails():
+    """The noise matters: the correct model's export checked against another key's draw."""
+    params, y, _, theirs = export()
+    with jax.enable_x64(True):
+        other = np.asarray(random.gumbel(random.key(3), (N, KC, C), jnp.float64))
+    report = oracle.check(CATEGORICAL, {"params": params}, {"y": y, "gumbel": other}, theirs,
+                          temperature=TAU, name_map=CAT_NAMES, layout="in_out")
+    assert not report.passed, str(report)
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+@pytest.mark.parametrize("bug", list(CAT_BUGS))
+def test_the_injected_categorical_bug_is_named_and_no_other(bug, level):
+    report = diagnosed(bug, level)
+    assert not report.passed, str(report)
+    assert named(report) == [bug], str(report)
