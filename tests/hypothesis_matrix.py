@@ -1,7 +1,9 @@
 """What the two hypothesis matrices share (tests/test_oracle_hypotheses.py: a PyTorch user model;
 tests/test_oracle_hypotheses_flax.py: a Flax one): the model's sizes and configs, the bugs
 injected, the export levels, the properties asserted, and the table docs/ORACLE.md shows. Each
-matrix writes the bugs in its framework's style; the keys and levels are these.
+matrix writes the bugs in its framework's style; the keys and levels are these. Also the
+categorical model's and the score-function user's sizes (tests/test_oracle_hypotheses*.py,
+tests/test_oracle_unbiased.py).
 """
 from pathlib import Path
 
@@ -27,6 +29,21 @@ CAT_BUGS = {
     "gumbel-softmax:hard-forward": ("straight-through", True, None),
     "kl:-KlogC": ("relaxed", False, None),
 }
+# the score-function estimator's user (tests/test_oracle_unbiased.py: PyTorch;
+# tests/test_oracle_hypotheses_flax_cat.py: JAX): a linear decoder, the baseline of each of the L
+# samples from the (N, L) losses f (torch tensors or JAX arrays)
+LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[],
+              activation="tanh", latent="gaussian", emission="gaussian", alpha=0.7)
+
+
+def leave_one_out(f):
+    return (f.sum(1)[:, None] - f) / (f.shape[1] - 1)
+
+
+def mean_of_all(f):   # leave-one-out done wrong: the sample's own f is in its baseline
+    return f.mean(1)[:, None]
+
+
 LEVELS = {"loss": ("loss",), "grads": ("loss", "grad"), "heads": ("loss", "grad", "heads"),
           "logits": ("loss", "grad", "heads", "decoder_out"), "x": ("loss", "grad", "heads", "x"),
           "all": ("loss", "grad", "heads", "x", "decoder_out")}

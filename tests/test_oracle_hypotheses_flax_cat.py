@@ -9,7 +9,10 @@ noise drawn by a key, ``jax.random.gumbel`` or ``-log(-log(uniform))``; ``jax.nn
 loss averaged over the batch as optax users write it), each bug injected, exported at every level
 (gradients from jax.value_and_grad as the ``params`` tree, ``layout="in_out"``; the Gumbel noise
 redrawn with the same key and passed as the batch's ``gumbel``): the report names the injected bug
-and nothing else; the correct model passes. float64 inside ``jax.enable_x64(True)`` only.
+and nothing else; the correct model passes. The score-function estimator as a JAX user writes it
+(a REINFORCE surrogate with ``jax.lax.stop_gradient``, L = 4 samples): the leave-one-out baseline
+passes ``estimator="score-loo"``, the mean over all L samples is named
+``score:own-sample-baseline``. float64 inside ``jax.enable_x64(True)`` only.
 """
 import functools
 
@@ -17,8 +20,8 @@ import numpy as np
 import pytest
 
 from refvae import oracle
-from hypothesis_matrix import (C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H, KC, LEVELS, N, TAU,
-                               named)
+from hypothesis_matrix import (C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H, KC, LEVELS, LINEAR, N,
+                               TAU, leave_one_out, mean_of_all, named)
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
@@ -122,3 +125,68 @@ def test_the_injected_categorical_bug_is_named_and_no_other(bug, level):
     report = diagnosed(bug, level)
     assert not report.passed, str(report)
     assert named(report) == [bug], str(report)
+
+
+# ----- the score-function estimator's baseline (the JAX twin of test_oracle_unbiased.py's) -------
+SCORE_NAMES = {"encoder.fc1": "encoder.0", "encoder.fc2_mean": "encoder.mean",
+               "encoder.fc2_logvar": "encoder.logvar", "decoder": "decoder.out"}
+
+
+class Encoder(nn.Module):
+    @nn.compact
+    def __call__(self, y):
+        h = jnp.tanh(nn.Dense(LINEAR["encoder_hidden"][0], name="fc1")(y))
+        return (nn.Dense(LINEAR["latent_dim"], name="fc2_mean")(h),
+                nn.Dense(LINEAR["latent_dim"], name="fc2_logvar")(h))
+
+
+class ScoreVAE(nn.Module):
+    def setup(self):
+        self.encoder = Encoder()
+        self.decoder = nn.Dense(LINEAR["data_dim"])
+
+    def __call__(self, y, eps):
+        mean, logvar = self.encoder(y)
+        x = jax.lax.stop_gradient(mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps)
+        return self.decoder(x), x, mean, logvar
+
+
+def score_loss(baseline, alpha=LINEAR["alpha"]):
+    """The REINFORCE surrogate of the negative ELBO averaged over the batch, with each of the L
+    samples' baseline ``baseline(f)``; its auxiliary value is the loss itself."""
+    model = ScoreVAE()
+
+    def surrogate(params, y, eps):
+        out, x, mean, logvar = model.apply({"params": params}, y, eps)
+        f = (0.5 * jnp.sum((y[:, None] - out) ** 2, -1) / alpha
+             + 0.5 * y.shape[-1] * jnp.log(2 * jnp.pi * alpha))
+        log_q = jnp.sum(-0.5 * ((x - mean[:, None]) ** 2 / jnp.exp(logvar)[:, None]
+                                + logvar[:, None]), -1)
+        kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean ** 2 - 1 - logvar, -1)
+        advantage = jax.lax.stop_gradient(f - baseline(f))
+        loss = jnp.mean(f.mean(1) + kl)
+        return jnp.mean(f.mean(1) + (advantage * log_q).mean(1) + kl), loss
+    return model, surrogate
+
+
+@pytest.mark.parametrize("baseline", [leave_one_out, mean_of_all])
+def test_a_jax_score_baseline_that_includes_its_sample_is_named(baseline):
+    model, surrogate = score_loss(baseline)
+    with jax.enable_x64(True):
+        y = random.normal(random.key(0), (N, LINEAR["data_dim"]), jnp.float64)
+        eps = random.normal(random.key(1), (N, 4, LINEAR["latent_dim"]), jnp.float64)
+        params = model.init(random.key(2), y, eps)["params"]
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        (_, loss), grads = jax.value_and_grad(surrogate, has_aux=True)(params, y, eps)
+        to_host = functools.partial(jax.tree.map, np.asarray)
+        report = oracle.check(LINEAR, {"params": to_host(params)},
+                              {"y": np.asarray(y), "eps": np.asarray(eps)},
+                              {"loss": np.asarray(loss), "grad": to_host(grads)},
+                              estimator="score-loo", name_map=SCORE_NAMES, layout="in_out")
+    if baseline is leave_one_out:
+        assert report.passed and len(report.checks) == 9, str(report)
+    else:
+        assert not report.passed, str(report)
+        assert named(report) == ["score:own-sample-baseline"], str(report)
+        # the decoder's gradients are right
+        assert all(r.name.startswith("grad/encoder.") for r in report.failures()), str(report)

@@ -17,10 +17,8 @@ from refvae import oracle
 from refvae.backend import NoiseSource
 from refvae.errors import ConfigError, ShapeError
 from refvae.math.vae import VAE
+from hypothesis_matrix import LINEAR, leave_one_out, mean_of_all
 
-LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[],
-              activation="tanh",
-              latent="gaussian", emission="gaussian", alpha=0.7)
 CATEGORICAL = dict(format=1, data_dim=5, latent_dim=2, categories=3, encoder_hidden=[6],
                    decoder_hidden=[6],
                    activation="tanh", latent="categorical", emission="bernoulli")
@@ -142,14 +140,6 @@ def torch_score_draws(cfg, params, y, m, baseline, samples=4, seed=0):
         for k, g in torch_score_grads(cfg, p, y, eps, baseline)[1].items():
             out.setdefault(k, []).append(g)
     return {k: np.stack(v) for k, v in out.items()}
-
-
-def leave_one_out(f):
-    return (f.sum(1, keepdim=True) - f) / (f.shape[1] - 1)
-
-
-def mean_of_all(f):   # leave-one-out done wrong: the sample's own f is in its baseline
-    return f.mean(1, keepdim=True)
 
 
 def test_score_with_leave_one_out_baseline_passes(linear):
