@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 from refvae.oracle.torch_adapter import noise_from_draws, record_draws  # noqa: E402
 from refvae.math.vae import VAE as RefVAE  # noqa: E402
-from hypothesis_matrix import (BERNOULLI, BUGS, C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H,  # noqa: E402
-                               K, KC, LEVELS, N, TAU, assert_named, documented, named, table)
+from hypothesis_matrix import (BERNOULLI, BUGS, C, CAT_BUGS, CAT_NAMES,  # noqa: E402
+                               CATEGORICAL, D, H, K, KC, LEVELS, N, TAU, assert_named, documented,
+                               named, table)
 
 NAMES = {"fc1": "encoder.0", "fc21": "encoder.mean", "fc22": "encoder.logvar", "fc3": "decoder.0",
          "fc4": "decoder.out"}
@@ -242,8 +243,8 @@ def test_categorical_bugs_are_named_through_check_torch(bug):
     torch.manual_seed(1)
     model = CatVAE(mode).double()
     y = (torch.rand(N, D) < 0.5).double()
-    report = oracle.check_torch(model, cat_loss(log_c), y, CATEGORICAL, name_map=CAT_NAMES, reduction="sum",
-                                temperature=TAU, estimator=estimator)
+    report = oracle.check_torch(model, cat_loss(log_c), y, CATEGORICAL, name_map=CAT_NAMES,
+                                reduction="sum", temperature=TAU, estimator=estimator)
     assert named(report) == [bug], str(report)
     assert not any("exp(ℓ/2)" in h or "ν +" in h for h in report.hints), str(report)
 
