@@ -32,8 +32,8 @@ CAT_BUGS = {
 # the score-function estimator's user (tests/test_oracle_unbiased.py: PyTorch;
 # tests/test_oracle_hypotheses_flax_cat.py: JAX): a linear decoder, the baseline of each of the L
 # samples from the (N, L) losses f (torch tensors or JAX arrays)
-LINEAR = dict(format=1, data_dim=5, latent_dim=2, encoder_hidden=[4], decoder_hidden=[],
-              activation="tanh", latent="gaussian", emission="gaussian", alpha=0.7)
+LINEAR = {"format": 1, "data_dim": 5, "latent_dim": 2, "encoder_hidden": [4], "decoder_hidden": [],
+          "activation": "tanh", "latent": "gaussian", "emission": "gaussian", "alpha": 0.7}
 
 
 def leave_one_out(f):
