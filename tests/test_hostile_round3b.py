@@ -315,3 +315,34 @@ def test_oracle_paths_expand_the_home_folder(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "ex" / "config.json").exists() and not (tmp_path / "~").exists()
     assert main(["oracle", "compare", "--config", "~/ex/config.json", "--params",
                  "~/ex/params.npz", "--batch", "~/ex/batch.npz", "--grads", "~/ex/theirs.npz"]) == 0
+
+
+def test_the_oracle_budgets_prices_hessians_too(tmp_path, capsys):
+    """The oracle reads the batch before it knows the estimator; Price's per-sample K×K Hessians
+    are budgeted when it does (``refvae oracle compute --estimator price``: one line, exit 2)."""
+    from refvae import oracle
+    from refvae.backend import NoiseSource
+    from refvae.errors import BudgetError
+    from refvae.math.vae import VAE
+    from refvae.util import budget
+
+    cfg = {"format": 1, "data_dim": 6, "latent_dim": 150, "encoder_hidden": [4],
+           "decoder_hidden": [4], "latent": "gaussian_full", "activation": "tanh",
+           "emission": "bernoulli"}
+    vae, noise = VAE(cfg), NoiseSource(0)
+    params = vae.init_params(noise)
+    batch = {"y": (noise.uniform((16, 6)) < 0.5).astype(float),
+             "eps": vae.draw_noise(noise, 16, 64)}
+    with budget.limited("256M"):
+        oracle.compute(cfg, params, batch)                       # pathwise fits
+        with pytest.raises(BudgetError, match="memory budget"):
+            oracle.compute(cfg, params, batch, estimator="price")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    np.savez(tmp_path / "params.npz", **params)
+    np.savez(tmp_path / "batch.npz", **batch)
+    code, err = run_cli(capsys, "oracle", "compute", "--config", tmp_path / "config.json",
+                        "--params", tmp_path / "params.npz", "--batch", tmp_path / "batch.npz",
+                        "--out", tmp_path / "r.npz", "--max-memory", "256M",
+                        "--estimator", "price")
+    assert "memory budget" in one_line(code, err)
+    assert not (tmp_path / "r.npz").exists()

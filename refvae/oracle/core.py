@@ -96,6 +96,11 @@ def compute_inputs(inputs: OracleInputs, estimator: str | None = None,
     ``scale`` multiplies the loss and every gradient (an objective divided by D: ``1/D``)."""
     vae, bk = inputs.vae, inputs.vae.bk
     estimator = estimator or default_estimator(vae)
+    noise = inputs.noise
+    # The batch was budgeted when it was read; the estimator's own terms (Price's per-sample
+    # Hessians) are known only now.
+    vae.config.check_batch("the batch", noise.shape[0], noise.shape[1] if noise.ndim > 1 else 1,
+                           estimator)
     params = {k: bk.asarray(v) for k, v in inputs.params.items()}
     res = vae.loss_and_grads(params, bk.asarray(inputs.y), bk.asarray(inputs.noise),
                              estimator=estimator,
