@@ -1,6 +1,9 @@
-"""Data parallelism on the CPU: the rows of a batch split into shards that run
-:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` on a pool of threads, and the
-optimizer's update split the same way.
+"""Data parallelism on the CPU: a batch's loss and gradients on a pool of threads, and the
+optimizer's update split the same way. The common model (what :func:`refvae.fast.step.fused`
+accepts) runs the fused pass split by rows and then by output units
+(:mod:`refvae.fast.fused_pass`: no per-shard weight gradients); every other model runs
+:meth:`VAE.loss_and_grads <refvae.math.vae.VAE.loss_and_grads>` on row shards whose gradients are
+summed.
 
 Why threads work here: NumPy and BLAS release the GIL inside their kernels, so two shards' array
 work runs on two cores at once, and so does everything between the matrix products (emission,
