@@ -1,5 +1,5 @@
 """Training a conditional VAE (``condition_dim`` C > 0): the data set's condition, checked against
-the model, and the step that passes each batch's condition to the loss.
+the model.
 
 The condition comes from the data set (:mod:`refvae.data.condition`: labels one-hot, or an
 ``.npz``'s vectors): ``train_condition`` for the steps, ``test_condition`` for the test metrics.
