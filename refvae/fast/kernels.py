@@ -45,7 +45,8 @@ def log1p_exp_neg_abs(bk, a):
     ``(r/u)² ≤ ulp²``; where ``u`` rounds to 1 this gives exactly ``e``.
     """
     xp = bk.xp
-    e = xp.copysign(a, -1.0)                 # −|a| in one pass
+    e = xp.abs(a)
+    xp.negative(e, out=e)                    # −|a| (NumPy's copysign is far slower than both)
     xp.exp(e, out=e)
     u = e + 1.0
     r = u - 1.0
@@ -68,14 +69,27 @@ FAST_SOFTPLUS = replace(SOFTPLUS, value=softplus)
 
 
 def _bernoulli_numpy(xp, o, y, w, t, df) -> None:
-    """:data:`BERNOULLI` in NumPy: ``t = λ(H − y) + log1p(e)`` and ``df = w (σ(λ) − y)``."""
+    """:data:`BERNOULLI` in NumPy: ``t = λ(H − y) + log1p(e)`` and ``df = w (σ(λ) − y)``.
+
+    The sign-bit steps work on the bits (``signbit``, ``copysign`` and mixed bool/float arithmetic
+    are NumPy's slowest passes here): ``1 − H`` is ``o``'s sign bit shifted down and multiplied
+    by the bits of 1.0 (exactly 0.0 or 1.0), and ``copysign(s, λ)`` is ``s`` with ``λ``'s sign bit
+    OR-ed in (``s ≥ 0``, so its own sign bit is clear; a NaN's sign may differ, its value not).
+    """
     log1p_e, s = log1p_exp_neg_abs(_XP(xp), o)
+    uint = xp.dtype(f"u{o.dtype.itemsize}")
+    bits = 8 * o.dtype.itemsize
+    sign = xp.bitwise_and(o.view(uint), uint.type(1 << (bits - 1)))
+    not_h = t.view(uint)                     # t as scratch: the bits of 1 − H
+    xp.right_shift(sign, bits - 1, out=not_h)
+    not_h *= xp.array(1.0, dtype=o.dtype).view(uint)
     g = df
-    xp.subtract(1.0, xp.signbit(o), out=g)
+    xp.subtract(1.0, t, out=g)               # H, exactly 1.0 or 0.0
     g -= y                                   # H − y
     xp.multiply(o, g, out=t)
     t += log1p_e
-    xp.copysign(s, o, out=s)
+    s_bits = s.view(uint)
+    s_bits |= sign                           # copysign(s, λ)
     g -= s                                   # σ(λ) − y
     if w != 1:                               # w = 1 leaves every value as it is
         g *= w
