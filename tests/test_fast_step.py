@@ -105,17 +105,6 @@ def test_a_non_finite_gradient_is_flagged_from_the_flat_buffer(bk):
         assert (res.loss, res.kl, res.reconstruction, res.grads_finite) == (3.75, 0.75, 3.0, finite)
 
 
-@pytest.mark.parametrize("where", [None, 0, 4, 8])
-def test_the_flat_buffer_checked_in_parts_on_threads_sees_every_part(where):
-    kl, f = np.array([0.5, 1.0]), np.array([[2.0], [4.0]])
-    buffer = np.arange(9.0)
-    if where is not None:
-        buffer[where] = np.nan
-    with parallel.Workers(3) as workers:
-        res = pack_flat(get_backend("numpy"), kl, f, 0.5, buffer, {"g": buffer}, workers)
-    assert res.grads_finite == (where is None)
-
-
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_bias_activation_and_its_gradient_kernels_equal_the_plain_formulas(bk, act):
     """One kernel each on the stand-in (and a GPU), the plain operations on NumPy: equal bits."""

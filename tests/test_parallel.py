@@ -99,7 +99,8 @@ def test_running_mean_control_variate_sees_the_whole_batch():
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "adagrad"])
 def test_optimizer_parts_on_threads_are_bit_identical(name, monkeypatch):
     """Each value's update is elementwise, so splitting the buffer over threads changes nothing;
-    small blocks make both paths cross many block boundaries."""
+    small blocks make the one-thread path cross many block boundaries (threads take whole
+    parts)."""
     monkeypatch.setattr("refvae.fast.optim.BLOCK", 1000)
     rng = np.random.default_rng(1)
     shapes = {"a": (37, 61), "b": (61,), "c": (5000,)}

@@ -4,11 +4,13 @@ place.
 A plain :meth:`~refvae.optim.rules.Optimizer.update` writes its formula with whole-buffer
 temporaries. Here the same arithmetic, operation for operation, runs
 
-* over blocks of :data:`BLOCK` values on the CPU, so that the dozen passes of an update stay in
-  cache instead of streaming the whole buffers through memory each time (one block on a GPU, where
-  every pass is a kernel launch);
+* over blocks of :data:`BLOCK` values on one CPU thread, so that the dozen passes of an update
+  stay in cache instead of streaming the whole buffers through memory each time (one block on a
+  GPU, where every pass is a kernel launch);
 * into scratch buffers allocated once per thread, so that a step allocates no arrays;
-* optionally in contiguous parts on the threads of a :class:`~refvae.fast.parallel.Workers` pool.
+* optionally in contiguous parts on the threads of a :class:`~refvae.fast.parallel.Workers` pool,
+  each part in one block (``validation/BENCH.md``: on two threads small blocks cost more in GIL
+  hand-offs than they save in cache misses).
 
 Every value gets the same operations on the same operands in the same order as in the plain rule,
 so the two are bit-identical (``tests/test_fast_optim.py`` checks it over hypothesis-drawn states).
@@ -43,7 +45,12 @@ class _Blocked:
         self._ensure(flat)
         self.t += 1
         lr = float(self.lr if lr is None else lr)
-        block = self._block()
+        threaded = workers is not None and workers.threads > 1 and self._bk.name != "cupy"
+        parts = workers.split(self._size) if threaded else [slice(0, self._size)]
+        # Threads take their whole part at once: every NumPy call hands the GIL over, and blocks
+        # small enough for the cache make the two threads wait on each other more than they gain.
+        block = max(p.stop - p.start for p in parts) if threaded else self._block()
+        self._scratch_size = block
 
         def run(part: slice) -> None:
             for a in range(part.start, part.stop, block):
@@ -51,19 +58,19 @@ class _Blocked:
                 self._fused(flat.data[a:b], flat.grad[a:b], lr,
                             {k: v[a:b] for k, v in self._state.items()})
 
-        if workers is None or self._bk.name == "cupy":
-            run(slice(0, self._size))
+        if threaded:
+            workers.map(run, parts)
         else:
-            workers.map(run, workers.split(self._size))
+            run(parts[0])
 
     def _block(self) -> int:
         return self._size if self._bk.name == "cupy" else min(self._size, BLOCK)
 
     def _tmp(self, k: int, n: int):
-        """The first ``n`` values of this thread's scratch buffer ``k`` (allocated once, one block
-        long, for the current backend and dtype)."""
+        """The first ``n`` values of this thread's scratch buffer ``k`` (allocated once, as long
+        as this step's blocks, for the current backend and dtype)."""
         local = self._local
-        key = (self._bk.name, self._dtype, self._block())
+        key = (self._bk.name, self._dtype, self._scratch_size)
         if getattr(local, "key", None) != key:
             local.key, local.buffers = key, []
         while len(local.buffers) <= k:

@@ -74,21 +74,17 @@ def loss_and_grads_into(model, params: dict, y, noise, grads: dict, grad_buffer,
         for name, g in {**rp.dec_grads, **rp.enc_grads}.items():
             grads[name][...] = g
         kl, f = rp.fp.kl, rp.fp.f
-    return pack_flat(model.bk, kl, f, scale, grad_buffer, grads, workers)
+    return pack_flat(model.bk, kl, f, scale, grad_buffer, grads)
 
 
-def pack_flat(bk, kl, f, scale: float, grad_buffer, grads: dict, workers=None) -> LossResult:
+def pack_flat(bk, kl, f, scale: float, grad_buffer, grads: dict) -> LossResult:
     """:func:`refvae.util.results.pack` with finiteness read from the flat buffer: the loss, its
-    parts and the flag in one kernel and one device→host copy (the buffer's parts checked on
-    ``workers``' threads when given, on the CPU)."""
+    parts and the flag in one kernel and one device→host copy. (One pass on one thread: split
+    over a pool's threads, the hand-offs cost more than the pass, validation/BENCH.md.)"""
     xp = bk.xp
     rec_per = f[:, 0] if f.shape[1] == 1 else f.mean(axis=1)   # a mean over one value is that value
     out = xp.empty(4, dtype=kl.dtype)
-    if workers is None or workers.threads == 1:
-        finite = xp.isfinite(grad_buffer).all()
-    else:
-        finite = all(workers.map(lambda part: bool(xp.isfinite(grad_buffer[part]).all()),
-                                 workers.split(grad_buffer.size)))
+    finite = xp.isfinite(grad_buffer).all()
     LOSS_PACK(bk, kl.sum(), rec_per.sum(), finite, scalar(bk, scale),
               out[0:1], out[1:2], out[2:3], out[3:4])
     return finish(bk.to_numpy(out), kl, rec_per, grads)
