@@ -3,7 +3,8 @@ and the targets' verdicts. What they measure is reported in validation/BENCH.md,
 these tests check how they measure."""
 import pytest
 
-from validation import bench_epoch, bench_profile, bench_report
+from refvae.cli.bench import step_flops
+from validation import bench_epoch, bench_limits, bench_profile, bench_report
 
 
 @pytest.mark.parametrize("file,function,want", [
@@ -60,3 +61,31 @@ def test_the_step_table_checks_every_row_and_the_blas_share():
     assert "≥ 50% BLAS — met" in text and "≤ 0.8× — NOT met" in text
     _, one = bench_report.step_table(rounds, 1)
     assert one == [True, True]
+
+
+@pytest.mark.parametrize("arch", sorted(bench_limits.ARCHITECTURES))
+@pytest.mark.parametrize("batch", [1, 128])
+def test_the_limits_time_every_matrix_product_of_the_step(arch, batch):
+    """The products' FLOPs are those of refvae bench's independent count: none left out."""
+    config = bench_limits.ARCHITECTURES[arch]
+    flops = sum(2.0 * m * k * n for _, m, k, n in bench_limits.products(config, batch))
+    assert flops == step_flops(config, batch)
+
+
+def test_the_limits_measure_both_engines_and_the_floor_uses_the_peers_step():
+    pytest.importorskip("torch")
+    r = bench_limits.products_ms("examples", 8, "float64", 1, repeats=1)
+    assert r["numpy_ms"] > 0 and r["torch_ms"] > 0
+    text = bench_limits.products_text([r], {("examples", 8, "float64", 1): 2 * r["numpy_ms"]})
+    assert "| 0.50× |" in text
+    assert "| n/a |" in bench_limits.products_text([r])
+    rows = bench_limits.transcendentals("float32", values=64, repeats=1)
+    assert [x["function"] for x in rows] == ["exp", "log"]
+    assert all(x["numpy_ns"] > 0 and x["torch_ns"] > 0 for x in rows)
+
+
+def test_the_concurrency_runs_alone_on_threads_and_in_processes():
+    r = bench_limits.concurrency("float64", calls=20, turns=2)
+    assert r["alone_s"] > 0 and 0 < r["threads"][1] <= r["threads"][0] <= r["threads"][2]
+    assert r["processes"] is None or r["processes"][1] > 0
+    assert "two processes slowdown" in bench_limits.others_text([], [r])

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from validation import bench_epoch, bench_profile
+    from validation import bench_epoch, bench_limits, bench_profile
     from validation.common import HERE, table_text
 except ImportError:  # pragma: no cover - run as a script from validation/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from validation import bench_epoch, bench_profile
+    from validation import bench_epoch, bench_limits, bench_profile
     from validation.common import HERE, table_text
 
 from refvae.fast.threads import blas_threads, tune_host_allocator
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tune_host_allocator()
     counts = args.threads or sorted({default_threads(), 1}, reverse=True)
-    sections, verdicts = [], []
+    sections, verdicts, peer_ms = [], [], {}
     for threads in counts:
         rounds = []
         for r in range(args.rounds):
@@ -103,6 +103,19 @@ def main(argv=None) -> int:
         table, met = step_table(rounds, threads)
         verdicts += met
         sections += [f"### {threads} thread(s) per engine", "", table, ""]
+        for i, c in enumerate(rounds[0]):
+            peers = [rnd[i]["peer_ms"] for rnd in rounds if rnd[i]["peer_ms"] is not None]
+            if peers:
+                peer_ms[(c["arch"], c["batch"], c["dtype"], threads)] = statistics.median(peers)
+    print("limits (batch 128)", flush=True)
+    limits = "\n\n".join([
+        bench_limits.products_text([bench_limits.products_ms(a, 128, d, t)
+                                    for a in ("examples", "deep") for d in ("float32", "float64")
+                                    for t in counts], peer_ms),
+        bench_limits.others_text(
+            [r for d in ("float32", "float64") for r in bench_limits.transcendentals(d)],
+            [bench_limits.concurrency(d) for d in ("float32", "float64")])])
+    print(limits)
     print("profile (batch 128)", flush=True)
     profile = bench_profile.rows_text([bench_profile.breakdown(a, 128, d)
                                        for a in ("examples", "deep")
@@ -139,6 +152,9 @@ def main(argv=None) -> int:
         "## Where the step's time goes (batch 128)", "",
         bench_profile.__doc__.split("\n\n", 2)[2].strip(), "",
         profile, "",
+        "## What bounds the step (batch 128)", "",
+        bench_limits.__doc__.split("\n\n", 2)[2].strip(), "",
+        limits, "",
         *(["## A whole epoch of `refvae train` against a PyTorch training loop", "",
            bench_epoch.__doc__.split("\n\n", 2)[2].strip(), "",
            bench_epoch.rows_text(epochs), ""] if epochs else []),
