@@ -60,3 +60,20 @@ def test_too_few_steps_are_warned_about(tmp_path, capsys):
     """Once, and only where there is a ratio (tests/test_newcomer.py runs the command)."""
     assert bench.few_steps_warning(bench.STABLE_STEPS, bench.STABLE_WARMUP) is None
     assert "unstable" in bench.few_steps_warning(1, 1)
+
+
+def test_the_estimators_of_one_latent_dimension_take_alternating_turns(monkeypatch):
+    """Their ratios to pathwise come from one interleaved timing, not from runs minutes apart."""
+    timed = []
+    real = bench.time_interleaved
+
+    def spy(engines, steps, warmup, turns=bench.TURNS):
+        timed.append(len(engines))
+        return real(engines, steps, warmup, turns)
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    rows = bench.run_estimators(latent_dims=(2,), batch=4, steps=1, warmup=0, out=io.StringIO())
+    assert timed == [4]
+    assert [r["estimator"] for r in rows] == ["pathwise", "price", "score-loo", "gumbel-softmax"]
+    assert rows[0]["vs_pathwise"] == 1.0
+    assert all(r["vs_pathwise"] == pytest.approx(r["ms"] / rows[0]["ms"]) for r in rows)

@@ -118,9 +118,12 @@ def active_units(vae, params, y, threshold: float = 0.01, batch_size: int = 500,
     return int((var > threshold).sum()), var
 
 
-def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_size: int = 200):
+def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_size: int = 200,
+                 condition=None):
     """Eq. 8.21: ``E_y KL(q(x|y) || p(x)) = KL(q(x) || p(x)) + I_q(X; Y)`` with the aggregated
-    posterior ``q(x) = (1/N) Σ_n q(x|y_n)`` over the ``N`` rows of ``y``.
+    posterior ``q(x) = (1/N) Σ_n q(x|y_n)`` over the ``N`` rows of ``y``. For a conditional VAE
+    (``condition``, one row per datum; its prior ``p(x)`` does not depend on it) the rows are the
+    pairs ``(y_n, c_n)``: ``q(x) = (1/N) Σ_n q(x|y_n, c_n)``, the information ``I_q(X; Y, C)``.
 
     For each datum, ``samples`` draws ``x ~ q(x|y_n)``;
     ``log q(x) = logsumexp_m log q(x|y_m) − log N`` is exact for the finite mixture. Returns a
@@ -131,7 +134,7 @@ def elbo_surgery(vae, params, y, noise: NoiseSource, samples: int = 1, batch_siz
     bk, xp = vae.bk, vae.bk.xp
     y_dev = bk.asarray(y)
     n = y.shape[0]
-    heads_all, _ = vae.encode(params, y_dev)
+    heads_all, _ = vae.encode(params, y_dev, None if condition is None else bk.asarray(condition))
     kl_closed, log_qc, log_qagg, log_p = [], [], [], []
     for sl in _batches(n, batch_size):
         heads = {h: v[sl] for h, v in heads_all.items()}
