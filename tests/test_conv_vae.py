@@ -203,3 +203,26 @@ def test_refvae_train_runs_a_conv_config_on_8x8_images(tmp_path, capsys):
     assert "encoder_hidden" not in saved and "activation" not in saved
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 2
     assert main(["evaluate", str(out), "--json"]) == 0
+
+
+@pytest.mark.parametrize("first,given,want", [
+    ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}, None, [1, 8, 8]),
+    ({"type": "max_pool2d", "kernel_size": 2}, None, [1, 8, 8]),
+    ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}, [1, 4, 16], [1, 4, 16]),
+    ({"type": "linear", "out_features": 5}, None, [64]),
+])
+def test_an_image_encoder_reads_the_data_as_one_channel_of_their_image_shape(tmp_path, capsys,
+                                                                              first, given, want):
+    """A conv config written for MNIST needs no data_shape: the data set knows its image shape
+    (digits: 8×8). A data_shape given is kept; an encoder that starts on vectors reads vectors."""
+    conv = tmp_path / "conv.json"
+    config = {"latent_dim": 2, "encoder_layers": [first, {"type": "flatten"}],
+              "decoder_layers": [{"type": "linear", "out_features": 64}]}
+    if given is not None:
+        config["data_shape"] = given
+    conv.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(conv), "--data", "digits", "--epochs", "1", "--out",
+                 str(out), "--quiet", "--no-figures"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text()).get("data_shape") == want

@@ -52,9 +52,15 @@ def _arch_from_flags(args, arch: dict) -> dict:
     return arch
 
 
-def _model_config(args, data_dim: int, condition_dim: int = 0) -> VAEConfig:
+# Layers whose input is an image (channels, height, width): an encoder starting with one reads the
+# datum as one channel of the data's image shape unless the config gives data_shape.
+IMAGE_LAYERS = ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "batch_norm2d")
+
+
+def _model_config(args, data_dim: int, condition_dim: int = 0, image_shape=None) -> VAEConfig:
     """Architecture: the built-in default, then ``--config FILE``, then individual flags (and
-    ``--condition``: the data's ``condition_dim``)."""
+    ``--condition``: the data's ``condition_dim``; ``image_shape``: the data's ``(rows, cols)``,
+    the ``data_shape`` ``[1, rows, cols]`` of an encoder that starts with an image layer)."""
     arch = _arch_from_flags(args, DEFAULT_ARCH)
     if args.condition is not None:
         arch = with_condition_dim(arch, condition_dim)
@@ -64,6 +70,10 @@ def _model_config(args, data_dim: int, condition_dim: int = 0) -> VAEConfig:
         raise ConfigError(f"config data_dim is {given} but the data have {data_dim} dimensions; "
                           "fix data_dim or choose other data")
     arch["data_dim"] = data_dim
+    layers = arch.get("encoder_layers")
+    if (arch.get("data_shape") is None and image_shape is not None and isinstance(layers, list)
+            and layers and isinstance(layers[0], dict) and layers[0].get("type") in IMAGE_LAYERS):
+        arch["data_shape"] = [1, *image_shape]
     model = SimpleNamespace(emission=arch.get("emission", "bernoulli"),
                             latent=arch.get("latent", "gaussian"))
     if isinstance(model.emission, str) and isinstance(model.latent, str):
@@ -193,7 +203,8 @@ def _cmd_train(args) -> int:
                               rundir.condition_source(rundir.read_train_json(out)))
         else:
             data = _load_data(args.data, args, args.quiet, args.condition)
-            config = _model_config(args, data.train.shape[1], data.condition_dim)
+            config = _model_config(args, data.train.shape[1], data.condition_dim,
+                                   getattr(data, "image_shape", None))
             opts = dict(DEFAULT_OPTIONS, threads="auto")
             opts.update({k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None})
             backend, dtype = args.backend or "numpy", args.dtype or "float64"
