@@ -89,12 +89,12 @@ def assert_named(bug: str, level: str, report, expected: str | None = None) -> N
     assert set(keys) <= {key} | SAME.get(key, set()), str(report)
 
 
-def table(diagnosed) -> str:
+def table(diagnosed, bugs=BUGS) -> str:
     """The Markdown table of ORACLE.md: bug × export level → the hypotheses named, from
-    ``diagnosed(bug, level) -> report``."""
+    ``diagnosed(bug, level) -> report``, for the Gaussian ``bugs`` or :data:`CAT_BUGS`."""
     rows = ["| bug injected | " + " | ".join(MATRIX_LEVELS) + " |",
             "| --- |" + " --- |" * len(MATRIX_LEVELS)]
-    for bug in BUGS:
+    for bug in bugs:
         cells = []
         for level in MATRIX_LEVELS:
             report = diagnosed(bug, level)

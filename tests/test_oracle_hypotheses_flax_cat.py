@@ -21,7 +21,7 @@ import pytest
 
 from refvae import oracle
 from hypothesis_matrix import (C, CAT_BUGS, CAT_NAMES, CATEGORICAL, D, H, KC, LEVELS, LINEAR, N,
-                               TAU, leave_one_out, mean_of_all, named)
+                               TAU, documented, leave_one_out, mean_of_all, named, table)
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
@@ -127,6 +127,10 @@ def test_the_injected_categorical_bug_is_named_and_no_other(bug, level):
     assert named(report) == [bug], str(report)
 
 
+def test_the_categorical_table_in_oracle_md_is_this_matrix():
+    assert documented("test_oracle_hypotheses_flax_cat.py") == table(diagnosed, CAT_BUGS)
+
+
 # ----- the score-function estimator's baseline (the JAX twin of test_oracle_unbiased.py's) -------
 SCORE_NAMES = {"encoder.fc1": "encoder.0", "encoder.fc2_mean": "encoder.mean",
                "encoder.fc2_logvar": "encoder.logvar", "decoder": "decoder.out"}
@@ -190,3 +194,7 @@ def test_a_jax_score_baseline_that_includes_its_sample_is_named(baseline):
         assert named(report) == ["score:own-sample-baseline"], str(report)
         # the decoder's gradients are right
         assert all(r.name.startswith("grad/encoder.") for r in report.failures()), str(report)
+
+
+if __name__ == "__main__":   # docs/ORACLE.md's categorical table
+    print(table(diagnosed, CAT_BUGS))
