@@ -4,9 +4,11 @@ jax.random, a Decoder returning logits; the loss averages the summed binary cros
 KL over the batch): every bug of the matrix injected in Flax's style, exported at every level
 (gradients from jax.value_and_grad as the nested ``params`` tree, ``layout="in_out"``; heads and
 logits as the model returns them; x sown by the model), with the PyTorch matrix's properties.
-float64 inside ``jax.enable_x64(True)`` only (it does not leak into other tests).
+float64 inside ``jax.enable_x64(True)`` only (it does not leak into other tests), and again in
+JAX's default float32, judged at float32's tolerances: the same hypotheses are named.
 ``python tests/test_oracle_hypotheses_flax.py`` prints docs/ORACLE.md's Flax table.
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -127,18 +129,19 @@ def loss_fn(model, rec, kl, reduce, samples):
 
 
 @functools.lru_cache(maxsize=None)
-def export(name):
+def export(name, x64=True):
     """``(params, y, noise, every exportable quantity)`` of the model with bug ``name`` (``""``:
-    the correct model), in float64 (numpy)."""
+    the correct model), in float64 (numpy), or with ``x64=False`` in JAX's default float32."""
     cfg, samples = BUGS[name] if name else (BERNOULLI, 1)
     fields, rec, kl, reduce = INJECTED[name] if name else bug()
-    with jax.enable_x64(True):
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         model = VAE(**fields)
         rng = np.random.default_rng(0)
         y = rng.random((N, D))
         y = jnp.asarray((y < 0.4) * 1.0 if cfg["emission"] == "bernoulli" else y)
         params = model.init(random.key(0), y, random.key(1))["params"]
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        dtype = jnp.float64 if x64 else jnp.float32
+        params = jax.tree.map(lambda p: p.astype(dtype), params)
         z_rng = random.key(2)
         value, grads = jax.value_and_grad(loss_fn(model, rec, kl, reduce, samples))(params, y,
                                                                                      z_rng)
@@ -154,8 +157,8 @@ def export(name):
         return to_host(params), np.asarray(y), noise, to_host(theirs)
 
 
-def diagnosed(name, level):
-    params, y, noise, everything = export(name)
+def diagnosed(name, level, x64=True):
+    params, y, noise, everything = export(name, x64)
     theirs = {k: v for k, v in everything.items() if k in LEVELS[level]}
     cfg = BUGS[name][0] if name else BERNOULLI
     return oracle.check(cfg, {"params": params}, {"y": y, "eps": noise}, theirs,
@@ -172,6 +175,19 @@ def test_every_bug_of_the_matrix_is_injected_and_a_correct_model_passes():
 @pytest.mark.parametrize("name", list(BUGS))
 def test_the_injected_bug_is_named_and_no_other(name, level):
     assert_named(name, level, diagnosed(name, level), MEAN_KEYS.get(name))
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+@pytest.mark.parametrize("name", list(BUGS))
+def test_in_jaxs_default_float32_the_injected_bug_is_named_and_no_other(name, level):
+    """What most Flax users export: float32 throughout, judged at float32's tolerances."""
+    params, _, _, theirs = export(name, False)
+    assert {a.dtype for a in jax.tree.leaves((params, theirs))} == {np.dtype("float32")}
+    assert_named(name, level, diagnosed(name, level, False), MEAN_KEYS.get(name))
+
+
+def test_the_correct_model_passes_in_float32():
+    assert diagnosed("", "all", False).passed
 
 
 def test_float64_stays_inside_the_test():
