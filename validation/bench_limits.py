@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 try:
+    from validation.bench_profile import wall_ms
     from validation.common import table_text
 except ImportError:  # pragma: no cover - run as a script from validation/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from validation.bench_profile import wall_ms
     from validation.common import table_text
 
 from refvae.cli.bench import ARCHITECTURES
@@ -50,16 +52,6 @@ def products(config: dict, batch: int) -> list[tuple[str, int, int, int]]:
                 out.append(("input grad", batch, b, a))
             out.append(("weight grad", b, batch, a))
     return out
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def products_ms(arch: str, batch: int, dtype: str, threads: int, repeats: int = 15) -> dict:
@@ -84,7 +76,7 @@ def products_ms(arch: str, batch: int, dtype: str, threads: int, repeats: int = 
     torch.set_num_threads(threads)
     try:
         with blas_thread_limit(threads):
-            turns = [(_median_ms(ours, repeats), _median_ms(theirs, repeats)) for _ in range(3)]
+            turns = [(wall_ms(ours, repeats), wall_ms(theirs, repeats)) for _ in range(3)]
     finally:
         torch.set_num_threads(before)
     return {"arch": arch, "batch": batch, "dtype": dtype, "threads": threads,
@@ -105,8 +97,8 @@ def transcendentals(dtype: str, values: int = 128 * 784, repeats: int = 15) -> l
     rows = []
     try:
         for name in ("exp", "log"):
-            ours = _median_ms(lambda: getattr(np, name)(x, out=out), repeats)
-            theirs = _median_ms(lambda: getattr(torch, name)(tx, out=tout), repeats)
+            ours = wall_ms(lambda: getattr(np, name)(x, out=out), repeats)
+            theirs = wall_ms(lambda: getattr(torch, name)(tx, out=tout), repeats)
             rows.append({"function": name, "dtype": dtype, "numpy_ns": 1e6 * ours / values,
                          "torch_ns": 1e6 * theirs / values})
     finally:
