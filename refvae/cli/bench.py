@@ -216,17 +216,18 @@ def run_estimators(latent_dims=(2, 5, 10, 20), batch: int = 128, dtype="float64"
     rows = []
     cases = [("gaussian", "pathwise", {}), ("gaussian", "price", {}), ("gaussian", "score-loo", {}),
              ("categorical", "gumbel-softmax", {"categories": 10})]
+    samples_of = {"score-loo": 2}   # the others draw one sample
     for k in latent_dims:
         engines = []
         for latent, estimator, extra in cases:
             config = {**ARCHITECTURES["examples"], "latent_dim": k, "latent": latent,
                       "activation": "tanh", **extra}
             step, bk = refvae_step(config, batch, backend, dtype, estimator,
-                                   samples=2 if estimator == "score-loo" else 1)
+                                   samples=samples_of.get(estimator, 1))
             engines.append((step, bk.synchronize))
         secs = time_interleaved(engines, steps, warmup)
         for (latent, estimator, _), sec in zip(cases, secs):
-            samples = 2 if estimator == "score-loo" else 1
+            samples = samples_of.get(estimator, 1)
             rows.append({"K": k, "latent": latent, "estimator": estimator, "samples": samples,
                          "ms": 1e3 * sec, "vs_pathwise": sec / secs[0]})
             print(f"K={k:3d} {latent:12s} {estimator:15s} L={samples} {1e3 * sec:9.2f} ms  "
