@@ -400,7 +400,6 @@ def _cmd_sample(args) -> int:
                           f"{model.config.data_dim} values per datum; give --image-shape ROWS COLS "
                           f"with ROWS·COLS = {model.config.data_dim}")
     out = _png_path(args.out)
-    model.config.check_batch("--n", args.n)
     sample_grid(model, params, out, n=args.n, seed=args.seed, image_shape=tuple(shape),
                 condition=condition)
     print(f"wrote {out}", file=sys.stderr)
@@ -408,14 +407,14 @@ def _cmd_sample(args) -> int:
 
 
 def _write_sample_array(model, params, args, condition=None) -> int:
-    """``sample --out FILE.npy``: the decoded means of ``--n`` prior draws, ``(n, data_dim)``."""
+    """``sample --out FILE.npy``: the decoded means of ``--n`` prior draws, ``(n, data_dim)``
+    (``--n`` already checked against the memory budget by :func:`_cmd_sample`)."""
     import numpy as np  # noqa: PLC0415 - host side
 
     from ..backend import NoiseSource  # noqa: PLC0415
     from ..train.figures import decoded_means, prior_inputs  # noqa: PLC0415
 
     out = _png_path(args.out)
-    model.config.check_batch("--n", args.n)
     means = decoded_means(model, params, prior_inputs(model, NoiseSource(args.seed), args.n),
                           clip=False, condition=condition)
     rio.atomic_write(out, lambda f: np.save(f, means, allow_pickle=False), "samples")
